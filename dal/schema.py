@@ -1,0 +1,448 @@
+"""The whole schema as SQLAlchemy Core tables on one MetaData.
+
+Columns follow design.md §2 of the seed; additions and changes are listed in the README under
+"Schema" and "Deviations from the seed". Enumerations are CHECK constraints (portable); every
+amount is ``Money`` and every timestamp ``UTCDateTime`` (see dal/types.py).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from dal.types import BigID, JSONDoc, Money, UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+# --- enumerations (stored as text, enforced by CHECK) -----------------------------------------
+ASSET_TYPES = ("CRYPTO", "EQUITY", "FUTURE", "FOREX", "ETF")
+ORDER_SIDES = ("BUY", "SELL")
+ORDER_TYPES = ("MARKET", "LIMIT", "STOP", "STOP_LIMIT", "TRAILING")
+ORDER_STATUSES = ("NEW", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED")
+OPEN_ORDER_STATUSES = ("NEW", "PARTIALLY_FILLED")
+TIME_IN_FORCE = ("GTC", "IOC", "FOK", "DAY")
+POLICY_SCOPES = ("USER", "PORTFOLIO", "STRATEGY")
+BREACH_ACTIONS = ("BLOCKED", "WARNED", "REDUCED_SIZE", "CLOSED_POSITION")
+ALERT_TYPES = ("PRICE", "INDICATOR", "POSITION", "RISK", "SCHEDULE")
+CASH_KINDS = ("DEPOSIT", "WITHDRAWAL", "ADJUSTMENT")
+AUDIT_ENTITIES = (
+    "USER",
+    "ACCOUNT",
+    "BROKER",
+    "INSTRUMENT",
+    "CASH",
+    "ALERT",
+    "SCHEDULE",
+    "SCREENER",
+    "STRATEGY",
+    "POLICY",
+    "ORDER",
+    "TRADE",
+    "POSITION",
+    "PORTFOLIO",
+)
+AUDIT_ACTIONS = (
+    "CREATE",
+    "UPDATE",
+    "DELETE",
+    "SYNC",
+    "CANCEL",
+    "REJECT",
+    "BREACH",
+    "APPROVE",
+    "REVOKE",
+    "DEACTIVATE",
+    "ACTIVATE",
+    "ARCHIVE",
+    "FILL",
+    "EXPIRE",
+    "REPAIR",
+    "START",
+    "STOP",
+    "HANDOVER",
+)
+
+
+def one_of(column: str, values: tuple[str, ...], name: str | None = None) -> sa.CheckConstraint:
+    """CHECK (column IN (...)) — the portable enum."""
+    listed = ", ".join(f"'{v}'" for v in values)
+    return sa.CheckConstraint(f"{column} IN ({listed})", name=name or f"{column}_valid")
+
+
+def positive(column: str, *, nullable: bool = False) -> sa.CheckConstraint:
+    """CHECK column > 0. The CAST makes SQLite compare the decimal TEXT as a number: exact for
+    the sign, which is all this checks (exact comparisons between amounts live in the DAL)."""
+    expr = f"CAST({column} AS NUMERIC) > 0"
+    if nullable:
+        expr = f"{column} IS NULL OR {expr}"
+    return sa.CheckConstraint(expr, name=f"{column}_positive")
+
+
+def uid_column(nullable: bool = False) -> sa.Column:
+    return sa.Column("uid", sa.String(36), nullable=nullable, unique=True)
+
+
+def id_column() -> sa.Column:
+    return sa.Column("id", BigID, sa.Identity(), primary_key=True)
+
+
+def fk(target: str, ondelete: str | None = None, **kw: object) -> sa.ForeignKey:
+    return sa.ForeignKey(target, ondelete=ondelete, **kw)
+
+
+def created_at() -> sa.Column:
+    return sa.Column("created_at", UTCDateTime(), nullable=False)
+
+
+users = sa.Table(
+    "users",
+    metadata,
+    id_column(),
+    uid_column(nullable=True),  # as in design.md, so an existing users table can be stamped
+    sa.Column("telegram_user_id", sa.Text(), nullable=False, unique=True),
+    sa.Column("username", sa.Text()),
+    sa.Column("is_admin", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("is_active", sa.Boolean(), nullable=False, server_default=sa.true()),
+    sa.Column("approved_by_user_id", BigID, fk("users.id", ondelete="SET NULL")),
+    sa.Column("approved_at", UTCDateTime()),
+    created_at(),
+    # Additions (revision 0002): delivery address, the user's time zone, the bot's context.
+    sa.Column("telegram_chat_id", sa.BigInteger()),
+    sa.Column("timezone", sa.String(64), nullable=False, server_default="UTC"),
+    sa.Column(
+        "current_portfolio_id",
+        BigID,
+        fk("portfolios.id", ondelete="SET NULL", use_alter=True),
+    ),
+    sa.Index(None, "is_active"),
+)
+
+brokers = sa.Table(
+    "brokers",
+    metadata,
+    id_column(),
+    sa.Column("code", sa.String(32), nullable=False, unique=True),
+    sa.Column("name", sa.Text(), nullable=False),
+)
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    id_column(),
+    uid_column(),
+    sa.Column("user_id", BigID, fk("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("broker_id", BigID, fk("brokers.id"), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("account_uid", sa.Text()),
+    sa.Column("base_currency", sa.String(16), nullable=False, server_default="USD"),
+    created_at(),
+    sa.UniqueConstraint("user_id", "name"),
+    # Target of portfolios' composite FK: a portfolio's account belongs to the same user.
+    sa.UniqueConstraint("id", "user_id"),
+    sa.Index(None, "broker_id"),
+)
+
+portfolios = sa.Table(
+    "portfolios",
+    metadata,
+    id_column(),
+    uid_column(),
+    sa.Column("user_id", BigID, fk("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("account_id", BigID, nullable=False),  # FK below, together with the owner
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("description", sa.Text()),
+    sa.Column("is_default", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("archived_at", UTCDateTime()),
+    created_at(),
+    sa.UniqueConstraint("user_id", "name"),
+    sa.ForeignKeyConstraint(
+        ["account_id", "user_id"],
+        ["accounts.id", "accounts.user_id"],
+        name="fk_portfolios_account_owner",
+        ondelete="CASCADE",
+    ),
+    sa.Index(None, "account_id"),
+    # At most one default portfolio per user (the DAL keeps it at exactly one).
+    sa.Index(
+        "uq_portfolios_one_default",
+        "user_id",
+        unique=True,
+        sqlite_where=sa.text("is_default"),
+        postgresql_where=sa.text("is_default"),
+    ),
+)
+
+strategies = sa.Table(
+    "strategies",
+    metadata,
+    id_column(),
+    uid_column(),
+    sa.Column("user_id", BigID, fk("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("version", sa.String(32), nullable=False, server_default="1.0"),
+    sa.Column("params_json", JSONDoc(), nullable=False, server_default="{}"),
+    sa.Column("is_active", sa.Boolean(), nullable=False, server_default=sa.true()),
+    created_at(),
+    sa.UniqueConstraint("user_id", "name", "version"),
+)
+
+instruments = sa.Table(
+    "instruments",
+    metadata,
+    id_column(),
+    uid_column(),
+    sa.Column("symbol", sa.String(32), nullable=False),
+    sa.Column("exchange", sa.String(32)),
+    sa.Column("asset_type", sa.String(16), nullable=False),
+    sa.Column("currency", sa.String(16), nullable=False),
+    sa.Column("tick_size", Money()),
+    sa.Column("lot_size", Money()),
+    one_of("asset_type", ASSET_TYPES),
+    positive("tick_size", nullable=True),
+    positive("lot_size", nullable=True),
+    # NULL exchanges are distinct in a plain UNIQUE; COALESCE makes (BTCUSDT, NULL) unique too.
+    sa.Index(
+        "uq_instruments_symbol_exchange",
+        "symbol",
+        sa.func.coalesce(sa.column("exchange"), sa.literal_column("''")),
+        unique=True,
+    ),
+    sa.Index(None, "asset_type"),
+)
+
+orders = sa.Table(
+    "orders",
+    metadata,
+    id_column(),
+    uid_column(),
+    sa.Column("portfolio_id", BigID, fk("portfolios.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("instrument_id", BigID, fk("instruments.id"), nullable=False),
+    sa.Column("strategy_id", BigID, fk("strategies.id", ondelete="SET NULL")),
+    sa.Column("side", sa.String(4), nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("time_in_force", sa.String(3)),
+    sa.Column("quantity", Money(), nullable=False),
+    sa.Column("price", Money()),
+    sa.Column("stop_price", Money()),
+    sa.Column("filled_quantity", Money(), nullable=False, server_default="0"),
+    sa.Column("avg_fill_price", Money()),
+    sa.Column("client_order_id", sa.String(64)),
+    sa.Column("broker_order_id", sa.String(64)),
+    sa.Column("placed_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("meta_json", JSONDoc(), nullable=False, server_default="{}"),
+    one_of("side", ORDER_SIDES),
+    one_of("type", ORDER_TYPES),
+    one_of("status", ORDER_STATUSES),
+    sa.CheckConstraint(
+        "time_in_force IS NULL OR time_in_force IN ('GTC', 'IOC', 'FOK', 'DAY')",
+        name="time_in_force_valid",
+    ),
+    positive("quantity"),
+    positive("price", nullable=True),
+    positive("stop_price", nullable=True),
+    positive("avg_fill_price", nullable=True),
+    sa.CheckConstraint("CAST(filled_quantity AS NUMERIC) >= 0", name="filled_quantity_nonneg"),
+    # A backstop only: on SQLite the CAST compares as float; the DAL checks overfills exactly.
+    sa.CheckConstraint(
+        "CAST(filled_quantity AS NUMERIC) <= CAST(quantity AS NUMERIC)",
+        name="filled_le_quantity",
+    ),
+    # Idempotency: Binance order ids are unique per symbol only, so the key includes the
+    # instrument.
+    sa.UniqueConstraint("portfolio_id", "instrument_id", "broker_order_id"),
+    sa.UniqueConstraint("portfolio_id", "client_order_id"),
+    sa.Index(None, "portfolio_id", "status"),
+    sa.Index(None, "portfolio_id", "placed_at"),
+    sa.Index(None, "instrument_id"),
+    sa.Index(None, "placed_at"),
+    sa.Index(None, "strategy_id"),
+)
+
+trades = sa.Table(
+    "trades",
+    metadata,
+    id_column(),
+    uid_column(),
+    sa.Column("portfolio_id", BigID, fk("portfolios.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("instrument_id", BigID, fk("instruments.id"), nullable=False),
+    sa.Column("strategy_id", BigID, fk("strategies.id", ondelete="SET NULL")),
+    sa.Column("order_id", BigID, fk("orders.id", ondelete="SET NULL")),
+    sa.Column("side", sa.String(4), nullable=False),
+    sa.Column("quantity", Money(), nullable=False),
+    sa.Column("price", Money(), nullable=False),
+    sa.Column("fee", Money(), nullable=False, server_default="0"),
+    sa.Column("fee_currency", sa.String(16)),
+    sa.Column("realized_pnl", Money(), nullable=False, server_default="0"),
+    sa.Column("exec_time", UTCDateTime(), nullable=False),
+    sa.Column("broker_trade_id", sa.String(64)),
+    sa.Column("meta_json", JSONDoc(), nullable=False, server_default="{}"),
+    one_of("side", ORDER_SIDES),
+    positive("quantity"),
+    positive("price"),
+    sa.UniqueConstraint("portfolio_id", "instrument_id", "broker_trade_id"),
+    sa.Index(None, "portfolio_id", "exec_time"),
+    sa.Index(None, "instrument_id", "exec_time"),
+    sa.Index(None, "order_id"),
+    sa.Index(None, "strategy_id"),
+)
+
+positions = sa.Table(
+    "positions",
+    metadata,
+    id_column(),
+    uid_column(),
+    sa.Column("portfolio_id", BigID, fk("portfolios.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("instrument_id", BigID, fk("instruments.id"), nullable=False),
+    sa.Column("strategy_id", BigID, fk("strategies.id", ondelete="SET NULL")),
+    sa.Column("quantity", Money(), nullable=False),
+    sa.Column("cost_basis", Money(), nullable=False, server_default="0"),
+    sa.Column("avg_price", Money(), nullable=False, server_default="0"),
+    sa.Column("realized_pnl", Money(), nullable=False, server_default="0"),
+    sa.Column("opened_at", UTCDateTime()),
+    # The canonical key (exec_time, trade id) of the last fill applied: a fill that sorts
+    # before it is late and makes the DAL re-derive the position from its trades.
+    sa.Column("last_exec_time", UTCDateTime()),
+    sa.Column("last_trade_id", BigID),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.CheckConstraint("CAST(cost_basis AS NUMERIC) >= 0", name="cost_basis_nonneg"),
+    # One position per (portfolio, instrument, strategy) including the manual (NULL) strategy.
+    sa.Index(
+        "uq_positions_portfolio_instrument_strategy",
+        "portfolio_id",
+        "instrument_id",
+        sa.func.coalesce(sa.column("strategy_id"), sa.literal_column("0")),
+        unique=True,
+    ),
+    # (portfolio_id) is served by the unique index above, whose first column it is.
+    sa.Index(None, "instrument_id"),
+    sa.Index(None, "strategy_id"),
+)
+
+cash_movements = sa.Table(
+    "cash_movements",
+    metadata,
+    id_column(),
+    uid_column(),
+    sa.Column("portfolio_id", BigID, fk("portfolios.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    # Signed: deposits are positive, withdrawals negative, adjustments either.
+    sa.Column("amount", Money(), nullable=False),
+    sa.Column("currency", sa.String(16), nullable=False),
+    sa.Column("note", sa.Text()),
+    created_at(),
+    one_of("kind", CASH_KINDS),
+    sa.CheckConstraint(
+        "(kind = 'DEPOSIT' AND CAST(amount AS NUMERIC) > 0)"
+        " OR (kind = 'WITHDRAWAL' AND CAST(amount AS NUMERIC) < 0)"
+        " OR (kind = 'ADJUSTMENT' AND CAST(amount AS NUMERIC) <> 0)",
+        name="amount_sign",
+    ),
+    sa.Index(None, "portfolio_id", "created_at"),
+)
+
+risk_policies = sa.Table(
+    "risk_policies",
+    metadata,
+    id_column(),
+    uid_column(),
+    # Addition: the owner, so ownership filters need no per-scope join.
+    sa.Column("user_id", BigID, fk("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("scope_type", sa.String(16), nullable=False),
+    sa.Column("scope_id", BigID, nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("config_json", JSONDoc(), nullable=False),
+    sa.Column("is_active", sa.Boolean(), nullable=False, server_default=sa.true()),
+    created_at(),
+    one_of("scope_type", POLICY_SCOPES),
+    sa.UniqueConstraint("user_id", "name"),
+    sa.Index(None, "scope_type", "scope_id"),
+    sa.Index(None, "is_active"),
+)
+
+risk_breaches = sa.Table(
+    "risk_breaches",
+    metadata,
+    id_column(),
+    sa.Column("policy_id", BigID, fk("risk_policies.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("portfolio_id", BigID, fk("portfolios.id", ondelete="SET NULL")),
+    sa.Column("instrument_id", BigID, fk("instruments.id", ondelete="SET NULL")),
+    sa.Column("order_id", BigID, fk("orders.id", ondelete="SET NULL")),
+    sa.Column("observed_json", JSONDoc(), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    created_at(),
+    one_of("action", BREACH_ACTIONS),
+    sa.Index(None, "policy_id", "created_at"),
+    sa.Index(None, "portfolio_id", "created_at"),
+)
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    id_column(),
+    uid_column(),
+    sa.Column("user_id", BigID, fk("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("portfolio_id", BigID, fk("portfolios.id", ondelete="SET NULL")),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("config_json", JSONDoc(), nullable=False),
+    sa.Column("is_active", sa.Boolean(), nullable=False, server_default=sa.true()),
+    created_at(),
+    one_of("type", ALERT_TYPES),
+    sa.Index(None, "user_id", "is_active"),
+)
+
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    id_column(),
+    uid_column(),
+    sa.Column("user_id", BigID, fk("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("cron", sa.String(128), nullable=False),
+    sa.Column("config_json", JSONDoc(), nullable=False, server_default="{}"),
+    sa.Column("is_active", sa.Boolean(), nullable=False, server_default=sa.true()),
+    sa.Column("last_run_at", UTCDateTime()),
+    sa.Column("next_run_at", UTCDateTime()),
+    created_at(),
+    sa.Index(None, "user_id"),
+    sa.Index(None, "is_active", "next_run_at"),
+)
+
+screeners = sa.Table(
+    "screeners",
+    metadata,
+    id_column(),
+    uid_column(),
+    sa.Column("user_id", BigID, fk("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("config_json", JSONDoc(), nullable=False),
+    sa.Column("is_active", sa.Boolean(), nullable=False, server_default=sa.true()),
+    created_at(),
+    sa.Index(None, "user_id"),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    id_column(),
+    sa.Column("user_id", BigID, fk("users.id", ondelete="SET NULL")),
+    sa.Column("entity_type", sa.String(16), nullable=False),
+    sa.Column("entity_id", BigID),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("details_json", JSONDoc(), nullable=False),
+    created_at(),
+    one_of("entity_type", AUDIT_ENTITIES),
+    one_of("action", AUDIT_ACTIONS),
+    sa.Index(None, "user_id", "created_at"),
+    sa.Index(None, "entity_type", "entity_id"),
+    sa.Index(None, "created_at"),
+)

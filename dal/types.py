@@ -1,0 +1,237 @@
+"""Portable column types: exact decimals, UTC timestamps, JSON, primary keys.
+
+Each type stores one canonical form per engine so that both engines hold the same values:
+
+* ``Money``: ``decimal.Decimal``; canonical decimal TEXT on SQLite, ``NUMERIC(38, 18)`` on
+  PostgreSQL. Values that would lose digits are refused, never rounded.
+* ``UTCDateTime``: aware ``datetime``; fixed-width ISO-8601 TEXT on SQLite (string order is
+  time order), ``TIMESTAMPTZ`` on PostgreSQL.
+* ``JSONDoc``: TEXT on SQLite, JSONB on PostgreSQL; canonical serialization on both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+
+# 18 fractional + 20 integer digits = NUMERIC(38, 18). Every computation on amounts uses a
+# context with room to spare, so no intermediate result is rounded by accident.
+SCALE = 18
+INTEGER_DIGITS = 20
+DECIMAL_CONTEXT = decimal.Context(prec=80, rounding=decimal.ROUND_HALF_EVEN, Emax=999, Emin=-999)
+_QUANTUM = decimal.Decimal(1).scaleb(-SCALE)
+
+
+class AmountError(ValueError):
+    """A value cannot be stored exactly as a money/quantity amount."""
+
+
+def check_amount(value: object) -> decimal.Decimal:
+    """Return ``value`` as a Decimal that fits NUMERIC(38, 18) exactly, or raise AmountError.
+
+    Floats are refused outright: they are where exactness is lost.
+    """
+    if isinstance(value, bool) or isinstance(value, float):
+        raise AmountError(f"{value!r} is a {type(value).__name__}; give amounts as Decimal or text")
+    if isinstance(value, int):
+        value = decimal.Decimal(value)
+    elif isinstance(value, str):
+        try:
+            value = decimal.Decimal(value.strip())
+        except decimal.InvalidOperation:
+            raise AmountError(f"{value!r} is not a decimal number") from None
+    if not isinstance(value, decimal.Decimal):
+        raise AmountError(f"{value!r} is not a decimal amount")
+    if not value.is_finite():
+        raise AmountError(f"{value} is not a finite number")
+    # Trailing zeros do not count against the limits: 1.500 has one fractional digit.
+    value = value.normalize(DECIMAL_CONTEXT) if value else decimal.Decimal(0)
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    if exponent < -SCALE:
+        raise AmountError(f"{value} has more than {SCALE} fractional digits")
+    integer_digits = len(digits) + exponent
+    if integer_digits > INTEGER_DIGITS:
+        raise AmountError(f"{value} has more than {INTEGER_DIGITS} integer digits")
+    return value
+
+
+def canonical_decimal(value: decimal.Decimal) -> str:
+    """The one text form of an amount: plain notation, no trailing zeros, no '-0'."""
+    if not value:
+        return "0"
+    return format(value.normalize(DECIMAL_CONTEXT), "f")
+
+
+def quantize18(value: decimal.Decimal) -> decimal.Decimal:
+    """Round half-even to 18 fractional digits (used where the rules say so, never silently)."""
+    return value.quantize(_QUANTUM, context=DECIMAL_CONTEXT)
+
+
+class Money(sa.types.TypeDecorator[decimal.Decimal]):
+    """Exact decimal amount (money, price, quantity, fee, PnL)."""
+
+    impl = sa.Numeric(38, SCALE)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.Text())
+        return dialect.type_descriptor(sa.Numeric(38, SCALE, asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        amount = check_amount(value)
+        if dialect.name == "sqlite":
+            return canonical_decimal(amount)
+        return amount
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> decimal.Decimal | None:
+        if value is None:
+            return None
+        if isinstance(value, float):  # only reachable through hand-written SQL on SQLite
+            raise AmountError(f"float {value!r} found in a decimal column")
+        if isinstance(value, str):  # SQLite: already canonical text
+            return decimal.Decimal(value)
+        # PostgreSQL returns NUMERIC padded to 18 places; hand back the canonical value.
+        return decimal.Decimal(canonical_decimal(decimal.Decimal(value)))
+
+    def process_literal_param(self, value: Any, dialect: Dialect) -> str:
+        text = canonical_decimal(check_amount(value))
+        return f"'{text}'" if dialect.name == "sqlite" else text
+
+    @property
+    def python_type(self) -> type:
+        return decimal.Decimal
+
+
+# Width of the stored text: 2024-03-01T12:00:00.000000Z
+_TS_FORMAT_LEN = 27
+
+
+class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """Aware UTC datetime. Naive input is an error; other offsets are converted to UTC."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.Text())
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        utc = to_utc(value)
+        if dialect.name == "sqlite":
+            return format_utc(utc)
+        return utc
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return parse_utc(value)
+        return to_utc(value)
+
+    def process_literal_param(self, value: Any, dialect: Dialect) -> str:
+        return f"'{format_utc(to_utc(value))}'"
+
+    @property
+    def python_type(self) -> type:
+        return dt.datetime
+
+
+def to_utc(value: object) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"{value!r} is not a datetime")
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise ValueError(f"naive datetime {value.isoformat()} has no time zone; give an aware one")
+    return value.astimezone(dt.UTC)
+
+
+def format_utc(value: dt.datetime) -> str:
+    """Fixed-width ISO-8601 text with microseconds and a 'Z' suffix."""
+    text = value.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    if len(text) != _TS_FORMAT_LEN:  # isoformat pads the year to 4 digits; keep the invariant
+        raise ValueError(f"cannot store {value!r} as fixed-width ISO-8601")
+    return text
+
+
+def parse_utc(text: str) -> dt.datetime:
+    parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.astimezone(dt.UTC)
+
+
+def canonical_json(value: Any) -> str:
+    """Compact JSON with sorted keys; Decimals as their canonical text, datetimes as UTC ISO."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
+    )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return canonical_decimal(value)
+    if isinstance(value, dt.datetime):
+        return format_utc(to_utc(value))
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class JSONDoc(sa.types.TypeDecorator[Any]):
+    """A JSON document: TEXT on SQLite, JSONB on PostgreSQL. Python None is SQL NULL."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Alembic renders the repr; accept (and drop) whatever it may pass back.
+        super().__init__()
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.JSONB())
+        return dialect.type_descriptor(sa.Text())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        text = canonical_json(value)
+        if dialect.name == "postgresql":
+            return json.loads(text)  # JSONB serializes itself; hand it plain JSON values
+        return text
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str) and dialect.name != "postgresql":
+            return json.loads(value)
+        return value
+
+    def coerce_compared_value(self, op: Any, value: Any) -> sa.types.TypeEngine[Any]:
+        return self
+
+
+# BIGINT identity on PostgreSQL; INTEGER PRIMARY KEY (the rowid alias) on SQLite.
+BigID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def utc_now() -> dt.datetime:
+    """The current time as an aware UTC datetime (microsecond precision, like the columns)."""
+    return dt.datetime.now(dt.UTC)
+
+
+def new_uid() -> str:
+    """A new random UUID4 string for ``uid`` columns."""
+    return str(uuid.uuid4())

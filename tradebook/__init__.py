@@ -1,0 +1,1 @@
+"""tradebook: what spans the DAL, the bot and the strategies (settings, logging, the CLI)."""

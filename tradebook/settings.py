@@ -1,0 +1,108 @@
+"""The one place every setting lives.
+
+Each field is read from the environment (or `.env`) as ``TRADEBOOK_<NAME>``, except the
+Telegram token, which keeps the name Telegram tooling uses. Every field is also listed in
+`.env.example`; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/tradebook.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TRADEBOOK_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    database_url: str = DEFAULT_DATABASE_URL
+    telegram_bot_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TELEGRAM_BOT_TOKEN", "telegram_bot_token"),
+    )
+    admin_telegram_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["human", "json"] = "human"
+    paper_starting_cash: Decimal = Decimal("10000")
+    paper_currency: str = "USDT"
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(f"not a database URL: {value!r}") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError(
+                f"unsupported database {url.get_backend_name()!r}: use sqlite+aiosqlite:// "
+                "or postgresql+asyncpg://"
+            )
+        return value
+
+    @field_validator("admin_telegram_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            for part in parts:
+                if not part.lstrip("-").isdigit():
+                    raise ValueError(f"admin ids must be numeric Telegram ids, got {part!r}")
+            return [int(p) for p in parts]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("paper_starting_cash", mode="before")
+    @classmethod
+    def _exact_cash(cls, value: object) -> object:
+        if isinstance(value, float):
+            raise ValueError("give the amount as text, not a float")
+        return value
+
+    def sqlite_path(self) -> Path | None:
+        """The database file when the URL points at SQLite, else None."""
+        url = make_url(self.database_url)
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return None
+        return Path(url.database)
+
+    def ensure_database_dir(self) -> None:
+        path = self.sqlite_path()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+
+class SettingsError(Exception):
+    """Start-up stopped because a setting is invalid; the message is one readable line."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings, turning pydantic's multi-line report into one clear line."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "?"
+            env = "TELEGRAM_BOT_TOKEN" if name == "telegram_bot_token" else f"TRADEBOOK_{name}"
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{env.upper()}: {msg}")
+        raise SettingsError("invalid setting " + "; ".join(problems)) from None
