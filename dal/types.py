@@ -38,7 +38,7 @@ def check_amount(value: object) -> decimal.Decimal:
 
     Floats are refused outright: they are where exactness is lost.
     """
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, bool | float):
         raise AmountError(f"{value!r} is a {type(value).__name__}; give amounts as Decimal or text")
     if isinstance(value, int):
         value = decimal.Decimal(value)
@@ -53,7 +53,7 @@ def check_amount(value: object) -> decimal.Decimal:
         raise AmountError(f"{value} is not a finite number")
     # Trailing zeros do not count against the limits: 1.500 has one fractional digit.
     value = value.normalize(DECIMAL_CONTEXT) if value else decimal.Decimal(0)
-    sign, digits, exponent = value.as_tuple()
+    _sign, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)
     if exponent < -SCALE:
         raise AmountError(f"{value} has more than {SCALE} fractional digits")

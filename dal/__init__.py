@@ -1,0 +1,1 @@
+"""Data-access layer: schema, portable types, engines and the user-scoped services."""

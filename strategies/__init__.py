@@ -1,0 +1,1 @@
+"""Strategy runtime, gateways and paper trading."""
