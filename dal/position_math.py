@@ -1,0 +1,130 @@
+"""Position math on exact Decimals: average cost with an exact cost basis.
+
+A position keeps a signed ``quantity`` and ``cost_basis``, the exact total cost of the open
+quantity (always >= 0). ``avg_price`` is derived (cost_basis / |quantity|, 18 places) and stored
+for display only. Rules (README, "Position rules"):
+
+* adding to a position (or opening one) adds ``qty × price`` to the cost basis;
+* reducing by q of |Q| removes ``cost_basis × q / |Q|`` (all of it when q = |Q|) and realizes
+  ``q × price − removed`` for a long, ``removed − q × price`` for a short;
+* a fill that crosses zero closes the old side and opens the remainder on the other side at the
+  fill price;
+* results are rounded half-even to 18 fractional digits only where they do not fit exactly.
+
+Fees are not part of any of this; they are stored and reported separately.
+``recompute`` replays trades through the very same ``apply_fill``, so verification is exact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, replace
+from decimal import Decimal, localcontext
+
+from dal.types import DECIMAL_CONTEXT, canonical_decimal, quantize18
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class PositionState:
+    quantity: Decimal = ZERO  # signed: > 0 long, < 0 short
+    cost_basis: Decimal = ZERO  # exact total cost of the open quantity, >= 0
+    realized_pnl: Decimal = ZERO
+    opened_at: dt.datetime | None = None  # time of the fill that opened the current side
+
+    @property
+    def avg_price(self) -> Decimal:
+        if not self.quantity:
+            return ZERO
+        with localcontext(DECIMAL_CONTEXT):
+            return _canonical(quantize18(self.cost_basis / abs(self.quantity)))
+
+
+@dataclass(frozen=True, slots=True)
+class FillResult:
+    state: PositionState
+    realized: Decimal  # realized PnL of this fill alone (stored on the trade)
+
+
+def _canonical(value: Decimal) -> Decimal:
+    """The canonical value (no trailing zeros, no exponent), as the database hands it back."""
+    return Decimal(canonical_decimal(value))
+
+
+def apply_fill(
+    state: PositionState,
+    side: str,
+    quantity: Decimal,
+    price: Decimal,
+    exec_time: dt.datetime | None = None,
+) -> FillResult:
+    """The position after one fill. Pure: the same inputs always give the same result."""
+    if side not in ("BUY", "SELL"):
+        raise ValueError(f"side must be BUY or SELL, not {side!r}")
+    if quantity <= 0 or price <= 0:
+        raise ValueError("fill quantity and price must be positive")
+    with localcontext(DECIMAL_CONTEXT):
+        direction = 1 if side == "BUY" else -1
+        held = state.quantity
+        if held == 0 or (held > 0) == (direction > 0):
+            # Opening or adding: the cost basis grows by the fill's notional.
+            new = PositionState(
+                quantity=_canonical(held + direction * quantity),
+                cost_basis=_canonical(state.cost_basis + quantize18(quantity * price)),
+                realized_pnl=state.realized_pnl,
+                opened_at=state.opened_at if held else exec_time,
+            )
+            return FillResult(new, ZERO)
+
+        # Reducing (and possibly crossing zero).
+        held_abs = abs(held)
+        closing = min(quantity, held_abs)
+        if closing == held_abs:
+            removed = state.cost_basis
+        else:
+            removed = quantize18(state.cost_basis * closing / held_abs)
+        proceeds = closing * price
+        realized = quantize18(proceeds - removed if held > 0 else removed - proceeds)
+        remainder = quantity - closing
+        if remainder:
+            # Crossed zero: the remainder opens the other side at the fill price.
+            new = PositionState(
+                quantity=direction * remainder,
+                cost_basis=_canonical(quantize18(remainder * price)),
+                realized_pnl=_canonical(state.realized_pnl + realized),
+                opened_at=exec_time,
+            )
+        else:
+            left = held + direction * quantity
+            new = PositionState(
+                quantity=_canonical(left),
+                cost_basis=_canonical(state.cost_basis - removed) if left else ZERO,
+                realized_pnl=_canonical(state.realized_pnl + realized),
+                opened_at=state.opened_at if left else None,
+            )
+        return FillResult(new, _canonical(realized))
+
+
+def replay(fills: list[tuple[str, Decimal, Decimal, dt.datetime | None]]) -> list[FillResult]:
+    """Apply fills (side, quantity, price, exec_time) in the given order from flat."""
+    results = []
+    state = PositionState()
+    for side, quantity, price, exec_time in fills:
+        result = apply_fill(state, side, quantity, price, exec_time)
+        results.append(result)
+        state = result.state
+    return results
+
+
+def unrealized_pnl(state: PositionState, mark: Decimal) -> Decimal:
+    """PnL of the open quantity at ``mark``: |Q| × mark − cost for a long, the reverse short."""
+    if not state.quantity:
+        return ZERO
+    with localcontext(DECIMAL_CONTEXT):
+        value = abs(state.quantity) * mark
+        pnl = value - state.cost_basis if state.quantity > 0 else state.cost_basis - value
+        return _canonical(quantize18(pnl))
+
+
+__all__ = ["FillResult", "PositionState", "apply_fill", "replace", "replay", "unrealized_pnl"]
