@@ -60,7 +60,7 @@ def check_amount(value: object) -> decimal.Decimal:
     integer_digits = len(digits) + exponent
     if integer_digits > INTEGER_DIGITS:
         raise AmountError(f"{value} has more than {INTEGER_DIGITS} integer digits")
-    return value
+    return decimal.Decimal(canonical_decimal(value)) if exponent > 0 else value
 
 
 def canonical_decimal(value: decimal.Decimal) -> str:

@@ -1,0 +1,41 @@
+"""The audit trail: one row per state change, written inside its business transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from dal import schema as t
+from dal.errors import InvalidInput
+from dal.scope import Tx
+
+audit_log = t.audit_log
+
+
+class AuditLogger:
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+
+    def log(
+        self, entity_type: str, entity_id: int | None, action: str, details: dict[str, Any]
+    ) -> None:
+        """Record an action of the acting user (the services call ``tx.audit`` directly)."""
+        if entity_type not in t.AUDIT_ENTITIES:
+            raise InvalidInput(f"unknown audit entity {entity_type!r}")
+        if action not in t.AUDIT_ACTIONS:
+            raise InvalidInput(f"unknown audit action {action!r}")
+        self.tx.require_user()
+        self.tx.audit(entity_type, entity_id, action, details)
+
+    def recent(self, limit: int = 50, entity_type: str | None = None) -> list[sa.Row]:
+        """The acting user's own audit rows, newest first (every user's in admin scope)."""
+        query = (
+            sa.select(audit_log)
+            .where(self.tx.owned(audit_log.c.user_id))
+            .order_by(audit_log.c.created_at.desc(), audit_log.c.id.desc())
+            .limit(min(max(limit, 1), 1000))
+        )
+        if entity_type:
+            query = query.where(audit_log.c.entity_type == entity_type)
+        return list(self.tx.conn.execute(query))

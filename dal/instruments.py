@@ -1,0 +1,119 @@
+"""Instruments: the shared reference list (admins create them; every user reads them)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from dal import schema as t
+from dal.errors import Conflict, InvalidInput, NotFound
+from dal.models import NewInstrument, parse
+from dal.scope import Tx
+from dal.types import DECIMAL_CONTEXT, new_uid
+
+instruments = t.instruments
+
+
+def resolve_instrument(
+    tx: Tx,
+    instrument_id: int | None = None,
+    symbol: str | None = None,
+    exchange: str | None = None,
+) -> sa.Row:
+    """An instrument by id or by symbol (+ exchange). Unknown → NotFound with the symbol."""
+    conn = tx.conn
+    if instrument_id is not None:
+        row = conn.execute(
+            sa.select(instruments).where(instruments.c.id == instrument_id)
+        ).one_or_none()
+        if row is None:
+            raise NotFound(f"unknown instrument #{instrument_id}")
+        if symbol is not None and row.symbol != symbol.upper():
+            raise InvalidInput(f"instrument #{instrument_id} is {row.symbol}, not {symbol}")
+        return row
+    if not symbol:
+        raise InvalidInput("give an instrument id or symbol")
+    query = sa.select(instruments).where(instruments.c.symbol == symbol.upper())
+    if exchange:
+        query = query.where(instruments.c.exchange == exchange.upper())
+    rows = list(conn.execute(query.limit(5)))
+    if not rows:
+        where = f" on {exchange.upper()}" if exchange else ""
+        raise NotFound(f"unknown symbol {symbol.upper()}{where}; an admin can add it")
+    if len(rows) > 1:
+        places = ", ".join(r.exchange or "-" for r in rows)
+        raise InvalidInput(f"{symbol.upper()} trades on several exchanges ({places}); name one")
+    return rows[0]
+
+
+def check_increments(instrument: sa.Row, quantity: Decimal, *prices: Decimal | None) -> None:
+    """Quantities must be lot-size multiples and prices tick-size multiples, when defined."""
+    with __import__("decimal").localcontext(DECIMAL_CONTEXT):
+        if instrument.lot_size and quantity % instrument.lot_size:
+            raise InvalidInput(
+                f"quantity {quantity} is not a multiple of {instrument.symbol}'s lot size "
+                f"{instrument.lot_size}"
+            )
+        for price in prices:
+            if price is not None and instrument.tick_size and price % instrument.tick_size:
+                raise InvalidInput(
+                    f"price {price} is not a multiple of {instrument.symbol}'s tick size "
+                    f"{instrument.tick_size}"
+                )
+
+
+class InstrumentService:
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+
+    def list(self, asset_type: str | None = None) -> list[sa.Row]:
+        self.tx.require_user()
+        query = sa.select(instruments).order_by(instruments.c.symbol, instruments.c.exchange)
+        if asset_type:
+            query = query.where(instruments.c.asset_type == asset_type.upper())
+        return list(self.tx.conn.execute(query))
+
+    def get(
+        self,
+        instrument_id: int | None = None,
+        symbol: str | None = None,
+        exchange: str | None = None,
+    ) -> sa.Row:
+        self.tx.require_user()
+        return resolve_instrument(self.tx, instrument_id, symbol, exchange)
+
+    def create(self, data: NewInstrument | dict[str, Any]) -> sa.Row:
+        self.tx.require_admin()
+        new = parse(NewInstrument, data)
+        return self._insert(new)
+
+    def ensure(self, data: NewInstrument | dict[str, Any]) -> sa.Row:
+        """Create the instrument unless one with the same symbol and exchange exists (used by
+        price feeds on first run; the system actor may call it)."""
+        self.tx.require_admin()
+        new = parse(NewInstrument, data)
+        existing = self._find(new.symbol, new.exchange)
+        return existing if existing is not None else self._insert(new)
+
+    def _find(self, symbol: str, exchange: str | None) -> sa.Row | None:
+        exchange_match = (
+            instruments.c.exchange.is_(None)
+            if exchange is None
+            else instruments.c.exchange == exchange
+        )
+        return self.tx.conn.execute(
+            sa.select(instruments).where(instruments.c.symbol == symbol, exchange_match)
+        ).one_or_none()
+
+    def _insert(self, new: NewInstrument) -> sa.Row:
+        if self._find(new.symbol, new.exchange) is not None:
+            raise Conflict(f"{new.symbol} on {new.exchange or 'no exchange'} already exists")
+        instrument_id = self.tx.conn.execute(
+            instruments.insert()
+            .values(uid=new_uid(), **new.model_dump())
+            .returning(instruments.c.id)
+        ).scalar_one()
+        self.tx.audit("INSTRUMENT", instrument_id, "CREATE", new.model_dump(mode="json"))
+        return resolve_instrument(self.tx, instrument_id)

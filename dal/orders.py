@@ -1,0 +1,272 @@
+"""Orders: place, cancel, status transitions, idempotent on client and broker ids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from dal import schema as t
+from dal.accounts import owned_portfolio
+from dal.errors import Conflict, InvalidInput, NotFound
+from dal.instruments import check_increments, resolve_instrument
+from dal.models import NewOrder, parse
+from dal.scope import Tx
+from dal.strategies import owned_strategy
+from dal.types import new_uid
+
+orders = t.orders
+portfolios = t.portfolios
+
+TERMINAL = frozenset({"FILLED", "CANCELED", "REJECTED", "EXPIRED"})
+# Legal status changes (a repeat of the current status is a no-op, so replays are harmless).
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "NEW": frozenset({"PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED"}),
+    "PARTIALLY_FILLED": frozenset({"FILLED", "CANCELED", "REJECTED", "EXPIRED"}),
+}
+
+# Fields that must match when an idempotency key is reused.
+_IDENTITY_FIELDS = ("instrument_id", "side", "type", "quantity", "price", "stop_price")
+
+
+def owned_order(tx: Tx, order_id: int) -> sa.Row:
+    row = tx.conn.execute(
+        sa.select(orders)
+        .join(portfolios, portfolios.c.id == orders.c.portfolio_id)
+        .where(orders.c.id == order_id, tx.owned(portfolios.c.user_id))
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"no order #{order_id}")
+    return row
+
+
+def order_by_client_id(
+    conn: sa.Connection, portfolio_id: int, client_order_id: str
+) -> sa.Row | None:
+    return conn.execute(
+        sa.select(orders).where(
+            orders.c.portfolio_id == portfolio_id, orders.c.client_order_id == client_order_id
+        )
+    ).one_or_none()
+
+
+def order_by_broker_id(
+    conn: sa.Connection, portfolio_id: int, instrument_id: int, broker_order_id: str
+) -> sa.Row | None:
+    return conn.execute(
+        sa.select(orders).where(
+            orders.c.portfolio_id == portfolio_id,
+            orders.c.instrument_id == instrument_id,
+            orders.c.broker_order_id == broker_order_id,
+        )
+    ).one_or_none()
+
+
+def check_transition(order: sa.Row, status: str) -> bool:
+    """True when the change applies, False for a harmless repeat; Conflict when illegal."""
+    if status not in t.ORDER_STATUSES:
+        raise InvalidInput(f"unknown order status {status!r}")
+    if status == order.status:
+        return False
+    if status not in TRANSITIONS.get(order.status, frozenset()):
+        raise Conflict(f"order #{order.id} is {order.status}; it cannot become {status}")
+    return True
+
+
+class OrderService:
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+
+    def place(
+        self, data: NewOrder | dict[str, Any], *, status: str = "NEW", reason: str | None = None
+    ) -> sa.Row:
+        """Store a new order (status NEW). The same client/broker id with the same fields
+        returns the existing order; with different fields it raises Conflict.
+
+        ``status="REJECTED"`` with a ``reason`` stores an order refused before it reached a
+        gateway (e.g. by pre-trade risk), so the refusal stays on record.
+        """
+        new = parse(NewOrder, data)
+        if status not in ("NEW", "REJECTED"):
+            raise InvalidInput("an order is placed NEW (or stored REJECTED with a reason)")
+        tx = self.tx
+        portfolio = owned_portfolio(tx, new.portfolio_id, writable=True)
+        instrument = resolve_instrument(tx, new.instrument_id, new.symbol, new.exchange)
+        check_increments(instrument, new.quantity, new.price, new.stop_price)
+        if new.strategy_id is not None:
+            strategy = owned_strategy(tx, new.strategy_id)
+            if strategy.user_id != portfolio.user_id:
+                raise NotFound(f"no strategy #{new.strategy_id}")
+        values: dict[str, Any] = {
+            "portfolio_id": portfolio.id,
+            "instrument_id": instrument.id,
+            "strategy_id": new.strategy_id,
+            "side": new.side,
+            "type": new.type,
+            "time_in_force": new.time_in_force,
+            "quantity": new.quantity,
+            "price": new.price,
+            "stop_price": new.stop_price,
+            "client_order_id": new.client_order_id,
+            "broker_order_id": new.broker_order_id,
+        }
+        existing = self._existing(values)
+        if existing is not None:
+            return existing
+        now = tx.now()
+        meta = dict(new.meta)
+        if reason:
+            meta["reject_reason"] = reason
+        order_id = tx.conn.execute(
+            orders.insert()
+            .values(
+                uid=new_uid(),
+                status=status,
+                placed_at=new.placed_at or now,
+                updated_at=now,
+                meta_json=meta,
+                **values,
+            )
+            .returning(orders.c.id)
+        ).scalar_one()
+        details = {k: v for k, v in values.items() if v is not None}
+        tx.audit(
+            "ORDER",
+            order_id,
+            "CREATE" if status == "NEW" else "REJECT",
+            {**details, **({"reason": reason} if reason else {})},
+            user_id=portfolio.user_id,
+        )
+        return owned_order(tx, order_id)
+
+    def _existing(self, values: dict[str, Any]) -> sa.Row | None:
+        conn = self.tx.conn
+        found = None
+        if values["client_order_id"] is not None:
+            found = order_by_client_id(conn, values["portfolio_id"], values["client_order_id"])
+        if found is None and values["broker_order_id"] is not None:
+            found = order_by_broker_id(
+                conn, values["portfolio_id"], values["instrument_id"], values["broker_order_id"]
+            )
+        if found is None:
+            return None
+        different = [f for f in _IDENTITY_FIELDS if getattr(found, f) != values[f]]
+        for key in ("client_order_id", "broker_order_id", "strategy_id"):
+            if values[key] is not None and getattr(found, key) not in (None, values[key]):
+                different.append(key)
+        if different:
+            raise Conflict(
+                f"order #{found.id} already uses this id with different {', '.join(different)}"
+            )
+        return found
+
+    def get(self, order_id: int) -> sa.Row:
+        return owned_order(self.tx, order_id)
+
+    def by_client_id(self, portfolio_id: int, client_order_id: str) -> sa.Row:
+        owned_portfolio(self.tx, portfolio_id)
+        row = order_by_client_id(self.tx.conn, portfolio_id, client_order_id)
+        if row is None:
+            raise NotFound(f"no order with client id {client_order_id!r}")
+        return row
+
+    def by_broker_id(self, portfolio_id: int, instrument_id: int, broker_order_id: str) -> sa.Row:
+        owned_portfolio(self.tx, portfolio_id)
+        row = order_by_broker_id(self.tx.conn, portfolio_id, instrument_id, broker_order_id)
+        if row is None:
+            raise NotFound(f"no order with broker id {broker_order_id!r}")
+        return row
+
+    def cancel(self, order_id: int, reason: str | None = None) -> sa.Row:
+        return self.update_status(order_id, "CANCELED", reason=reason)
+
+    def update_status(
+        self,
+        order_id: int,
+        status: str,
+        *,
+        broker_order_id: str | None = None,
+        reason: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> sa.Row:
+        """Move an order along NEW → PARTIALLY_FILLED → FILLED or to CANCELED / REJECTED /
+        EXPIRED. Terminal statuses are final; repeating the current status changes nothing."""
+        tx = self.tx
+        order = owned_order(tx, order_id)
+        locked = tx.conn.execute(
+            sa.select(orders).where(orders.c.id == order.id).with_for_update()
+        ).one()
+        changes: dict[str, Any] = {}
+        if broker_order_id is not None and locked.broker_order_id != broker_order_id:
+            if locked.broker_order_id is not None:
+                raise Conflict(
+                    f"order #{order_id} already has broker id {locked.broker_order_id!r}"
+                )
+            changes["broker_order_id"] = broker_order_id
+        if status in ("PARTIALLY_FILLED", "FILLED") and status != locked.status:
+            raise InvalidInput("fill statuses follow from fills; ingest the fill instead")
+        applies = check_transition(locked, status)
+        if applies:
+            changes["status"] = status
+        if meta or reason:
+            merged = dict(locked.meta_json or {})
+            merged.update(meta or {})
+            if reason:
+                merged["reason"] = reason
+            changes["meta_json"] = merged
+        if not changes:
+            return locked
+        changes["updated_at"] = tx.now()
+        tx.conn.execute(orders.update().where(orders.c.id == locked.id).values(**changes))
+        action = {"CANCELED": "CANCEL", "REJECTED": "REJECT", "EXPIRED": "EXPIRE"}.get(
+            status, "UPDATE"
+        )
+        tx.audit(
+            "ORDER",
+            locked.id,
+            action if applies else "UPDATE",
+            {
+                "status": status,
+                **({"reason": reason} if reason else {}),
+                **({"broker_order_id": broker_order_id} if broker_order_id else {}),
+            },
+            user_id=_owner(tx, locked.portfolio_id),
+        )
+        return owned_order(tx, order_id)
+
+    def list(
+        self,
+        portfolio_id: int | None = None,
+        status: str | list[str] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[sa.Row]:
+        """Orders newest first (open ones by default: NEW and PARTIALLY_FILLED)."""
+        statuses = [status] if isinstance(status, str) else list(status or t.OPEN_ORDER_STATUSES)
+        for s in statuses:
+            if s not in t.ORDER_STATUSES:
+                raise InvalidInput(
+                    f"unknown order status {s!r}; use one of {', '.join(t.ORDER_STATUSES)}"
+                )
+        query = (
+            sa.select(orders, t.instruments.c.symbol)
+            .join(portfolios, portfolios.c.id == orders.c.portfolio_id)
+            .join(t.instruments, t.instruments.c.id == orders.c.instrument_id)
+            .where(self.tx.owned(portfolios.c.user_id), orders.c.status.in_(statuses))
+            .order_by(orders.c.placed_at.desc(), orders.c.id.desc())
+            .limit(max(1, min(limit, 1000)))
+            .offset(max(0, offset))
+        )
+        if portfolio_id is not None:
+            owned_portfolio(self.tx, portfolio_id)
+            query = query.where(orders.c.portfolio_id == portfolio_id)
+        return list(self.tx.conn.execute(query))
+
+    def open_orders(self, portfolio_id: int | None = None, limit: int = 50) -> list[sa.Row]:
+        return self.list(portfolio_id, None, limit)
+
+
+def _owner(tx: Tx, portfolio_id: int) -> int:
+    return tx.conn.execute(
+        sa.select(portfolios.c.user_id).where(portfolios.c.id == portfolio_id)
+    ).scalar_one()

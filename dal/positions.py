@@ -1,0 +1,299 @@
+"""Materialized positions: locked read-modify-write per fill, recompute, verify, repair.
+
+Every position change goes through ``position_math.apply_fill``; ``recompute`` replays the
+trades through the same function in canonical order (exec_time, id), so ``verify`` can demand
+exact equality.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from dal import schema as t
+from dal.accounts import owned_portfolio
+from dal.position_math import FillResult, PositionState, apply_fill
+from dal.scope import Tx
+from dal.types import new_uid
+
+positions = t.positions
+trades = t.trades
+
+PositionKey = tuple[int, int, int | None]  # (portfolio_id, instrument_id, strategy_id)
+
+
+def _key_clause(key: PositionKey) -> sa.ColumnElement[bool]:
+    portfolio_id, instrument_id, strategy_id = key
+    strategy_match = (
+        positions.c.strategy_id.is_(None)
+        if strategy_id is None
+        else positions.c.strategy_id == strategy_id
+    )
+    return sa.and_(
+        positions.c.portfolio_id == portfolio_id,
+        positions.c.instrument_id == instrument_id,
+        strategy_match,
+    )
+
+
+def _insert_for(conn: sa.Connection) -> Any:
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+# The conflict target repeats the unique index's expression; on SQLite the literal 0 must be
+# rendered inline (a bound parameter makes SQLite refuse the target).
+_POSITION_CONFLICT_TARGET = [
+    positions.c.portfolio_id,
+    positions.c.instrument_id,
+    sa.func.coalesce(positions.c.strategy_id, sa.literal_column("0")),
+]
+
+
+def lock_position(tx: Tx, key: PositionKey) -> sa.Row:
+    """The position row for ``key``, created flat if missing, locked for this transaction
+    (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes)."""
+    conn = tx.conn
+    query = sa.select(positions).where(_key_clause(key)).with_for_update()
+    row = conn.execute(query).one_or_none()
+    if row is not None:
+        return row
+    portfolio_id, instrument_id, strategy_id = key
+    conn.execute(
+        _insert_for(conn)(positions)
+        .values(
+            uid=new_uid(),
+            portfolio_id=portfolio_id,
+            instrument_id=instrument_id,
+            strategy_id=strategy_id,
+            quantity=Decimal(0),
+            updated_at=tx.now(),
+        )
+        .on_conflict_do_nothing(index_elements=_POSITION_CONFLICT_TARGET)
+    )
+    return conn.execute(query).one()
+
+
+def state_of(row: sa.Row) -> PositionState:
+    return PositionState(row.quantity, row.cost_basis, row.realized_pnl, row.opened_at)
+
+
+def write_position(
+    tx: Tx,
+    position_id: int,
+    state: PositionState,
+    last_exec_time: dt.datetime | None,
+    last_trade_id: int | None,
+) -> None:
+    tx.conn.execute(
+        positions.update()
+        .where(positions.c.id == position_id)
+        .values(
+            quantity=state.quantity,
+            cost_basis=state.cost_basis,
+            avg_price=state.avg_price,
+            realized_pnl=state.realized_pnl,
+            opened_at=state.opened_at,
+            last_exec_time=last_exec_time,
+            last_trade_id=last_trade_id,
+            updated_at=tx.now(),
+        )
+    )
+
+
+def _trades_in_canonical_order(
+    conn: sa.Connection, portfolio_id: int, key: PositionKey | None = None
+) -> list[sa.Row]:
+    query = (
+        sa.select(
+            trades.c.id,
+            trades.c.portfolio_id,
+            trades.c.instrument_id,
+            trades.c.strategy_id,
+            trades.c.side,
+            trades.c.quantity,
+            trades.c.price,
+            trades.c.exec_time,
+            trades.c.realized_pnl,
+        )
+        .where(trades.c.portfolio_id == portfolio_id)
+        .order_by(trades.c.exec_time, trades.c.id)
+    )
+    if key is not None:
+        _, instrument_id, strategy_id = key
+        query = query.where(
+            trades.c.instrument_id == instrument_id,
+            trades.c.strategy_id.is_(None)
+            if strategy_id is None
+            else trades.c.strategy_id == strategy_id,
+        )
+    return list(conn.execute(query))
+
+
+@dataclass
+class Derived:
+    """A position as its trades say it should be."""
+
+    state: PositionState
+    last_exec_time: dt.datetime | None
+    last_trade_id: int | None
+    trade_realized: dict[int, Decimal]  # trade id → realized PnL of that fill
+
+
+def derive(rows: list[sa.Row]) -> dict[PositionKey, Derived]:
+    """Replay trades (already in canonical order) per position key through apply_fill."""
+    out: dict[PositionKey, Derived] = {}
+    for row in rows:
+        key = (row.portfolio_id, row.instrument_id, row.strategy_id)
+        current = out.get(key)
+        if current is None:
+            current = out[key] = Derived(PositionState(), None, None, {})
+        result: FillResult = apply_fill(
+            current.state, row.side, row.quantity, row.price, row.exec_time
+        )
+        current.state = result.state
+        current.last_exec_time = row.exec_time
+        current.last_trade_id = row.id
+        current.trade_realized[row.id] = result.realized
+    return out
+
+
+def rederive_position(tx: Tx, key: PositionKey, position_id: int) -> Derived:
+    """Re-derive one position from its trades (after a late fill) and fix per-trade PnL."""
+    rows = _trades_in_canonical_order(tx.conn, key[0], key)
+    derived = derive(rows).get(key) or Derived(PositionState(), None, None, {})
+    stored = {row.id: row.realized_pnl for row in rows}
+    for trade_id, realized in derived.trade_realized.items():
+        if stored[trade_id] != realized:
+            tx.conn.execute(
+                trades.update().where(trades.c.id == trade_id).values(realized_pnl=realized)
+            )
+    write_position(tx, position_id, derived.state, derived.last_exec_time, derived.last_trade_id)
+    return derived
+
+
+@dataclass(frozen=True)
+class Difference:
+    portfolio_id: int
+    instrument_id: int
+    strategy_id: int | None
+    field: str
+    stored: Any
+    expected: Any
+
+    def __str__(self) -> str:
+        what = (
+            f"trade #{self.field.split(':')[1]} realized_pnl" if ":" in self.field else self.field
+        )
+        return (
+            f"portfolio #{self.portfolio_id} instrument #{self.instrument_id} strategy "
+            f"{self.strategy_id or '-'}: {what} is {self.stored}, trades say {self.expected}"
+        )
+
+
+_COMPARED = ("quantity", "cost_basis", "avg_price", "realized_pnl", "opened_at")
+
+
+def verify_portfolio(conn: sa.Connection, portfolio_id: int) -> list[Difference]:
+    rows = _trades_in_canonical_order(conn, portfolio_id)
+    expected = derive(rows)
+    differences: list[Difference] = []
+    stored_realized = {row.id: row.realized_pnl for row in rows}
+    for key, derived in expected.items():
+        for trade_id, realized in derived.trade_realized.items():
+            if stored_realized[trade_id] != realized:
+                differences.append(
+                    Difference(*key, f"trade:{trade_id}", stored_realized[trade_id], realized)
+                )
+    materialized = {
+        (r.portfolio_id, r.instrument_id, r.strategy_id): r
+        for r in conn.execute(sa.select(positions).where(positions.c.portfolio_id == portfolio_id))
+    }
+    for key in sorted(set(expected) | set(materialized), key=lambda k: (k[1], k[2] or 0)):
+        want = expected[key].state if key in expected else PositionState()
+        have = materialized.get(key)
+        for name in _COMPARED:
+            want_value = getattr(want, name)
+            have_value = getattr(have, name) if have is not None else getattr(PositionState(), name)
+            if have is None and not want.quantity and not want.realized_pnl:
+                continue  # a flat position with no row and no PnL is the same thing
+            if have_value != want_value:
+                differences.append(Difference(*key, name, have_value, want_value))
+    return differences
+
+
+class PositionService:
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+
+    apply_fill = staticmethod(apply_fill)
+
+    def snapshot(self, portfolio_id: int, include_flat: bool = False) -> list[sa.Row]:
+        """Positions of a portfolio with symbol, currency and strategy, by symbol."""
+        owned_portfolio(self.tx, portfolio_id)
+        query = (
+            sa.select(
+                positions,
+                t.instruments.c.symbol,
+                t.instruments.c.exchange,
+                t.instruments.c.currency,
+                t.strategies.c.name.label("strategy_name"),
+                t.strategies.c.version.label("strategy_version"),
+            )
+            .join(t.instruments, t.instruments.c.id == positions.c.instrument_id)
+            .outerjoin(t.strategies, t.strategies.c.id == positions.c.strategy_id)
+            .where(positions.c.portfolio_id == portfolio_id)
+            .order_by(t.instruments.c.symbol, positions.c.strategy_id)
+        )
+        rows = list(self.tx.conn.execute(query))
+        if not include_flat:
+            rows = [r for r in rows if r.quantity]
+        return rows
+
+    def recompute(self, portfolio_id: int) -> dict[PositionKey, PositionState]:
+        """Positions derived from the portfolio's trades (nothing is written)."""
+        owned_portfolio(self.tx, portfolio_id)
+        derived = derive(_trades_in_canonical_order(self.tx.conn, portfolio_id))
+        return {key: d.state for key, d in derived.items()}
+
+    def verify(self, portfolio_id: int | None = None) -> list[Difference]:
+        """Every difference between the materialized rows and the trades (empty = consistent).
+        Without a portfolio: every portfolio in scope (all of them in admin scope)."""
+        if portfolio_id is not None:
+            owned_portfolio(self.tx, portfolio_id)
+            ids = [portfolio_id]
+        else:
+            ids = list(
+                self.tx.conn.execute(
+                    sa.select(t.portfolios.c.id)
+                    .where(self.tx.owned(t.portfolios.c.user_id))
+                    .order_by(t.portfolios.c.id)
+                ).scalars()
+            )
+        differences: list[Difference] = []
+        for pid in ids:
+            differences.extend(verify_portfolio(self.tx.conn, pid))
+        return differences
+
+    def repair(self, portfolio_id: int) -> list[Difference]:
+        """Rewrite a portfolio's positions (and per-trade PnL) from its trades; audited."""
+        portfolio = owned_portfolio(self.tx, portfolio_id)
+        differences = verify_portfolio(self.tx.conn, portfolio_id)
+        if not differences:
+            return []
+        keys = {(d.portfolio_id, d.instrument_id, d.strategy_id) for d in differences}
+        for key in keys:
+            row = lock_position(self.tx, key)
+            rederive_position(self.tx, key, row.id)
+        self.tx.audit(
+            "POSITION",
+            None,
+            "REPAIR",
+            {"portfolio_id": portfolio_id, "differences": [str(d) for d in differences[:50]]},
+            user_id=portfolio.user_id,
+        )
+        return differences

@@ -1,0 +1,137 @@
+"""Who is acting, and the per-transaction context every service works in.
+
+Isolation by construction: services never take a user id from the caller. They read the
+owner from ``tx`` and filter every user-facing query with ``tx.owned(column)``, which is
+``column = <actor's user id>`` unless the session was opened with the explicit admin scope.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from dal import schema as t
+from dal.errors import Forbidden, NotApproved, NotFound
+from dal.types import utc_now
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """The user a session acts for; ``Actor.system()`` is tradebook itself (CLI, bootstrap)."""
+
+    user_id: int | None
+    is_system: bool = False
+
+    @classmethod
+    def system(cls) -> Actor:
+        return cls(None, True)
+
+    @classmethod
+    def user(cls, user_id: int) -> Actor:
+        return cls(int(user_id))
+
+
+class Tx:
+    """The connection, the actor and the scope of one transaction."""
+
+    __slots__ = ("actor", "admin_scope", "conn", "settings", "state")
+
+    def __init__(
+        self,
+        conn: sa.Connection,
+        actor: Actor,
+        admin_scope: bool,
+        state: dict[str, Any],
+        settings: Any,
+    ) -> None:
+        self.conn = conn
+        self.actor = actor
+        self.admin_scope = admin_scope or actor.is_system
+        self.state = state  # shared by every call of one session
+        self.settings = settings
+
+    @property
+    def dialect(self) -> str:
+        return self.conn.dialect.name
+
+    def now(self) -> dt.datetime:
+        return utc_now()
+
+    # --- the acting user ------------------------------------------------------------------------
+    def user_row(self) -> sa.Row:
+        """The actor's users row, read once per session."""
+        row = self.state.get("user")
+        if row is None:
+            if self.actor.user_id is None:
+                raise NotFound("no user is acting")
+            row = self.conn.execute(
+                sa.select(t.users).where(t.users.c.id == self.actor.user_id)
+            ).one_or_none()
+            if row is None:
+                raise NotApproved("unknown user; send /start to register")
+            self.state["user"] = row
+        return row
+
+    def forget_user(self) -> None:
+        self.state.pop("user", None)
+
+    def require_user(self) -> sa.Row | None:
+        """The approved, active acting user (None for the system actor)."""
+        if self.actor.is_system:
+            return None
+        user = self.user_row()
+        if not user.is_active:
+            raise NotApproved("your account is deactivated")
+        if user.approved_at is None:
+            raise NotApproved("your account is waiting for approval by an admin")
+        return user
+
+    def require_admin(self) -> None:
+        """Admin actions need the explicit admin scope (``db.session(actor, admin=True)``)."""
+        self.require_user()
+        if not self.admin_scope:
+            raise Forbidden("this needs an admin session")
+
+    @property
+    def user_id(self) -> int:
+        """The acting user's id (approved); the system actor has none."""
+        user = self.require_user()
+        if user is None:
+            raise Forbidden("the system actor owns nothing; act as a user")
+        return int(user.id)
+
+    def owned(self, user_column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+        """Filter on ownership: the actor's rows only, unless this is the admin scope."""
+        self.require_user()
+        if self.admin_scope:
+            return sa.true()
+        return user_column == self.actor.user_id
+
+    # --- audit ----------------------------------------------------------------------------------
+    def audit(
+        self,
+        entity_type: str,
+        entity_id: int | None,
+        action: str,
+        details: dict[str, Any],
+        *,
+        user_id: int | None = None,
+    ) -> None:
+        """Write one audit row inside the current business transaction."""
+        self.conn.execute(
+            _AUDIT_INSERT,
+            {
+                "user_id": user_id if user_id is not None else self.actor.user_id,
+                "entity_type": entity_type,
+                "entity_id": entity_id,
+                "action": action,
+                "details_json": details,
+                "created_at": self.now(),
+            },
+        )
+
+
+_AUDIT_INSERT = t.audit_log.insert()

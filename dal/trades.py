@@ -1,0 +1,285 @@
+"""Fill ingestion: trade → order → position → audit in one transaction, idempotent.
+
+``ingest_fill`` statement plan (6 statements for a fill of a known order): lock the order,
+lock the position, insert the trade (``ON CONFLICT DO NOTHING`` on the idempotency key),
+update the order, update the position, insert the audit row. A replayed fill stops after
+the trade insert and writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal, localcontext
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from dal import schema as t
+from dal.accounts import owned_portfolio
+from dal.errors import Conflict, InvalidInput, NotFound
+from dal.instruments import resolve_instrument
+from dal.models import Fill, parse
+from dal.position_math import apply_fill
+from dal.positions import lock_position, rederive_position, state_of, write_position
+from dal.scope import Tx
+from dal.strategies import owned_strategy
+from dal.types import DECIMAL_CONTEXT, new_uid, quantize18
+
+trades = t.trades
+orders = t.orders
+
+_TRADE_CONFLICT_TARGET = [trades.c.portfolio_id, trades.c.instrument_id, trades.c.broker_trade_id]
+# Fields a replay must repeat exactly; anything else under the same broker trade id conflicts.
+_REPLAY_FIELDS = ("side", "quantity", "price", "fee", "fee_currency", "exec_time", "order_id")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    trade: sa.Row
+    replayed: bool  # True when this fill had been ingested before (nothing changed)
+
+
+def _insert_ignore(conn: sa.Connection) -> Any:
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(trades)
+
+
+def _trade(conn: sa.Connection, trade_id: int) -> sa.Row:
+    return conn.execute(sa.select(trades).where(trades.c.id == trade_id)).one()
+
+
+def _lock_order(tx: Tx, order_id: int, portfolio_id: int) -> sa.Row:
+    row = tx.conn.execute(
+        sa.select(orders).where(orders.c.id == order_id).with_for_update()
+    ).one_or_none()
+    if row is None or row.portfolio_id != portfolio_id:
+        raise NotFound(f"no order #{order_id} in portfolio #{portfolio_id}")
+    return row
+
+
+def ingest_one(tx: Tx, fill: Fill) -> IngestResult:
+    """The fill transaction's body (the caller owns the transaction)."""
+    conn = tx.conn
+    portfolio = owned_portfolio(tx, fill.portfolio_id, writable=True)
+    instrument = resolve_instrument(tx, fill.instrument_id, fill.symbol, fill.exchange)
+
+    order = None
+    strategy_id = fill.strategy_id
+    if fill.order_id is not None:
+        order = _lock_order(tx, fill.order_id, portfolio.id)
+        if order.instrument_id != instrument.id or order.side != fill.side:
+            raise InvalidInput(
+                f"fill ({fill.side} {instrument.symbol}) does not match order #{order.id} "
+                f"({order.side} instrument #{order.instrument_id})"
+            )
+        if strategy_id is not None and strategy_id != order.strategy_id:
+            raise InvalidInput(f"fill strategy #{strategy_id} differs from its order's")
+        strategy_id = order.strategy_id
+    elif strategy_id is not None:
+        strategy = owned_strategy(tx, strategy_id)
+        if strategy.user_id != portfolio.user_id:
+            raise NotFound(f"no strategy #{strategy_id}")
+
+    key = (portfolio.id, instrument.id, strategy_id)
+    position = lock_position(tx, key)
+    before = state_of(position)
+    result = apply_fill(before, fill.side, fill.quantity, fill.price, fill.exec_time)
+
+    trade_id = conn.execute(
+        _insert_ignore(conn)
+        .values(
+            uid=new_uid(),
+            portfolio_id=portfolio.id,
+            instrument_id=instrument.id,
+            strategy_id=strategy_id,
+            order_id=order.id if order is not None else None,
+            side=fill.side,
+            quantity=fill.quantity,
+            price=fill.price,
+            fee=fill.fee,
+            fee_currency=fill.fee_currency,
+            realized_pnl=result.realized,
+            exec_time=fill.exec_time,
+            broker_trade_id=fill.broker_trade_id,
+            meta_json=fill.meta,
+        )
+        .on_conflict_do_nothing(index_elements=_TRADE_CONFLICT_TARGET)
+        .returning(trades.c.id)
+    ).scalar_one_or_none()
+    if trade_id is None:
+        return IngestResult(_replayed(conn, fill, portfolio.id, instrument.id, order), True)
+
+    if order is not None:
+        _apply_to_order(tx, order, fill)
+
+    late = position.last_exec_time is not None and fill.exec_time < position.last_exec_time
+    if late:
+        # A fill older than the last one applied: replay this position's trades in canonical
+        # order (exec_time, id), fixing per-trade realized PnL on the way.
+        rederive_position(tx, key, position.id)
+    else:
+        write_position(tx, position.id, result.state, fill.exec_time, trade_id)
+
+    trade = _trade(conn, trade_id)
+    tx.audit(
+        "TRADE",
+        trade_id,
+        "FILL",
+        {
+            "trade_uid": trade.uid,
+            "order_id": trade.order_id,
+            "broker_trade_id": fill.broker_trade_id,
+            "side": fill.side,
+            "symbol": instrument.symbol,
+            "quantity": fill.quantity,
+            "price": fill.price,
+            "realized_pnl": trade.realized_pnl,
+            "late": late,
+        },
+        user_id=portfolio.user_id,
+    )
+    return IngestResult(trade, False)
+
+
+def _replayed(
+    conn: sa.Connection, fill: Fill, portfolio_id: int, instrument_id: int, order: sa.Row | None
+) -> sa.Row:
+    existing = conn.execute(
+        sa.select(trades).where(
+            trades.c.portfolio_id == portfolio_id,
+            trades.c.instrument_id == instrument_id,
+            trades.c.broker_trade_id == fill.broker_trade_id,
+        )
+    ).one()
+    wanted = {
+        "side": fill.side,
+        "quantity": fill.quantity,
+        "price": fill.price,
+        "fee": fill.fee,
+        "fee_currency": fill.fee_currency,
+        "exec_time": fill.exec_time,
+        "order_id": order.id if order is not None else None,
+    }
+    different = [f for f in _REPLAY_FIELDS if getattr(existing, f) != wanted[f]]
+    if different:
+        raise Conflict(
+            f"trade {fill.broker_trade_id!r} was already ingested with different "
+            f"{', '.join(different)}"
+        )
+    return existing
+
+
+def _apply_to_order(tx: Tx, order: sa.Row, fill: Fill) -> None:
+    if order.status == "REJECTED":
+        raise Conflict(f"order #{order.id} was rejected; it cannot be filled")
+    with localcontext(DECIMAL_CONTEXT):
+        filled = order.filled_quantity + fill.quantity
+        if filled > order.quantity:
+            raise Conflict(
+                f"fill of {fill.quantity} overfills order #{order.id}: "
+                f"{order.filled_quantity} of {order.quantity} already filled"
+            )
+        previous = order.avg_fill_price or Decimal(0)
+        avg = quantize18((previous * order.filled_quantity + fill.quantity * fill.price) / filled)
+    if filled == order.quantity:
+        status = "FILLED"
+    elif order.status in ("CANCELED", "EXPIRED"):
+        # A fill that happened before the cancel but arrived after it: record it, keep status.
+        status = order.status
+    else:
+        status = "PARTIALLY_FILLED"
+    tx.conn.execute(
+        orders.update()
+        .where(orders.c.id == order.id)
+        .values(filled_quantity=filled, avg_fill_price=avg, status=status, updated_at=tx.now())
+    )
+
+
+@dataclass
+class PnlSummary:
+    """Realized PnL per currency (never summed across currencies), fees per fee currency."""
+
+    realized: dict[str, Decimal] = field(default_factory=dict)
+    fees: dict[str, Decimal] = field(default_factory=dict)
+    trade_count: int = 0
+    by_instrument: dict[str, dict[str, Any]] = field(default_factory=dict)
+    daily: list[tuple[dt.date, str, Decimal]] = field(default_factory=list)
+
+
+class TradeService:
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+
+    def ingest_fill(self, fill: Fill | dict[str, Any]) -> IngestResult:
+        """Ingest one execution in the session's transaction (see the module docstring)."""
+        return ingest_one(self.tx, parse(Fill, fill))
+
+    def ingest_fills(self, fills: list[Fill | dict[str, Any]]) -> list[IngestResult]:
+        """Ingest many fills in one transaction (imports, replays, benchmarks). All or
+        nothing: one bad fill rolls the whole batch back when the session ends in error."""
+        parsed = [parse(Fill, f) for f in fills]
+        return [ingest_one(self.tx, fill) for fill in parsed]
+
+    def get(self, trade_id: int) -> sa.Row:
+        row = self.tx.conn.execute(
+            sa.select(trades)
+            .join(t.portfolios, t.portfolios.c.id == trades.c.portfolio_id)
+            .where(trades.c.id == trade_id, self.tx.owned(t.portfolios.c.user_id))
+        ).one_or_none()
+        if row is None:
+            raise NotFound(f"no trade #{trade_id}")
+        return row
+
+    def list(
+        self,
+        portfolio_id: int,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int | None = 100,
+    ) -> list[sa.Row]:
+        """Trades of a portfolio in [since, until), newest first."""
+        owned_portfolio(self.tx, portfolio_id)
+        query = (
+            sa.select(trades, t.instruments.c.symbol, t.instruments.c.currency)
+            .join(t.instruments, t.instruments.c.id == trades.c.instrument_id)
+            .where(trades.c.portfolio_id == portfolio_id)
+            .order_by(trades.c.exec_time.desc(), trades.c.id.desc())
+        )
+        if since is not None:
+            query = query.where(trades.c.exec_time >= since)
+        if until is not None:
+            query = query.where(trades.c.exec_time < until)
+        if limit is not None:
+            query = query.limit(limit)
+        return list(self.tx.conn.execute(query))
+
+    def pnl(
+        self,
+        portfolio_id: int,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        tz: dt.tzinfo = dt.UTC,
+    ) -> PnlSummary:
+        """Realized PnL and fees from trades in [since, until), summed exactly in Python."""
+        rows = self.list(portfolio_id, since, until, limit=None)
+        summary = PnlSummary(trade_count=len(rows))
+        realized: dict[str, Decimal] = defaultdict(Decimal)
+        fees: dict[str, Decimal] = defaultdict(Decimal)
+        daily: dict[tuple[dt.date, str], Decimal] = defaultdict(Decimal)
+        with localcontext(DECIMAL_CONTEXT):
+            for row in reversed(rows):
+                realized[row.currency] += row.realized_pnl
+                if row.fee and row.fee_currency:
+                    fees[row.fee_currency] += row.fee
+                entry = summary.by_instrument.setdefault(
+                    row.symbol,
+                    {"currency": row.currency, "realized": Decimal(0), "trades": 0},
+                )
+                entry["realized"] += row.realized_pnl
+                entry["trades"] += 1
+                daily[(row.exec_time.astimezone(tz).date(), row.currency)] += row.realized_pnl
+        summary.realized, summary.fees = dict(realized), dict(fees)
+        summary.daily = [(day, cur, v) for (day, cur), v in sorted(daily.items())]
+        return summary

@@ -1,0 +1,257 @@
+"""Users: registration, approval, revocation, admin bootstrap."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from dal import schema as t
+from dal.errors import Conflict, Forbidden, InvalidInput, NotFound
+from dal.scope import Tx
+from dal.types import new_uid
+
+users = t.users
+
+PAPER_ACCOUNT = "Paper"
+DEFAULT_PORTFOLIO = "Main"
+
+
+def user_by_telegram_id(conn: sa.Connection, telegram_user_id: int | str) -> sa.Row | None:
+    return conn.execute(
+        sa.select(users).where(users.c.telegram_user_id == str(telegram_user_id))
+    ).one_or_none()
+
+
+def user_by_ref(conn: sa.Connection, ref: int | str) -> sa.Row | None:
+    """A user by Telegram id, by ``@username`` or by username."""
+    text = str(ref).strip()
+    if text.lstrip("-").isdigit():
+        return user_by_telegram_id(conn, text)
+    name = text.removeprefix("@")
+    return conn.execute(
+        sa.select(users).where(sa.func.lower(users.c.username) == name.lower())
+    ).first()
+
+
+class UserService:
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+
+    # --- open to everyone -----------------------------------------------------------------------
+    def register(
+        self, telegram_user_id: int | str, username: str | None = None, chat_id: int | None = None
+    ) -> sa.Row:
+        """Register a Telegram user as pending (idempotent; refreshes username and chat id)."""
+        conn = self.tx.conn
+        existing = user_by_telegram_id(conn, telegram_user_id)
+        if existing is not None:
+            changes: dict[str, Any] = {}
+            if username and username != existing.username:
+                changes["username"] = username
+            if chat_id is not None and chat_id != existing.telegram_chat_id:
+                changes["telegram_chat_id"] = chat_id
+            if changes:
+                conn.execute(users.update().where(users.c.id == existing.id).values(**changes))
+                existing = user_by_telegram_id(conn, telegram_user_id)
+            return existing  # type: ignore[return-value]
+        user_id = conn.execute(
+            users.insert()
+            .values(
+                uid=new_uid(),
+                telegram_user_id=str(telegram_user_id),
+                username=username,
+                telegram_chat_id=chat_id,
+                created_at=self.tx.now(),
+            )
+            .returning(users.c.id)
+        ).scalar_one()
+        self.tx.audit(
+            "USER", user_id, "CREATE", {"telegram_user_id": str(telegram_user_id)}, user_id=user_id
+        )
+        return conn.execute(sa.select(users).where(users.c.id == user_id)).one()
+
+    def me(self) -> sa.Row:
+        """The acting user's row, whatever their approval state."""
+        return self.tx.user_row()
+
+    def set_timezone(self, zone: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise InvalidInput(
+                f"unknown time zone {zone!r}; use an IANA name like Europe/Berlin"
+            ) from None
+        user_id = self.tx.user_id
+        self.tx.conn.execute(users.update().where(users.c.id == user_id).values(timezone=zone))
+        self.tx.audit("USER", user_id, "UPDATE", {"timezone": zone})
+        self.tx.forget_user()
+        return zone
+
+    # --- admin ----------------------------------------------------------------------------------
+    def pending(self) -> list[sa.Row]:
+        self.tx.require_admin()
+        return list(
+            self.tx.conn.execute(
+                sa.select(users)
+                .where(users.c.approved_at.is_(None), users.c.is_active)
+                .order_by(users.c.created_at, users.c.id)
+            )
+        )
+
+    def list_all(self) -> list[sa.Row]:
+        self.tx.require_admin()
+        return list(self.tx.conn.execute(sa.select(users).order_by(users.c.id)))
+
+    def _target(self, ref: int | str) -> sa.Row:
+        row = user_by_ref(self.tx.conn, ref)
+        if row is None:
+            raise NotFound(f"no user {ref}")
+        return row
+
+    def approve(self, ref: int | str) -> sa.Row:
+        """Approve a user; on first approval they get a Paper account and a funded "Main"."""
+        self.tx.require_admin()
+        target = self._target(ref)
+        if target.approved_at is not None and target.is_active:
+            return target
+        now = self.tx.now()
+        self.tx.conn.execute(
+            users.update()
+            .where(users.c.id == target.id)
+            .values(approved_at=now, approved_by_user_id=self.tx.actor.user_id, is_active=True)
+        )
+        self.tx.audit("USER", target.id, "APPROVE", {"telegram_user_id": target.telegram_user_id})
+        ensure_paper_portfolio(self.tx, target.id)
+        return self._target(target.telegram_user_id)
+
+    def revoke(self, ref: int | str) -> sa.Row:
+        """Withdraw approval: the user is back to pending and can do nothing until re-approved."""
+        self.tx.require_admin()
+        target = self._target(ref)
+        if target.id == self.tx.actor.user_id:
+            raise Forbidden("you cannot revoke yourself")
+        self.tx.conn.execute(
+            users.update()
+            .where(users.c.id == target.id)
+            .values(approved_at=None, approved_by_user_id=None)
+        )
+        self.tx.audit("USER", target.id, "REVOKE", {"telegram_user_id": target.telegram_user_id})
+        return self._target(target.telegram_user_id)
+
+    def deactivate(self, ref: int | str) -> sa.Row:
+        self.tx.require_admin()
+        target = self._target(ref)
+        if target.id == self.tx.actor.user_id:
+            raise Forbidden("you cannot deactivate yourself")
+        self.tx.conn.execute(users.update().where(users.c.id == target.id).values(is_active=False))
+        self.tx.audit(
+            "USER", target.id, "DEACTIVATE", {"telegram_user_id": target.telegram_user_id}
+        )
+        return self._target(target.telegram_user_id)
+
+    def bootstrap_admins(self, telegram_ids: list[int] | tuple[int, ...]) -> list[sa.Row]:
+        """Make the configured Telegram ids approved admins (system actor; idempotent)."""
+        if not self.tx.actor.is_system:
+            raise Forbidden("only tradebook itself bootstraps admins")
+        rows = []
+        for telegram_id in telegram_ids:
+            row = self.register(telegram_id)
+            if not (row.is_admin and row.is_active and row.approved_at is not None):
+                self.tx.conn.execute(
+                    users.update()
+                    .where(users.c.id == row.id)
+                    .values(
+                        is_admin=True,
+                        is_active=True,
+                        approved_at=row.approved_at or self.tx.now(),
+                    )
+                )
+                self.tx.audit("USER", row.id, "APPROVE", {"bootstrap_admin": True}, user_id=row.id)
+            ensure_paper_portfolio(self.tx, row.id)
+            rows.append(self._target(telegram_id))
+        return rows
+
+
+def ensure_paper_portfolio(tx: Tx, user_id: int) -> None:
+    """Give a user a PAPER account "Paper" and a default portfolio "Main" funded with the
+    configured starting cash, unless they already have a default portfolio."""
+    conn = tx.conn
+    has_default = conn.execute(
+        sa.select(t.portfolios.c.id).where(
+            t.portfolios.c.user_id == user_id, t.portfolios.c.is_default
+        )
+    ).first()
+    if has_default is not None:
+        return
+    broker_id = conn.execute(
+        sa.select(t.brokers.c.id).where(t.brokers.c.code == "PAPER")
+    ).scalar_one_or_none()
+    if broker_id is None:
+        raise Conflict("the PAPER broker is missing; run `tradebook db upgrade`")
+    currency = tx.settings.paper_currency
+    now = tx.now()
+    account_id = conn.execute(
+        sa.select(t.accounts.c.id).where(
+            t.accounts.c.user_id == user_id, t.accounts.c.name == PAPER_ACCOUNT
+        )
+    ).scalar_one_or_none()
+    if account_id is None:
+        account_id = conn.execute(
+            t.accounts.insert()
+            .values(
+                uid=new_uid(),
+                user_id=user_id,
+                broker_id=broker_id,
+                name=PAPER_ACCOUNT,
+                base_currency=currency,
+                created_at=now,
+            )
+            .returning(t.accounts.c.id)
+        ).scalar_one()
+        tx.audit(
+            "ACCOUNT",
+            account_id,
+            "CREATE",
+            {"name": PAPER_ACCOUNT, "broker": "PAPER"},
+            user_id=user_id,
+        )
+    name = DEFAULT_PORTFOLIO
+    taken = conn.execute(
+        sa.select(t.portfolios.c.id).where(
+            t.portfolios.c.user_id == user_id, t.portfolios.c.name == name
+        )
+    ).first()
+    if taken is not None:
+        # A non-default "Main" exists (made by hand): promote it rather than invent a name.
+        conn.execute(
+            t.portfolios.update().where(t.portfolios.c.id == taken.id).values(is_default=True)
+        )
+        tx.audit("PORTFOLIO", taken.id, "UPDATE", {"is_default": True}, user_id=user_id)
+        return
+    portfolio_id = conn.execute(
+        t.portfolios.insert()
+        .values(
+            uid=new_uid(),
+            user_id=user_id,
+            account_id=account_id,
+            name=name,
+            is_default=True,
+            created_at=now,
+        )
+        .returning(t.portfolios.c.id)
+    ).scalar_one()
+    tx.audit("PORTFOLIO", portfolio_id, "CREATE", {"name": name, "default": True}, user_id=user_id)
+    conn.execute(
+        users.update().where(users.c.id == user_id).values(current_portfolio_id=portfolio_id)
+    )
+    cash = Decimal(tx.settings.paper_starting_cash or 0)
+    if cash > 0:
+        from dal.cash import insert_movement
+
+        insert_movement(
+            tx, portfolio_id, "DEPOSIT", cash, currency, "paper starting cash", user_id=user_id
+        )
