@@ -150,3 +150,27 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
 async def count_rows(engine: AsyncEngine, table: sa.Table) -> int:
     async with engine.connect() as conn:
         return (await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one()
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Any]:
+    """The DAL's Database on a freshly migrated database (SQLite file or PostgreSQL)."""
+    from dal.database import Database
+
+    database = Database(db_url)
+    yield database
+    await database.dispose()
+
+
+async def table_counts(engine: AsyncEngine) -> dict[str, int]:
+    """Row counts of every table: "nothing was written" means these did not change."""
+    from dal.schema import metadata
+
+    counts = {}
+    async with engine.connect() as conn:
+        await conn.execution_options(sqlite_begin="DEFERRED")  # a reader: never waits on writers
+        for table in metadata.sorted_tables:
+            counts[table.name] = (
+                await conn.execute(sa.select(sa.func.count()).select_from(table))
+            ).scalar_one()
+    return counts
