@@ -90,7 +90,7 @@ def apply_fill(
         if remainder:
             # Crossed zero: the remainder opens the other side at the fill price.
             new = PositionState(
-                quantity=direction * remainder,
+                quantity=_canonical(direction * remainder),
                 cost_basis=_canonical(quantize18(remainder * price)),
                 realized_pnl=_canonical(state.realized_pnl + realized),
                 opened_at=exec_time,
