@@ -17,14 +17,23 @@ portfolios = t.portfolios
 
 
 # --- query functions (used by every service that takes a portfolio id) --------------------------
+# Hot-path statements are built once: building a statement per call costs more than running it.
+_PORTFOLIO = sa.select(portfolios).where(portfolios.c.id == sa.bindparam("portfolio_id"))
+_OWNED_PORTFOLIO = _PORTFOLIO.where(portfolios.c.user_id == sa.bindparam("owner_id"))
+
+
 def owned_portfolio(tx: Tx, portfolio_id: int, *, writable: bool = False) -> sa.Row:
     """The portfolio if the actor owns it (or in admin scope), else NotFound.
 
     ``writable`` also refuses archived portfolios: their history stays but nothing new lands.
     """
-    row = tx.conn.execute(
-        sa.select(portfolios).where(portfolios.c.id == portfolio_id, tx.owned(portfolios.c.user_id))
-    ).one_or_none()
+    owner = tx.owner_id()
+    if owner is None:
+        row = tx.conn.execute(_PORTFOLIO, {"portfolio_id": portfolio_id}).one_or_none()
+    else:
+        row = tx.conn.execute(
+            _OWNED_PORTFOLIO, {"portfolio_id": portfolio_id, "owner_id": owner}
+        ).one_or_none()
     if row is None:
         raise NotFound(f"no portfolio #{portfolio_id}")
     if writable and row.archived_at is not None:

@@ -219,7 +219,9 @@ class Session:
         """Run ``fn(tx, *args, **kwargs)`` on the session's connection, in its transaction."""
 
         def call(conn: sa.Connection) -> T:
-            tx = Tx(conn, self.actor, self.admin_scope, self._tx_state, self.db.settings)
+            tx = Tx(
+                conn, self.actor, self.admin_scope, self._tx_state, self.db.settings, self.db.cache
+            )
             return fn(tx, *args, **kwargs)
 
         return await self._channel.run(call)
@@ -261,6 +263,8 @@ class Database:
         self.settings = settings or DalSettings(paper_starting_cash=Decimal("10000"))
         self.dialect = "sqlite" if is_sqlite(url) else "postgresql"
         self._runner: _SQLiteRunner | _PostgresRunner | None = None
+        # Rows that never change once written (instruments), shared by every session.
+        self.cache: dict[str, Any] = {}
 
     @classmethod
     def from_settings(cls, settings: Any) -> Database:

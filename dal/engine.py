@@ -73,7 +73,8 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
         return engine
     if backend == "postgresql":
         url = url.set(drivername="postgresql+asyncpg")
-        options = {"pool_size": 10, "max_overflow": 10, "pool_pre_ping": True}
+        # No pre-ping: it costs a round trip per checkout; recycling covers idle disconnects.
+        options = {"pool_size": 10, "max_overflow": 10, "pool_recycle": 1800}
         options.update(kwargs)
         return create_async_engine(url, **options)
     raise ValueError(f"unsupported database {backend!r}; use SQLite or PostgreSQL")

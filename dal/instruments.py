@@ -14,6 +14,7 @@ from dal.scope import Tx
 from dal.types import DECIMAL_CONTEXT, new_uid
 
 instruments = t.instruments
+_INSTRUMENT = sa.select(instruments).where(instruments.c.id == sa.bindparam("instrument_id"))
 
 
 def resolve_instrument(
@@ -25,11 +26,13 @@ def resolve_instrument(
     """An instrument by id or by symbol (+ exchange). Unknown → NotFound with the symbol."""
     conn = tx.conn
     if instrument_id is not None:
-        row = conn.execute(
-            sa.select(instruments).where(instruments.c.id == instrument_id)
-        ).one_or_none()
+        cache = tx.cache.setdefault("instruments", {})
+        row = cache.get(instrument_id)
         if row is None:
-            raise NotFound(f"unknown instrument #{instrument_id}")
+            row = conn.execute(_INSTRUMENT, {"instrument_id": instrument_id}).one_or_none()
+            if row is None:
+                raise NotFound(f"unknown instrument #{instrument_id}")
+            cache[instrument_id] = row  # instruments are never updated or deleted
         if symbol is not None and row.symbol != symbol.upper():
             raise InvalidInput(f"instrument #{instrument_id} is {row.symbol}, not {symbol}")
         return row

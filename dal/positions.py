@@ -41,10 +41,6 @@ def _key_clause(key: PositionKey) -> sa.ColumnElement[bool]:
     )
 
 
-def _insert_for(conn: sa.Connection) -> Any:
-    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-
-
 # The conflict target repeats the unique index's expression; on SQLite the literal 0 must be
 # rendered inline (a bound parameter makes SQLite refuse the target).
 _POSITION_CONFLICT_TARGET = [
@@ -52,30 +48,49 @@ _POSITION_CONFLICT_TARGET = [
     positions.c.instrument_id,
     sa.func.coalesce(positions.c.strategy_id, sa.literal_column("0")),
 ]
+# Hot-path statements are built once: building a statement per call costs more than running it.
+_CREATE_POSITION = {
+    name: dialect_insert(positions).on_conflict_do_nothing(index_elements=_POSITION_CONFLICT_TARGET)
+    for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
+}
+_LOCK_BY_KEY = sa.select(positions).where(
+    positions.c.portfolio_id == sa.bindparam("portfolio_id"),
+    positions.c.instrument_id == sa.bindparam("instrument_id"),
+)
+_LOCK_MANUAL = _LOCK_BY_KEY.where(positions.c.strategy_id.is_(None)).with_for_update()
+_LOCK_STRATEGY = _LOCK_BY_KEY.where(
+    positions.c.strategy_id == sa.bindparam("strategy_id")
+).with_for_update()
+_UPDATE_POSITION = positions.update().where(positions.c.id == sa.bindparam("position_id"))
 
 
 def lock_position(tx: Tx, key: PositionKey) -> sa.Row:
     """The position row for ``key``, created flat if missing, locked for this transaction
-    (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes)."""
+    (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes).
+    Creating it with ON CONFLICT DO NOTHING first closes the race on a row that does not
+    exist yet, which FOR UPDATE alone cannot lock."""
     conn = tx.conn
-    query = sa.select(positions).where(_key_clause(key)).with_for_update()
-    row = conn.execute(query).one_or_none()
+    portfolio_id, instrument_id, strategy_id = key
+    params = {"portfolio_id": portfolio_id, "instrument_id": instrument_id}
+    if strategy_id is None:
+        query = _LOCK_MANUAL
+    else:
+        query, params["strategy_id"] = _LOCK_STRATEGY, strategy_id
+    row = conn.execute(query, params).one_or_none()
     if row is not None:
         return row
-    portfolio_id, instrument_id, strategy_id = key
     conn.execute(
-        _insert_for(conn)(positions)
-        .values(
-            uid=new_uid(),
-            portfolio_id=portfolio_id,
-            instrument_id=instrument_id,
-            strategy_id=strategy_id,
-            quantity=Decimal(0),
-            updated_at=tx.now(),
-        )
-        .on_conflict_do_nothing(index_elements=_POSITION_CONFLICT_TARGET)
+        _CREATE_POSITION[conn.dialect.name],
+        {
+            "uid": new_uid(),
+            "portfolio_id": portfolio_id,
+            "instrument_id": instrument_id,
+            "strategy_id": strategy_id,
+            "quantity": Decimal(0),
+            "updated_at": tx.now(),
+        },
     )
-    return conn.execute(query).one()
+    return conn.execute(query, params).one()
 
 
 def state_of(row: sa.Row) -> PositionState:
@@ -90,18 +105,18 @@ def write_position(
     last_trade_id: int | None,
 ) -> None:
     tx.conn.execute(
-        positions.update()
-        .where(positions.c.id == position_id)
-        .values(
-            quantity=state.quantity,
-            cost_basis=state.cost_basis,
-            avg_price=state.avg_price,
-            realized_pnl=state.realized_pnl,
-            opened_at=state.opened_at,
-            last_exec_time=last_exec_time,
-            last_trade_id=last_trade_id,
-            updated_at=tx.now(),
-        )
+        _UPDATE_POSITION,
+        {
+            "position_id": position_id,
+            "quantity": state.quantity,
+            "cost_basis": state.cost_basis,
+            "avg_price": state.avg_price,
+            "realized_pnl": state.realized_pnl,
+            "opened_at": state.opened_at,
+            "last_exec_time": last_exec_time,
+            "last_trade_id": last_trade_id,
+            "updated_at": tx.now(),
+        },
     )
 
 

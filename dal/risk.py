@@ -21,7 +21,14 @@ from dal.configs import PolicyConfig
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import resolve_instrument
 from dal.models import NewOrder, NewPolicy, parse, parse_config
-from dal.risk_rules import EffectiveLimit, OrderIntent, RiskSnapshot, Verdict, evaluate, merge_limits
+from dal.risk_rules import (
+    EffectiveLimit,
+    OrderIntent,
+    RiskSnapshot,
+    Verdict,
+    evaluate,
+    merge_limits,
+)
 from dal.scope import Tx
 from dal.strategies import owned_strategy
 from dal.types import DECIMAL_CONTEXT, new_uid
@@ -69,8 +76,9 @@ class RiskService:
         scope_id = self._check_scope(new.scope_type, new.scope_id)
         user_id = self.tx.user_id
         if self.tx.conn.execute(
-            sa.select(policies.c.id).where(policies.c.user_id == user_id,
-                                           policies.c.name == new.name)
+            sa.select(policies.c.id).where(
+                policies.c.user_id == user_id, policies.c.name == new.name
+            )
         ).first():
             raise Conflict(f"you already have a policy named {new.name!r}")
         values = {
@@ -93,8 +101,9 @@ class RiskService:
         self.tx.conn.execute(
             policies.update().where(policies.c.id == row.id).values(config_json=typed.to_json())
         )
-        self.tx.audit("POLICY", row.id, "UPDATE", {"config": typed.to_json(),
-                                                     "previous": row.config_json})
+        self.tx.audit(
+            "POLICY", row.id, "UPDATE", {"config": typed.to_json(), "previous": row.config_json}
+        )
         return owned_policy(self.tx, policy_id)
 
     def set_active(self, policy_id: int, active: bool) -> sa.Row:
@@ -103,8 +112,9 @@ class RiskService:
             self.tx.conn.execute(
                 policies.update().where(policies.c.id == row.id).values(is_active=active)
             )
-            self.tx.audit("POLICY", row.id, "ACTIVATE" if active else "DEACTIVATE",
-                          {"name": row.name})
+            self.tx.audit(
+                "POLICY", row.id, "ACTIVATE" if active else "DEACTIVATE", {"name": row.name}
+            )
         return owned_policy(self.tx, policy_id)
 
     def delete_policy(self, policy_id: int) -> None:
@@ -117,14 +127,14 @@ class RiskService:
         self.tx.audit("POLICY", row.id, "DELETE", {"name": row.name})
 
     def list_policies(self, include_inactive: bool = False) -> list[sa.Row]:
-        query = (
-            sa.select(policies).where(self.tx.owned(policies.c.user_id)).order_by(policies.c.id)
-        )
+        query = sa.select(policies).where(self.tx.owned(policies.c.user_id)).order_by(policies.c.id)
         if not include_inactive:
             query = query.where(policies.c.is_active)
         return list(self.tx.conn.execute(query))
 
-    def applicable_policies(self, portfolio_id: int, strategy_id: int | None = None) -> list[sa.Row]:
+    def applicable_policies(
+        self, portfolio_id: int, strategy_id: int | None = None
+    ) -> list[sa.Row]:
         """Active policies covering an order in this portfolio (and strategy), most specific
         scope first."""
         portfolio = owned_portfolio(self.tx, portfolio_id)
@@ -143,7 +153,9 @@ class RiskService:
         )
         return sorted(rows, key=lambda r: (SCOPE_ORDER[r.scope_type], r.id))
 
-    def load_policies(self, portfolio_id: int, strategy_id: int | None = None) -> dict[str, EffectiveLimit]:
+    def load_policies(
+        self, portfolio_id: int, strategy_id: int | None = None
+    ) -> dict[str, EffectiveLimit]:
         """The effective limits: per limit key, STRATEGY over PORTFOLIO over USER."""
         rows = self.applicable_policies(portfolio_id, strategy_id)
         return merge_limits(
@@ -151,8 +163,13 @@ class RiskService:
         )
 
     # --- evaluation -----------------------------------------------------------------------------
-    def snapshot(self, portfolio_id: int, marks: dict[int, Decimal], currency: str,
-                 now: dt.datetime | None = None) -> RiskSnapshot:
+    def snapshot(
+        self,
+        portfolio_id: int,
+        marks: dict[int, Decimal],
+        currency: str,
+        now: dt.datetime | None = None,
+    ) -> RiskSnapshot:
         """Equity in ``currency`` at ``marks``, today's realized PnL (user's local day) and the
         net position per instrument. Equity at day start is equity minus today's realized
         PnL (unrealized moves during the day are not separated)."""
@@ -192,8 +209,12 @@ class RiskService:
                 marks=dict(marks),
             )
 
-    def evaluate(self, order: NewOrder | dict[str, Any], marks: dict[int, Decimal],
-                 now: dt.datetime | None = None) -> Verdict:
+    def evaluate(
+        self,
+        order: NewOrder | dict[str, Any],
+        marks: dict[int, Decimal],
+        now: dt.datetime | None = None,
+    ) -> Verdict:
         """Pre-trade check of an order against the policies in effect (writes nothing)."""
         new = parse(NewOrder, order)
         instrument = resolve_instrument(self.tx, new.instrument_id, new.symbol, new.exchange)
@@ -208,8 +229,13 @@ class RiskService:
         )
         return evaluate(intent, snapshot, limits)
 
-    def record_breach(self, verdict: Verdict, portfolio_id: int, instrument_id: int | None = None,
-                      order_id: int | None = None) -> list[int]:
+    def record_breach(
+        self,
+        verdict: Verdict,
+        portfolio_id: int,
+        instrument_id: int | None = None,
+        order_id: int | None = None,
+    ) -> list[int]:
         """One risk_breaches row (and audit row) per breach in the verdict."""
         portfolio = owned_portfolio(self.tx, portfolio_id)
         observed = verdict.observed_json()
@@ -229,18 +255,25 @@ class RiskService:
                 )
                 .returning(breaches.c.id)
             ).scalar_one()
-            self.tx.audit("POLICY", breach.policy_id, "BREACH",
-                          {"breach_id": breach_id, "order_id": order_id,
-                           "message": breach.message, "action": breach.action},
-                          user_id=portfolio.user_id)
+            self.tx.audit(
+                "POLICY",
+                breach.policy_id,
+                "BREACH",
+                {
+                    "breach_id": breach_id,
+                    "order_id": order_id,
+                    "message": breach.message,
+                    "action": breach.action,
+                },
+                user_id=portfolio.user_id,
+            )
             ids.append(breach_id)
         return ids
 
     def breaches(self, portfolio_id: int | None = None, limit: int = 20) -> list[sa.Row]:
         """Latest breaches, newest first, with the policy name."""
         query = (
-            sa.select(breaches, policies.c.name.label("policy_name"),
-                      policies.c.scope_type)
+            sa.select(breaches, policies.c.name.label("policy_name"), policies.c.scope_type)
             .join(policies, policies.c.id == breaches.c.policy_id)
             .where(self.tx.owned(policies.c.user_id))
             .order_by(breaches.c.created_at.desc(), breaches.c.id.desc())

@@ -37,7 +37,7 @@ class Actor:
 class Tx:
     """The connection, the actor and the scope of one transaction."""
 
-    __slots__ = ("actor", "admin_scope", "conn", "settings", "state")
+    __slots__ = ("actor", "admin_scope", "cache", "conn", "settings", "state")
 
     def __init__(
         self,
@@ -46,12 +46,14 @@ class Tx:
         admin_scope: bool,
         state: dict[str, Any],
         settings: Any,
+        cache: dict[str, Any] | None = None,
     ) -> None:
         self.conn = conn
         self.actor = actor
         self.admin_scope = admin_scope or actor.is_system
         self.state = state  # shared by every call of one session
         self.settings = settings
+        self.cache = cache if cache is not None else {}  # process-wide, immutable rows only
 
     @property
     def dialect(self) -> str:
@@ -67,9 +69,7 @@ class Tx:
         if row is None:
             if self.actor.user_id is None:
                 raise NotFound("no user is acting")
-            row = self.conn.execute(
-                sa.select(t.users).where(t.users.c.id == self.actor.user_id)
-            ).one_or_none()
+            row = self.conn.execute(_USER, {"user_id": self.actor.user_id}).one_or_none()
             if row is None:
                 raise NotApproved("unknown user; send /start to register")
             self.state["user"] = row
@@ -103,6 +103,11 @@ class Tx:
             raise Forbidden("the system actor owns nothing; act as a user")
         return int(user.id)
 
+    def owner_id(self) -> int | None:
+        """The user id every scoped query filters on; None in the admin scope (no filter)."""
+        self.require_user()
+        return None if self.admin_scope else self.actor.user_id
+
     def owned(self, user_column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
         """Filter on ownership: the actor's rows only, unless this is the admin scope."""
         self.require_user()
@@ -135,3 +140,4 @@ class Tx:
 
 
 _AUDIT_INSERT = t.audit_log.insert()
+_USER = sa.select(t.users).where(t.users.c.id == sa.bindparam("user_id"))

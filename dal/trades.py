@@ -42,18 +42,24 @@ class IngestResult:
     replayed: bool  # True when this fill had been ingested before (nothing changed)
 
 
-def _insert_ignore(conn: sa.Connection) -> Any:
-    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(trades)
+# Statements of the hot path, built once (see dal/positions.py).
+_INSERT_TRADE = {
+    name: dialect_insert(trades)
+    .on_conflict_do_nothing(index_elements=_TRADE_CONFLICT_TARGET)
+    .returning(*trades.c)
+    for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
+}
+_TRADE = sa.select(trades).where(trades.c.id == sa.bindparam("trade_id"))
+_LOCK_ORDER = sa.select(orders).where(orders.c.id == sa.bindparam("order_id")).with_for_update()
+_UPDATE_ORDER = orders.update().where(orders.c.id == sa.bindparam("order_id"))
 
 
 def _trade(conn: sa.Connection, trade_id: int) -> sa.Row:
-    return conn.execute(sa.select(trades).where(trades.c.id == trade_id)).one()
+    return conn.execute(_TRADE, {"trade_id": trade_id}).one()
 
 
 def _lock_order(tx: Tx, order_id: int, portfolio_id: int) -> sa.Row:
-    row = tx.conn.execute(
-        sa.select(orders).where(orders.c.id == order_id).with_for_update()
-    ).one_or_none()
+    row = tx.conn.execute(_LOCK_ORDER, {"order_id": order_id}).one_or_none()
     if row is None or row.portfolio_id != portfolio_id:
         raise NotFound(f"no order #{order_id} in portfolio #{portfolio_id}")
     return row
@@ -87,29 +93,28 @@ def ingest_one(tx: Tx, fill: Fill) -> IngestResult:
     before = state_of(position)
     result = apply_fill(before, fill.side, fill.quantity, fill.price, fill.exec_time)
 
-    trade_id = conn.execute(
-        _insert_ignore(conn)
-        .values(
-            uid=new_uid(),
-            portfolio_id=portfolio.id,
-            instrument_id=instrument.id,
-            strategy_id=strategy_id,
-            order_id=order.id if order is not None else None,
-            side=fill.side,
-            quantity=fill.quantity,
-            price=fill.price,
-            fee=fill.fee,
-            fee_currency=fill.fee_currency,
-            realized_pnl=result.realized,
-            exec_time=fill.exec_time,
-            broker_trade_id=fill.broker_trade_id,
-            meta_json=fill.meta,
-        )
-        .on_conflict_do_nothing(index_elements=_TRADE_CONFLICT_TARGET)
-        .returning(trades.c.id)
-    ).scalar_one_or_none()
-    if trade_id is None:
+    trade = conn.execute(
+        _INSERT_TRADE[conn.dialect.name],
+        {
+            "uid": new_uid(),
+            "portfolio_id": portfolio.id,
+            "instrument_id": instrument.id,
+            "strategy_id": strategy_id,
+            "order_id": order.id if order is not None else None,
+            "side": fill.side,
+            "quantity": fill.quantity,
+            "price": fill.price,
+            "fee": fill.fee,
+            "fee_currency": fill.fee_currency,
+            "realized_pnl": result.realized,
+            "exec_time": fill.exec_time,
+            "broker_trade_id": fill.broker_trade_id,
+            "meta_json": fill.meta,
+        },
+    ).one_or_none()
+    if trade is None:
         return IngestResult(_replayed(conn, fill, portfolio.id, instrument.id, order), True)
+    trade_id = trade.id
 
     if order is not None:
         _apply_to_order(tx, order, fill)
@@ -119,10 +124,10 @@ def ingest_one(tx: Tx, fill: Fill) -> IngestResult:
         # A fill older than the last one applied: replay this position's trades in canonical
         # order (exec_time, id), fixing per-trade realized PnL on the way.
         rederive_position(tx, key, position.id)
+        trade = _trade(conn, trade_id)  # its realized PnL may have been re-derived
     else:
         write_position(tx, position.id, result.state, fill.exec_time, trade_id)
 
-    trade = _trade(conn, trade_id)
     tx.audit(
         "TRADE",
         trade_id,
@@ -191,9 +196,14 @@ def _apply_to_order(tx: Tx, order: sa.Row, fill: Fill) -> None:
     else:
         status = "PARTIALLY_FILLED"
     tx.conn.execute(
-        orders.update()
-        .where(orders.c.id == order.id)
-        .values(filled_quantity=filled, avg_fill_price=avg, status=status, updated_at=tx.now())
+        _UPDATE_ORDER,
+        {
+            "order_id": order.id,
+            "filled_quantity": filled,
+            "avg_fill_price": avg,
+            "status": status,
+            "updated_at": tx.now(),
+        },
     )
 
 

@@ -128,8 +128,9 @@ class ScheduleService(_UserConfigService):
             }
         )
 
-    def update(self, schedule_id: int, cron: str | None = None,
-               config: dict[str, Any] | None = None) -> sa.Row:
+    def update(
+        self, schedule_id: int, cron: str | None = None, config: dict[str, Any] | None = None
+    ) -> sa.Row:
         row = self._owned(schedule_id)
         new = parse(
             NewSchedule,
