@@ -22,7 +22,7 @@ from dal.risk_rules import (
 from dal.schema import BREACH_ACTIONS, POLICY_SCOPES
 from dal.types import quantize18
 
-DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "risk-rules.md"
+DOC_PATH = Path(__file__).resolve().parent.parent / "README.md"
 HEADING = "## Risk rules"
 COLUMNS = [
     "#",
