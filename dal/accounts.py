@@ -96,6 +96,18 @@ class AccountService:
     def get(self, account_id: int) -> sa.Row:
         return owned_account(self.tx, account_id)
 
+    def list_for_user(self, user_id: int) -> list[sa.Row]:
+        """Another user's accounts (admin scope only)."""
+        self.tx.require_admin()
+        return list(
+            self.tx.conn.execute(
+                sa.select(accounts, t.brokers.c.code.label("broker_code"))
+                .join(t.brokers, t.brokers.c.id == accounts.c.broker_id)
+                .where(accounts.c.user_id == user_id)
+                .order_by(accounts.c.name)
+            )
+        )
+
     def by_name(self, name: str) -> sa.Row:
         row = self.tx.conn.execute(
             sa.select(accounts).where(

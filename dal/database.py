@@ -37,6 +37,7 @@ from dal.scope import Actor, Tx
 if TYPE_CHECKING:
     from dal.accounts import AccountService, PortfolioService
     from dal.audit import AuditLogger
+    from dal.brokers import BrokerService
     from dal.cash import CashService
     from dal.instruments import InstrumentService
     from dal.orders import OrderService
@@ -229,6 +230,7 @@ class Session:
     # The services, each an async facade over its synchronous class: ``await s.orders.place()``
     # runs ``OrderService(tx).place()`` in one step on the session's connection.
     users: UserService = _service("dal.users:UserService")  # type: ignore[assignment]
+    brokers: BrokerService = _service("dal.brokers:BrokerService")  # type: ignore[assignment]
     accounts: AccountService = _service("dal.accounts:AccountService")  # type: ignore[assignment]
     portfolios: PortfolioService = _service("dal.accounts:PortfolioService")  # type: ignore[assignment]
     strategies: StrategyService = _service("dal.strategies:StrategyService")  # type: ignore[assignment]
@@ -307,6 +309,10 @@ class Database:
             finally:
                 await channel.finish(commit=ok)
 
+    def scoped(self, actor: Actor) -> ScopedDal:
+        """A user-scoped handle: ``await dal.orders.list()`` runs as its own transaction."""
+        return ScopedDal(self, actor)
+
     async def dispose(self) -> None:
         if self._runner is not None:
             await self._runner.dispose()
@@ -317,6 +323,45 @@ class Database:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.dispose()
+
+
+class _ScopedService:
+    def __init__(self, dal: ScopedDal, service: str) -> None:
+        self._dal = dal
+        self._service = service
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            async with self._dal.session() as s:
+                return await getattr(getattr(s, self._service), name)(*args, **kwargs)
+
+        call.__name__ = name
+        return call
+
+
+class ScopedDal:
+    """The DAL as one user sees it, for code that must not hold a transaction open while it
+    waits on the network (bot handlers, strategies): each service call is its own short
+    transaction; ``async with dal.session() as s`` groups calls into one.
+
+    ``admin=True`` is the explicit admin scope (checked against the user's row each time).
+    """
+
+    def __init__(self, db: Database, actor: Actor, admin: bool = False) -> None:
+        self.db = db
+        self.actor = actor
+        self.admin_scope = admin
+
+    def session(self, readonly: bool = False) -> contextlib.AbstractAsyncContextManager[Session]:
+        return self.db.session(self.actor, admin=self.admin_scope, readonly=readonly)
+
+    def as_admin(self) -> ScopedDal:
+        return ScopedDal(self.db, self.actor, admin=True)
+
+    def __getattr__(self, service: str) -> Any:
+        if service.startswith("_") or not isinstance(getattr(Session, service, None), _service):
+            raise AttributeError(service)
+        return _ScopedService(self, service)
 
 
 def _require_admin_user(tx: Tx) -> None:

@@ -92,6 +92,35 @@ class UserService:
         return zone
 
     # --- admin ----------------------------------------------------------------------------------
+    def lookup(self, telegram_user_id: int | str) -> sa.Row | None:
+        """A user by Telegram id, whatever their state (admin scope: the bot's middleware)."""
+        self.tx.require_admin()
+        return user_by_telegram_id(self.tx.conn, telegram_user_id)
+
+    def find(self, ref: int | str) -> sa.Row:
+        """A user by Telegram id or @username (admin scope)."""
+        self.tx.require_admin()
+        return self._target(ref)
+
+    def find_by_id(self, user_id: int) -> sa.Row:
+        """A user by database id (admin scope)."""
+        self.tx.require_admin()
+        row = self.tx.conn.execute(sa.select(users).where(users.c.id == user_id)).one_or_none()
+        if row is None:
+            raise NotFound(f"no user #{user_id}")
+        return row
+
+    def admins(self) -> list[sa.Row]:
+        """Active, approved admins (to notify them of registrations)."""
+        self.tx.require_admin()
+        return list(
+            self.tx.conn.execute(
+                sa.select(users)
+                .where(users.c.is_admin, users.c.is_active, users.c.approved_at.is_not(None))
+                .order_by(users.c.id)
+            )
+        )
+
     def pending(self) -> list[sa.Row]:
         self.tx.require_admin()
         return list(

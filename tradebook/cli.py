@@ -64,12 +64,22 @@ def _describe(settings: Settings) -> str:
 
 
 def _run(settings: Settings) -> int:
-    print("tradebook: database ready. The bot is not built yet; reading stdin until EOF.")
-    sys.stdout.flush()
-    for _line in sys.stdin:
-        print("the bot is not available yet")
-        sys.stdout.flush()
-    return 0
+    import asyncio
+
+    from dal import migrations
+
+    settings.ensure_database_dir()
+    current, head = migrations.current(settings.database_url), migrations.head_revision()
+    if current != head:
+        print(
+            f"tradebook: the database is at {current or 'base (empty)'}, the code needs {head}; "
+            "run `tradebook db upgrade` first",
+            file=sys.stderr,
+        )
+        return 2
+    from bot.main import run
+
+    return asyncio.run(run(settings))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

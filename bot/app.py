@@ -1,0 +1,79 @@
+"""Build the Dispatcher (routers, middleware, error handling) and the Bot."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from aiogram import Bot, Dispatcher
+from aiogram.client.default import DefaultBotProperties
+from aiogram.client.session.base import BaseSession
+from aiogram.enums import ParseMode
+from aiogram.types import ErrorEvent
+
+from bot.commands import bot_commands
+from bot.middleware import UserScopeMiddleware
+from bot.routers import admin, fallback, lists, portfolios, reports, start
+from bot.routers.common import UsageError
+from bot.text import q
+from dal.database import Database
+from dal.errors import TradebookError
+
+log = logging.getLogger("tradebook.bot")
+
+
+def build_dispatcher(db: Database, **workflow_data: Any) -> Dispatcher:
+    """A new Dispatcher with fresh routers (a router can belong to one Dispatcher only)."""
+    dp = Dispatcher(**workflow_data)
+    dp.update.outer_middleware(UserScopeMiddleware(db))
+    for make in (
+        start.router,
+        admin.router,
+        portfolios.router,
+        reports.router,
+        lists.router,
+        fallback.router,
+    ):
+        dp.include_router(make())
+    dp.errors.register(_on_error)
+    return dp
+
+
+async def _on_error(event: ErrorEvent, **data: Any) -> bool:
+    """DAL and usage errors are the user's to read; anything else is logged with a reference
+    the user can quote."""
+    exc = event.exception
+    update = event.update
+    target = update.message or (update.callback_query.message if update.callback_query else None)
+    if isinstance(exc, UsageError):
+        text = q(exc.reply())
+    elif isinstance(exc, TradebookError):
+        text = f"⚠️ {q(exc)}"
+    else:
+        ref = uuid.uuid4().hex[:8]
+        log.error(
+            "unhandled error (ref %s) in update %s",
+            ref,
+            update.update_id,
+            exc_info=exc,
+            extra={"correlation_id": f"u{update.update_id}", "ref": ref},
+        )
+        text = f"Something went wrong (ref {ref})."
+    if update.callback_query is not None:
+        await update.callback_query.answer(text[:200], show_alert=True)
+    elif target is not None:
+        await target.answer(text)
+    return True
+
+
+def build_bot(token: str, session: BaseSession | None = None) -> Bot:
+    return Bot(
+        token,
+        session=session,
+        default=DefaultBotProperties(parse_mode=ParseMode.HTML),
+    )
+
+
+async def announce_commands(bot: Bot) -> None:
+    await bot.set_my_commands(bot_commands())

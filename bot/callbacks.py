@@ -1,0 +1,23 @@
+"""Inline-button payloads. Every id they carry is resolved again through the user-scoped DAL
+by the handler that receives it, never trusted."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from aiogram.filters.callback_data import CallbackData
+
+
+class PortfolioPick(CallbackData, prefix="pf"):
+    portfolio_id: int
+
+
+class OrdersPage(CallbackData, prefix="ord"):
+    portfolio_id: int
+    status: str  # "OPEN" or one order status
+    offset: int
+
+
+class ApproveUser(CallbackData, prefix="appr"):
+    action: Literal["approve", "reject"]
+    telegram_id: int

@@ -1,0 +1,72 @@
+"""/portfolios, /portfolio [name] (with a switcher keyboard), /tz."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiogram import Router
+from aiogram.filters import Command, CommandObject
+from aiogram.types import CallbackQuery, Message
+from aiogram.utils.keyboard import InlineKeyboardBuilder
+
+from bot.callbacks import PortfolioPick
+from bot.routers.common import UsageError
+from bot.text import q
+from dal.database import ScopedDal
+
+
+def _describe(p: Any, current_id: int) -> str:
+    marks = []
+    if p.id == current_id:
+        marks.append("current")
+    if p.is_default:
+        marks.append("default")
+    tail = f" ({', '.join(marks)})" if marks else ""
+    return f"{q(p.name)} — {q(p.broker_code)} account {q(p.account_name)}{tail}"
+
+
+def router() -> Router:
+    r = Router(name="portfolios")
+
+    @r.message(Command("portfolios"))
+    async def portfolios(message: Message, dal: ScopedDal) -> None:
+        current = await dal.portfolios.current()
+        rows = await dal.portfolios.list()
+        lines = ["<b>Your portfolios</b>"] + [f"• {_describe(p, current.id)}" for p in rows]
+        await message.answer("\n".join(lines))
+
+    @r.message(Command("portfolio"))
+    async def portfolio(message: Message, command: CommandObject, dal: ScopedDal) -> None:
+        name = (command.args or "").strip()
+        if name:
+            chosen = await dal.portfolios.by_name(name)
+            await dal.portfolios.set_current(chosen.id)
+            await message.answer(f"Current portfolio: <b>{q(chosen.name)}</b>")
+            return
+        current = await dal.portfolios.current()
+        keyboard = InlineKeyboardBuilder()
+        for p in await dal.portfolios.list():
+            label = f"• {p.name}" if p.id == current.id else p.name
+            keyboard.button(text=label[:64], callback_data=PortfolioPick(portfolio_id=p.id))
+        keyboard.adjust(2)
+        await message.answer(
+            f"Current portfolio: <b>{q(current.name)}</b>. Switch to:",
+            reply_markup=keyboard.as_markup(),
+        )
+
+    @r.callback_query(PortfolioPick.filter())
+    async def pick(query: CallbackQuery, callback_data: PortfolioPick, dal: ScopedDal) -> None:
+        chosen = await dal.portfolios.set_current(callback_data.portfolio_id)  # owner-checked
+        await query.answer(f"Switched to {chosen.name}")
+        if query.message is not None:
+            await query.message.edit_text(f"Current portfolio: <b>{q(chosen.name)}</b>")
+
+    @r.message(Command("tz"))
+    async def tz(message: Message, command: CommandObject, dal: ScopedDal, user: Any) -> None:
+        zone = (command.args or "").strip()
+        if not zone:
+            raise UsageError("tz", f"Your time zone is {q(user.timezone)}.")
+        await dal.users.set_timezone(zone)
+        await message.answer(f"Time zone set to {q(zone)}.")
+
+    return r

@@ -1,0 +1,87 @@
+"""Console mode as a user runs it: `tradebook run` as a subprocess, commands on stdin."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tradebook(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TRADEBOOK_") and k != "TELEGRAM_BOT_TOKEN"
+    }
+    env.update(
+        {
+            "TRADEBOOK_DATABASE_URL": f"sqlite+aiosqlite:///{cwd / 'var' / 'tb.db'}",
+            "PYTHONPATH": str(ROOT),
+            "TRADEBOOK_LOG_LEVEL": "WARNING",
+        }
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "tradebook.cli", *args],
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_console_mode_runs_commands_from_stdin(tmp_path: Path) -> None:
+    refused = _tradebook(["run"], tmp_path, "/help\n")
+    assert refused.returncode == 2 and "tradebook db upgrade" in refused.stderr
+    assert _tradebook(["db", "upgrade"], tmp_path).returncode == 0
+
+    script = "\n".join(
+        [
+            "/start",
+            "/addinstrument BTCUSDT BINANCE CRYPTO USDT 0.01",
+            "/portfolio",
+            "#1",
+            "#7",
+            "/positions",
+            "/pnl",
+            "/orders nonsense words",
+            "/tz Asia/Tokyo",
+            "/risk",
+            "/pending",
+        ]
+    )  # no trailing newline: EOF right after the last command
+    result = _tradebook(["run"], tmp_path, script)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("tradebook console")
+    expected = [
+        "Welcome back, console. Send /help for the commands.",
+        "Added BTCUSDT on BINANCE (CRYPTO, USDT, tick 0.01, lot -).",
+        "Current portfolio: Main. Switch to:",
+        "  [#1] • Main",
+        "(Switched to Main)",
+        "Current portfolio: Main",
+        "(no button #7)",
+        "Positions — Main",
+        "No open positions.",
+        "PnL — Main, today",
+        "No trades in this period.",
+        "⚠️ no portfolio named 'nonsense words'",
+        "Time zone set to Asia/Tokyo.",
+        "Risk — Main",
+    ]
+    body = [line for line in lines[1:] if line.strip()]
+    for want in expected:
+        assert want in body, f"missing {want!r} in:\n{result.stdout}"
+    assert body.index(expected[0]) < body.index(expected[-1])
+    assert body[-1] == "Nobody is waiting for approval."
+    assert "Traceback" not in result.stderr
+
+    # A second run finds the same local admin (created once).
+    again = _tradebook(["run"], tmp_path, "/portfolios\n")
+    assert again.returncode == 0
+    assert "Main — PAPER account Paper (current, default)" in again.stdout

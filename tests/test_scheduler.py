@@ -1,0 +1,87 @@
+"""Scheduled reports with a driven clock: no real sleeping."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from bot.scheduler import Scheduler
+from dal.database import Database
+from dal.scope import Actor
+from tests.botkit import BotHarness, approved_user, joined
+from tests.factories import fill, make_instrument
+
+ALICE, BOB = 2001, 3001
+
+
+async def _schedule(db: Database, actor: Actor, **config: str) -> int:
+    async with db.session(actor) as s:
+        row = await s.schedules.create(
+            {
+                "name": f"r{len(config)}-{config.get('report')}",
+                "cron": "0 18 * * *",
+                "config": config,
+            }
+        )
+        return row.id
+
+
+async def test_due_report_is_sent_once_and_missed_runs_collapse(db: Database) -> None:
+    h = BotHarness(db)
+    alice = await approved_user(db, ALICE)
+    btc = await make_instrument(db, "BTCUSDT")
+    schedule_id = await _schedule(db, alice, report="pnl", period="all")
+    async with db.session(alice) as s:
+        pid = (await s.portfolios.default()).id
+        await s.trades.ingest_fill(fill(pid, btc, "BUY", "1", "100", trade_id="a"))
+        await s.trades.ingest_fill(
+            fill(
+                pid,
+                btc,
+                "SELL",
+                "1",
+                "130",
+                trade_id="b",
+                at=dt.datetime(2024, 5, 2, tzinfo=dt.UTC),
+            )
+        )
+        first_run = (await s.schedules.get(schedule_id)).next_run_at
+
+    scheduler = Scheduler(db, h.bot)
+    assert await scheduler.tick(first_run - dt.timedelta(seconds=1)) == 0
+    assert h.session.calls == []
+    # The bot was down for three days: one run, not three.
+    late = first_run + dt.timedelta(days=3, minutes=5)
+    assert await scheduler.tick(late) == 1
+    text = joined(h.session.calls)
+    assert "PnL — Main, all time" in text and "+30 USDT" in text
+    assert all(c.chat_id == ALICE for c in h.session.calls)
+    assert await scheduler.tick(late + dt.timedelta(minutes=1)) == 0
+    async with db.session(alice) as s:
+        row = await s.schedules.get(schedule_id)
+    assert row.last_run_at == late
+    assert row.next_run_at == (late + dt.timedelta(days=1)).replace(
+        hour=18, minute=0, second=0, microsecond=0
+    )
+
+
+async def test_a_failing_run_is_logged_and_the_others_still_run(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = BotHarness(db)
+    alice = await approved_user(db, ALICE)
+    bob = await approved_user(db, BOB)
+    await _schedule(db, alice, report="positions")
+    await _schedule(db, bob, report="risk")
+    async with db.session(Actor.system()) as s:
+        (due_a, due_b) = await s.schedules.due(dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
+    h.session.fail_next("SendMessage", 403, "Forbidden: bot was blocked by the user")
+    now = max(due_a.next_run_at, due_b.next_run_at) + dt.timedelta(minutes=1)
+    assert await Scheduler(db, h.bot).tick(now) == 2
+    assert "blocked by the user" in caplog.text
+    sent = h.session.sent("SendMessage")
+    assert [c.chat_id for c in sent] == [BOB]
+    assert "Risk — Main" in joined(sent)
+    async with db.session(Actor.system()) as s:
+        assert await s.schedules.due(now) == []  # both marked as run, the failed one too
