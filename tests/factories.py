@@ -14,15 +14,17 @@ _ids = itertools.count(1000)
 T0 = dt.datetime(2024, 5, 1, 9, 0, tzinfo=dt.UTC)
 
 
-async def make_user(db: Database, *, approved: bool = True, admin: bool = False,
-                    username: str | None = None) -> Actor:
+async def make_user(
+    db: Database, *, approved: bool = True, admin: bool = False, username: str | None = None
+) -> Actor:
     telegram_id = next(_ids)
     async with db.session(Actor.system()) as s:
         if admin:
             (row,) = await s.users.bootstrap_admins([telegram_id])
         else:
-            row = await s.users.register(telegram_id, username or f"user{telegram_id}",
-                                         chat_id=telegram_id)
+            row = await s.users.register(
+                telegram_id, username or f"user{telegram_id}", chat_id=telegram_id
+            )
             if approved:
                 row = await s.users.approve(telegram_id)
     return Actor.user(row.id)
@@ -54,16 +56,24 @@ async def make_portfolio(db: Database, actor: Actor, name: str | None = None) ->
         return row.id
 
 
-async def make_strategy(db: Database, actor: Actor, name: str = "sma", version: str = "1.0",
-                        **params: Any) -> int:
+async def make_strategy(
+    db: Database, actor: Actor, name: str = "sma", version: str = "1.0", **params: Any
+) -> int:
     async with db.session(actor) as s:
-        return (await s.strategies.create({"name": name, "version": version,
-                                           "params": params})).id
+        return (await s.strategies.create({"name": name, "version": version, "params": params})).id
 
 
-def fill(portfolio_id: int, instrument_id: int, side: str, qty: str, price: str,
-         *, at: dt.datetime | None = None, trade_id: str | None = None,
-         **kw: Any) -> dict[str, Any]:
+def fill(
+    portfolio_id: int,
+    instrument_id: int,
+    side: str,
+    qty: str,
+    price: str,
+    *,
+    at: dt.datetime | None = None,
+    trade_id: str | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
     return {
         "portfolio_id": portfolio_id,
         "instrument_id": instrument_id,

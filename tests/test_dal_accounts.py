@@ -69,8 +69,7 @@ async def test_admin_scope_needs_an_admin(db: Database) -> None:
         with pytest.raises(Forbidden):
             await s.users.approve(1)
         with pytest.raises(Forbidden):
-            await s.instruments.create({"symbol": "X", "asset_type": "CRYPTO",
-                                        "currency": "USDT"})
+            await s.instruments.create({"symbol": "X", "asset_type": "CRYPTO", "currency": "USDT"})
 
 
 async def test_bootstrap_admins_is_idempotent(db: Database) -> None:
@@ -83,9 +82,7 @@ async def test_bootstrap_admins_is_idempotent(db: Database) -> None:
         assert len(await s.portfolios.list()) == 1
 
 
-async def test_portfolios_names_default_archive_delete(
-    db: Database, engine: AsyncEngine
-) -> None:
+async def test_portfolios_names_default_archive_delete(db: Database, engine: AsyncEngine) -> None:
     actor = await make_user(db)
     inst = await make_instrument(db)
     async with db.session(actor) as s:
@@ -116,8 +113,9 @@ async def test_portfolios_names_default_archive_delete(
 async def test_accounts(db: Database) -> None:
     actor = await make_user(db)
     async with db.session(actor) as s:
-        account = await s.accounts.create({"broker": "binance", "name": "Spot",
-                                           "account_uid": "abc", "base_currency": "usdt"})
+        account = await s.accounts.create(
+            {"broker": "binance", "name": "Spot", "account_uid": "abc", "base_currency": "usdt"}
+        )
         assert (account.base_currency, account.account_uid) == ("USDT", "abc")
         with pytest.raises(InvalidInput, match="unknown broker"):
             await s.accounts.create({"broker": "NOPE", "name": "X"})
@@ -144,8 +142,11 @@ async def test_strategy_versions(db: Database) -> None:
             await s.strategies.check_start(v110, pid)
         with pytest.raises(Conflict, match="deactivate it instead"):
             await s.strategies.delete(v19)
-        await s.trades.ingest_fill(fill(pid, inst, "SELL", "1", "6", strategy_id=v19,
-                                        exec_time=T0 + dt.timedelta(minutes=1)))
+        await s.trades.ingest_fill(
+            fill(
+                pid, inst, "SELL", "1", "6", strategy_id=v19, exec_time=T0 + dt.timedelta(minutes=1)
+            )
+        )
         assert (await s.strategies.check_start(v110, pid)).id == v110
         await s.strategies.set_active(v110, False)
         assert (await s.strategies.latest("sma")).id == v19
@@ -164,10 +165,12 @@ async def test_cash_and_equity(db: Database) -> None:
             await s.cash.withdraw(pid, "1000000", "USDT")
         await s.cash.adjust(pid, "-0.5", "USDT", note="fee rebate correction")
         assert await s.cash.balances(pid) == {"USDT": Decimal("10299")}
-        await s.trades.ingest_fill(fill(pid, inst, "BUY", "2", "100", fee=Decimal("0.2"),
-                                        fee_currency="USDT"))
-        await s.trades.ingest_fill(fill(pid, inst, "SELL", "1", "150",
-                                        exec_time=T0 + dt.timedelta(minutes=1)))
+        await s.trades.ingest_fill(
+            fill(pid, inst, "BUY", "2", "100", fee=Decimal("0.2"), fee_currency="USDT")
+        )
+        await s.trades.ingest_fill(
+            fill(pid, inst, "SELL", "1", "150", exec_time=T0 + dt.timedelta(minutes=1))
+        )
         equity = await s.cash.equity(pid, {inst: Decimal("120")})
         no_mark = await s.cash.equity(pid, {})
     # cash 10299 + realized 50 − fee 0.2 + unrealized (120 − 100) × 1
@@ -176,25 +179,34 @@ async def test_cash_and_equity(db: Database) -> None:
     assert no_mark.by_currency == {"USDT": Decimal("10348.8")}
 
 
-async def test_policies_precedence_evaluate_and_breach(
-    db: Database, engine: AsyncEngine
-) -> None:
+async def test_policies_precedence_evaluate_and_breach(db: Database, engine: AsyncEngine) -> None:
     actor = await make_user(db)
     pid = await default_portfolio(db, actor)
     inst = await make_instrument(db, "BTCUSDT")
     strategy = await make_strategy(db, actor)
     async with db.session(actor) as s:
         user_policy = await s.risk.create_policy(
-            {"name": "base", "scope_type": "USER",
-             "config": {"max_order_notional": "5000", "max_daily_loss": "0.05"}}
+            {
+                "name": "base",
+                "scope_type": "USER",
+                "config": {"max_order_notional": "5000", "max_daily_loss": "0.05"},
+            }
         )
         pf_policy = await s.risk.create_policy(
-            {"name": "main", "scope_type": "PORTFOLIO", "scope_id": pid,
-             "config": {"max_order_notional": "2000", "mode": "warn"}}
+            {
+                "name": "main",
+                "scope_type": "PORTFOLIO",
+                "scope_id": pid,
+                "config": {"max_order_notional": "2000", "mode": "warn"},
+            }
         )
         st_policy = await s.risk.create_policy(
-            {"name": "sma", "scope_type": "STRATEGY", "scope_id": strategy,
-             "config": {"max_order_notional": "1000"}}
+            {
+                "name": "sma",
+                "scope_type": "STRATEGY",
+                "scope_id": strategy,
+                "config": {"max_order_notional": "1000"},
+            }
         )
         limits = await s.risk.load_policies(pid)
         assert limits["max_order_notional"].policy_id == pf_policy.id
@@ -202,12 +214,17 @@ async def test_policies_precedence_evaluate_and_breach(
         limits = await s.risk.load_policies(pid, strategy)
         assert limits["max_order_notional"].policy_id == st_policy.id
 
-        order = {"portfolio_id": pid, "instrument_id": inst, "side": "BUY", "type": "LIMIT",
-                 "quantity": "30", "price": "100"}
+        order = {
+            "portfolio_id": pid,
+            "instrument_id": inst,
+            "side": "BUY",
+            "type": "LIMIT",
+            "quantity": "30",
+            "price": "100",
+        }
         verdict = await s.risk.evaluate(order, {inst: Decimal("100")})
         assert verdict.decision == "warn"  # 3000 > 2000 under the portfolio's warn policy
-        blocked = await s.risk.evaluate({**order, "strategy_id": strategy},
-                                        {inst: Decimal("100")})
+        blocked = await s.risk.evaluate({**order, "strategy_id": strategy}, {inst: Decimal("100")})
         assert blocked.decision == "block"
         before = await table_counts(engine)
         ids = await s.risk.record_breach(blocked, pid, inst)
@@ -231,10 +248,12 @@ async def test_daily_loss_uses_the_users_local_day(db: Database) -> None:
     now = dt.datetime(2024, 5, 1, 23, 30, tzinfo=dt.UTC)
     async with db.session(actor) as s:
         await s.users.set_timezone("Asia/Tokyo")
-        await s.trades.ingest_fill(fill(pid, inst, "BUY", "1", "1000", exec_time=now
-                                        - dt.timedelta(hours=2)))
-        await s.trades.ingest_fill(fill(pid, inst, "SELL", "1", "600", exec_time=now
-                                        - dt.timedelta(hours=1)))
+        await s.trades.ingest_fill(
+            fill(pid, inst, "BUY", "1", "1000", exec_time=now - dt.timedelta(hours=2))
+        )
+        await s.trades.ingest_fill(
+            fill(pid, inst, "SELL", "1", "600", exec_time=now - dt.timedelta(hours=1))
+        )
         tokyo = await s.risk.snapshot(pid, {}, "USDT", now=now)
         await s.users.set_timezone("America/New_York")
         new_york = await s.risk.snapshot(pid, {}, "USDT", now=now)
@@ -256,8 +275,11 @@ async def test_schedules_next_run_and_missed_runs(db: Database) -> None:
     actor = await make_user(db)
     async with db.session(actor) as s:
         schedule = await s.schedules.create(
-            {"name": "daily pnl", "cron": "0 18 * * *", "config": {"report": "pnl",
-                                                                   "period": "today"}}
+            {
+                "name": "daily pnl",
+                "cron": "0 18 * * *",
+                "config": {"report": "pnl", "period": "today"},
+            }
         )
         assert schedule.next_run_at.hour == 18 and schedule.next_run_at.minute == 0
         three_days_later = schedule.next_run_at + dt.timedelta(days=3, hours=1)
@@ -277,8 +299,11 @@ async def test_alerts_and_screeners_crud(db: Database) -> None:
     actor = await make_user(db)
     async with db.session(actor) as s:
         alert = await s.alerts.create(
-            {"name": "btc 70k", "type": "PRICE",
-             "config": {"symbol": "BTCUSDT", "op": "above", "price": "70000"}}
+            {
+                "name": "btc 70k",
+                "type": "PRICE",
+                "config": {"symbol": "BTCUSDT", "op": "above", "price": "70000"},
+            }
         )
         assert alert.config_json == {"symbol": "BTCUSDT", "op": "above", "price": "70000"}
         updated = await s.alerts.update_config(
@@ -286,9 +311,13 @@ async def test_alerts_and_screeners_crud(db: Database) -> None:
         )
         assert updated.config_json["op"] == "below"
         with pytest.raises(Conflict):
-            await s.alerts.create({"name": "btc 70k", "type": "RISK",
-                                   "config": {"metric": "leverage", "op": "above",
-                                              "value": "2"}})
+            await s.alerts.create(
+                {
+                    "name": "btc 70k",
+                    "type": "RISK",
+                    "config": {"metric": "leverage", "op": "above", "value": "2"},
+                }
+            )
         screener = await s.screeners.create(
             {"name": "cheap", "config": {"asset_type": "CRYPTO", "max_price": "1"}}
         )
@@ -313,9 +342,16 @@ async def test_instruments_by_symbol(db: Database) -> None:
         with pytest.raises(NotFound, match="unknown symbol DOGE"):
             await s.instruments.get(symbol="DOGE")
     async with db.session(Actor.system()) as s:
-        again = await s.instruments.ensure({"symbol": "BTCUSDT", "exchange": "BINANCE",
-                                            "asset_type": "CRYPTO", "currency": "USDT"})
+        again = await s.instruments.ensure(
+            {"symbol": "BTCUSDT", "exchange": "BINANCE", "asset_type": "CRYPTO", "currency": "USDT"}
+        )
         assert again.id == row.id
         with pytest.raises(Conflict):
-            await s.instruments.create({"symbol": "BTCUSDT", "exchange": "BINANCE",
-                                        "asset_type": "CRYPTO", "currency": "USDT"})
+            await s.instruments.create(
+                {
+                    "symbol": "BTCUSDT",
+                    "exchange": "BINANCE",
+                    "asset_type": "CRYPTO",
+                    "currency": "USDT",
+                }
+            )

@@ -61,11 +61,26 @@ async def test_same_fill_100_times_is_one_trade(
     actor, pid, inst = trader
     async with db.session(actor) as s:
         order = await s.orders.place(
-            {"portfolio_id": pid, "instrument_id": inst, "side": "BUY", "type": "LIMIT",
-             "quantity": "5", "price": "100"}
+            {
+                "portfolio_id": pid,
+                "instrument_id": inst,
+                "side": "BUY",
+                "type": "LIMIT",
+                "quantity": "5",
+                "price": "100",
+            }
         )
-    the_fill = fill(pid, inst, "BUY", "2", "100", trade_id="T-1", order_id=order.id,
-                    fee=Decimal("0.1"), fee_currency="USDT")
+    the_fill = fill(
+        pid,
+        inst,
+        "BUY",
+        "2",
+        "100",
+        trade_id="T-1",
+        order_id=order.id,
+        fee=Decimal("0.1"),
+        fee_currency="USDT",
+    )
     results = []
     for _ in range(100):
         async with db.session(actor) as s:
@@ -91,13 +106,22 @@ async def test_order_status_follows_fills_and_overfill_is_refused(
     actor, pid, inst = trader
     async with db.session(actor) as s:
         order = await s.orders.place(
-            {"portfolio_id": pid, "instrument_id": inst, "side": "SELL", "type": "LIMIT",
-             "quantity": "3", "price": "10", "client_order_id": "o-1"}
+            {
+                "portfolio_id": pid,
+                "instrument_id": inst,
+                "side": "SELL",
+                "type": "LIMIT",
+                "quantity": "3",
+                "price": "10",
+                "client_order_id": "o-1",
+            }
         )
-        await s.trades.ingest_fill(fill(pid, inst, "SELL", "1", "10", trade_id="1",
-                                        order_id=order.id))
-        await s.trades.ingest_fill(fill(pid, inst, "SELL", "1.5", "12", trade_id="2",
-                                        order_id=order.id))
+        await s.trades.ingest_fill(
+            fill(pid, inst, "SELL", "1", "10", trade_id="1", order_id=order.id)
+        )
+        await s.trades.ingest_fill(
+            fill(pid, inst, "SELL", "1.5", "12", trade_id="2", order_id=order.id)
+        )
         partial = await s.orders.get(order.id)
     assert partial.status == "PARTIALLY_FILLED"
     assert partial.filled_quantity == Decimal("2.5")
@@ -106,13 +130,15 @@ async def test_order_status_follows_fills_and_overfill_is_refused(
     before = await table_counts(engine)
     with pytest.raises(Conflict, match="overfills"):
         async with db.session(actor) as s:
-            await s.trades.ingest_fill(fill(pid, inst, "SELL", "1", "10", trade_id="3",
-                                            order_id=order.id))
+            await s.trades.ingest_fill(
+                fill(pid, inst, "SELL", "1", "10", trade_id="3", order_id=order.id)
+            )
     assert await table_counts(engine) == before
 
     async with db.session(actor) as s:
-        await s.trades.ingest_fill(fill(pid, inst, "SELL", "0.5", "10", trade_id="4",
-                                        order_id=order.id))
+        await s.trades.ingest_fill(
+            fill(pid, inst, "SELL", "0.5", "10", trade_id="4", order_id=order.id)
+        )
         done = await s.orders.get(order.id)
         assert done.status == "FILLED"
         with pytest.raises(Conflict, match="FILLED"):
@@ -139,19 +165,25 @@ async def test_order_transitions(db: Database, trader: tuple[Actor, int, int]) -
 
 async def test_order_idempotency_keys(db: Database, trader: tuple[Actor, int, int]) -> None:
     actor, pid, inst = trader
-    new = {"portfolio_id": pid, "instrument_id": inst, "side": "BUY", "type": "LIMIT",
-           "quantity": "1", "price": "5", "client_order_id": "cid-1"}
+    new = {
+        "portfolio_id": pid,
+        "instrument_id": inst,
+        "side": "BUY",
+        "type": "LIMIT",
+        "quantity": "1",
+        "price": "5",
+        "client_order_id": "cid-1",
+    }
     async with db.session(actor) as s:
         first = await s.orders.place(new)
         again = await s.orders.place(new)
         assert again.id == first.id
         with pytest.raises(Conflict, match="quantity"):
             await s.orders.place({**new, "quantity": "2"})
-        by_broker = await s.orders.place(
-            {**new, "client_order_id": None, "broker_order_id": "B-9"}
-        )
-        assert (await s.orders.place({**new, "client_order_id": None,
-                                      "broker_order_id": "B-9"})).id == by_broker.id
+        by_broker = await s.orders.place({**new, "client_order_id": None, "broker_order_id": "B-9"})
+        assert (
+            await s.orders.place({**new, "client_order_id": None, "broker_order_id": "B-9"})
+        ).id == by_broker.id
         assert len(await s.orders.list(pid)) == 2
 
 
@@ -162,10 +194,19 @@ async def test_open_orders_newest_first_and_status_filter(
     async with db.session(actor) as s:
         ids = []
         for minute in (3, 1, 2):
-            ids.append((await s.orders.place(
-                {"portfolio_id": pid, "instrument_id": inst, "side": "BUY", "quantity": "1",
-                 "placed_at": at(minute)}
-            )).id)
+            ids.append(
+                (
+                    await s.orders.place(
+                        {
+                            "portfolio_id": pid,
+                            "instrument_id": inst,
+                            "side": "BUY",
+                            "quantity": "1",
+                            "placed_at": at(minute),
+                        }
+                    )
+                ).id
+            )
         await s.orders.cancel(ids[2])
         open_orders = await s.orders.list(pid)
         assert [o.id for o in open_orders] == [ids[0], ids[1]]
@@ -173,7 +214,9 @@ async def test_open_orders_newest_first_and_status_filter(
 
 
 async def test_error_after_trade_insert_leaves_no_trace(
-    db: Database, trader: tuple[Actor, int, int], engine: AsyncEngine,
+    db: Database,
+    trader: tuple[Actor, int, int],
+    engine: AsyncEngine,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     actor, pid, inst = trader
@@ -181,8 +224,9 @@ async def test_error_after_trade_insert_leaves_no_trace(
         order = await s.orders.place(
             {"portfolio_id": pid, "instrument_id": inst, "side": "BUY", "quantity": "2"}
         )
-        await s.trades.ingest_fill(fill(pid, inst, "BUY", "1", "100", trade_id="ok",
-                                        order_id=order.id))
+        await s.trades.ingest_fill(
+            fill(pid, inst, "BUY", "1", "100", trade_id="ok", order_id=order.id)
+        )
     before = await table_counts(engine)
 
     def explode(*args: object, **kwargs: object) -> None:
@@ -191,8 +235,9 @@ async def test_error_after_trade_insert_leaves_no_trace(
     monkeypatch.setattr("dal.trades.write_position", explode)
     with pytest.raises(RuntimeError, match="injected"):
         async with db.session(actor) as s:
-            await s.trades.ingest_fill(fill(pid, inst, "BUY", "1", "110", trade_id="boom",
-                                            order_id=order.id, at=at(5)))
+            await s.trades.ingest_fill(
+                fill(pid, inst, "BUY", "1", "110", trade_id="boom", order_id=order.id, at=at(5))
+            )
     monkeypatch.undo()
     assert await table_counts(engine) == before
     async with db.session(actor) as s:
@@ -222,8 +267,9 @@ async def test_late_fill_rederives_position_and_trade_pnl(
     actor, pid, inst = trader
     async with db.session(actor) as s:
         await s.trades.ingest_fill(fill(pid, inst, "BUY", "1", "100", at=at(0), trade_id="1"))
-        sell = await s.trades.ingest_fill(fill(pid, inst, "SELL", "1", "130", at=at(10),
-                                               trade_id="3"))
+        sell = await s.trades.ingest_fill(
+            fill(pid, inst, "SELL", "1", "130", at=at(10), trade_id="3")
+        )
         assert sell.trade.realized_pnl == Decimal(30)
         # A buy at 10:05 arrives late: the sell now closes 1 of 2 at average cost 110.
         await s.trades.ingest_fill(fill(pid, inst, "BUY", "1", "120", at=at(5), trade_id="2"))
@@ -268,7 +314,10 @@ async def test_recompute_equals_materialized_after_random_sequences(
     for key, state in recomputed.items():
         row = materialized[key]
         assert (row.quantity, row.cost_basis, row.realized_pnl, row.avg_price) == (
-            state.quantity, state.cost_basis, state.realized_pnl, state.avg_price
+            state.quantity,
+            state.cost_basis,
+            state.realized_pnl,
+            state.avg_price,
         )
 
 
@@ -303,8 +352,16 @@ async def test_concurrent_writers_on_one_position_lose_nothing(
         for i in range(50):
             async with db.session(actor) as s:
                 await s.trades.ingest_fill(
-                    fill(pid, inst, "BUY", "1", str(100 + i), trade_id=f"w{w}-{i}",
-                         order_id=order.id, at=at(i))
+                    fill(
+                        pid,
+                        inst,
+                        "BUY",
+                        "1",
+                        str(100 + i),
+                        trade_id=f"w{w}-{i}",
+                        order_id=order.id,
+                        at=at(i),
+                    )
                 )
 
     # Other sessions on their own Database object: on SQLite a second writer thread (like a
@@ -328,13 +385,22 @@ async def test_concurrent_writers_on_one_position_lose_nothing(
     assert position.cost_basis == expected_cost
 
 
-async def _other_writer(db: Database, actor: Actor, pid: int, inst: int, order_id: int,
-                        w: int) -> None:
+async def _other_writer(
+    db: Database, actor: Actor, pid: int, inst: int, order_id: int, w: int
+) -> None:
     for i in range(50):
         async with db.session(actor) as s:
             await s.trades.ingest_fill(
-                fill(pid, inst, "BUY", "1", str(100 + i), trade_id=f"w{w}-{i}",
-                     order_id=order_id, at=at(i))
+                fill(
+                    pid,
+                    inst,
+                    "BUY",
+                    "1",
+                    str(100 + i),
+                    trade_id=f"w{w}-{i}",
+                    order_id=order_id,
+                    at=at(i),
+                )
             )
 
 
@@ -375,8 +441,9 @@ async def test_fills_and_orders_of_one_order_count_exactly(
             {"portfolio_id": pid, "instrument_id": inst, "side": "BUY", "quantity": "0.3"}
         )
         for i, qty in enumerate(("0.1", "0.1", "0.1")):
-            await s.trades.ingest_fill(fill(pid, inst, "BUY", qty, "3", trade_id=f"x{i}",
-                                            order_id=order.id))
+            await s.trades.ingest_fill(
+                fill(pid, inst, "BUY", qty, "3", trade_id=f"x{i}", order_id=order.id)
+            )
         order = await s.orders.get(order.id)
     assert order.filled_quantity == Decimal("0.3") and order.status == "FILLED"
     async with engine.connect() as conn:
