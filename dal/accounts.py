@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from dal import schema as t
 from dal.errors import Conflict, InvalidInput, NotFound
-from dal.models import NewAccount, NewPortfolio, parse
+from dal.models import NewAccount, NewPortfolio, check_text, parse, valid_id
 from dal.scope import Tx
 from dal.types import new_uid
 
@@ -27,6 +27,8 @@ def owned_portfolio(tx: Tx, portfolio_id: int, *, writable: bool = False) -> sa.
 
     ``writable`` also refuses archived portfolios: their history stays but nothing new lands.
     """
+    if not valid_id(portfolio_id):
+        raise NotFound(f"no portfolio #{portfolio_id}")
     owner = tx.owner_id()
     if owner is None:
         row = tx.conn.execute(_PORTFOLIO, {"portfolio_id": portfolio_id}).one_or_none()
@@ -54,6 +56,8 @@ def portfolio_by_name(tx: Tx, name: str) -> sa.Row:
 
 
 def owned_account(tx: Tx, account_id: int) -> sa.Row:
+    if not valid_id(account_id):
+        raise NotFound(f"no account #{account_id}")
     row = tx.conn.execute(
         sa.select(accounts).where(accounts.c.id == account_id, tx.owned(accounts.c.user_id))
     ).one_or_none()
@@ -287,7 +291,7 @@ class PortfolioService:
                 raise Conflict(f"you already have a portfolio named {new_name!r}")
             changes["name"] = new_name
         if description is not None:
-            changes["description"] = description[:500]
+            changes["description"] = check_text(description, "description")
         if changes:
             self.tx.conn.execute(
                 portfolios.update().where(portfolios.c.id == row.id).values(**changes)

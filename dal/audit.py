@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from dal import schema as t
 from dal.errors import InvalidInput
+from dal.models import check_json_arg
 from dal.scope import Tx
 
 audit_log = t.audit_log
@@ -26,6 +27,7 @@ class AuditLogger:
         if action not in t.AUDIT_ACTIONS:
             raise InvalidInput(f"unknown audit action {action!r}")
         self.tx.require_user()
+        check_json_arg(details, "details")
         self.tx.audit(entity_type, entity_id, action, details)
 
     def recent(self, limit: int = 50, entity_type: str | None = None) -> list[sa.Row]:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from dal import schema as t
 from dal.accounts import owned_portfolio
 from dal.errors import InvalidInput
-from dal.models import NewCashMovement, parse
+from dal.models import NewCashMovement, check_marks, parse
 from dal.position_math import PositionState, unrealized_pnl
 from dal.scope import Tx
 from dal.types import DECIMAL_CONTEXT, new_uid
@@ -206,4 +206,4 @@ class CashService:
         """cash + realized PnL − fees + unrealized PnL at ``marks`` (instrument id → price),
         per currency. Open positions without a mark are valued at cost and listed."""
         owned_portfolio(self.tx, portfolio_id)
-        return compute_equity(self.tx.conn, portfolio_id, marks or {})
+        return compute_equity(self.tx.conn, portfolio_id, check_marks(marks))

@@ -125,8 +125,8 @@ class IndicatorAlert(StrictConfig):
     )
     symbol: Symbol
     indicator: Literal["sma_cross"]
-    fast: int = Field(ge=1, le=500)
-    slow: int = Field(ge=2, le=1000)
+    fast: int = Field(strict=True, ge=1, le=500)
+    slow: int = Field(strict=True, ge=2, le=1000)
 
     @model_validator(mode="after")
     def _fast_below_slow(self) -> IndicatorAlert:
@@ -190,8 +190,13 @@ ALERT_CONFIGS: dict[str, type[StrictConfig]] = {
 
 
 # --- schedules and screeners -------------------------------------------------------------------
+MAX_CRON = 128
+
+
 def validate_cron(expression: str) -> str:
     expression = " ".join(expression.split())
+    if len(expression) > MAX_CRON:
+        raise ValueError(f"a cron expression is at most {MAX_CRON} characters")
     if len(expression.split()) != 5 or not croniter.is_valid(expression):
         raise ValueError(
             f"{expression!r} is not a 5-field cron expression (minute hour day month weekday), "
@@ -240,3 +245,10 @@ class ScreenerConfig(StrictConfig):
     @classmethod
     def _cron_ok(cls, value: str | None) -> str | None:
         return None if value is None else validate_cron(value)
+
+    @model_validator(mode="after")
+    def _price_range(self) -> ScreenerConfig:
+        low, high = self.min_price, self.max_price
+        if low is not None and high is not None and low > high:
+            raise ValueError("min_price is above max_price: nothing could match")
+        return self

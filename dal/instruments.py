@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from dal import schema as t
 from dal.errors import Conflict, InvalidInput, NotFound
-from dal.models import NewInstrument, parse
+from dal.models import NewInstrument, parse, valid_id
 from dal.scope import Tx
 from dal.types import DECIMAL_CONTEXT, new_uid
 
@@ -26,6 +26,8 @@ def resolve_instrument(
     """An instrument by id or by symbol (+ exchange). Unknown → NotFound with the symbol."""
     conn = tx.conn
     if instrument_id is not None:
+        if not valid_id(instrument_id):
+            raise NotFound(f"unknown instrument #{instrument_id}")
         cache = tx.cache.setdefault("instruments", {})
         row = cache.get(instrument_id)
         if row is None:

@@ -43,9 +43,11 @@ M = TypeVar("M", bound=BaseModel)
 def humanize(exc: ValidationError, title: str) -> str:
     parts = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "input"
         msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}")
+        if msg.startswith("invalid "):  # already a full message from a nested config
+            msg = msg.split(": ", 1)[1]
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{where}: {msg}" if where else msg)
     return f"invalid {title}: " + "; ".join(parts)
 
 
@@ -68,19 +70,138 @@ def parse(model: type[M], data: Any) -> M:
 def parse_config(model: type[StrictConfig], data: Any) -> StrictConfig:
     if isinstance(data, model):
         return data
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{model.__name__} must be a JSON object")
     try:
-        size = len(canonical_json(data).encode())
-    except TypeError:
-        raise InvalidInput(f"{model.__name__} must be a JSON object") from None
-    if size > MAX_CONFIG_BYTES:
-        raise InvalidInput(f"config is {size} bytes; the limit is {MAX_CONFIG_BYTES}")
+        json_size(data)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"{model.__name__} must be a JSON object of plain values: it {exc}"
+        ) from None
     return parse(model, data)  # type: ignore[return-value]
+
+
+def json_size(value: Any, limit: int = MAX_CONFIG_BYTES) -> int:
+    """The size of ``value`` as canonical JSON; ValueError if it is not plain, finite JSON
+    (NaN, dates, sets, NUL characters, absurd nesting) or larger than ``limit`` bytes."""
+    try:
+        text = canonical_json_strict(value)
+    except RecursionError:
+        raise ValueError("is nested too deeply") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"is not plain JSON ({exc})") from None
+    if "\\u0000" in text:
+        raise ValueError("must not contain NUL characters")
+    size = len(text.encode())
+    if size > limit:
+        raise ValueError(f"is {size} bytes; the limit is {limit}")
+    return size
+
+
+def canonical_json_strict(value: Any) -> str:
+    import json
+
+    return json.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=_json_leaf,
+    )
+
+
+def _json_leaf(value: Any) -> Any:
+    if isinstance(value, Decimal) and value.is_finite():
+        return canonical_json(value).strip('"')
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+MAX_ID = 2**63 - 1
+RowId = Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
+
+
+def valid_id(value: object) -> bool:
+    """Whether ``value`` can be a row id at all (so lookups can answer NotFound early)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID
+
+
+def aware_arg(value: dt.datetime | None, name: str) -> dt.datetime | None:
+    """A datetime argument of a service call: aware (converted to UTC) or InvalidInput."""
+    if value is None:
+        return None
+    if not isinstance(value, dt.datetime):
+        raise InvalidInput(f"{name} must be a datetime")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInput(f"{name} has no time zone; give an aware datetime")
+    return value.astimezone(dt.UTC)
+
+
+def check_marks(marks: Any) -> dict[int, Decimal]:
+    """Marks (instrument id → price) as exact positive Decimals, or InvalidInput."""
+    if marks is None:
+        return {}
+    if not isinstance(marks, dict):
+        raise InvalidInput("marks must map instrument ids to prices")
+    out = {}
+    for key, price in marks.items():
+        if not valid_id(key):
+            raise InvalidInput(f"mark key {key!r} is not an instrument id")
+        if not isinstance(price, Decimal) or not price.is_finite() or price <= 0:
+            raise InvalidInput(
+                f"mark of instrument #{key} must be a positive Decimal, not {price!r}"
+            )
+        out[key] = price
+    return out
+
+
+def check_text(value: Any, name: str, limit: int = 500) -> str | None:
+    """A free-text argument (reason, note, description): text, no NUL, at most ``limit``."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be text")
+    if "\x00" in value:
+        raise InvalidInput(f"{name} must not contain NUL characters")
+    if len(value) > limit:
+        raise InvalidInput(f"{name} is {len(value)} characters; the limit is {limit}")
+    return value
+
+
+def check_json_arg(value: Any, name: str) -> Any:
+    try:
+        json_size(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{name} {exc}") from None
+    return value
+
+
+def _no_nul(value: Any) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("text must not contain NUL characters")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _no_nul(k)
+            _no_nul(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _no_nul(v)
 
 
 class Input(BaseModel):
     """Base of every input: unknown fields refused; constructing it validates it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_nul(cls, data: Any) -> Any:
+        try:
+            _no_nul(data)
+        except RecursionError:
+            raise ValueError("input is nested too deeply") from None
+        return data
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -92,7 +213,10 @@ class Input(BaseModel):
 def _aware(value: dt.datetime) -> dt.datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("give a time zone (e.g. 2024-05-01T12:00:00Z); naive times are refused")
-    return value.astimezone(dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError("is out of the supported date range") from None
 
 
 AwareTime = Annotated[dt.datetime, AfterValidator(_aware)]
@@ -105,9 +229,7 @@ Meta = Annotated[dict[str, Any], AfterValidator(lambda v: _meta_size(v))]
 
 
 def _meta_size(value: dict[str, Any]) -> dict[str, Any]:
-    size = len(canonical_json(value).encode())
-    if size > MAX_CONFIG_BYTES:
-        raise ValueError(f"is {size} bytes; the limit is {MAX_CONFIG_BYTES}")
+    json_size(value)
     return value
 
 
@@ -116,19 +238,21 @@ def _upper(value: Any) -> Any:
 
 
 Upper = BeforeValidator(_upper)
+SymbolText = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Z0-9._:/-]+$")]
+ExchangeText = Annotated[str, Field(min_length=1, max_length=32)]
 
 
 class InstrumentRef(Input):
     """An instrument by id, or by symbol (and exchange when the symbol is ambiguous)."""
 
-    instrument_id: int | None = None
-    symbol: Annotated[str | None, Upper] = None
-    exchange: Annotated[str | None, Upper] = None
+    instrument_id: RowId | None = None
+    symbol: Annotated[SymbolText | None, Upper] = None
+    exchange: Annotated[ExchangeText | None, Upper] = None
 
 
 class NewInstrument(Input):
-    symbol: Annotated[str, Upper, Field(min_length=1, max_length=32, pattern=r"^[A-Z0-9._:/-]+$")]
-    exchange: Annotated[str | None, Upper, Field(max_length=32)] = None
+    symbol: Annotated[SymbolText, Upper]
+    exchange: Annotated[ExchangeText | None, Upper] = None
     asset_type: Annotated[Literal[ASSET_TYPES], Upper]  # type: ignore[valid-type]
     currency: Annotated[Currency, Upper]
     tick_size: PositiveDecimal | None = None
@@ -136,7 +260,7 @@ class NewInstrument(Input):
 
 
 class NewAccount(Input):
-    broker: Annotated[str, Upper, Field(min_length=1, max_length=32)]
+    broker: Annotated[ExchangeText, Upper]
     name: Name
     account_uid: Annotated[str | None, Field(max_length=128)] = None
     base_currency: Annotated[Currency, Upper] = "USD"
@@ -144,7 +268,7 @@ class NewAccount(Input):
 
 class NewPortfolio(Input):
     name: Name
-    account_id: int
+    account_id: RowId
     description: Annotated[str | None, Field(max_length=500)] = None
     is_default: bool = False
 
@@ -156,11 +280,11 @@ class NewStrategy(Input):
 
 
 class NewOrder(Input):
-    portfolio_id: int
-    instrument_id: int | None = None
-    symbol: Annotated[str | None, Upper] = None
-    exchange: Annotated[str | None, Upper] = None
-    strategy_id: int | None = None
+    portfolio_id: RowId
+    instrument_id: RowId | None = None
+    symbol: Annotated[SymbolText | None, Upper] = None
+    exchange: Annotated[ExchangeText | None, Upper] = None
+    strategy_id: RowId | None = None
     side: Annotated[Side, Upper]
     type: Annotated[OrderType, Upper] = "MARKET"
     time_in_force: Annotated[TimeInForce | None, Upper] = None
@@ -193,12 +317,12 @@ class NewOrder(Input):
 class Fill(Input):
     """One execution. ``broker_trade_id`` makes ingestion idempotent."""
 
-    portfolio_id: int
-    instrument_id: int | None = None
-    symbol: Annotated[str | None, Upper] = None
-    exchange: Annotated[str | None, Upper] = None
-    order_id: int | None = None
-    strategy_id: int | None = None
+    portfolio_id: RowId
+    instrument_id: RowId | None = None
+    symbol: Annotated[SymbolText | None, Upper] = None
+    exchange: Annotated[ExchangeText | None, Upper] = None
+    order_id: RowId | None = None
+    strategy_id: RowId | None = None
     side: Annotated[Side, Upper]
     quantity: PositiveDecimal
     price: PositiveDecimal
@@ -218,7 +342,7 @@ class Fill(Input):
 
 
 class NewCashMovement(Input):
-    portfolio_id: int
+    portfolio_id: RowId
     kind: Annotated[Literal[CASH_KINDS], Upper] = "DEPOSIT"  # type: ignore[valid-type]
     amount: ExactDecimal
     currency: Annotated[Currency, Upper]
@@ -228,7 +352,7 @@ class NewCashMovement(Input):
 class NewPolicy(Input):
     name: Name
     scope_type: Annotated[Literal["USER", "PORTFOLIO", "STRATEGY"], Upper]
-    scope_id: int | None = None  # defaults to the acting user for USER scope
+    scope_id: RowId | None = None  # defaults to the acting user for USER scope
     config: PolicyConfig
 
 
@@ -236,7 +360,7 @@ class NewAlert(Input):
     name: Name
     type: Annotated[Literal["PRICE", "INDICATOR", "POSITION", "RISK", "SCHEDULE"], Upper]
     config: dict[str, Any]
-    portfolio_id: int | None = None
+    portfolio_id: RowId | None = None
 
     @model_validator(mode="after")
     def _typed_config(self) -> NewAlert:

@@ -10,7 +10,7 @@ from dal import schema as t
 from dal.accounts import owned_portfolio
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import check_increments, resolve_instrument
-from dal.models import NewOrder, parse
+from dal.models import NewOrder, check_json_arg, check_text, parse, valid_id
 from dal.scope import Tx
 from dal.strategies import owned_strategy
 from dal.types import new_uid
@@ -30,6 +30,8 @@ _IDENTITY_FIELDS = ("instrument_id", "side", "type", "quantity", "price", "stop_
 
 
 def owned_order(tx: Tx, order_id: int) -> sa.Row:
+    if not valid_id(order_id):
+        raise NotFound(f"no order #{order_id}")
     row = tx.conn.execute(
         sa.select(orders)
         .join(portfolios, portfolios.c.id == orders.c.portfolio_id)
@@ -87,6 +89,7 @@ class OrderService:
         gateway (e.g. by pre-trade risk), so the refusal stays on record.
         """
         new = parse(NewOrder, data)
+        reason = check_text(reason, "reason")
         if status not in ("NEW", "REJECTED"):
             raise InvalidInput("an order is placed NEW (or stored REJECTED with a reason)")
         tx = self.tx
@@ -193,6 +196,9 @@ class OrderService:
         EXPIRED. Terminal statuses are final; repeating the current status changes nothing."""
         tx = self.tx
         order = owned_order(tx, order_id)
+        reason = check_text(reason, "reason")
+        if meta is not None:
+            check_json_arg(meta, "meta")
         locked = tx.conn.execute(
             sa.select(orders).where(orders.c.id == order.id).with_for_update()
         ).one()

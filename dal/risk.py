@@ -20,7 +20,16 @@ from dal.cash import compute_equity
 from dal.configs import PolicyConfig
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import resolve_instrument
-from dal.models import NewOrder, NewPolicy, parse, parse_config
+from dal.models import (
+    NewOrder,
+    NewPolicy,
+    aware_arg,
+    check_marks,
+    parse,
+    parse_config,
+    valid_id,
+)
+from dal.orders import owned_order
 from dal.risk_rules import (
     EffectiveLimit,
     OrderIntent,
@@ -39,6 +48,8 @@ SCOPE_ORDER = {"STRATEGY": 0, "PORTFOLIO": 1, "USER": 2}
 
 
 def owned_policy(tx: Tx, policy_id: int) -> sa.Row:
+    if not valid_id(policy_id):
+        raise NotFound(f"no policy #{policy_id}")
     row = tx.conn.execute(
         sa.select(policies).where(policies.c.id == policy_id, tx.owned(policies.c.user_id))
     ).one_or_none()
@@ -138,6 +149,8 @@ class RiskService:
         """Active policies covering an order in this portfolio (and strategy), most specific
         scope first."""
         portfolio = owned_portfolio(self.tx, portfolio_id)
+        if strategy_id is not None:
+            owned_strategy(self.tx, strategy_id)  # another user's id is NotFound, as elsewhere
         scopes = [
             sa.and_(policies.c.scope_type == "USER", policies.c.scope_id == portfolio.user_id),
             sa.and_(policies.c.scope_type == "PORTFOLIO", policies.c.scope_id == portfolio.id),
@@ -174,8 +187,9 @@ class RiskService:
         net position per instrument. Equity at day start is equity minus today's realized
         PnL (unrealized moves during the day are not separated)."""
         portfolio = owned_portfolio(self.tx, portfolio_id)
+        marks = check_marks(marks)
         conn = self.tx.conn
-        now = now or self.tx.now()
+        now = aware_arg(now, "now") or self.tx.now()
         zone = conn.execute(
             sa.select(t.users.c.timezone).where(t.users.c.id == portfolio.user_id)
         ).scalar_one()
@@ -217,6 +231,9 @@ class RiskService:
     ) -> Verdict:
         """Pre-trade check of an order against the policies in effect (writes nothing)."""
         new = parse(NewOrder, order)
+        if marks is None:
+            raise InvalidInput("give the latest marks (instrument id → price) to evaluate risk")
+        marks = check_marks(marks)
         instrument = resolve_instrument(self.tx, new.instrument_id, new.symbol, new.exchange)
         limits = self.load_policies(new.portfolio_id, new.strategy_id)
         snapshot = self.snapshot(new.portfolio_id, marks, instrument.currency, now)
@@ -238,6 +255,10 @@ class RiskService:
     ) -> list[int]:
         """One risk_breaches row (and audit row) per breach in the verdict."""
         portfolio = owned_portfolio(self.tx, portfolio_id)
+        if instrument_id is not None:
+            resolve_instrument(self.tx, instrument_id)
+        if order_id is not None and owned_order(self.tx, order_id).portfolio_id != portfolio.id:
+            raise NotFound(f"no order #{order_id}")
         observed = verdict.observed_json()
         ids = []
         for breach in verdict.breaches:

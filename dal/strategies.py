@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from dal import schema as t
 from dal.accounts import owned_portfolio
 from dal.errors import Conflict, NotFound
-from dal.models import NewStrategy, parse
+from dal.models import NewStrategy, parse, valid_id
 from dal.scope import Tx
 from dal.types import new_uid
 
@@ -28,6 +28,8 @@ def version_key(version: str) -> tuple[int, ...]:
 
 
 def owned_strategy(tx: Tx, strategy_id: int) -> sa.Row:
+    if not valid_id(strategy_id):
+        raise NotFound(f"no strategy #{strategy_id}")
     row = tx.conn.execute(
         sa.select(strategies).where(strategies.c.id == strategy_id, tx.owned(strategies.c.user_id))
     ).one_or_none()

@@ -21,7 +21,7 @@ from dal import schema as t
 from dal.accounts import owned_portfolio
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import resolve_instrument
-from dal.models import Fill, parse
+from dal.models import Fill, aware_arg, parse, valid_id
 from dal.position_math import apply_fill
 from dal.positions import lock_position, rederive_position, state_of, write_position
 from dal.scope import Tx
@@ -229,10 +229,13 @@ class TradeService:
     def ingest_fills(self, fills: list[Fill | dict[str, Any]]) -> list[IngestResult]:
         """Ingest many fills in one transaction (imports, replays, benchmarks). All or
         nothing: one bad fill rolls the whole batch back when the session ends in error."""
+        self.tx.require_user()
         parsed = [parse(Fill, f) for f in fills]
         return [ingest_one(self.tx, fill) for fill in parsed]
 
     def get(self, trade_id: int) -> sa.Row:
+        if not valid_id(trade_id):
+            raise NotFound(f"no trade #{trade_id}")
         row = self.tx.conn.execute(
             sa.select(trades)
             .join(t.portfolios, t.portfolios.c.id == trades.c.portfolio_id)
@@ -251,6 +254,7 @@ class TradeService:
     ) -> list[sa.Row]:
         """Trades of a portfolio in [since, until), newest first."""
         owned_portfolio(self.tx, portfolio_id)
+        since, until = aware_arg(since, "since"), aware_arg(until, "until")
         query = (
             sa.select(trades, t.instruments.c.symbol, t.instruments.c.currency)
             .join(t.instruments, t.instruments.c.id == trades.c.instrument_id)

@@ -11,7 +11,15 @@ from dal import schema as t
 from dal.accounts import owned_portfolio
 from dal.configs import ALERT_CONFIGS, ScheduleConfig, ScreenerConfig, next_run_after
 from dal.errors import Conflict, NotFound
-from dal.models import NewAlert, NewSchedule, NewScreener, parse, parse_config
+from dal.models import (
+    NewAlert,
+    NewSchedule,
+    NewScreener,
+    aware_arg,
+    parse,
+    parse_config,
+    valid_id,
+)
 from dal.scope import Tx
 from dal.types import new_uid
 
@@ -26,6 +34,8 @@ class _UserConfigService:
         self.tx = tx
 
     def _owned(self, row_id: int) -> sa.Row:
+        if not valid_id(row_id):
+            raise NotFound(f"no {self.entity.lower()} #{row_id}")
         row = self.tx.conn.execute(
             sa.select(self.table).where(
                 self.table.c.id == row_id, self.tx.owned(self.table.c.user_id)
@@ -148,6 +158,7 @@ class ScheduleService(_UserConfigService):
     def due(self, now: dt.datetime) -> list[sa.Row]:
         """Active schedules whose next run is at or before ``now`` (admin/system scope:
         every user's; otherwise the user's own)."""
+        now = aware_arg(now, "now")
         return list(
             self.tx.conn.execute(
                 sa.select(self.table)
@@ -163,6 +174,7 @@ class ScheduleService(_UserConfigService):
     def mark_run(self, schedule_id: int, ran_at: dt.datetime) -> sa.Row:
         """Record a run; the next run is the first cron time after ``ran_at``, so runs missed
         during downtime collapse into this one."""
+        ran_at = aware_arg(ran_at, "ran_at")
         row = self._owned(schedule_id)
         self.tx.conn.execute(
             self.table.update()

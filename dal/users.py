@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from decimal import Decimal
 from typing import Any
 
@@ -9,12 +10,23 @@ import sqlalchemy as sa
 
 from dal import schema as t
 from dal.errors import Conflict, Forbidden, InvalidInput, NotFound
+from dal.models import valid_id
 from dal.scope import Tx
 from dal.types import new_uid
 
 users = t.users
 
 PAPER_ACCOUNT = "Paper"
+
+
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    """IANA zone names (from tzdata): "localtime" and file paths are not zones."""
+    from zoneinfo import available_timezones
+
+    return frozenset(available_timezones())
+
+
 DEFAULT_PORTFOLIO = "Main"
 
 
@@ -77,11 +89,7 @@ class UserService:
         return self.tx.user_row()
 
     def set_timezone(self, zone: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError):
+        if not isinstance(zone, str) or zone not in _time_zones():
             raise InvalidInput(
                 f"unknown time zone {zone!r}; use an IANA name like Europe/Berlin"
             ) from None
@@ -105,6 +113,8 @@ class UserService:
     def find_by_id(self, user_id: int) -> sa.Row:
         """A user by database id (admin scope)."""
         self.tx.require_admin()
+        if not valid_id(user_id):
+            raise NotFound(f"no user #{user_id}")
         row = self.tx.conn.execute(sa.select(users).where(users.c.id == user_id)).one_or_none()
         if row is None:
             raise NotFound(f"no user #{user_id}")

@@ -21,8 +21,7 @@ def test_readme_dal_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)
     migrations.upgrade("sqlite+aiosqlite:///./var/tradebook.db")
     namespace: dict = {}
-    exec("async def main():\n" + textwrap.indent(code, "    ") + "\n    return locals()",
-         namespace)
+    exec("async def main():\n" + textwrap.indent(code, "    ") + "\n    return locals()", namespace)
     result = asyncio.run(namespace["main"]())
     assert result["result"].replayed is False
     (position,) = result["positions"]
