@@ -14,7 +14,18 @@ from aiogram.types import ErrorEvent
 
 from bot.commands import bot_commands
 from bot.middleware import UserScopeMiddleware
-from bot.routers import admin, fallback, lists, portfolios, reports, start
+from bot.routers import (
+    admin,
+    alerts,
+    fallback,
+    help,
+    orders,
+    pnl,
+    portfolios,
+    positions,
+    risk,
+    start,
+)
 from bot.routers.common import UsageError
 from bot.text import q
 from dal.database import Database
@@ -27,15 +38,8 @@ def build_dispatcher(db: Database, **workflow_data: Any) -> Dispatcher:
     """A new Dispatcher with fresh routers (a router can belong to one Dispatcher only)."""
     dp = Dispatcher(**workflow_data)
     dp.update.outer_middleware(UserScopeMiddleware(db))
-    for make in (
-        start.router,
-        admin.router,
-        portfolios.router,
-        reports.router,
-        lists.router,
-        fallback.router,
-    ):
-        dp.include_router(make())
+    for feature in (start, help, admin, portfolios, orders, positions, pnl, risk, alerts, fallback):
+        dp.include_router(feature.router())
     dp.errors.register(_on_error)
     return dp
 

@@ -256,7 +256,7 @@ async def test_unexpected_error_gets_a_reference(
     async def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr("bot.routers.reports.positions_report", boom)
+    monkeypatch.setattr("bot.routers.positions.positions_report", boom)
     text = joined(await h.send(ALICE, "/positions"))
     assert text.startswith("Something went wrong (ref ")
     ref = text.split("ref ")[1].rstrip(").")

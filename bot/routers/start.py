@@ -1,4 +1,4 @@
-"""/start registers a Telegram user (pending) and asks the admins for approval; /help."""
+"""/start registers a Telegram user (pending) and asks the admins for approval."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from typing import Any
 
 from aiogram import Bot, Router
 from aiogram.exceptions import TelegramAPIError
-from aiogram.filters import Command, CommandStart
+from aiogram.filters import CommandStart
 from aiogram.types import Message
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from bot.callbacks import ApproveUser
-from bot.commands import help_text
 from bot.middleware import WAITING
 from bot.text import q
 from dal.database import Database
@@ -51,9 +50,5 @@ def router() -> Router:
                 )
             except TelegramAPIError as exc:  # one unreachable admin must not stop the rest
                 log.warning("could not notify admin %s: %s", admin.id, exc)
-
-    @r.message(Command("help"))
-    async def help_(message: Message, user: Any) -> None:
-        await message.answer(help_text(bool(user.is_admin)))
 
     return r

@@ -1,4 +1,4 @@
-"""/alerts, /schedules, /screeners: the user's own rows."""
+"""/alerts, /schedules, /screeners: the user's own alerts and their companions."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _state(row: Any) -> str:
 
 
 def router() -> Router:
-    r = Router(name="lists")
+    r = Router(name="alerts")
 
     @r.message(Command("alerts"))
     async def alerts(message: Message, dal: ScopedDal) -> None:

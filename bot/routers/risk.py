@@ -1,0 +1,26 @@
+"""/risk [portfolio]: policies in effect and the latest breaches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiogram import Bot, Router
+from aiogram.filters import Command, CommandObject
+from aiogram.types import Message
+
+from bot.reports import risk_report, send_reply
+from bot.routers.common import resolve_portfolio
+from dal.database import ScopedDal
+
+
+def router() -> Router:
+    r = Router(name="risk")
+
+    @r.message(Command("risk"))
+    async def risk(
+        message: Message, command: CommandObject, dal: ScopedDal, user: Any, bot: Bot
+    ) -> None:
+        portfolio = await resolve_portfolio(dal, (command.args or "").strip() or None)
+        await send_reply(bot, message.chat.id, await risk_report(dal, portfolio, user.timezone))
+
+    return r
