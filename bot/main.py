@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from aiogram import Bot
+from aiogram.client.session.base import BaseSession
 
 from bot.app import announce_commands, build_bot, build_dispatcher
 from bot.console import Console
@@ -40,9 +41,15 @@ async def run_console(settings: Settings, db: Database) -> int:
     return await console.run(_read_stdin_line, background=[scheduler])
 
 
-async def run_telegram(settings: Settings, db: Database) -> int:
+async def run_telegram(
+    settings: Settings,
+    db: Database,
+    session: BaseSession | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Long-poll Telegram until interrupted (or until ``stop`` is set: tests, embedding)."""
     assert settings.telegram_bot_token is not None
-    bot = build_bot(settings.telegram_bot_token.get_secret_value())
+    bot = build_bot(settings.telegram_bot_token.get_secret_value(), session)
     dp = build_dispatcher(db)
     tasks: list[asyncio.Task[None]] = []
 
@@ -61,7 +68,13 @@ async def run_telegram(settings: Settings, db: Database) -> int:
 
     dp.startup.register(on_startup)
     dp.shutdown.register(on_shutdown)
-    await dp.start_polling(bot)
+    if stop is None:
+        await dp.start_polling(bot)
+        return 0
+    polling = asyncio.create_task(dp.start_polling(bot, handle_signals=False))
+    await stop.wait()
+    await dp.stop_polling()
+    await polling
     return 0
 
 

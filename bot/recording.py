@@ -9,6 +9,7 @@ in production ("can't parse entities").
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import AsyncGenerator, Callable
@@ -125,6 +126,11 @@ class RecordingSession(BaseSession):
         self._on_call = on_call
         self._failures: dict[str, list[tuple[int, str, int | None]]] = {}
         self._message_id = 0
+        self._updates: list[dict[str, Any]] = []  # answers to getUpdates (long polling)
+
+    def queue_update(self, update: dict[str, Any]) -> None:
+        """Hand ``update`` (Telegram's JSON shape) to the next getUpdates call."""
+        self._updates.append(update)
 
     def fail_next(
         self, name: str, status: int, description: str, retry_after: int | None = None
@@ -142,6 +148,8 @@ class RecordingSession(BaseSession):
         self, bot: Bot, method: TelegramMethod[Any], timeout: int | None = None
     ) -> Any:
         name = type(method).__name__
+        if name == "GetUpdates" and not self._updates:
+            await asyncio.sleep(0.01)  # an idle long poll; polling just asks again
         files: dict[str, Any] = {}
         params: dict[str, Any] = {}
         for key, value in method.model_dump(warnings=False).items():
@@ -197,6 +205,9 @@ class RecordingSession(BaseSession):
             return True
         if call.name == "GetMe":
             return BOT_USER
+        if call.name == "GetUpdates":
+            updates, self._updates = self._updates, []
+            return updates
         if call.name in (
             "SendMessage",
             "SendPhoto",

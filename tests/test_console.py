@@ -85,3 +85,47 @@ def test_console_mode_runs_commands_from_stdin(tmp_path: Path) -> None:
     again = _tradebook(["run"], tmp_path, "/portfolios\n")
     assert again.returncode == 0
     assert "Main — PAPER account Paper (current, default)" in again.stdout
+
+
+async def test_with_a_token_it_long_polls(tmp_path: Path) -> None:
+    """The Telegram path offline: getUpdates answered by the recording session."""
+    import asyncio
+
+    from bot.main import run_telegram
+    from bot.recording import RecordingSession
+    from dal import migrations
+    from dal.database import Database
+    from tradebook.settings import Settings
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'tb.db'}"
+    await asyncio.to_thread(migrations.upgrade, url)
+    settings = Settings(
+        database_url=url, telegram_bot_token="123456:TEST-token", admin_telegram_ids="42"
+    )
+    db = Database.from_settings(settings)
+    session = RecordingSession()
+    session.queue_update(
+        {
+            "update_id": 1,
+            "message": {
+                "message_id": 5,
+                "date": 1_700_000_000,
+                "text": "/portfolios",
+                "chat": {"id": 42, "type": "private"},
+                "from": {"id": 42, "is_bot": False, "first_name": "Ada"},
+            },
+        }
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_telegram(settings, db, session, stop))
+    for _ in range(500):
+        if session.sent("SendMessage"):
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    assert await task == 0
+    await db.dispose()
+    names = [c.name for c in session.calls]
+    assert "DeleteWebhook" in names and "SetMyCommands" in names
+    (reply,) = session.sent("SendMessage")
+    assert reply.chat_id == 42 and "Main" in reply.text
