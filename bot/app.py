@@ -25,6 +25,7 @@ from bot.routers import (
     positions,
     risk,
     start,
+    strategies,
 )
 from bot.routers.common import UsageError
 from bot.text import q
@@ -38,7 +39,19 @@ def build_dispatcher(db: Database, **workflow_data: Any) -> Dispatcher:
     """A new Dispatcher with fresh routers (a router can belong to one Dispatcher only)."""
     dp = Dispatcher(**workflow_data)
     dp.update.outer_middleware(UserScopeMiddleware(db))
-    for feature in (start, help, admin, portfolios, orders, positions, pnl, risk, alerts, fallback):
+    for feature in (
+        start,
+        help,
+        admin,
+        portfolios,
+        orders,
+        positions,
+        pnl,
+        risk,
+        alerts,
+        strategies,
+        fallback,
+    ):
         dp.include_router(feature.router())
     dp.errors.register(_on_error)
     return dp

@@ -32,6 +32,12 @@ COMMANDS = [
     Cmd("alerts", "/alerts", "your alerts"),
     Cmd("schedules", "/schedules", "your scheduled reports"),
     Cmd("screeners", "/screeners", "your screeners"),
+    Cmd("strategies", "/strategies", "your strategies and whether they run"),
+    Cmd(
+        "strategy",
+        "/strategy start|stop <name> [version]",
+        "start or stop a strategy on the current portfolio (latest active version)",
+    ),
     Cmd("pending", "/pending", "users waiting for approval", admin=True),
     Cmd("approve", "/approve <telegram_id|@username>", "approve a user", admin=True),
     Cmd("revoke", "/revoke <telegram_id|@username>", "withdraw a user's approval", admin=True),

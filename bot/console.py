@@ -95,11 +95,17 @@ class Console:
             id=LOCAL_TELEGRAM_ID, is_bot=False, first_name="console", username="console"
         )
         self.chat = Chat(id=LOCAL_TELEGRAM_ID, type="private")
+        self._local_user_id: int | None = None
+
+    def local_actor(self) -> Actor:
+        assert self._local_user_id is not None, "prepare() first"
+        return Actor.user(self._local_user_id)
 
     async def prepare(self) -> None:
         async with self.db.session(Actor.system()) as s:
             await s.users.bootstrap_admins([LOCAL_TELEGRAM_ID, *self.admin_telegram_ids])
-            await s.users.register(LOCAL_TELEGRAM_ID, "console", chat_id=LOCAL_TELEGRAM_ID)
+            row = await s.users.register(LOCAL_TELEGRAM_ID, "console", chat_id=LOCAL_TELEGRAM_ID)
+        self._local_user_id = row.id
         await announce_commands(self.bot)
 
     def update_for(self, line: str) -> Update | None:

@@ -1,8 +1,10 @@
-"""`tradebook run`: long-poll Telegram when a token is set, else console mode."""
+"""`tradebook run`: long-poll Telegram when a token is set, else console mode; the strategy
+runtime runs in the same event loop unless TRADEBOOK_STRATEGIES=off."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import sys
 from pathlib import Path
@@ -13,11 +15,48 @@ from aiogram.client.session.base import BaseSession
 from bot.app import announce_commands, build_bot, build_dispatcher
 from bot.console import Console
 from bot.scheduler import Scheduler
+from bot.text import q
 from dal.database import Database
 from dal.scope import Actor
+from strategies.examples import REGISTRY
+from strategies.feeds import CsvReplayFeed, PriceFeed, RandomWalkFeed
+from strategies.paper_engine import PaperConfig
+from strategies.runtime import Runtime
 from tradebook.settings import Settings
 
 log = logging.getLogger("tradebook")
+DEFAULT_STRATEGY = "sma_cross"  # what `make run` starts for the local user in console mode
+
+
+def build_runtime(settings: Settings, db: Database, bot: Bot) -> Runtime | None:
+    """The strategy runtime (None when TRADEBOOK_STRATEGIES=off)."""
+    if settings.strategies == "off":
+        return None
+    feed: PriceFeed = (
+        RandomWalkFeed(interval=dt.timedelta(seconds=float(1 / settings.paper_speed)))
+        if settings.paper_feed == "random"
+        else CsvReplayFeed(Path(settings.paper_feed))
+    )
+    paper = PaperConfig(
+        fee_bps=settings.paper_fee_bps,
+        slippage_bps=settings.paper_slippage_bps,
+        max_fill_quantity=settings.paper_max_fill_quantity,
+    )
+
+    async def notify(user_id: int, text: str) -> None:
+        await notify_user(db, bot, user_id, text)
+
+    return Runtime(db, feed, REGISTRY, notify, paper, pace=settings.paper_speed)
+
+
+async def notify_user(db: Database, bot: Bot, user_id: int, text: str) -> None:
+    """Send ``text`` to a user's chat; a failure is logged, never raised."""
+    try:
+        async with db.session(Actor.system(), readonly=True) as s:
+            user = await s.users.find_by_id(user_id)
+        await bot.send_message(user.telegram_chat_id or int(user.telegram_user_id), q(text))
+    except Exception:
+        log.warning("could not notify user #%s", user_id, exc_info=True)
 
 
 async def _read_stdin_line() -> str:
@@ -25,12 +64,9 @@ async def _read_stdin_line() -> str:
 
 
 async def run_console(settings: Settings, db: Database) -> int:
-    console = Console(
-        db,
-        sys.stdout,
-        Path("var") / "console",
-        tuple(settings.admin_telegram_ids),
-    )
+    console = Console(db, sys.stdout, Path("var") / "console", tuple(settings.admin_telegram_ids))
+    runtime = build_runtime(settings, db, console.bot)
+    console.dp["runtime"] = runtime
     print(
         "tradebook console: type commands (/help); #n presses button n; Ctrl-D quits.", flush=True
     )
@@ -38,7 +74,21 @@ async def run_console(settings: Settings, db: Database) -> int:
     async def scheduler(bot: Bot) -> None:
         await Scheduler(db, bot).run()
 
-    return await console.run(_read_stdin_line, background=[scheduler])
+    async def strategies(bot: Bot) -> None:
+        if runtime is None:
+            return
+        await runtime.start(feed=False)
+        try:
+            await runtime.start_strategy(console.local_actor(), DEFAULT_STRATEGY)
+        except Exception as exc:
+            print(f"could not start {DEFAULT_STRATEGY}: {exc}", flush=True)
+        runtime.start_feed()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runtime.stop()
+
+    return await console.run(_read_stdin_line, background=[scheduler, strategies])
 
 
 async def run_telegram(
@@ -51,6 +101,8 @@ async def run_telegram(
     assert settings.telegram_bot_token is not None
     bot = build_bot(settings.telegram_bot_token.get_secret_value(), session)
     dp = build_dispatcher(db)
+    runtime = build_runtime(settings, db, bot)
+    dp["runtime"] = runtime
     tasks: list[asyncio.Task[None]] = []
 
     async def on_startup() -> None:
@@ -59,9 +111,13 @@ async def run_telegram(
         await bot.delete_webhook(drop_pending_updates=False)
         await announce_commands(bot)
         tasks.append(asyncio.create_task(Scheduler(db, bot).run()))
+        if runtime is not None:
+            await runtime.start()
         log.info("bot started")
 
     async def on_shutdown() -> None:
+        if runtime is not None:
+            await runtime.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -81,10 +137,8 @@ async def run_telegram(
 async def run(settings: Settings) -> int:
     db = Database.from_settings(settings)
     try:
-        if (
-            settings.telegram_bot_token is not None
-            and settings.telegram_bot_token.get_secret_value()
-        ):
+        token = settings.telegram_bot_token
+        if token is not None and token.get_secret_value():
             return await run_telegram(settings, db)
         return await run_console(settings, db)
     finally:

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from dal.orders import OrderService
     from dal.positions import PositionService
     from dal.risk import RiskService
-    from dal.strategies import StrategyService
+    from dal.strategies import StrategyRunService, StrategyService
     from dal.trades import TradeService
     from dal.user_configs import AlertService, ScheduleService, ScreenerService
     from dal.users import UserService
@@ -234,6 +234,7 @@ class Session:
     accounts: AccountService = _service("dal.accounts:AccountService")  # type: ignore[assignment]
     portfolios: PortfolioService = _service("dal.accounts:PortfolioService")  # type: ignore[assignment]
     strategies: StrategyService = _service("dal.strategies:StrategyService")  # type: ignore[assignment]
+    strategy_runs: StrategyRunService = _service("dal.strategies:StrategyRunService")  # type: ignore[assignment]
     instruments: InstrumentService = _service("dal.instruments:InstrumentService")  # type: ignore[assignment]
     orders: OrderService = _service("dal.orders:OrderService")  # type: ignore[assignment]
     trades: TradeService = _service("dal.trades:TradeService")  # type: ignore[assignment]

@@ -430,6 +430,25 @@ screeners = sa.Table(
     sa.Index(None, "user_id"),
 )
 
+RUN_STATUSES = ("RUNNING", "STOPPED", "CRASHED", "FINISHED")
+
+# Added in revision 0004: which strategy version runs on which portfolio, so running
+# strategies resume after a restart.
+strategy_runs = sa.Table(
+    "strategy_runs",
+    metadata,
+    id_column(),
+    sa.Column("strategy_id", BigID, fk("strategies.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("portfolio_id", BigID, fk("portfolios.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text()),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("stopped_at", UTCDateTime()),
+    one_of("status", RUN_STATUSES),
+    sa.UniqueConstraint("strategy_id", "portfolio_id"),
+    sa.Index(None, "status"),
+)
+
 audit_log = sa.Table(
     "audit_log",
     metadata,

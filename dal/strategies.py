@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from dal import schema as t
 from dal.accounts import owned_portfolio
-from dal.errors import Conflict, NotFound
+from dal.errors import Conflict, InvalidInput, NotFound
 from dal.models import NewStrategy, parse, valid_id
 from dal.scope import Tx
 from dal.types import new_uid
@@ -167,3 +167,97 @@ class StrategyService:
                 f"hold positions in this portfolio: {listing}. Close them first."
             )
         return row
+
+
+runs = t.strategy_runs
+
+
+class StrategyRunService:
+    """Run state of strategies per portfolio, persisted so running strategies resume after a
+    restart. The runtime (strategies/runtime.py) drives it; users see it through the bot."""
+
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+
+    def _run(self, strategy_id: int, portfolio_id: int) -> sa.Row | None:
+        return self.tx.conn.execute(
+            sa.select(runs).where(
+                runs.c.strategy_id == strategy_id, runs.c.portfolio_id == portfolio_id
+            )
+        ).one_or_none()
+
+    def start(self, strategy_id: int, portfolio_id: int) -> sa.Row:
+        """Mark a version as running on a portfolio (refused while another version of the
+        same strategy holds positions there; see StrategyService.check_start)."""
+        strategy = StrategyService(self.tx).check_start(strategy_id, portfolio_id)
+        now = self.tx.now()
+        existing = self._run(strategy.id, portfolio_id)
+        values = {"status": "RUNNING", "started_at": now, "stopped_at": None, "error": None}
+        if existing is None:
+            self.tx.conn.execute(
+                runs.insert().values(strategy_id=strategy.id, portfolio_id=portfolio_id, **values)
+            )
+        else:
+            self.tx.conn.execute(runs.update().where(runs.c.id == existing.id).values(**values))
+        self.tx.audit(
+            "STRATEGY",
+            strategy.id,
+            "START",
+            {"portfolio_id": portfolio_id, "version": strategy.version},
+            user_id=strategy.user_id,
+        )
+        return self._run(strategy.id, portfolio_id)  # type: ignore[return-value]
+
+    def stop(
+        self, strategy_id: int, portfolio_id: int, status: str = "STOPPED", error: str | None = None
+    ) -> sa.Row:
+        """Record that a run ended: STOPPED (by its owner), CRASHED (with the error) or
+        FINISHED (its data ended)."""
+        if status not in ("STOPPED", "CRASHED", "FINISHED"):
+            raise InvalidInput(f"a run ends STOPPED, CRASHED or FINISHED, not {status!r}")
+        strategy = owned_strategy(self.tx, strategy_id)
+        owned_portfolio(self.tx, portfolio_id)
+        existing = self._run(strategy.id, portfolio_id)
+        if existing is None:
+            raise NotFound(
+                f"strategy {strategy.name!r} is not running on portfolio #{portfolio_id}"
+            )
+        self.tx.conn.execute(
+            runs.update()
+            .where(runs.c.id == existing.id)
+            .values(status=status, stopped_at=self.tx.now(), error=(error or None) and error[:2000])
+        )
+        self.tx.audit(
+            "STRATEGY",
+            strategy.id,
+            "STOP",
+            {
+                "portfolio_id": portfolio_id,
+                "status": status,
+                **({"error": error[:500]} if error else {}),
+            },
+            user_id=strategy.user_id,
+        )
+        return self._run(strategy.id, portfolio_id)  # type: ignore[return-value]
+
+    def list(self) -> list[sa.Row]:
+        """Runs of the user's strategies (every user's in admin scope), with names."""
+        return list(
+            self.tx.conn.execute(
+                sa.select(
+                    runs,
+                    strategies.c.name,
+                    strategies.c.version,
+                    strategies.c.user_id,
+                    t.portfolios.c.name.label("portfolio_name"),
+                )
+                .join(strategies, strategies.c.id == runs.c.strategy_id)
+                .join(t.portfolios, t.portfolios.c.id == runs.c.portfolio_id)
+                .where(self.tx.owned(strategies.c.user_id))
+                .order_by(strategies.c.name, runs.c.id)
+            )
+        )
+
+    def running(self) -> list[sa.Row]:
+        """Runs to resume at start-up (admin/system scope: every user's)."""
+        return [r for r in self.list() if r.status == "RUNNING"]

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     log_format: Literal["human", "json"] = "human"
     paper_starting_cash: Decimal = Decimal("10000")
     paper_currency: str = "USDT"
+    strategies: Literal["on", "off"] = "on"
+    paper_feed: str = "random"
+    paper_speed: Decimal = Field(default=Decimal("5"), gt=0, le=10000)
+    paper_fee_bps: Decimal = Field(default=Decimal("10"), ge=0, le=1000)
+    paper_slippage_bps: Decimal = Field(default=Decimal("5"), ge=0, le=1000)
+    paper_max_fill_quantity: Decimal | None = Field(default=None, gt=0)
+    secrets_dir: Path = Path("secrets")
 
     @field_validator("database_url")
     @classmethod
@@ -68,11 +75,28 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("paper_starting_cash", mode="before")
+    @field_validator(
+        "paper_starting_cash",
+        "paper_speed",
+        "paper_fee_bps",
+        "paper_slippage_bps",
+        "paper_max_fill_quantity",
+        mode="before",
+    )
     @classmethod
-    def _exact_cash(cls, value: object) -> object:
+    def _exact(cls, value: object) -> object:
         if isinstance(value, float):
             raise ValueError("give the amount as text, not a float")
+        if value == "":
+            return None
+        return value
+
+    @field_validator("paper_feed")
+    @classmethod
+    def _feed(cls, value: str) -> str:
+        value = value.strip()
+        if value != "random" and not Path(value).is_file():
+            raise ValueError(f"{value!r} is neither 'random' nor a CSV file")
         return value
 
     def sqlite_path(self) -> Path | None:

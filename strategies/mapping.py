@@ -1,0 +1,119 @@
+"""Broker events → orders and trades, through the user-scoped DAL, idempotently.
+
+* A fill is ingested with its broker trade id, so a replay is a no-op; it is linked to its
+  order (found by client order id, else by broker order id) and the order's filled quantity,
+  average price and PARTIALLY_FILLED/FILLED status follow from it.
+* An order update only moves an order to CANCELED, REJECTED or EXPIRED (and records the broker
+  order id). NEW, PARTIALLY_FILLED and FILLED updates change nothing by themselves: fills drive
+  those, so an update that arrives before (or after) its fills never double-counts or goes
+  backwards; an update for an order that is already final is ignored.
+* An event for an order tradebook did not place (placed on the exchange by hand) creates a
+  manual order (strategy NULL) in the gateway's portfolio — for a broker account, the
+  account's default portfolio; a fill without any known order is stored as a manual trade.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dal.database import ScopedDal
+from dal.errors import NotFound
+from strategies.events import BrokerEvent, FillEvent, OrderUpdate
+
+log = logging.getLogger("tradebook.gateway")
+FINAL = {"CANCELED", "REJECTED", "EXPIRED"}
+
+
+async def _find_order(
+    s: Any,
+    portfolio_id: int,
+    instrument_id: int,
+    client_order_id: str | None,
+    broker_order_id: str | None,
+) -> Any:
+    for lookup, key in ((s.orders.by_client_id, client_order_id),):
+        if key:
+            try:
+                return await lookup(portfolio_id, key)
+            except NotFound:
+                pass
+    if broker_order_id:
+        try:
+            return await s.orders.by_broker_id(portfolio_id, instrument_id, broker_order_id)
+        except NotFound:
+            return None
+    return None
+
+
+async def apply_event(dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> Any:
+    """Apply one broker event in one transaction; returns the order or trade row touched."""
+    async with dal.session() as s:
+        instrument = await s.instruments.get(symbol=event.symbol, exchange=event.exchange)
+        order = await _find_order(
+            s, portfolio_id, instrument.id, event.client_order_id, event.broker_order_id
+        )
+        if isinstance(event, FillEvent):
+            if order is not None and order.broker_order_id is None:
+                order = await s.orders.update_status(
+                    order.id, order.status, broker_order_id=event.broker_order_id
+                )
+            result = await s.trades.ingest_fill(
+                {
+                    "portfolio_id": portfolio_id,
+                    "instrument_id": instrument.id,
+                    "order_id": order.id if order is not None else None,
+                    "side": event.side,
+                    "quantity": event.quantity,
+                    "price": event.price,
+                    "fee": event.fee,
+                    "fee_currency": event.fee_currency if event.fee else None,
+                    "exec_time": event.exec_time,
+                    "broker_trade_id": event.broker_trade_id,
+                    "meta": {"broker_order_id": event.broker_order_id},
+                }
+            )
+            log.info(
+                "fill",
+                extra={
+                    "correlation_id": event.client_order_id or event.broker_order_id,
+                    "trade_id": result.trade.id,
+                    "replayed": result.replayed,
+                },
+            )
+            return result.trade
+        assert isinstance(event, OrderUpdate)
+        if order is None:
+            order = await s.orders.place(
+                {
+                    "portfolio_id": portfolio_id,
+                    "instrument_id": instrument.id,
+                    "side": event.side,
+                    "type": _tradebook_type(event.order_type),
+                    "time_in_force": event.time_in_force,
+                    "quantity": event.quantity,
+                    "price": event.price
+                    if _tradebook_type(event.order_type) in ("LIMIT", "STOP_LIMIT")
+                    else None,
+                    "stop_price": event.stop_price
+                    if _tradebook_type(event.order_type) in ("STOP", "STOP_LIMIT")
+                    else None,
+                    "broker_order_id": event.broker_order_id,
+                    "client_order_id": event.client_order_id,
+                    "placed_at": event.event_time,
+                    "meta": {"source": "broker", "manual": True},
+                }
+            )
+        if event.status in FINAL and order.status not in FINAL and order.status != "FILLED":
+            return await s.orders.update_status(
+                order.id, event.status, broker_order_id=event.broker_order_id, reason=event.reason
+            )
+        if order.broker_order_id is None:
+            return await s.orders.update_status(
+                order.id, order.status, broker_order_id=event.broker_order_id
+            )
+        return order
+
+
+def _tradebook_type(broker_type: str) -> str:
+    return broker_type if broker_type in ("MARKET", "LIMIT", "STOP", "STOP_LIMIT") else "LIMIT"

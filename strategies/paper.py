@@ -1,0 +1,77 @@
+"""The paper gateway: the OrderGateway of PAPER accounts, on the same schema as real ones.
+
+It wraps the pure matching engine (strategies/paper_engine.py, whose docstring has the fill
+rules) and turns its results into the broker event stream the runtime maps onto orders and
+trades — exactly as it would map a real broker's."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from strategies.events import BrokerEvent
+from strategies.paper_engine import Bar, PaperConfig, PaperEngine, PaperOrder
+
+
+def next_local_midnight(now: dt.datetime, zone: str) -> dt.datetime:
+    """When a DAY order ends: the user's next local midnight, in UTC."""
+    local = now.astimezone(ZoneInfo(zone))
+    tomorrow = (local + dt.timedelta(days=1)).date()
+    return dt.datetime.combine(tomorrow, dt.time(), ZoneInfo(zone)).astimezone(dt.UTC)
+
+
+class PaperGateway:
+    broker = "PAPER"
+
+    def __init__(
+        self, config: PaperConfig, timezone: str = "UTC", currency: str = "USDT", clock: Any = None
+    ) -> None:
+        self.engine = PaperEngine(config)
+        self.timezone = timezone
+        self.currency = currency
+        self._queue: asyncio.Queue[BrokerEvent] = asyncio.Queue()
+        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self.last_bar_time: dt.datetime | None = None
+
+    def _now(self) -> dt.datetime:
+        return self.last_bar_time or self._clock()
+
+    async def place(self, order: Any) -> None:
+        now = self._now()
+        paper = PaperOrder(
+            client_order_id=order.client_order_id,
+            symbol=order.symbol,
+            side=order.side,
+            order_type=order.type,
+            quantity=order.quantity,
+            price=order.price,
+            stop_price=order.stop_price,
+            time_in_force=order.time_in_force,
+            placed_at=now,
+            day_ends_at=next_local_midnight(now, self.timezone)
+            if order.time_in_force == "DAY"
+            else None,
+            fee_currency=self.currency,
+        )
+        self._emit(self.engine.submit(paper, now))
+
+    async def cancel(self, order: Any) -> None:
+        self._emit(self.engine.cancel(order.client_order_id, self._now()))
+
+    def on_bar(self, bar: Bar) -> None:
+        self.last_bar_time = bar.time
+        self._emit(self.engine.on_bar(bar))
+
+    def _emit(self, events: list[Any]) -> None:
+        for event in events:
+            self._queue.put_nowait(event)
+
+    async def events(self) -> AsyncIterator[BrokerEvent]:
+        while True:
+            yield await self._queue.get()
+
+    def pending(self) -> int:
+        return self._queue.qsize()

@@ -1,0 +1,360 @@
+"""The strategy runtime: strategies as asyncio tasks in the bot's event loop.
+
+One feed task reads bars, updates the marks, lets each paper gateway match its open orders on
+the bar, then hands the bar to every running strategy. Each gateway has an event task that maps
+its broker events onto orders and trades (strategies/mapping.py). Each running strategy is a
+task with its own bar queue; an exception in it is logged, the run is marked CRASHED and its
+owner told — the bot and the other strategies carry on. Run state lives in ``strategy_runs``,
+so running strategies resume after a restart. Every order a strategy (or a user) sends goes
+through ``submit_order``: pre-trade risk, then the DAL, then the portfolio's gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from dal.database import Database, ScopedDal
+from dal.errors import TradebookError
+from dal.scope import Actor
+from strategies.base import Strategy
+from strategies.events import FillEvent
+from strategies.feeds import MarkBook, PriceFeed
+from strategies.mapping import apply_event
+from strategies.paper import PaperGateway
+from strategies.paper_engine import Bar, PaperConfig
+
+log = logging.getLogger("tradebook.strategies")
+Notifier = Callable[[int, str], Awaitable[None]]  # (user id, text)
+_END = object()
+
+
+@dataclass
+class StrategyContext:
+    """What a running strategy sees: always (user_id, portfolio_id, strategy_id)."""
+
+    user_id: int
+    portfolio_id: int
+    strategy_id: int
+    dal: ScopedDal
+    runtime: Runtime
+
+    @property
+    def marks(self) -> MarkBook:
+        return self.runtime.marks
+
+    async def position(self, symbol: str) -> Decimal:
+        """This strategy's net quantity in ``symbol`` (its own positions only)."""
+        rows = await self.dal.positions.snapshot(self.portfolio_id)
+        return sum(
+            (r.quantity for r in rows if r.symbol == symbol and r.strategy_id == self.strategy_id),
+            Decimal(0),
+        )
+
+    async def buy(self, symbol: str, quantity: Decimal, **order: Any) -> Any:
+        return await self.runtime.submit_order(self, symbol, "BUY", quantity, **order)
+
+    async def sell(self, symbol: str, quantity: Decimal, **order: Any) -> Any:
+        return await self.runtime.submit_order(self, symbol, "SELL", quantity, **order)
+
+
+@dataclass
+class _Run:
+    strategy: Strategy
+    ctx: StrategyContext
+    queue: asyncio.Queue[Any]
+    task: asyncio.Task[None] | None = None
+    name: str = ""
+
+
+class Runtime:
+    def __init__(
+        self,
+        db: Database,
+        feed: PriceFeed,
+        registry: dict[str, type[Strategy]],
+        notify: Notifier,
+        paper: PaperConfig,
+        pace: Decimal | None = None,
+    ) -> None:
+        self.db = db
+        self.feed = feed
+        self.registry = registry
+        self.notify = notify
+        self.paper = paper
+        self.pace = pace
+        self.marks = MarkBook()
+        self.instrument_ids: dict[str, int] = {}
+        self.gateways: dict[int, PaperGateway] = {}  # portfolio id → gateway
+        self.runs: dict[tuple[int, int], _Run] = {}  # (strategy id, portfolio id) → run
+        self._tasks: list[asyncio.Task[None]] = []
+        self.feed_done = asyncio.Event()
+
+    # --- life cycle -----------------------------------------------------------------------------
+    async def start(self, feed: bool = True) -> None:
+        """Create the feed's instruments (idempotent), resume running strategies and (unless
+        ``feed=False``; call ``start_feed`` later) start the price feed."""
+        async with self.db.session(Actor.system()) as s:
+            for inst in self.feed.instruments:
+                row = await s.instruments.ensure(inst.__dict__)
+                self.instrument_ids[inst.symbol] = row.id
+            to_resume = await s.strategy_runs.running()
+        for run in to_resume:
+            try:
+                await self._launch(Actor.user(run.user_id), run.strategy_id, run.portfolio_id)
+            except Exception as exc:  # one broken run must not keep the others down
+                log.exception("could not resume strategy #%s", run.strategy_id)
+                await self._end(
+                    run.strategy_id,
+                    run.portfolio_id,
+                    run.user_id,
+                    "CRASHED",
+                    f"could not resume: {exc}",
+                )
+        if feed:
+            self.start_feed()
+
+    def start_feed(self) -> None:
+        self._tasks.append(asyncio.create_task(self._pump_feed(), name="feed"))
+
+    async def stop(self) -> None:
+        """Stop the tasks without changing run state (they resume on the next start)."""
+        tasks = [*self._tasks, *(r.task for r in self.runs.values() if r.task)]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    # --- strategies -------------------------------------------------------------------------
+    async def start_strategy(
+        self, actor: Actor, name: str, version: str | None = None, portfolio_id: int | None = None
+    ) -> Any:
+        """Start the named version (default: the latest active) on a portfolio (default: the
+        user's current one); creates version 1.0 of a known example strategy on first use."""
+        dal = self.db.scoped(actor)
+        async with dal.session() as s:
+            portfolio = (
+                await s.portfolios.get(portfolio_id)
+                if portfolio_id
+                else await s.portfolios.current()
+            )
+            try:
+                row = await s.strategies.latest(name, version)
+            except TradebookError:
+                cls = self.registry.get(name)
+                if cls is None or version not in (None, cls.default_version):
+                    raise
+                row = await s.strategies.create(
+                    {"name": name, "version": cls.default_version, "params": cls.default_params}
+                )
+            if (row.id, portfolio.id) in self.runs:
+                return row
+            await s.strategy_runs.start(row.id, portfolio.id)
+        await self._launch(actor, row.id, portfolio.id)
+        return row
+
+    async def stop_strategy(
+        self, actor: Actor, name: str, version: str | None = None, portfolio_id: int | None = None
+    ) -> Any:
+        dal = self.db.scoped(actor)
+        async with dal.session() as s:
+            portfolio = (
+                await s.portfolios.get(portfolio_id)
+                if portfolio_id
+                else await s.portfolios.current()
+            )
+            row = await s.strategies.latest(name, version)
+            await s.strategy_runs.stop(row.id, portfolio.id, "STOPPED")
+        run = self.runs.pop((row.id, portfolio.id), None)
+        if run is not None and run.task is not None:
+            run.task.cancel()
+        return row
+
+    async def _launch(self, actor: Actor, strategy_id: int, portfolio_id: int) -> None:
+        dal = self.db.scoped(actor)
+        async with dal.session() as s:
+            row = await s.strategies.get(strategy_id)
+            await s.portfolios.get(portfolio_id)
+        cls = self.registry.get(row.name)
+        if cls is None:
+            raise TradebookError(f"no code for strategy {row.name!r} in this tradebook")
+        strategy = cls(dict(row.params_json or {}))
+        ctx = StrategyContext(int(row.user_id), portfolio_id, strategy_id, dal, self)
+        await self.gateway_for(portfolio_id, dal)
+        run = _Run(strategy, ctx, asyncio.Queue(), name=f"{row.name} {row.version}")
+        self.runs[(strategy_id, portfolio_id)] = run
+        run.task = asyncio.create_task(self._drive(run), name=f"strategy-{strategy_id}")
+
+    async def _drive(self, run: _Run) -> None:
+        ctx = run.ctx
+        try:
+            await run.strategy.on_start(ctx)
+            while True:
+                item = await run.queue.get()
+                if item is _END:
+                    await self._end(ctx.strategy_id, ctx.portfolio_id, ctx.user_id, "FINISHED")
+                    await self.notify(
+                        ctx.user_id, f"Strategy {run.name}: the price data ended; it stopped."
+                    )
+                    return
+                if isinstance(item, FillEvent):
+                    await run.strategy.on_fill(ctx, item)
+                else:
+                    await run.strategy.on_bar(ctx, item)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception(
+                "strategy %s crashed",
+                run.name,
+                extra={"correlation_id": f"strategy-{ctx.strategy_id}"},
+            )
+            await self._end(
+                ctx.strategy_id,
+                ctx.portfolio_id,
+                ctx.user_id,
+                "CRASHED",
+                f"{type(exc).__name__}: {exc}",
+            )
+            await self.notify(
+                ctx.user_id,
+                f"Strategy {run.name} crashed and was stopped: {type(exc).__name__}: {exc}",
+            )
+
+    async def _end(
+        self,
+        strategy_id: int,
+        portfolio_id: int,
+        user_id: int,
+        status: str,
+        error: str | None = None,
+    ) -> None:
+        self.runs.pop((strategy_id, portfolio_id), None)
+        try:
+            async with self.db.session(Actor.user(user_id)) as s:
+                await s.strategy_runs.stop(strategy_id, portfolio_id, status, error)
+        except Exception:
+            log.exception("could not record the end of strategy #%s", strategy_id)
+
+    # --- orders -------------------------------------------------------------------------------
+    async def gateway_for(self, portfolio_id: int, dal: ScopedDal) -> PaperGateway:
+        gateway = self.gateways.get(portfolio_id)
+        if gateway is not None:
+            return gateway
+        async with dal.session() as s:
+            portfolio = await s.portfolios.get(portfolio_id)
+            account = await s.accounts.get(portfolio.account_id)
+            broker = next(b.code for b in await s.brokers.list() if b.id == account.broker_id)
+            user = await s.users.me()
+        if broker != "PAPER":
+            raise TradebookError(f"no gateway for {broker} accounts in this tradebook yet")
+        gateway = PaperGateway(self.paper, timezone=user.timezone, currency=account.base_currency)
+        self.gateways[portfolio_id] = gateway
+        self._tasks.append(
+            asyncio.create_task(
+                self._pump_events(portfolio_id, dal, gateway), name=f"gateway-{portfolio_id}"
+            )
+        )
+        return gateway
+
+    async def submit_order(
+        self, ctx: StrategyContext, symbol: str, side: str, quantity: Decimal, **fields: Any
+    ) -> Any:
+        """Pre-trade risk, then store the order, then hand it to the gateway. A BLOCK stores
+        it REJECTED with the reason; BLOCK and WARN both write breaches and tell the owner."""
+        order = {
+            "portfolio_id": ctx.portfolio_id,
+            "symbol": symbol,
+            "side": side,
+            "quantity": quantity,
+            "strategy_id": ctx.strategy_id,
+            "type": "MARKET",
+            **fields,
+        }
+        return await self.place_checked(ctx.dal, order)
+
+    async def place_checked(self, dal: ScopedDal, order: dict[str, Any]) -> Any:
+        from dal.types import new_uid
+
+        order.setdefault("client_order_id", f"tb-{new_uid()}")
+        async with dal.session() as s:
+            verdict = await s.risk.evaluate(order, self.marks.marks)
+            blocked = verdict.decision == "block"
+            reason = "; ".join(b.message for b in verdict.breaches) or None
+            row = await s.orders.place(
+                order, status="REJECTED" if blocked else "NEW", reason=reason if blocked else None
+            )
+            if verdict.breaches:
+                await s.risk.record_breach(verdict, row.portfolio_id, row.instrument_id, row.id)
+            row = await s.orders.get(row.id)
+            symbol = (await s.instruments.get(row.instrument_id)).symbol
+        if verdict.breaches:
+            word = "blocked" if blocked else "warning"
+            await self.notify(
+                dal.actor.user_id or 0,
+                f"Risk {word} on order #{row.id} ({row.side} {row.quantity} {symbol}): {reason}",
+            )
+        if blocked:
+            return row
+        gateway = await self.gateway_for(row.portfolio_id, dal)
+        await gateway.place(_OrderForGateway(row, symbol))
+        return row
+
+    async def cancel_order(self, dal: ScopedDal, order_id: int) -> None:
+        async with dal.session() as s:
+            row = await s.orders.get(order_id)
+            symbol = (await s.instruments.get(row.instrument_id)).symbol
+        gateway = await self.gateway_for(row.portfolio_id, dal)
+        await gateway.cancel(_OrderForGateway(row, symbol))
+
+    # --- pumps ----------------------------------------------------------------------------------
+    async def _pump_feed(self) -> None:
+        async for bar in self.feed.stream(self.pace):
+            await self.on_bar(bar)
+        for run in list(self.runs.values()):
+            run.queue.put_nowait(_END)
+        self.feed_done.set()
+        log.info("price feed ended")
+
+    async def on_bar(self, bar: Bar) -> None:
+        self.marks.update(bar, self.instrument_ids.get(bar.symbol))
+        for gateway in self.gateways.values():
+            gateway.on_bar(bar)
+        for run in list(self.runs.values()):
+            run.queue.put_nowait(bar)
+
+    async def _pump_events(self, portfolio_id: int, dal: ScopedDal, gateway: PaperGateway) -> None:
+        async for event in gateway.events():
+            try:
+                await apply_event(dal, portfolio_id, event)
+            except Exception:
+                log.exception("could not apply broker event %s", event)
+                continue
+            if isinstance(event, FillEvent):
+                await self._route_fill(portfolio_id, event)
+
+    async def _route_fill(self, portfolio_id: int, event: FillEvent) -> None:
+        for (_strategy_id, pid), run in list(self.runs.items()):
+            if pid == portfolio_id:
+                run.queue.put_nowait(event)
+
+    async def idle(self) -> None:
+        """Wait until every gateway's events are applied (tests, shutdown)."""
+        while any(g.pending() for g in self.gateways.values()):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+
+
+class _OrderForGateway:
+    """An orders row plus its symbol, as the gateways take it."""
+
+    def __init__(self, row: Any, symbol: str) -> None:
+        self._row = row
+        self.symbol = symbol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._row, name)
