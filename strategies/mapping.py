@@ -104,6 +104,17 @@ async def apply_event(dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> 
                     "meta": {"source": "broker", "manual": True},
                 }
             )
+        if order.broker_order_id is not None and event.broker_order_id != order.broker_order_id:
+            # Another broker order under the same client id (e.g. a duplicate submit the
+            # broker refused): it must not touch this order.
+            log.warning(
+                "ignoring %s for broker order %s: order #%s is %s",
+                event.status,
+                event.broker_order_id,
+                order.id,
+                order.broker_order_id,
+            )
+            return order
         if event.status in FINAL and order.status not in FINAL and order.status != "FILLED":
             return await s.orders.update_status(
                 order.id, event.status, broker_order_id=event.broker_order_id, reason=event.reason

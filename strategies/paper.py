@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -29,7 +30,8 @@ class PaperGateway:
     def __init__(
         self, config: PaperConfig, timezone: str = "UTC", currency: str = "USDT", clock: Any = None
     ) -> None:
-        self.engine = PaperEngine(config)
+        # A fresh id prefix per gateway instance: ids never repeat across restarts.
+        self.engine = PaperEngine(config, id_prefix=f"{uuid.uuid4().hex[:8]}-")
         self.timezone = timezone
         self.currency = currency
         self._queue: asyncio.Queue[BrokerEvent] = asyncio.Queue()

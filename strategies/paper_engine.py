@@ -213,11 +213,14 @@ class _OpenOrder:
 class PaperEngine:
     """The paper broker's order book and matching; see the module docstring for the rules."""
 
-    def __init__(self, config: PaperConfig, exchange: str = "PAPER") -> None:
+    def __init__(self, config: PaperConfig, exchange: str = "PAPER", id_prefix: str = "") -> None:
         if not isinstance(config, PaperConfig):
             raise TypeError("config must be a PaperConfig")
         self.config = config
         self.exchange = exchange
+        # Broker ids must stay unique across engine instances (restarts): the gateway passes a
+        # prefix per instance, since the database treats a repeated broker trade id as a replay.
+        self.id_prefix = id_prefix
         self._order_seq = 0
         self._trade_seq = 0
         self._open: dict[str, _OpenOrder] = {}  # by client_order_id, in submission order
@@ -229,7 +232,7 @@ class PaperEngine:
         """Accept (NEW) or refuse (REJECTED with a reason) an order, as of ``now``."""
         _aware(now, "now")
         self._order_seq += 1
-        broker_order_id = f"P-{self._order_seq}"
+        broker_order_id = f"{self.id_prefix}P-{self._order_seq}"
         reason = self._rejection(order, now)
         if reason is not None:
             return [self._update_for(order, broker_order_id, "REJECTED", now, _ZERO, reason)]
@@ -384,7 +387,7 @@ class PaperEngine:
                 exchange=self.exchange,
                 broker_order_id=state.broker_order_id,
                 client_order_id=order.client_order_id,
-                broker_trade_id=f"PT-{self._trade_seq}",
+                broker_trade_id=f"{self.id_prefix}PT-{self._trade_seq}",
                 side=order.side,
                 quantity=quantity,
                 price=price,

@@ -80,6 +80,7 @@ class Runtime:
         notify: Notifier,
         paper: PaperConfig,
         pace: Decimal | None = None,
+        lockstep: bool = False,
     ) -> None:
         self.db = db
         self.feed = feed
@@ -87,6 +88,9 @@ class Runtime:
         self.notify = notify
         self.paper = paper
         self.pace = pace
+        # Lockstep: the next bar waits until every strategy has handled this one and every
+        # gateway event is applied (backtests and tests; live runs keep the feed's pace).
+        self.lockstep = lockstep
         self.marks = MarkBook()
         self.instrument_ids: dict[str, int] = {}
         self.gateways: dict[int, PaperGateway] = {}  # portfolio id → gateway
@@ -195,16 +199,12 @@ class Runtime:
             await run.strategy.on_start(ctx)
             while True:
                 item = await run.queue.get()
+                try:
+                    await self._handle(run, item)
+                finally:
+                    run.queue.task_done()
                 if item is _END:
-                    await self._end(ctx.strategy_id, ctx.portfolio_id, ctx.user_id, "FINISHED")
-                    await self.notify(
-                        ctx.user_id, f"Strategy {run.name}: the price data ended; it stopped."
-                    )
                     return
-                if isinstance(item, FillEvent):
-                    await run.strategy.on_fill(ctx, item)
-                else:
-                    await run.strategy.on_bar(ctx, item)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -224,6 +224,19 @@ class Runtime:
                 ctx.user_id,
                 f"Strategy {run.name} crashed and was stopped: {type(exc).__name__}: {exc}",
             )
+            _drain(run.queue)
+
+    async def _handle(self, run: _Run, item: Any) -> None:
+        ctx = run.ctx
+        if item is _END:
+            await self._end(ctx.strategy_id, ctx.portfolio_id, ctx.user_id, "FINISHED")
+            await self.notify(
+                ctx.user_id, f"Strategy {run.name}: the price data ended; it stopped."
+            )
+        elif isinstance(item, FillEvent):
+            await run.strategy.on_fill(ctx, item)
+        else:
+            await run.strategy.on_bar(ctx, item)
 
     async def _end(
         self,
@@ -315,6 +328,8 @@ class Runtime:
     async def _pump_feed(self) -> None:
         async for bar in self.feed.stream(self.pace):
             await self.on_bar(bar)
+            if self.lockstep:
+                await self.settle()
         for run in list(self.runs.values()):
             run.queue.put_nowait(_END)
         self.feed_done.set()
@@ -345,8 +360,25 @@ class Runtime:
     async def idle(self) -> None:
         """Wait until every gateway's events are applied (tests, shutdown)."""
         while any(g.pending() for g in self.gateways.values()):
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.001)
         await asyncio.sleep(0)
+
+    async def settle(self) -> None:
+        """Wait until the strategies have handled what they were given and the gateways'
+        events (and the fills those routed back to strategies) are applied."""
+        while True:
+            await asyncio.gather(*(r.queue.join() for r in list(self.runs.values())))
+            await self.idle()
+            if not any(r.queue.qsize() for r in self.runs.values()):
+                return
+
+
+def _drain(queue: asyncio.Queue[Any]) -> None:
+    """Mark everything left in a stopped strategy's queue as handled (lockstep never waits
+    on a strategy that is gone)."""
+    while not queue.empty():
+        queue.get_nowait()
+        queue.task_done()
 
 
 class _OrderForGateway:
