@@ -1,0 +1,65 @@
+"""Broker API keys come from the environment / secrets dir and never reach the database,
+account meta or the logs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dal import schema as t
+from dal.database import Database
+from dal.errors import NotFound
+from strategies.brokers.credentials import load_credentials
+from tests.botkit import BotHarness, approved_user, joined
+
+KEY = "binance-key-5b7c0e7e9d"
+SECRET = "binance-secret-31f1d2aa7c"
+
+
+async def test_keys_never_reach_database_or_logs(
+    db: Database,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    engine_name: str,
+    db_url: str,
+    tmp_path: Path,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("TRADEBOOK_BINANCE_SPOT_1_API_KEY", KEY)
+    monkeypatch.setenv("TRADEBOOK_BINANCE_SPOT_1_API_SECRET", SECRET)
+    h = BotHarness(db)
+    await approved_user(db, 77, admin=True)
+    async with db.session((await approved_user(db, 78))) as s:
+        account = await s.accounts.create(
+            {"broker": "BINANCE", "name": "Spot", "account_uid": "spot-1"}
+        )
+    creds = load_credentials("BINANCE", account.account_uid, tmp_path / "none")
+    assert creds.api_key.get_secret_value() == KEY
+    assert KEY not in repr(creds) and SECRET not in str(creds)
+    logging.getLogger("test").info("loaded %s", creds)  # what a careless log line would show
+    assert "Spot — BINANCE spot-1" in joined(await h.send(77, "/accounts 78"))
+
+    async with engine.connect() as conn:
+        for table in t.metadata.sorted_tables:
+            for row in await conn.execute(sa.select(table)):
+                assert KEY not in str(tuple(row)) and SECRET not in str(tuple(row))
+    if engine_name == "sqlite":
+        path = Path(sa.engine.make_url(db_url).database or "")
+        for file in path.parent.glob(path.name + "*"):  # the database, its WAL and shm
+            data = file.read_bytes()
+            assert KEY.encode() not in data and SECRET.encode() not in data
+    assert KEY not in caplog.text and SECRET not in caplog.text
+
+
+def test_missing_keys_say_where_to_put_them(tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="TRADEBOOK_BINANCE_ACC_9_API_KEY"):
+        load_credentials("BINANCE", "acc-9", tmp_path)
+    (tmp_path / "tradebook_binance_acc_9_api_key").write_text("k")
+    (tmp_path / "tradebook_binance_acc_9_api_secret").write_text("s")
+    creds = load_credentials("BINANCE", "acc-9", tmp_path)
+    assert creds.api_secret.get_secret_value() == "s"
