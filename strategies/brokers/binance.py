@@ -31,33 +31,33 @@ Identities and amounts
   client id taken from ``C``), ``raw["tradebook"]`` says what was translated.
 
 Status table (``x`` = execution type, ``X`` = order status after the event)
--------------------------------------------------------------------------------
-===================  ====================================  ==========================================
-``x``                ``X``                                 events
-===================  ====================================  ==========================================
-NEW                  NEW                                   OrderUpdate NEW
-NEW                  PENDING_NEW (order-list leg waiting   OrderUpdate NEW (accepted by Binance; a
-                     for its working order)                NEW report follows when it starts working)
-TRADE                PARTIALLY_FILLED / FILLED             FillEvent, then OrderUpdate
-                                                           PARTIALLY_FILLED / FILLED
-TRADE                EXPIRED / EXPIRED_IN_MATCH /          FillEvent, then OrderUpdate EXPIRED /
-                     CANCELED                              EXPIRED / CANCELED
-CANCELED             CANCELED                              OrderUpdate CANCELED (client id from ``C``)
-REJECTED             REJECTED                              OrderUpdate REJECTED, reason ``r``
-EXPIRED              EXPIRED / EXPIRED_IN_MATCH            OrderUpdate EXPIRED
-TRADE_PREVENTION     EXPIRED_IN_MATCH / EXPIRED            OrderUpdate EXPIRED, reason self-trade
-                                                           prevention (STP)
-TRADE_PREVENTION     FILLED                                OrderUpdate FILLED
-TRADE_PREVENTION     NEW / PARTIALLY_FILLED                ignored: STP ``DECREMENT`` only shrank the
-                                                           open quantity (``A`` / ``B``); the order
-                                                           stays open and its end is reported later
-REPLACED             NEW / PENDING_NEW / PARTIALLY_FILLED  OrderUpdate of ``X`` carrying the amended
-                     / FILLED                              quantity ``q`` (order amend keep priority
-                                                           only lowers the quantity; same ids)
-any                  PENDING_CANCEL                        no OrderUpdate (Binance: "currently
-                                                           unused"; the final CANCELED report
-                                                           follows). A TRADE still gives its fill.
-===================  ====================================  ==========================================
+--------------------------------------------------------------------------
+================  ==============================  ===========================================
+``x``             ``X``                           events
+================  ==============================  ===========================================
+NEW               NEW                             OrderUpdate NEW
+NEW               PENDING_NEW (order-list leg     OrderUpdate NEW (accepted by Binance; a NEW
+                  waiting for its working order)  report follows when it starts working)
+TRADE             PARTIALLY_FILLED / FILLED       FillEvent, then OrderUpdate
+                                                  PARTIALLY_FILLED / FILLED
+TRADE             EXPIRED / EXPIRED_IN_MATCH /    FillEvent, then OrderUpdate EXPIRED /
+                  CANCELED                        EXPIRED / CANCELED
+CANCELED          CANCELED                        OrderUpdate CANCELED (client id from ``C``)
+REJECTED          REJECTED                        OrderUpdate REJECTED, reason ``r``
+EXPIRED           EXPIRED / EXPIRED_IN_MATCH      OrderUpdate EXPIRED
+TRADE_PREVENTION  EXPIRED_IN_MATCH / EXPIRED      OrderUpdate EXPIRED, reason self-trade
+                                                  prevention (STP)
+TRADE_PREVENTION  FILLED                          OrderUpdate FILLED
+TRADE_PREVENTION  NEW / PARTIALLY_FILLED          ignored: STP ``DECREMENT`` only shrank the
+                                                  open quantity (``A`` / ``B``); the order
+                                                  stays open, its end is reported later
+REPLACED          NEW / PENDING_NEW /             OrderUpdate of ``X`` with the amended
+                  PARTIALLY_FILLED / FILLED       quantity ``q`` (order amend keep priority
+                                                  only lowers the quantity; same ids)
+any               PENDING_CANCEL                  no OrderUpdate (Binance: "currently unused";
+                                                  the final CANCELED report follows). A TRADE
+                                                  still gives its FillEvent.
+================  ==============================  ===========================================
 
 Every other ``(x, X)`` pair is refused as inconsistent (``InvalidInput``); so are unknown
 execution types and order statuses. ``X`` → tradebook status: NEW, PENDING_NEW → NEW;
@@ -447,9 +447,8 @@ def _reason(report: ExecutionReport, status: OrderStatus) -> str | None:
         reason = report.reject_reason
         return reason if reason and reason != "NONE" else "rejected by Binance"
     if status == "EXPIRED":
-        if report.order_status == "EXPIRED_IN_MATCH" or report.execution_type == (
-            "TRADE_PREVENTION"
-        ):
+        stp = report.execution_type == "TRADE_PREVENTION"
+        if stp or report.order_status == "EXPIRED_IN_MATCH":
             match = report.prevented_match_id
             suffix = f" (prevented match {match})" if match is not None else ""
             return f"expired by self-trade prevention{suffix}"
