@@ -58,6 +58,9 @@ class FillEvent:
     fee_currency: str | None
     exec_time: dt.datetime
     raw: dict[str, Any] = field(default_factory=dict)
+    # The order as the broker describes it, when the broker sends that with each fill: lets
+    # the runtime create an order it has not seen yet before linking the fill to it.
+    order: OrderUpdate | None = None
 
 
 BrokerEvent = OrderUpdate | FillEvent

@@ -54,6 +54,8 @@ async def apply_event(dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> 
             s, portfolio_id, instrument.id, event.client_order_id, event.broker_order_id
         )
         if isinstance(event, FillEvent):
+            if order is None and event.order is not None:
+                order = await _create_manual_order(s, portfolio_id, instrument.id, event.order)
             if order is not None and order.broker_order_id is None:
                 order = await s.orders.update_status(
                     order.id, order.status, broker_order_id=event.broker_order_id
@@ -84,26 +86,7 @@ async def apply_event(dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> 
             return result.trade
         assert isinstance(event, OrderUpdate)
         if order is None:
-            order = await s.orders.place(
-                {
-                    "portfolio_id": portfolio_id,
-                    "instrument_id": instrument.id,
-                    "side": event.side,
-                    "type": _tradebook_type(event.order_type),
-                    "time_in_force": event.time_in_force,
-                    "quantity": event.quantity,
-                    "price": event.price
-                    if _tradebook_type(event.order_type) in ("LIMIT", "STOP_LIMIT")
-                    else None,
-                    "stop_price": event.stop_price
-                    if _tradebook_type(event.order_type) in ("STOP", "STOP_LIMIT")
-                    else None,
-                    "broker_order_id": event.broker_order_id,
-                    "client_order_id": event.client_order_id,
-                    "placed_at": event.event_time,
-                    "meta": {"source": "broker", "manual": True},
-                }
-            )
+            order = await _create_manual_order(s, portfolio_id, instrument.id, event)
         if order.broker_order_id is not None and event.broker_order_id != order.broker_order_id:
             # Another broker order under the same client id (e.g. a duplicate submit the
             # broker refused): it must not touch this order.
@@ -124,6 +107,29 @@ async def apply_event(dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> 
                 order.id, order.status, broker_order_id=event.broker_order_id
             )
         return order
+
+
+async def _create_manual_order(
+    s: Any, portfolio_id: int, instrument_id: int, event: OrderUpdate
+) -> Any:
+    """An order tradebook did not place (entered on the exchange by hand): manual, NEW."""
+    order_type = _tradebook_type(event.order_type)
+    return await s.orders.place(
+        {
+            "portfolio_id": portfolio_id,
+            "instrument_id": instrument_id,
+            "side": event.side,
+            "type": order_type,
+            "time_in_force": event.time_in_force,
+            "quantity": event.quantity,
+            "price": event.price if order_type in ("LIMIT", "STOP_LIMIT") else None,
+            "stop_price": event.stop_price if order_type in ("STOP", "STOP_LIMIT") else None,
+            "broker_order_id": event.broker_order_id,
+            "client_order_id": event.client_order_id,
+            "placed_at": event.event_time,
+            "meta": {"source": "broker", "manual": True},
+        }
+    )
 
 
 def _tradebook_type(broker_type: str) -> str:

@@ -213,26 +213,18 @@ class Runtime:
                 run.name,
                 extra={"correlation_id": f"strategy-{ctx.strategy_id}"},
             )
-            await self._end(
-                ctx.strategy_id,
-                ctx.portfolio_id,
-                ctx.user_id,
-                "CRASHED",
-                f"{type(exc).__name__}: {exc}",
-            )
-            await self.notify(
-                ctx.user_id,
-                f"Strategy {run.name} crashed and was stopped: {type(exc).__name__}: {exc}",
-            )
+            error = f"{type(exc).__name__}: {exc}"
+            await self.notify(ctx.user_id, f"Strategy {run.name} crashed and was stopped: {error}")
+            await self._end(ctx.strategy_id, ctx.portfolio_id, ctx.user_id, "CRASHED", error)
             _drain(run.queue)
 
     async def _handle(self, run: _Run, item: Any) -> None:
         ctx = run.ctx
         if item is _END:
-            await self._end(ctx.strategy_id, ctx.portfolio_id, ctx.user_id, "FINISHED")
             await self.notify(
                 ctx.user_id, f"Strategy {run.name}: the price data ended; it stopped."
             )
+            await self._end(ctx.strategy_id, ctx.portfolio_id, ctx.user_id, "FINISHED")
         elif isinstance(item, FillEvent):
             await run.strategy.on_fill(ctx, item)
         else:
@@ -246,12 +238,14 @@ class Runtime:
         status: str,
         error: str | None = None,
     ) -> None:
-        self.runs.pop((strategy_id, portfolio_id), None)
         try:
             async with self.db.session(Actor.user(user_id)) as s:
                 await s.strategy_runs.stop(strategy_id, portfolio_id, status, error)
         except Exception:
             log.exception("could not record the end of strategy #%s", strategy_id)
+        finally:
+            # Leave the table of runs only once the end is on record.
+            self.runs.pop((strategy_id, portfolio_id), None)
 
     # --- orders -------------------------------------------------------------------------------
     async def gateway_for(self, portfolio_id: int, dal: ScopedDal) -> PaperGateway:

@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dal import schema as t
 from dal.database import Database
-from dal.scope import Actor
 from strategies.base import Strategy
 from strategies.examples import REGISTRY
 from strategies.feeds import RandomWalkFeed

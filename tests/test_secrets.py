@@ -34,7 +34,7 @@ async def test_keys_never_reach_database_or_logs(
     monkeypatch.setenv("TRADEBOOK_BINANCE_SPOT_1_API_SECRET", SECRET)
     h = BotHarness(db)
     await approved_user(db, 77, admin=True)
-    async with db.session((await approved_user(db, 78))) as s:
+    async with db.session(await approved_user(db, 78)) as s:
         account = await s.accounts.create(
             {"broker": "BINANCE", "name": "Spot", "account_uid": "spot-1"}
         )

@@ -373,6 +373,37 @@ def to_events(
     unknown symbol raises ``NotFound``."""
     symbol = _resolve_symbol(report.symbol, known_symbols)
     client_id = report.order_client_id
+    order_type, type_note = ORDER_TYPE_MAP[report.order_type]
+    status = _status_after(report)
+    raw = report.raw
+    notes: dict[str, str] = {}
+    if type_note is not None:
+        notes.update(binance_order_type=report.order_type, order_type=order_type)
+        notes["order_type_note"] = type_note
+    if status is not None and STATUS_MAP[report.order_status] != report.order_status:
+        notes.update(binance_status=report.order_status, status=status)
+    if report.orig_client_order_id:
+        notes["client_order_id_from"] = "C"
+    if notes:
+        raw["tradebook"] = notes
+    # The order as Binance describes it: the status update, and the context a fill carries
+    # so an order tradebook has not seen yet can be created before its fill is linked to it.
+    order = OrderUpdate(
+        symbol=symbol,
+        exchange=EXCHANGE,
+        broker_order_id=str(report.order_id),
+        client_order_id=client_id,
+        status=status or "NEW",
+        side=report.side,
+        order_type=order_type,
+        quantity=report.quantity,
+        price=report.price or None,
+        stop_price=report.stop_price or None,
+        time_in_force=report.time_in_force,
+        event_time=report.event_time,
+        reason=_reason(report, status) if status is not None else None,
+        raw=raw,
+    )
     events: list[BrokerEvent] = []
     if report.execution_type == "TRADE":
         events.append(
@@ -389,40 +420,11 @@ def to_events(
                 fee_currency=report.commission_asset if report.commission else None,
                 exec_time=report.transaction_time,
                 raw=report.raw,
+                order=order,
             )
         )
-    status = _status_after(report)
     if status is not None:
-        order_type, type_note = ORDER_TYPE_MAP[report.order_type]
-        raw = report.raw
-        notes: dict[str, str] = {}
-        if type_note is not None:
-            notes.update(binance_order_type=report.order_type, order_type=order_type)
-            notes["order_type_note"] = type_note
-        if STATUS_MAP[report.order_status] != report.order_status:
-            notes.update(binance_status=report.order_status, status=status)
-        if report.orig_client_order_id:
-            notes["client_order_id_from"] = "C"
-        if notes:
-            raw["tradebook"] = notes
-        events.append(
-            OrderUpdate(
-                symbol=symbol,
-                exchange=EXCHANGE,
-                broker_order_id=str(report.order_id),
-                client_order_id=client_id,
-                status=status,
-                side=report.side,
-                order_type=order_type,
-                quantity=report.quantity,
-                price=report.price or None,
-                stop_price=report.stop_price or None,
-                time_in_force=report.time_in_force,
-                event_time=report.event_time,
-                reason=_reason(report, status),
-                raw=raw,
-            )
-        )
+        events.append(order)
     return events
 
 
