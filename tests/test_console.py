@@ -21,6 +21,7 @@ def _tradebook(args: list[str], cwd: Path, stdin: str = "") -> subprocess.Comple
             "TRADEBOOK_DATABASE_URL": f"sqlite+aiosqlite:///{cwd / 'var' / 'tb.db'}",
             "PYTHONPATH": str(ROOT),
             "TRADEBOOK_LOG_LEVEL": "WARNING",
+            "TRADEBOOK_STRATEGIES": "off",  # deterministic: no strategy trading
         }
     )
     return subprocess.run(
@@ -129,3 +130,56 @@ async def test_with_a_token_it_long_polls(tmp_path: Path) -> None:
     assert "DeleteWebhook" in names and "SetMyCommands" in names
     (reply,) = session.sent("SendMessage")
     assert reply.chat_id == 42 and "Main" in reply.text
+
+
+def test_make_run_console_trades_the_example_strategy_on_paper(tmp_path: Path) -> None:
+    """Strategies on (the default): the SMA example trades on the paper gateway and the bot's
+    commands show it; EOF still exits 0."""
+    import threading
+    import time
+
+    assert _tradebook(["db", "upgrade"], tmp_path).returncode == 0
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TRADEBOOK_") and k != "TELEGRAM_BOT_TOKEN"
+    }
+    env.update(
+        {
+            "TRADEBOOK_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'var' / 'tb.db'}",
+            "PYTHONPATH": str(ROOT),
+            "TRADEBOOK_LOG_LEVEL": "WARNING",
+            "TRADEBOOK_PAPER_SPEED": "20",
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tradebook.cli", "run"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 90  # generous: this checks behaviour, not speed
+    try:
+        while not any("FILLED 0.01/0.01" in line for line in lines):
+            assert time.monotonic() < deadline, "".join(lines)
+            proc.stdin.write("/orders filled\n")
+            proc.stdin.flush()
+            time.sleep(1)
+        proc.stdin.write("/positions\n/strategies\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    output = "".join(lines)
+    assert "BUY 0.01 BTCUSDT MARKET" in output and "FILLED 0.01/0.01" in output
+    assert "[sma_cross 1.0]" in output
+    assert "sma_cross 1.0 — running on Main" in output

@@ -126,6 +126,12 @@ class Graph:
                 "cron": "0 18 * * *",
                 "created_at": T0,
             },
+            "strategy_runs": {
+                "strategy_id": i.get("strategies"),
+                "portfolio_id": i.get("portfolios"),
+                "status": "RUNNING",
+                "started_at": T0,
+            },
             "screeners": {
                 "user_id": i.get("users"),
                 "name": f"scr{n}",
@@ -210,6 +216,8 @@ BAD_ROWS: list[tuple[str, sa.Table, dict[str, Any]]] = [
     ("breach for missing policy", s.risk_breaches, {"policy_id": 999_999}),
     ("alert type", s.alerts, {"type": "SMS"}),
     ("audit entity", s.audit_log, {"entity_type": "WALLET"}),
+    ("run status", s.strategy_runs, {"status": "PAUSED"}),
+    ("run of missing strategy", s.strategy_runs, {"strategy_id": 999_999}),
     ("audit action", s.audit_log, {"action": "LAUNCH"}),
     ("account for missing user", s.accounts, {"user_id": 999_999}),
     ("account for missing broker", s.accounts, {"broker_id": 999_999}),

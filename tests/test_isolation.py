@@ -33,7 +33,7 @@ from dal.risk import RiskService
 from dal.risk_rules import Verdict
 from dal.schema import ORDER_STATUSES, metadata
 from dal.scope import Actor
-from dal.strategies import StrategyService
+from dal.strategies import StrategyRunService, StrategyService
 from dal.trades import TradeService
 from dal.user_configs import AlertService, ScheduleService, ScreenerService
 from dal.users import UserService
@@ -54,6 +54,7 @@ SERVICES: dict[str, type] = {
     "accounts": AccountService,
     "portfolios": PortfolioService,
     "strategies": StrategyService,
+    "strategy_runs": StrategyRunService,
     "instruments": InstrumentService,
     "orders": OrderService,
     "trades": TradeService,
@@ -130,6 +131,7 @@ async def populate(db: Database, actor: Actor, instrument: int, tag: str) -> Ids
         spare_account = await s.accounts.create({"broker": "BINANCE", "name": f"Spot {tag}"})
         spare = await s.portfolios.create({"name": f"Spare {tag}", "account_id": main.account_id})
         strategy = await s.strategies.create({"name": f"sma-{tag}", "params": {"fast": 10}})
+        await s.strategy_runs.start(strategy.id, main.id)
         ids = {"client_order_id": f"c-{tag}", "broker_order_id": f"b-{tag}"}
         order = await s.orders.place(order_for(main.id, instrument, strategy_id=strategy.id, **ids))
         the_fill = fill(main.id, instrument, "BUY", "0.5", "100", order_id=order.id, trade_id=tag)
@@ -313,6 +315,11 @@ ID_OPS: dict[str, Op] = {
         m.portfolio, o.strategy
     ),
     "risk.load_policies[strategy]": lambda s, o, m: s.risk.load_policies(m.portfolio, o.strategy),
+    "strategy_runs.start": lambda s, o, m: s.strategy_runs.start(o.strategy, o.portfolio),
+    "strategy_runs.start[portfolio]": lambda s, o, m: s.strategy_runs.start(
+        m.strategy, o.portfolio
+    ),
+    "strategy_runs.stop": lambda s, o, m: s.strategy_runs.stop(o.strategy, o.portfolio),
 }
 
 # Everything else a session offers (called with the caller's own ids).
@@ -364,6 +371,8 @@ OTHER_OPS: dict[str, Op] = {
     "screeners.create": lambda s, o, m: s.screeners.create({"name": "n", "config": {}}),
     "trades.ingest_fills[empty]": lambda s, o, m: s.trades.ingest_fills([]),
     "audit.recent": lambda s, o, m: s.audit.recent(),
+    "strategy_runs.list": lambda s, o, m: s.strategy_runs.list(),
+    "strategy_runs.running": lambda s, o, m: s.strategy_runs.running(),
     "audit.log": lambda s, o, m: s.audit.log("USER", None, "UPDATE", {"note": "x"}),
 }
 ALL_OPS = {**ID_OPS, **OTHER_OPS}
