@@ -100,6 +100,22 @@ class AccountService:
     def get(self, account_id: int) -> sa.Row:
         return owned_account(self.tx, account_id)
 
+    def default_portfolio(self, account_id: int) -> sa.Row:
+        """Where events for orders tradebook did not place land, for a gateway that serves a
+        whole broker account: the user's default portfolio if it is on this account, else the
+        account's oldest portfolio that is not archived."""
+        account = owned_account(self.tx, account_id)
+        rows = list(
+            self.tx.conn.execute(
+                sa.select(portfolios)
+                .where(portfolios.c.account_id == account.id, portfolios.c.archived_at.is_(None))
+                .order_by(portfolios.c.is_default.desc(), portfolios.c.created_at, portfolios.c.id)
+            )
+        )
+        if not rows:
+            raise NotFound(f"account {account.name!r} has no portfolio to receive broker events")
+        return rows[0]
+
     def list_for_user(self, user_id: int) -> list[sa.Row]:
         """Another user's accounts (admin scope only)."""
         self.tx.require_admin()

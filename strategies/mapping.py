@@ -8,8 +8,11 @@
   those, so an update that arrives before (or after) its fills never double-counts or goes
   backwards; an update for an order that is already final is ignored.
 * An event for an order tradebook did not place (placed on the exchange by hand) creates a
-  manual order (strategy NULL) in the gateway's portfolio — for a broker account, the
-  account's default portfolio; a fill without any known order is stored as a manual trade.
+  manual order (strategy NULL) in the gateway's portfolio — for a gateway serving a whole
+  broker account, ``accounts.default_portfolio(account)``: the user's default portfolio if it
+  is on that account, else the account's oldest one. Brokers that describe the order with each
+  fill (Binance) get the order created before the fill links to it; a fill for an order nobody
+  describes is stored as a manual trade without an order.
 """
 
 from __future__ import annotations

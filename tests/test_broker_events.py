@@ -72,9 +72,15 @@ async def test_binance_sequence_maps_and_replays_idempotently(
         account = await s.accounts.create(
             {"broker": "BINANCE", "name": "Spot", "account_uid": "spot-1", "base_currency": "USDT"}
         )
-        portfolio = await s.portfolios.create({"name": "Binance", "account_id": account.id})
+        await s.portfolios.create({"name": "Binance", "account_id": account.id})
+        later = await s.portfolios.create({"name": "Binance 2", "account_id": account.id})
+        # A gateway for a whole account puts events into the account's default portfolio.
+        portfolio = await s.accounts.default_portfolio(account.id)
+    assert portfolio.name == "Binance" and portfolio.id != later.id
     dal = db.scoped(user)
     sequence = events()
+    async with db.session(user) as s:
+        assert (await s.portfolios.default()).name == "Main"  # on the Paper account
     for event in sequence:
         await apply_event(dal, portfolio.id, event)
 

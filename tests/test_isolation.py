@@ -320,6 +320,7 @@ ID_OPS: dict[str, Op] = {
         m.strategy, o.portfolio
     ),
     "strategy_runs.stop": lambda s, o, m: s.strategy_runs.stop(o.strategy, o.portfolio),
+    "accounts.default_portfolio": lambda s, o, m: s.accounts.default_portfolio(o.account),
 }
 
 # Everything else a session offers (called with the caller's own ids).
