@@ -17,6 +17,8 @@ from bot.middleware import UserScopeMiddleware
 from bot.routers import (
     admin,
     alerts,
+    configure,
+    exports,
     fallback,
     help,
     orders,
@@ -26,6 +28,7 @@ from bot.routers import (
     risk,
     start,
     strategies,
+    trade,
 )
 from bot.routers.common import UsageError
 from bot.text import q
@@ -49,6 +52,9 @@ def build_dispatcher(db: Database, **workflow_data: Any) -> Dispatcher:
         pnl,
         risk,
         alerts,
+        trade,
+        configure,
+        exports,
         strategies,
         fallback,
     ):

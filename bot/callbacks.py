@@ -21,3 +21,16 @@ class OrdersPage(CallbackData, prefix="ord"):
 class ApproveUser(CallbackData, prefix="appr"):
     action: Literal["approve", "reject"]
     telegram_id: int
+
+
+class TradeConfirm(CallbackData, prefix="trd"):
+    action: Literal["ok", "no"]
+    token: str  # a held order of the runtime, valid once and only for its owner
+
+
+class CancelOrder(CallbackData, prefix="cxl"):
+    order_id: int
+
+
+class StopAll(CallbackData, prefix="stopall"):
+    action: Literal["ok", "no"]

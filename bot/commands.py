@@ -18,7 +18,11 @@ class Cmd:
 COMMANDS = [
     Cmd("start", "/start", "register (an admin approves you)"),
     Cmd("help", "/help", "this list"),
-    Cmd("portfolio", "/portfolio [name]", "show or switch the current portfolio"),
+    Cmd(
+        "portfolio",
+        "/portfolio [name] | /portfolio add NAME ACCOUNT",
+        "show or switch the current portfolio, or add one on an account",
+    ),
     Cmd("portfolios", "/portfolios", "list your portfolios"),
     Cmd("tz", "/tz <IANA zone>", "set your time zone, e.g. /tz Europe/Berlin"),
     Cmd("orders", "/orders [status] [portfolio]", "open orders (or NEW, FILLED, CANCELED, …)"),
@@ -32,6 +36,58 @@ COMMANDS = [
     Cmd("alerts", "/alerts", "your alerts"),
     Cmd("schedules", "/schedules", "your scheduled reports"),
     Cmd("screeners", "/screeners", "your screeners"),
+    Cmd(
+        "buy",
+        "/buy SYMBOL QTY [@PRICE] [stop=PRICE] [tif=GTC|IOC|FOK|DAY]",
+        "buy in the current portfolio (market without a price), e.g. /buy BTCUSDT 0.01 @60000",
+    ),
+    Cmd(
+        "sell",
+        "/sell SYMBOL QTY [@PRICE] [stop=PRICE] [tif=GTC|IOC|FOK|DAY]",
+        "sell (or short) in the current portfolio, e.g. /sell BTCUSDT 0.01",
+    ),
+    Cmd("cancel", "/cancel ORDER_ID", "cancel an open order, e.g. /cancel 12"),
+    Cmd("close", "/close SYMBOL", "flatten your manual position in SYMBOL"),
+    Cmd(
+        "fill",
+        "/fill SYMBOL SIDE QTY PRICE [fee CUR AMT] [at TIME]",
+        "record a trade done elsewhere, e.g. /fill AAPL BUY 10 189.5 fee USD 1 at 2024-05-01T15:30",
+    ),
+    Cmd("stopall", "/stopall", "kill switch: cancel all open orders and stop all strategies"),
+    Cmd(
+        "account",
+        "/account [add BROKER NAME [account_uid] [currency]]",
+        "your broker accounts, or add one, e.g. /account add BINANCE Spot main-1 USDT",
+    ),
+    Cmd("deposit", "/deposit AMOUNT [currency]", "add cash to the current portfolio"),
+    Cmd("withdraw", "/withdraw AMOUNT [currency]", "take cash out of the current portfolio"),
+    Cmd(
+        "policy",
+        "/policy add|set|on|off SCOPE NAME key=value…",
+        "risk limits, e.g. /policy add portfolio Main max_daily_loss=0.03 max_risk_per_trade=0.01",
+    ),
+    Cmd(
+        "alert",
+        "/alert add price|position|risk|indicator … | /alert on|off|del ID",
+        "alerts, e.g. /alert add price BTCUSDT above 70000",
+    ),
+    Cmd(
+        "schedule",
+        '/schedule add "CRON" report pnl|positions|orders|risk [period] | on|off|del ID',
+        'scheduled reports (cron in UTC), e.g. /schedule add "0 18 * * *" report pnl today',
+    ),
+    Cmd(
+        "screener",
+        "/screener add NAME key=value… | /screener on|off|del ID",
+        "screeners, e.g. /screener add cheap asset_type=CRYPTO max_price=1",
+    ),
+    Cmd(
+        "export",
+        "/export trades|orders|pnl [period]",
+        "a CSV for accounting, e.g. /export trades ytd",
+    ),
+    Cmd("mute", "/mute", "stop notifications (fills, breaches, alerts)"),
+    Cmd("unmute", "/unmute", "notifications back on"),
     Cmd("strategies", "/strategies", "your strategies and whether they run"),
     Cmd(
         "strategy",

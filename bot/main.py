@@ -14,10 +14,11 @@ from aiogram.client.session.base import BaseSession
 
 from bot.app import announce_commands, build_bot, build_dispatcher
 from bot.console import Console
+from bot.notify import Notifier
 from bot.scheduler import Scheduler
-from bot.text import q
 from dal.database import Database
 from dal.scope import Actor
+from strategies.alerts import AlertEngine
 from strategies.examples import REGISTRY
 from strategies.feeds import CsvReplayFeed, PriceFeed, RandomWalkFeed
 from strategies.paper_engine import PaperConfig
@@ -28,10 +29,9 @@ log = logging.getLogger("tradebook")
 DEFAULT_STRATEGY = "sma_cross"  # what `make run` starts for the local user in console mode
 
 
-def build_runtime(settings: Settings, db: Database, bot: Bot) -> Runtime | None:
-    """The strategy runtime (None when TRADEBOOK_STRATEGIES=off)."""
-    if settings.strategies == "off":
-        return None
+def build_runtime(settings: Settings, db: Database, bot: Bot) -> Runtime:
+    """The runtime: price feed, paper gateways, strategies. TRADEBOOK_STRATEGIES=off only
+    keeps console mode from starting the example strategy."""
     feed: PriceFeed = (
         RandomWalkFeed(interval=dt.timedelta(seconds=float(1 / settings.paper_speed)))
         if settings.paper_feed == "random"
@@ -43,20 +43,10 @@ def build_runtime(settings: Settings, db: Database, bot: Bot) -> Runtime | None:
         max_fill_quantity=settings.paper_max_fill_quantity,
     )
 
-    async def notify(user_id: int, text: str) -> None:
-        await notify_user(db, bot, user_id, text)
-
-    return Runtime(db, feed, REGISTRY, notify, paper, pace=settings.paper_speed)
-
-
-async def notify_user(db: Database, bot: Bot, user_id: int, text: str) -> None:
-    """Send ``text`` to a user's chat; a failure is logged, never raised."""
-    try:
-        async with db.session(Actor.system(), readonly=True) as s:
-            user = await s.users.find_by_id(user_id)
-        await bot.send_message(user.telegram_chat_id or int(user.telegram_user_id), q(text))
-    except Exception:
-        log.warning("could not notify user #%s", user_id, exc_info=True)
+    notify = Notifier(db, bot)
+    runtime = Runtime(db, feed, REGISTRY, notify, paper, pace=settings.paper_speed)
+    AlertEngine(db, runtime, notify).attach()
+    return runtime
 
 
 async def _read_stdin_line() -> str:
@@ -75,13 +65,12 @@ async def run_console(settings: Settings, db: Database) -> int:
         await Scheduler(db, bot).run()
 
     async def strategies(bot: Bot) -> None:
-        if runtime is None:
-            return
         await runtime.start(feed=False)
-        try:
-            await runtime.start_strategy(console.local_actor(), DEFAULT_STRATEGY)
-        except Exception as exc:
-            print(f"could not start {DEFAULT_STRATEGY}: {exc}", flush=True)
+        if settings.strategies == "on":
+            try:
+                await runtime.start_strategy(console.local_actor(), DEFAULT_STRATEGY)
+            except Exception as exc:
+                print(f"could not start {DEFAULT_STRATEGY}: {exc}", flush=True)
         runtime.start_feed()
         try:
             await asyncio.Event().wait()
@@ -111,13 +100,11 @@ async def run_telegram(
         await bot.delete_webhook(drop_pending_updates=False)
         await announce_commands(bot)
         tasks.append(asyncio.create_task(Scheduler(db, bot).run()))
-        if runtime is not None:
-            await runtime.start()
+        await runtime.start()
         log.info("bot started")
 
     async def on_shutdown() -> None:
-        if runtime is not None:
-            await runtime.stop()
+        await runtime.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -121,6 +121,9 @@ users = sa.Table(
         BigID,
         fk("portfolios.id", ondelete="SET NULL", use_alter=True),
     ),
+    # Added in revision 0005: /mute, and chats that blocked the bot (403) are not retried.
+    sa.Column("notifications_muted", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("unreachable_at", UTCDateTime()),
     sa.Index(None, "is_active"),
 )
 

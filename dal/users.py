@@ -64,6 +64,8 @@ class UserService:
                 changes["username"] = username
             if chat_id is not None and chat_id != existing.telegram_chat_id:
                 changes["telegram_chat_id"] = chat_id
+            if existing.unreachable_at is not None:
+                changes["unreachable_at"] = None  # they wrote to us: the chat works again
             if changes:
                 conn.execute(users.update().where(users.c.id == existing.id).values(**changes))
                 existing = user_by_telegram_id(conn, telegram_user_id)
@@ -98,6 +100,25 @@ class UserService:
         self.tx.audit("USER", user_id, "UPDATE", {"timezone": zone})
         self.tx.forget_user()
         return zone
+
+    def set_muted(self, muted: bool) -> sa.Row:
+        """/mute and /unmute: notifications (fills, breaches, alerts) on or off."""
+        user_id = self.tx.user_id
+        self.tx.conn.execute(
+            users.update().where(users.c.id == user_id).values(notifications_muted=bool(muted))
+        )
+        self.tx.audit("USER", user_id, "UPDATE", {"notifications_muted": bool(muted)})
+        self.tx.forget_user()
+        return self.tx.user_row()
+
+    def set_reachable(self, user_id: int, reachable: bool) -> None:
+        """Record that a user's chat blocked the bot (Telegram 403), or works again (system)."""
+        self.tx.require_admin()
+        self.tx.conn.execute(
+            users.update()
+            .where(users.c.id == user_id)
+            .values(unreachable_at=None if reachable else self.tx.now())
+        )
 
     # --- admin ----------------------------------------------------------------------------------
     def lookup(self, telegram_user_id: int | str) -> sa.Row | None:

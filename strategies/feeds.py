@@ -83,14 +83,15 @@ class RandomWalkFeed(PriceFeed):
         self.seed = seed
         self.length = length
         self.interval = interval
-        self.start = start or dt.datetime.now(dt.UTC) - warmup * interval
+        self.start = start  # None: the warm-up ends "now", when the replay starts
         self.volatility_bps = volatility_bps
 
     def bars(self) -> Iterator[Bar]:
         rng = random.Random(self.seed)
+        start = self.start or dt.datetime.now(dt.UTC) - self.warmup * self.interval
         prices = {i.symbol: _START_PRICES.get(i.symbol, Decimal("100")) for i in self.instruments}
         for n in range(self.length):
-            time = self.start + n * self.interval
+            time = start + n * self.interval
             for inst in self.instruments:
                 open_ = prices[inst.symbol]
                 moves = [

@@ -12,6 +12,7 @@ through ``submit_order``: pre-trade risk, then the DAL, then the portfolio's gat
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from dal.database import Database, ScopedDal
-from dal.errors import TradebookError
+from dal.errors import Conflict, TradebookError
 from dal.scope import Actor
 from strategies.base import Strategy
 from strategies.events import FillEvent
@@ -97,6 +98,11 @@ class Runtime:
         self.runs: dict[tuple[int, int], _Run] = {}  # (strategy id, portfolio id) → run
         self._tasks: list[asyncio.Task[None]] = []
         self.feed_done = asyncio.Event()
+        self.last_bar_time: dt.datetime | None = None
+        # Called after each bar and each applied fill (alerts and screeners hook in here).
+        self.bar_listeners: list[Callable[[Bar], Awaitable[None]]] = []
+        self.fill_listeners: list[Callable[[int, int, FillEvent], Awaitable[None]]] = []
+        self._pending: dict[str, tuple[int, dict[str, Any]]] = {}  # confirmations
 
     # --- life cycle -----------------------------------------------------------------------------
     async def start(self, feed: bool = True) -> None:
@@ -255,11 +261,17 @@ class Runtime:
         async with dal.session() as s:
             portfolio = await s.portfolios.get(portfolio_id)
             account = await s.accounts.get(portfolio.account_id)
-            broker = next(b.code for b in await s.brokers.list() if b.id == account.broker_id)
+            broker = await _broker_of(s, portfolio_id)
             user = await s.users.me()
         if broker != "PAPER":
             raise TradebookError(f"no gateway for {broker} accounts in this tradebook yet")
-        gateway = PaperGateway(self.paper, timezone=user.timezone, currency=account.base_currency)
+        gateway = PaperGateway(
+            self.paper,
+            timezone=user.timezone,
+            currency=account.base_currency,
+            # Orders are stamped with the feed's time, so the next bar can fill them.
+            clock=lambda: self.last_bar_time or dt.datetime.now(dt.UTC),
+        )
         self.gateways[portfolio_id] = gateway
         self._tasks.append(
             asyncio.create_task(
@@ -311,12 +323,41 @@ class Runtime:
         await gateway.place(_OrderForGateway(row, symbol))
         return row
 
-    async def cancel_order(self, dal: ScopedDal, order_id: int) -> None:
+    async def preview(self, dal: ScopedDal, order: dict[str, Any]) -> Any:
+        """The risk verdict an order would get now (nothing is written)."""
+        async with dal.session(readonly=True) as s:
+            return await s.risk.evaluate(order, self.marks.marks)
+
+    def hold(self, user_id: int, order: dict[str, Any]) -> str:
+        """Keep an order waiting for its owner's confirmation; returns its token."""
+        from dal.types import new_uid
+
+        token = new_uid().replace("-", "")[:16]
+        self._pending[token] = (user_id, order)
+        return token
+
+    def release(self, user_id: int, token: str) -> dict[str, Any] | None:
+        """The held order for ``token`` if it is this user's (each token works once)."""
+        held = self._pending.get(token)
+        if held is None or held[0] != user_id:
+            return None
+        del self._pending[token]
+        return held[1]
+
+    async def cancel_order(self, dal: ScopedDal, order_id: int) -> Any:
+        """Ask the order's gateway to cancel it (the CANCELED event updates the order); an
+        order of a portfolio without a gateway (trades recorded by hand) is canceled at once."""
         async with dal.session() as s:
             row = await s.orders.get(order_id)
             symbol = (await s.instruments.get(row.instrument_id)).symbol
+            if row.status not in ("NEW", "PARTIALLY_FILLED"):
+                raise Conflict(f"order #{row.id} is {row.status}; only open orders can be canceled")
+            broker = await _broker_of(s, row.portfolio_id)
+            if broker != "PAPER":
+                return await s.orders.cancel(row.id, reason="canceled by its owner")
         gateway = await self.gateway_for(row.portfolio_id, dal)
         await gateway.cancel(_OrderForGateway(row, symbol))
+        return row
 
     # --- pumps ----------------------------------------------------------------------------------
     async def _pump_feed(self) -> None:
@@ -330,21 +371,40 @@ class Runtime:
         log.info("price feed ended")
 
     async def on_bar(self, bar: Bar) -> None:
+        self.last_bar_time = bar.time
         self.marks.update(bar, self.instrument_ids.get(bar.symbol))
         for gateway in self.gateways.values():
             gateway.on_bar(bar)
         for run in list(self.runs.values()):
             run.queue.put_nowait(bar)
+        for listener in self.bar_listeners:
+            try:
+                await listener(bar)
+            except Exception:  # an alert check must never stop the feed
+                log.exception("bar listener failed")
 
     async def _pump_events(self, portfolio_id: int, dal: ScopedDal, gateway: PaperGateway) -> None:
         async for event in gateway.events():
             try:
-                await apply_event(dal, portfolio_id, event)
+                row = await apply_event(dal, portfolio_id, event)
             except Exception:
                 log.exception("could not apply broker event %s", event)
                 continue
+            user_id = dal.actor.user_id or 0
             if isinstance(event, FillEvent):
                 await self._route_fill(portfolio_id, event)
+                await self.notify(
+                    user_id,
+                    f"Filled: {event.side} {event.quantity} {event.symbol} at {event.price} "
+                    f"(order #{row.order_id})"
+                    if row.order_id
+                    else f"Filled: {event.side} {event.quantity} {event.symbol} at {event.price}",
+                )
+                for listener in self.fill_listeners:
+                    await listener(user_id, portfolio_id, event)
+            elif event.status in ("REJECTED", "EXPIRED"):
+                reason = f": {event.reason}" if event.reason else ""
+                await self.notify(user_id, f"Order #{row.id} {event.status.lower()}{reason}")
 
     async def _route_fill(self, portfolio_id: int, event: FillEvent) -> None:
         for (_strategy_id, pid), run in list(self.runs.items()):
@@ -365,6 +425,12 @@ class Runtime:
             await self.idle()
             if not any(r.queue.qsize() for r in self.runs.values()):
                 return
+
+
+async def _broker_of(s: Any, portfolio_id: int) -> str:
+    portfolio = await s.portfolios.get(portfolio_id)
+    account = await s.accounts.get(portfolio.account_id)
+    return next(b.code for b in await s.brokers.list() if b.id == account.broker_id)
 
 
 def _drain(queue: asyncio.Queue[Any]) -> None:

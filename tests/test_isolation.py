@@ -326,6 +326,8 @@ ID_OPS: dict[str, Op] = {
 # Everything else a session offers (called with the caller's own ids).
 OTHER_OPS: dict[str, Op] = {
     "users.set_timezone": lambda s, o, m: s.users.set_timezone("Europe/Berlin"),
+    "users.set_muted": lambda s, o, m: s.users.set_muted(True),
+    "users.set_reachable": lambda s, o, m: s.users.set_reachable(o.user, False),
     "users.pending": lambda s, o, m: s.users.pending(),
     "users.list_all": lambda s, o, m: s.users.list_all(),
     "users.approve": lambda s, o, m: s.users.approve(o.telegram),
@@ -380,6 +382,7 @@ ALL_OPS = {**ID_OPS, **OTHER_OPS}
 ADMIN_ONLY = {
     *("users.pending", "users.list_all", "users.approve", "users.revoke", "users.deactivate"),
     *("users.lookup", "users.find", "users.find_by_id", "users.admins", "brokers.create"),
+    "users.set_reachable",
     *("accounts.list_for_user", "instruments.create", "instruments.ensure"),
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from aiogram import Router
@@ -38,6 +39,14 @@ def router() -> Router:
     @r.message(Command("portfolio"))
     async def portfolio(message: Message, command: CommandObject, dal: ScopedDal) -> None:
         name = (command.args or "").strip()
+        if name.startswith("add "):
+            parts = shlex.split(name)
+            if len(parts) != 3:
+                raise UsageError("portfolio")
+            account = await dal.accounts.by_name(parts[2])
+            row = await dal.portfolios.create({"name": parts[1], "account_id": account.id})
+            await message.answer(f"Added portfolio <b>{q(row.name)}</b> on {q(account.name)}.")
+            return
         if name:
             chosen = await dal.portfolios.by_name(name)
             await dal.portfolios.set_current(chosen.id)

@@ -1,0 +1,247 @@
+"""Self-service configuration: accounts, portfolios, cash, policies, alerts, schedules,
+screeners, notifications. Each command parses, calls the DAL (which validates with its typed
+configs and audits) and answers; a bad argument gets the usage line with an example."""
+
+from __future__ import annotations
+
+import shlex
+from decimal import Decimal
+from typing import Any
+
+from aiogram import Router
+from aiogram.filters import Command, CommandObject
+from aiogram.types import Message
+
+from bot.routers.common import UsageError, args_of
+from bot.text import num, q
+from dal.database import ScopedDal
+from dal.errors import InvalidInput
+
+SCOPES = {"user": "USER", "portfolio": "PORTFOLIO", "strategy": "STRATEGY"}
+
+
+def key_values(tokens: list[str], command: str) -> dict[str, str]:
+    out = {}
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(command, f"expected key=value, got {token!r}")
+        out[key.strip().lower()] = value.strip()
+    return out
+
+
+def router() -> Router:
+    r = Router(name="configure")
+
+    @r.message(Command("account"))
+    async def account(message: Message, command: CommandObject, dal: ScopedDal) -> None:
+        args = args_of(command)
+        if not args:
+            rows = await dal.accounts.list()
+            lines = ["<b>Your accounts</b>"] + [
+                f"{q(a.name)} — {q(a.broker_code)} {q(a.account_uid or '')} {q(a.base_currency)}"
+                for a in rows
+            ]
+            await message.answer("\n".join(lines))
+            return
+        if args[0] != "add" or not 3 <= len(args) <= 5:
+            raise UsageError("account")
+        data = {"broker": args[1], "name": args[2]}
+        if len(args) >= 4:
+            data["account_uid"] = args[3]
+        if len(args) == 5:
+            data["base_currency"] = args[4]
+        row = await dal.accounts.create(data)
+        await message.answer(f"Added account {q(row.name)} ({q(args[1].upper())}).")
+
+    async def cash(kind: str, message: Message, command: CommandObject, dal: ScopedDal) -> None:
+        args = args_of(command)
+        name = "deposit" if kind == "DEPOSIT" else "withdraw"
+        if not 1 <= len(args) <= 2:
+            raise UsageError(name)
+        portfolio = await dal.portfolios.current()
+        currency = (
+            args[1].upper()
+            if len(args) == 2
+            else (await dal.accounts.get(portfolio.account_id)).base_currency
+        )
+        try:
+            call = dal.cash.deposit if kind == "DEPOSIT" else dal.cash.withdraw
+            await call(portfolio.id, args[0], currency)
+        except InvalidInput as exc:
+            raise UsageError(name, str(exc)) from None
+        balance = (await dal.cash.balances(portfolio.id)).get(currency, Decimal(0))
+        verb = "Deposited" if kind == "DEPOSIT" else "Withdrew"
+        await message.answer(
+            f"{verb} {q(args[0])} {q(currency)} in {q(portfolio.name)}; cash {num(balance)} "
+            f"{q(currency)}."
+        )
+
+    @r.message(Command("deposit"))
+    async def deposit(message: Message, command: CommandObject, dal: ScopedDal) -> None:
+        await cash("DEPOSIT", message, command, dal)
+
+    @r.message(Command("withdraw"))
+    async def withdraw(message: Message, command: CommandObject, dal: ScopedDal) -> None:
+        await cash("WITHDRAWAL", message, command, dal)
+
+    @r.message(Command("policy"))
+    async def policy(message: Message, command: CommandObject, dal: ScopedDal) -> None:
+        args = args_of(command)
+        if len(args) < 3 or args[0] not in ("add", "set", "off", "on"):
+            raise UsageError("policy")
+        action, scope_word, target = args[0], args[1].lower(), args[2]
+        if scope_word not in SCOPES:
+            raise UsageError("policy", "scope is user, portfolio or strategy")
+        scope = SCOPES[scope_word]
+        name = f"{scope_word} {target}"[:64]
+        config = key_values(args[3:], "policy")
+        if action == "add":
+            scope_id = None
+            if scope == "PORTFOLIO":
+                scope_id = (await dal.portfolios.by_name(target)).id
+            elif scope == "STRATEGY":
+                scope_id = (await dal.strategies.latest(target)).id
+            row = await dal.risk.create_policy(
+                {"name": name, "scope_type": scope, "scope_id": scope_id, "config": config}
+            )
+            await message.answer(f"Policy #{row.id} {q(row.name)} added: {q(_config(row))}.")
+            return
+        existing = [
+            p for p in await dal.risk.list_policies(include_inactive=True) if p.name == name
+        ]
+        if not existing:
+            raise UsageError("policy", f"no policy for {scope_word} {target}; add it first")
+        if action == "set":
+            row = await dal.risk.update_policy(existing[0].id, config)
+            await message.answer(f"Policy {q(row.name)} now: {q(_config(row))}.")
+        else:
+            row = await dal.risk.set_active(existing[0].id, action == "on")
+            await message.answer(f"Policy {q(row.name)} is {'on' if row.is_active else 'off'}.")
+
+    @r.message(Command("alert"))
+    async def alert(message: Message, command: CommandObject, dal: ScopedDal) -> None:
+        args = args_of(command)
+        if len(args) == 2 and args[0] in ("on", "off", "del") and args[1].lstrip("#").isdigit():
+            alert_id = int(args[1].lstrip("#"))
+            if args[0] == "del":
+                await dal.alerts.delete(alert_id)
+                await message.answer(f"Alert #{alert_id} deleted.")
+            else:
+                row = await dal.alerts.set_active(alert_id, args[0] == "on")
+                await message.answer(f"Alert #{row.id} is {args[0]}.")
+            return
+        if len(args) < 2 or args[0] != "add":
+            raise UsageError("alert")
+        kind = args[1].lower()
+        rest = args[2:]
+        if kind == "price" and len(rest) == 3:
+            config: dict[str, Any] = {
+                "symbol": rest[0].upper(),
+                "op": rest[1].lower(),
+                "price": rest[2],
+            }
+            name = f"{rest[0].upper()} {rest[1].lower()} {rest[2]}"
+        elif kind == "position" and len(rest) == 4:
+            config = {
+                "symbol": rest[0].upper(),
+                "metric": rest[1].lower(),
+                "op": rest[2].lower(),
+                "value": rest[3],
+            }
+            name = f"{rest[0].upper()} {rest[1].lower()} {rest[2].lower()} {rest[3]}"
+        elif kind == "risk" and len(rest) == 3:
+            config = {"metric": rest[0].lower(), "op": rest[1].lower(), "value": rest[2]}
+            name = f"risk {rest[0].lower()} {rest[1].lower()} {rest[2]}"
+        elif kind == "indicator" and len(rest) == 3:
+            config = {
+                "symbol": rest[0].upper(),
+                "indicator": "sma_cross",
+                "fast": _int(rest[1]),
+                "slow": _int(rest[2]),
+            }
+            name = f"{rest[0].upper()} sma {rest[1]}/{rest[2]}"
+        else:
+            raise UsageError("alert")
+        portfolio = await dal.portfolios.current()
+        try:
+            row = await dal.alerts.create(
+                {
+                    "name": name[:64],
+                    "type": kind.upper(),
+                    "config": config,
+                    "portfolio_id": portfolio.id,
+                }
+            )
+        except InvalidInput as exc:
+            raise UsageError("alert", str(exc)) from None
+        await message.answer(f"Alert #{row.id} added: {q(row.name)}.")
+
+    @r.message(Command("schedule"))
+    async def schedule(message: Message, command: CommandObject, dal: ScopedDal) -> None:
+        try:
+            args = shlex.split(command.args or "")
+        except ValueError:
+            raise UsageError("schedule", "unbalanced quotes") from None
+        if len(args) == 2 and args[0] in ("on", "off", "del") and args[1].lstrip("#").isdigit():
+            schedule_id = int(args[1].lstrip("#"))
+            if args[0] == "del":
+                await dal.schedules.delete(schedule_id)
+                await message.answer(f"Schedule #{schedule_id} deleted.")
+            else:
+                row = await dal.schedules.set_active(schedule_id, args[0] == "on")
+                await message.answer(f"Schedule #{row.id} is {args[0]}.")
+            return
+        if len(args) < 4 or args[0] != "add" or args[2] != "report":
+            raise UsageError("schedule")
+        cron, report, period = args[1], args[3].lower(), (args[4] if len(args) > 4 else None)
+        config = {"report": report, **({"period": period} if period else {})}
+        name = f"{report} {period or ''} at {cron}".replace("  ", " ")[:64]
+        try:
+            row = await dal.schedules.create({"name": name, "cron": cron, "config": config})
+        except InvalidInput as exc:
+            raise UsageError("schedule", str(exc)) from None
+        await message.answer(f"Schedule #{row.id} added: {q(row.name)} (cron in UTC).")
+
+    @r.message(Command("screener"))
+    async def screener(message: Message, command: CommandObject, dal: ScopedDal) -> None:
+        args = args_of(command)
+        if len(args) == 2 and args[0] in ("on", "off", "del") and args[1].lstrip("#").isdigit():
+            screener_id = int(args[1].lstrip("#"))
+            if args[0] == "del":
+                await dal.screeners.delete(screener_id)
+                await message.answer(f"Screener #{screener_id} deleted.")
+            else:
+                row = await dal.screeners.set_active(screener_id, args[0] == "on")
+                await message.answer(f"Screener #{row.id} is {args[0]}.")
+            return
+        if len(args) < 2 or args[0] != "add":
+            raise UsageError("screener")
+        config: dict[str, Any] = key_values(args[2:], "screener")
+        if "symbols" in config:
+            config["symbols"] = [s.upper() for s in config["symbols"].split(",") if s]
+        try:
+            row = await dal.screeners.create({"name": args[1], "config": config})
+        except InvalidInput as exc:
+            raise UsageError("screener", str(exc)) from None
+        await message.answer(f"Screener #{row.id} {q(row.name)} added: {q(_config(row))}.")
+
+    @r.message(Command("mute"))
+    async def mute(message: Message, dal: ScopedDal) -> None:
+        await dal.users.set_muted(True)
+        await message.answer("Notifications muted. /unmute turns them back on.")
+
+    @r.message(Command("unmute"))
+    async def unmute(message: Message, dal: ScopedDal) -> None:
+        await dal.users.set_muted(False)
+        await message.answer("Notifications are on.")
+
+    return r
+
+
+def _config(row: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(row.config_json.items()))
+
+
+def _int(text: str) -> Any:
+    return int(text) if text.isdigit() else text  # the typed config explains a bad value
