@@ -72,9 +72,10 @@ class AlertEngine:
         if slow:
             self._slow_at = time.monotonic()
         for alert in self.alerts:
-            if (alert.type in ("PRICE", "INDICATOR") and alert.config_json.get("symbol") == (
-                bar.symbol
-            )) or (alert.type in ("POSITION", "RISK") and slow):
+            if (
+                alert.type in ("PRICE", "INDICATOR")
+                and alert.config_json.get("symbol") == (bar.symbol)
+            ) or (alert.type in ("POSITION", "RISK") and slow):
                 await self.check(alert)
         await self.run_screeners(bar.time)
 

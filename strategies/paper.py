@@ -77,3 +77,11 @@ class PaperGateway:
 
     def pending(self) -> int:
         return self._queue.qsize()
+
+    def event_done(self) -> None:
+        """The runtime has applied one event taken from ``events()``."""
+        self._queue.task_done()
+
+    async def drained(self) -> None:
+        """Every event emitted so far has been taken and applied."""
+        await self._queue.join()

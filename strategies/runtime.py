@@ -386,25 +386,27 @@ class Runtime:
     async def _pump_events(self, portfolio_id: int, dal: ScopedDal, gateway: PaperGateway) -> None:
         async for event in gateway.events():
             try:
-                row = await apply_event(dal, portfolio_id, event)
-            except Exception:
-                log.exception("could not apply broker event %s", event)
-                continue
-            user_id = dal.actor.user_id or 0
-            if isinstance(event, FillEvent):
-                await self._route_fill(portfolio_id, event)
-                await self.notify(
-                    user_id,
-                    f"Filled: {event.side} {event.quantity} {event.symbol} at {event.price} "
-                    f"(order #{row.order_id})"
-                    if row.order_id
-                    else f"Filled: {event.side} {event.quantity} {event.symbol} at {event.price}",
-                )
-                for listener in self.fill_listeners:
-                    await listener(user_id, portfolio_id, event)
-            elif event.status in ("REJECTED", "EXPIRED"):
-                reason = f": {event.reason}" if event.reason else ""
-                await self.notify(user_id, f"Order #{row.id} {event.status.lower()}{reason}")
+                await self._apply(dal, portfolio_id, event)
+            finally:
+                gateway.event_done()
+
+    async def _apply(self, dal: ScopedDal, portfolio_id: int, event: Any) -> None:
+        try:
+            row = await apply_event(dal, portfolio_id, event)
+        except Exception:
+            log.exception("could not apply broker event %s", event)
+            return
+        user_id = dal.actor.user_id or 0
+        if isinstance(event, FillEvent):
+            await self._route_fill(portfolio_id, event)
+            what = f"{event.side} {event.quantity} {event.symbol} at {event.price}"
+            order = f" (order #{row.order_id})" if row.order_id else ""
+            await self.notify(user_id, f"Filled: {what}{order}")
+            for listener in self.fill_listeners:
+                await listener(user_id, portfolio_id, event)
+        elif event.status in ("REJECTED", "EXPIRED"):
+            reason = f": {event.reason}" if event.reason else ""
+            await self.notify(user_id, f"Order #{row.id} {event.status.lower()}{reason}")
 
     async def _route_fill(self, portfolio_id: int, event: FillEvent) -> None:
         for (_strategy_id, pid), run in list(self.runs.items()):
@@ -413,9 +415,8 @@ class Runtime:
 
     async def idle(self) -> None:
         """Wait until every gateway's events are applied (tests, shutdown)."""
-        while any(g.pending() for g in self.gateways.values()):
-            await asyncio.sleep(0.001)
-        await asyncio.sleep(0)
+        for gateway in list(self.gateways.values()):
+            await gateway.drained()
 
     async def settle(self) -> None:
         """Wait until the strategies have handled what they were given and the gateways'

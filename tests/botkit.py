@@ -29,11 +29,17 @@ class BotHarness:
         self.bot = build_bot("123456:TEST-fake-token", self.session)
         self.dp = build_dispatcher(self.db)
 
-    async def send(self, telegram_id: int, text: str, username: str | None = None) -> list[Call]:
+    async def send(
+        self,
+        telegram_id: int,
+        text: str,
+        username: str | None = None,
+        message_id: int | None = None,
+    ) -> list[Call]:
         """Feed a message from ``telegram_id``; return the API calls it caused."""
         user = User(id=telegram_id, is_bot=False, first_name=f"u{telegram_id}", username=username)
         message = Message(
-            message_id=next(_ids),
+            message_id=message_id or next(_ids),
             date=dt.datetime.now(dt.UTC),
             chat=Chat(id=telegram_id, type="private"),
             from_user=user,

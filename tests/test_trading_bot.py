@@ -1,0 +1,272 @@
+"""Trading and self-service from the chat, with the runtime's paper gateway, on both engines."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from decimal import Decimal
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.notify import Notifier
+from dal.database import Database
+from dal.scope import Actor
+from strategies.alerts import AlertEngine
+from strategies.examples import REGISTRY
+from strategies.feeds import RandomWalkFeed
+from strategies.paper_engine import Bar, PaperConfig
+from strategies.runtime import Runtime
+from tests.botkit import BotHarness, approved_user, joined, texts
+from tests.conftest import table_counts
+
+ALICE, BOB = 2001, 3001
+T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+
+
+class Trading(BotHarness):
+    """The bot plus a runtime whose bars the test hands in one by one."""
+
+    async def setup(self) -> None:
+        self.notifier = Notifier(self.db, self.bot)
+        feed = RandomWalkFeed(length=0, start=T0, warmup=0)
+        self.runtime = Runtime(self.db, feed, REGISTRY, self.notifier, PaperConfig(), lockstep=True)
+        self.alerts = AlertEngine(
+            self.db, self.runtime, self.notifier, refresh_every=0, slow_every=0
+        )
+        self.alerts.attach()
+        self.dp["runtime"] = self.runtime
+        await self.runtime.start(feed=False)
+        self.minute = 0
+        self.alice = await approved_user(self.db, ALICE, username="alice")
+        self.bob = await approved_user(self.db, BOB, username="bob")
+
+    async def bar(self, close: str, symbol: str = "BTCUSDT") -> list:
+        """One bar (open = high = low = close) through the runtime; the calls it caused."""
+        self.minute += 1
+        price = Decimal(close)
+        before = len(self.session.calls)
+        await self.runtime.on_bar(
+            Bar(symbol, T0 + dt.timedelta(minutes=self.minute), price, price, price, price)
+        )
+        await self.runtime.settle()
+        return self.session.calls[before:]
+
+    async def confirm(self, telegram_id: int, calls: list) -> list:
+        (ok, _no) = calls[-1].buttons()
+        assert ok[0] == "Confirm"
+        return await self.press(telegram_id, ok[1])
+
+
+@pytest.fixture
+async def h(db: Database) -> Trading:
+    harness = Trading(db)
+    await harness.setup()
+    await harness.bar("60000")
+    return harness
+
+
+async def test_buy_confirm_fill_and_notification(h: Trading) -> None:
+    calls = await h.send(ALICE, "/buy BTCUSDT 0.01")
+    assert texts(calls) == ["BUY 0.01 BTCUSDT MARKET in Main\nRisk check: allowed."]
+    assert [label for label, _ in calls[0].buttons()] == ["Confirm", "Cancel"]
+    assert "Order #1 placed (NEW)." in joined(await h.confirm(ALICE, calls))
+    filled = await h.bar("60100")
+    assert [(c.chat_id, c.text) for c in filled if c.name == "SendMessage"] == [
+        (ALICE, "Filled: BUY 0.01 BTCUSDT at 60130.05 (order #1)")  # open + 5 bps slippage
+    ]
+    text = joined(await h.send(ALICE, "/positions"))
+    assert "BTCUSDT [manual]" in text and "qty 0.01  avg 60130.05" in text
+    assert "No open positions" in joined(await h.send(BOB, "/positions"))
+
+
+async def test_cancel_button_and_foreign_token(h: Trading, engine: AsyncEngine) -> None:
+    before = await table_counts(engine)
+    calls = await h.send(ALICE, "/buy BTCUSDT 0.01 @59000")
+    (_ok, no) = calls[-1].buttons()
+    (ok, _) = calls[-1].buttons()
+    assert "already handled" in joined(await h.press(BOB, ok[1]))  # not Bob's to confirm
+    assert "Order not placed." in joined(await h.press(ALICE, no[1]))
+    assert "already handled" in joined(await h.press(ALICE, ok[1]))  # a token works once
+    assert await table_counts(engine) == before
+
+
+async def test_block_is_explained_and_nothing_is_placed(h: Trading, engine: AsyncEngine) -> None:
+    assert "Policy #" in joined(
+        await h.send(ALICE, "/policy add portfolio Main max_order_notional=1000")
+    )
+    before = await table_counts(engine)
+    calls = await h.send(ALICE, "/sell BTCUSDT 1")
+    text = joined(calls)
+    assert "Risk check: BLOCKED" in text and "exceeds the 1000 limit" in text
+    assert calls[-1].buttons() == []
+    assert await table_counts(engine) == before
+
+
+async def test_cancel_command_and_other_users_orders(h: Trading) -> None:
+    calls = await h.send(ALICE, "/buy BTCUSDT 0.01 @50000 tif=GTC")
+    await h.confirm(ALICE, calls)
+    async with h.db.session(h.alice) as s:
+        (order,) = await s.orders.list()
+    assert f"no order #{order.id}" in joined(await h.send(BOB, f"/cancel {order.id}"))
+    assert "Cancel requested" in joined(await h.send(ALICE, f"/cancel {order.id}"))
+    await h.bar("60000")
+    async with h.db.session(h.alice) as s:
+        assert (await s.orders.get(order.id)).status == "CANCELED"
+    assert "only open orders" in joined(await h.send(ALICE, f"/cancel {order.id}"))
+    assert "Usage: /cancel" in joined(await h.send(ALICE, "/cancel soon"))
+
+
+async def test_close_flattens_the_manual_position(h: Trading) -> None:
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.02"))
+    await h.bar("60000")
+    calls = await h.send(ALICE, "/close BTCUSDT")
+    assert "SELL 0.02 BTCUSDT MARKET in Main" in joined(calls)
+    await h.confirm(ALICE, calls)
+    await h.bar("61000")
+    assert "No open positions" in joined(await h.send(ALICE, "/positions"))
+    assert "No manual ETHUSDT position" in joined(await h.send(ALICE, "/close ETHUSDT"))
+
+
+async def test_fill_records_a_trade_done_elsewhere_once(h: Trading) -> None:
+    async with h.db.session(Actor.system()) as s:
+        await s.instruments.create(
+            {"symbol": "AAPL", "exchange": "NASDAQ", "asset_type": "EQUITY", "currency": "USD"}
+        )
+    assert "Added account" in joined(await h.send(ALICE, "/account add IBKR Broker U123 USD"))
+    assert "Added portfolio" in joined(await h.send(ALICE, "/portfolio add Stocks Broker"))
+    await h.send(ALICE, "/portfolio Stocks")
+    first = joined(
+        await h.send(ALICE, "/fill AAPL BUY 10 189.5 fee USD 1 at 2024-05-01T15:30", message_id=777)
+    )
+    again = joined(
+        await h.send(ALICE, "/fill AAPL BUY 10 189.5 fee USD 1 at 2024-05-01T15:30", message_id=777)
+    )
+    assert first.startswith("Recorded trade #") and "(already recorded)" in again
+    assert "qty 10  avg 189.5" in joined(await h.send(ALICE, "/positions"))
+    assert "Usage: /fill" in joined(await h.send(ALICE, "/fill AAPL HOLD 1 1"))
+    await h.send(ALICE, "/portfolio Main")
+    assert "trades through its gateway" in joined(await h.send(ALICE, "/fill BTCUSDT BUY 1 1"))
+
+
+async def test_cash_commands(h: Trading, engine: AsyncEngine) -> None:
+    assert "cash 10250 USDT" in joined(await h.send(ALICE, "/deposit 250"))
+    assert "cash 10200 USDT" in joined(await h.send(ALICE, "/withdraw 50"))
+    before = await table_counts(engine)
+    text = joined(await h.send(ALICE, "/withdraw 1000000"))
+    assert "cash balance is 10200" in text and "Usage: /withdraw" in text
+    assert "Usage: /deposit" in joined(await h.send(ALICE, "/deposit 0.1.2"))
+    assert await table_counts(engine) == before
+
+
+async def test_policy_commands(h: Trading, engine: AsyncEngine) -> None:
+    text = joined(
+        await h.send(
+            ALICE, "/policy add portfolio Main max_daily_loss=0.03 max_risk_per_trade=0.01"
+        )
+    )
+    assert "max_daily_loss=0.03, max_risk_per_trade=0.01, mode=block" in text
+    assert "max_daily_loss=0.05" in joined(
+        await h.send(ALICE, "/policy set portfolio Main max_daily_loss=0.05")
+    )
+    assert "is off" in joined(await h.send(ALICE, "/policy off portfolio Main"))
+    before = await table_counts(engine)
+    assert "Extra inputs" in joined(await h.send(ALICE, "/policy add user me max_fun=1"))
+    assert "no portfolio named 'Nope'" in joined(
+        await h.send(ALICE, "/policy add portfolio Nope max_leverage=2")
+    )
+    assert "Usage: /policy" in joined(await h.send(ALICE, "/policy add galaxy X a=1"))
+    assert await table_counts(engine) == before
+
+
+async def test_config_commands(h: Trading, engine: AsyncEngine) -> None:
+    assert "Alert #" in joined(await h.send(ALICE, "/alert add price BTCUSDT above 70000"))
+    assert "Schedule #" in joined(
+        await h.send(ALICE, '/schedule add "0 18 * * *" report pnl today')
+    )
+    assert "Screener #" in joined(await h.send(ALICE, "/screener add cheap max_price=1"))
+    before = await table_counts(engine)
+    assert "Usage: /alert" in joined(await h.send(ALICE, "/alert add price BTCUSDT beyond 7"))
+    assert "cron expression" in joined(await h.send(ALICE, '/schedule add "61 * * * *" report pnl'))
+    assert "Usage: /screener" in joined(await h.send(ALICE, "/screener add x max_price=-1"))
+    assert await table_counts(engine) == before
+    async with h.db.session(h.alice) as s:
+        (alert,) = await s.alerts.list()
+    assert f"no alert #{alert.id}" in joined(await h.send(BOB, f"/alert off {alert.id}"))
+    assert "is off" in joined(await h.send(ALICE, f"/alert off {alert.id}"))
+    assert "deleted" in joined(await h.send(ALICE, f"/alert del {alert.id}"))
+
+
+async def test_price_alert_fires_once_per_crossing_and_rearms(h: Trading) -> None:
+    await h.send(ALICE, "/alert add price BTCUSDT above 61000")
+    # Bob's position alert must never be judged on Alice's fills.
+    await h.send(BOB, "/alert add position BTCUSDT quantity above 0")
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01"))
+    fired = []
+    for close in ("60500", "61500", "62000", "60000", "61200", "61300"):
+        calls = await h.bar(close)
+        fired += [c for c in calls if "Alert #" in (c.text or "")]
+    assert [c.chat_id for c in fired] == [ALICE, ALICE]
+    assert "BTCUSDT is 61500 (above 61000)" in fired[0].text
+    assert "BTCUSDT is 61200" in fired[1].text
+
+
+async def test_mute_and_unreachable_and_rate_limits(h: Trading) -> None:
+    assert "muted" in joined(await h.send(ALICE, "/mute"))
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01"))
+    assert [c for c in await h.bar("60000") if c.name == "SendMessage"] == []
+    await h.send(ALICE, "/unmute")
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01"))
+    h.session.fail_next("SendMessage", 429, "Too Many Requests: retry after 1", retry_after=1)
+    calls = await h.bar("60000")
+    assert [c.chat_id for c in calls if c.name == "SendMessage"] == [ALICE]  # after the wait
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01"))
+    h.session.fail_next("SendMessage", 403, "Forbidden: bot was blocked by the user")
+    await h.bar("60000")
+    async with h.db.session(Actor.system()) as s:
+        assert (await s.users.lookup(ALICE)).unreachable_at is not None
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01"))
+    calls = await h.bar("60000")
+    assert [c for c in calls if c.name == "SendMessage"] == []  # not tried again
+    await h.send(ALICE, "/start")  # the user is back: their chat works again
+    async with h.db.session(Actor.system()) as s:
+        assert (await s.users.lookup(ALICE)).unreachable_at is None
+
+
+async def test_export_trades_csv_is_exact_and_own(h: Trading) -> None:
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01"))
+    await h.bar("60000.123456789")
+    await h.confirm(BOB, await h.send(BOB, "/buy BTCUSDT 0.5"))
+    await h.bar("60000")
+    await h.send(ALICE, "/tz Asia/Tokyo")
+    calls = await h.send(ALICE, "/export trades")
+    (doc,) = [c for c in calls if c.name == "SendDocument"]
+    (upload,) = doc.files.values()
+    rows = list(csv.DictReader(io.StringIO(upload.data.decode())))
+    assert len(rows) == 1
+    assert rows[0]["quantity"] == "0.01" and rows[0]["timezone"] == "Asia/Tokyo"
+    assert Decimal(rows[0]["price"]) == Decimal("60000.123456789") * Decimal("1.0005")  # exact
+    assert rows[0]["exec_time_utc"].endswith("Z") and rows[0]["exec_time_local"].endswith("+09:00")
+    assert "Usage: /export" in joined(await h.send(ALICE, "/export everything"))
+
+
+async def test_stopall_cancels_and_stops(h: Trading) -> None:
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01 @1"))
+    assert "Started sma_cross 1.0" in joined(await h.send(ALICE, "/strategy start sma_cross"))
+    calls = await h.send(ALICE, "/stopall")
+    (yes, _no) = calls[-1].buttons()
+    text = joined(await h.press(ALICE, yes[1]))
+    assert "cancel requested for 1 open order(s), 1 strategy run(s) stopped" in text
+    await h.bar("60000")
+    async with h.db.session(h.alice) as s:
+        assert await s.orders.list() == []
+        (run,) = await s.strategy_runs.list()
+    assert run.status == "STOPPED"
+
+
+async def test_unapproved_user_cannot_trade(h: Trading, db: Database) -> None:
+    async with db.session(Actor.system()) as s:
+        await s.users.register(4001, "pat", chat_id=4001)
+    for command in ("/buy BTCUSDT 1", "/deposit 5", "/export trades", "/alert add price X above 1"):
+        assert "waiting for approval" in joined(await h.send(4001, command))
