@@ -183,3 +183,86 @@ def test_make_run_console_trades_the_example_strategy_on_paper(tmp_path: Path) -
     assert "BUY 0.01 BTCUSDT MARKET" in output and "FILLED 0.01/0.01" in output
     assert "[sma_cross 1.0]" in output
     assert "sma_cross 1.0 — running on Main" in output
+
+
+def test_console_scenario_deposit_buy_fill_positions_pnl_export(tmp_path: Path) -> None:
+    """The issue's console scenario, checked line by line (strategies off: only our trades)."""
+    import threading
+    import time
+
+    assert _tradebook(["db", "upgrade"], tmp_path).returncode == 0
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TRADEBOOK_") and k != "TELEGRAM_BOT_TOKEN"
+    }
+    env.update(
+        {
+            "TRADEBOOK_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'var' / 'tb.db'}",
+            "PYTHONPATH": str(ROOT),
+            "TRADEBOOK_LOG_LEVEL": "WARNING",
+            "TRADEBOOK_STRATEGIES": "off",
+            "TRADEBOOK_PAPER_SPEED": "20",
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tradebook.cli", "run"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+
+    def wait_for(fragment: str) -> None:
+        deadline = time.monotonic() + 60  # generous: behaviour, not speed
+        while not any(fragment in line for line in lines):
+            assert time.monotonic() < deadline, f"no {fragment!r} in:\n{''.join(lines)}"
+            time.sleep(0.1)
+
+    def send(line: str) -> None:
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+
+    try:
+        send("/deposit 500")
+        wait_for("Deposited 500 USDT in Main; cash 10500 USDT.")
+        send("/buy BTCUSDT 0.01")
+        wait_for("[#1] Confirm")
+        send("#1")
+        wait_for("Filled: BUY 0.01 BTCUSDT at ")
+        for command in ("/positions", "/pnl", "/export trades"):
+            send(command)
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    out = [line.rstrip("\n") for line in lines if line.strip()]
+    start = out.index("Deposited 500 USDT in Main; cash 10500 USDT.")
+    assert out[start + 1 : start + 5] == [
+        "BUY 0.01 BTCUSDT MARKET in Main",
+        "Risk check: allowed.",
+        "  [#1] Confirm   [#2] Cancel",
+        "Order #1 placed (NEW).",
+    ]
+    fill = next(line for line in out if line.startswith("Filled: BUY 0.01 BTCUSDT at "))
+    price = fill.removeprefix("Filled: BUY 0.01 BTCUSDT at ").removesuffix(" (order #1)")
+    tail = out[out.index("Positions — Main") :]
+    assert tail[:4] == [
+        "Positions — Main",
+        "BTCUSDT [manual]",
+        f"  qty 0.01  avg {price}",
+        "  realized 0 USDT",
+    ]
+    assert tail[4:8] == ["PnL — Main, today", "Realized PnL", "  0 USDT", "Fees"]
+    document = next(line for line in tail if line.startswith("[document] "))
+    rows = (tmp_path / document.removeprefix("[document] ")).read_text().splitlines()
+    assert rows[0].startswith("trade_id,exec_time_utc,exec_time_local,timezone,portfolio")
+    assert len(rows) == 2 and f",BUY,0.01,{price}," in rows[1]
