@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from tradebook.settings import Settings, SettingsError, load_settings
 
@@ -26,7 +27,52 @@ def _parser() -> argparse.ArgumentParser:
     stamp = db.add_parser("stamp", help="record REV as applied without running migrations")
     stamp.add_argument("revision")
     db.add_parser("check", help="compare the model with the database; exit 1 on drift")
+
+    copy = db.add_parser(
+        "copy",
+        help="copy the configured SQLite database into PostgreSQL and validate the copy",
+        description="Migrate the target to head, copy every table, validate (counts, "
+        "checksums, constraints, positions) and commit; exit 1 on any mismatch. "
+        "The source is never modified.",
+    )
+    copy.add_argument("--to", required=True, metavar="URL", help="postgresql+asyncpg://…")
+    copy.add_argument("--dry-run", action="store_true", help="do it all, then roll back")
+    copy.add_argument(
+        "--force", action="store_true", help="delete the target's rows first (listed)"
+    )
+    copy.add_argument(
+        "--validate-only", action="store_true", help="compare an existing copy; write nothing"
+    )
+    copy.add_argument("--batch-size", type=_positive_int, default=1000, metavar="N")
+
+    backup = db.add_parser("backup", help="online SQLite backup, then retention")
+    backup.add_argument("--dir", type=Path, help="default: TRADEBOOK_BACKUP_DIR")
+    backup.add_argument("--keep-hourly", type=_count, metavar="N")
+    backup.add_argument("--keep-daily", type=_count, metavar="N")
+
+    restore = db.add_parser("restore", help="replace the SQLite database with a backup")
+    restore.add_argument("file", type=Path)
+
+    maintain = db.add_parser("maintain", help="checkpoint, VACUUM if needed, optimize/ANALYZE")
+    maintain.add_argument(
+        "--vacuum-free-percent", type=_count, metavar="P", help="default: from settings"
+    )
+    db.add_parser("verify", help="integrity + positions vs trades; exit 1 on any difference")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
 
 
 def _db(args: argparse.Namespace, settings: Settings) -> int:
@@ -34,6 +80,14 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
 
     url = settings.database_url
     settings.ensure_database_dir()
+    if args.db_command in OPS_COMMANDS:
+        from tradebook.ops import OpsError
+
+        try:
+            return OPS_COMMANDS[args.db_command](args, settings)
+        except OpsError as exc:
+            print(f"tradebook: {exc}", file=sys.stderr)
+            return 1
     match args.db_command:
         case "upgrade":
             migrations.upgrade(url, args.revision)
@@ -56,6 +110,112 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
                 return 1
             print("model and database agree")
     return 0
+
+
+def _db_copy(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from tradebook.ops.copy import copy_database, stderr_progress, validate_copy
+
+    if args.validate_only:
+        report = asyncio.run(validate_copy(settings.database_url, args.to, args.batch_size))
+    else:
+        report = asyncio.run(
+            copy_database(
+                settings.database_url,
+                args.to,
+                dry_run=args.dry_run,
+                force=args.force,
+                batch_size=args.batch_size,
+                progress=stderr_progress,
+            )
+        )
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
+def _db_backup(args: argparse.Namespace, settings: Settings) -> int:
+    from tradebook.ops.backup import backup_sqlite, pg_dump_command, prune
+
+    directory = args.dir or settings.backup_dir
+    path = settings.sqlite_path()
+    if path is None:
+        command = pg_dump_command(settings.database_url, directory)
+        print(
+            "tradebook: db backup is for SQLite; on PostgreSQL pg_dump is the tool (password "
+            f"from PGPASSWORD or ~/.pgpass):\n  {command}",
+            file=sys.stderr,
+        )
+        return 2
+    made = backup_sqlite(path, directory)
+    hourly = settings.backup_keep_hourly if args.keep_hourly is None else args.keep_hourly
+    daily = settings.backup_keep_daily if args.keep_daily is None else args.keep_daily
+    pruned = prune(directory, hourly, daily)
+    print(f"backup {made} ({made.stat().st_size} bytes, integrity ok)")
+    print(
+        f"retention (keep hourly {hourly}, daily {daily}): kept {len(pruned.kept)}, "
+        f"deleted {len(pruned.deleted)}"
+    )
+    for gone in pruned.deleted:
+        print(f"  deleted {gone.name}")
+    return 0
+
+
+def _db_restore(args: argparse.Namespace, settings: Settings) -> int:
+    from tradebook.ops.backup import restore_sqlite
+
+    path = settings.sqlite_path()
+    if path is None:
+        print(
+            "tradebook: db restore is for SQLite; on PostgreSQL use pg_restore, e.g.\n  "
+            "pg_restore --clean --if-exists --no-owner --dbname=<url> <file>.dump",
+            file=sys.stderr,
+        )
+        return 2
+    done = restore_sqlite(args.file, path)
+    if done.upgraded_from:
+        print(f"upgraded the restored copy from schema {done.upgraded_from} to {done.revision}")
+    if done.replaced:
+        print(f"the replaced database is kept as {done.replaced}")
+    print(f"restored {done.backup} → {done.database} (schema {done.revision}, integrity ok)")
+    return 0
+
+
+def _db_maintain(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from tradebook.ops.maintain import maintain_database
+
+    percent = (
+        settings.maintain_vacuum_free_percent
+        if args.vacuum_free_percent is None
+        else args.vacuum_free_percent
+    )
+    report = asyncio.run(maintain_database(settings.database_url, percent))
+    print("\n".join(report.lines()))
+    return 0
+
+
+def _db_verify(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from tradebook.ops.verify import verify_database
+
+    report = asyncio.run(verify_database(settings.database_url))
+    print("\n".join(report.lines()))
+    if not report.ok:
+        print("tradebook: verify found differences (listed above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+OPS_COMMANDS = {
+    "copy": _db_copy,
+    "backup": _db_backup,
+    "restore": _db_restore,
+    "maintain": _db_maintain,
+    "verify": _db_verify,
+}
 
 
 def _describe(settings: Settings) -> str:
@@ -89,9 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"tradebook: {exc}", file=sys.stderr)
         return 2
-    from tradebook.logs import configure_logging
+    from tradebook.logs import configure_logging, secret_values
 
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, secret_values(settings))
     try:
         if args.command == "db":
             return _db(args, settings)

@@ -1,19 +1,76 @@
 """Logging set-up: human-readable lines by default, JSON lines with TRADEBOOK_LOG_FORMAT=json.
 
-Extra fields passed with ``extra={...}`` (e.g. a correlation id) appear in both formats.
+Extra fields passed with ``extra={...}`` (e.g. a correlation id such as ``order_uid``,
+``client_order_id`` or ``update_id``) appear in both formats.
+
+Secrets never reach the output: every line (message, extra fields, exception text) is scrubbed
+of the values registered with :func:`register_secret` — ``configure_logging`` registers every
+``SecretStr`` setting — and of anything shaped like a Telegram bot token
+(``<digits>:<30+ token characters>``), which are replaced by ``[REDACTED]``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import threading
+import time
+from collections.abc import Iterable
 from typing import Any
+
+from pydantic import SecretStr
+
+REDACTED = "[REDACTED]"
+TELEGRAM_TOKEN_RE = re.compile(r"\d+:[A-Za-z0-9_-]{30,}")
 
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()) | {
     "message",
     "asctime",
 }
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: SecretStr | str | None) -> None:
+    """Never log ``value`` (a SecretStr or its plain text); short values (< 6 chars) are
+    ignored, since scrubbing them would mangle ordinary text."""
+    if value is None:
+        return
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if len(text) >= 6:
+        with _secrets_lock:
+            _secrets.add(text)
+
+
+def secret_values(obj: Any) -> list[SecretStr]:
+    """Every SecretStr field of a pydantic model (e.g. Settings)."""
+    fields = getattr(type(obj), "model_fields", {})
+    return [v for name in fields if isinstance(v := getattr(obj, name, None), SecretStr)]
+
+
+def redact(text: str) -> str:
+    """``text`` with registered secrets and Telegram-token-shaped strings replaced."""
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return TELEGRAM_TOKEN_RE.sub(REDACTED, text)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(v) for v in value]
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return redact(str(value))
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -21,6 +78,8 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class JsonFormatter(logging.Formatter):
+    converter = time.gmtime
+
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
@@ -31,7 +90,9 @@ class JsonFormatter(logging.Formatter):
         payload.update(_extras(record))
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str, ensure_ascii=False)
+        payload = _redact_value(payload)
+        # A second pass catches a secret split across escaping by the JSON encoder.
+        return redact(json.dumps(payload, default=str, ensure_ascii=False))
 
 
 class HumanFormatter(logging.Formatter):
@@ -40,14 +101,18 @@ class HumanFormatter(logging.Formatter):
         extras = _extras(record)
         if extras:
             line += " " + " ".join(f"{k}={v}" for k, v in sorted(extras.items()))
-        return line
+        return redact(line)
 
 
-def configure_logging(level: str = "INFO", fmt: str = "human") -> None:
+def configure_logging(
+    level: str = "INFO", fmt: str = "human", secrets: Iterable[SecretStr | str | None] = ()
+) -> None:
+    """Log to stderr in ``fmt`` ("human" or "json"); ``secrets`` are never written."""
+    for secret in secrets:
+        register_secret(secret)
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         formatter: logging.Formatter = JsonFormatter()
-        formatter.converter = __import__("time").gmtime
     else:
         formatter = HumanFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(formatter)

@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     paper_slippage_bps: Decimal = Field(default=Decimal("5"), ge=0, le=1000)
     paper_max_fill_quantity: Decimal | None = Field(default=None, gt=0)
     secrets_dir: Path = Path("secrets")
+    # Operations (tradebook/ops, docs/operations.md).
+    backup_dir: Path = Path("var/backups")
+    backup_schedule: str = "0 * * * *"
+    backup_keep_hourly: int = Field(default=24, ge=0)
+    backup_keep_daily: int = Field(default=7, ge=0)
+    maintain_schedule: str = "30 3 * * *"
+    maintain_vacuum_free_percent: int = Field(default=20, ge=0, le=100)
 
     @field_validator("database_url")
     @classmethod
@@ -97,6 +104,16 @@ class Settings(BaseSettings):
         value = value.strip()
         if value != "random" and not Path(value).is_file():
             raise ValueError(f"{value!r} is neither 'random' nor a CSV file")
+        return value
+
+    @field_validator("backup_schedule", "maintain_schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        value = value.strip()
+        if value and not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression (or empty for off)")
         return value
 
     def sqlite_path(self) -> Path | None:
