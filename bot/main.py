@@ -23,6 +23,7 @@ from strategies.examples import REGISTRY
 from strategies.feeds import CsvReplayFeed, PriceFeed, RandomWalkFeed
 from strategies.paper_engine import PaperConfig
 from strategies.runtime import Runtime
+from tradebook.ops.jobs import run_scheduled_jobs
 from tradebook.settings import Settings
 
 log = logging.getLogger("tradebook")
@@ -123,10 +124,14 @@ async def run_telegram(
 
 async def run(settings: Settings) -> int:
     db = Database.from_settings(settings)
+    # Backups and maintenance on their schedules (settings), in the same event loop.
+    jobs = asyncio.create_task(run_scheduled_jobs(settings, db))
     try:
         token = settings.telegram_bot_token
         if token is not None and token.get_secret_value():
             return await run_telegram(settings, db)
         return await run_console(settings, db)
     finally:
+        jobs.cancel()
+        await asyncio.gather(jobs, return_exceptions=True)
         await db.dispose()

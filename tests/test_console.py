@@ -266,3 +266,42 @@ def test_console_scenario_deposit_buy_fill_positions_pnl_export(tmp_path: Path) 
     rows = (tmp_path / document.removeprefix("[document] ")).read_text().splitlines()
     assert rows[0].startswith("trade_id,exec_time_utc,exec_time_local,timezone,portfolio")
     assert len(rows) == 2 and f",BUY,0.01,{price}," in rows[1]
+
+
+def test_tradebook_export_cli(tmp_path: Path) -> None:
+    import asyncio
+
+    from dal.database import Database
+    from dal.scope import Actor
+    from tests.factories import fill
+
+    assert _tradebook(["db", "upgrade"], tmp_path).returncode == 0
+    url = f"sqlite+aiosqlite:///{tmp_path / 'var' / 'tb.db'}"
+
+    async def seed() -> None:
+        db = Database(url)
+        async with db.session(Actor.system()) as s:
+            await s.users.register(555, "ann", chat_id=555)
+            user = await s.users.approve(555)
+            inst = await s.instruments.create(
+                {"symbol": "BTCUSDT", "asset_type": "CRYPTO", "currency": "USDT"}
+            )
+        async with db.session(Actor.user(user.id)) as s:
+            pid = (await s.portfolios.default()).id
+            await s.trades.ingest_fill(fill(pid, inst.id, "BUY", "0.000000000000000001", "3"))
+        await db.dispose()
+
+    asyncio.run(seed())
+    result = _tradebook(["export", "trades", "--user", "@ann"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.splitlines()
+    assert header.startswith("trade_id,exec_time_utc")
+    assert ",BUY,0.000000000000000001,3," in row
+    out = tmp_path / "orders.csv"
+    assert (
+        _tradebook(["export", "orders", "--user", "555", "--out", str(out)], tmp_path).returncode
+        == 0
+    )
+    assert out.read_text().startswith("order_id,")
+    missing = _tradebook(["export", "pnl", "--user", "@nobody"], tmp_path)
+    assert missing.returncode == 1 and "no user @nobody" in missing.stderr

@@ -15,6 +15,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("run", help="start the bot (console mode without TELEGRAM_BOT_TOKEN)")
+    export = commands.add_parser("export", help="a user's trades, orders or daily PnL as CSV")
+    export.add_argument("kind", choices=["trades", "orders", "pnl"])
+    export.add_argument("--user", required=True, help="Telegram id or @username")
+    export.add_argument("--portfolio", help="portfolio name (default: the user's default)")
+    export.add_argument("--period", default="all", help="today, 7d, 30d, mtd, ytd, all, A..B")
+    export.add_argument("--out", help="file to write (default: standard output)")
 
     db = commands.add_parser("db", help="database schema commands").add_subparsers(
         dest="db_command", required=True
@@ -238,8 +244,58 @@ def _run(settings: Settings) -> int:
         )
         return 2
     from bot.main import run
+    from tradebook.ops.backup import AlreadyRunning, RunLock
 
-    return asyncio.run(run(settings))
+    try:
+        # The lock tells `tradebook db restore` (and a second `run`) that the bot is using
+        # this database file.
+        with RunLock.for_settings(settings):
+            return asyncio.run(run(settings))
+    except AlreadyRunning as exc:
+        print(f"tradebook: {exc}", file=sys.stderr)
+        return 1
+
+
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import datetime as dt
+    from pathlib import Path
+
+    from bot.periods import PeriodError, parse_period
+    from dal.database import Database
+    from dal.errors import TradebookError
+    from dal.scope import Actor
+    from tradebook.exports import export_csv
+
+    async def export() -> str:
+        db = Database.from_settings(settings)
+        try:
+            async with db.session(Actor.system(), readonly=True) as s:
+                user = await s.users.find(args.user)
+            dal = db.scoped(Actor.user(user.id))
+            portfolio = (
+                await dal.portfolios.by_name(args.portfolio)
+                if args.portfolio
+                else await dal.portfolios.default()
+            )
+            period = parse_period(args.period, user.timezone, dt.datetime.now(dt.UTC))
+            return await export_csv(
+                dal, args.kind, portfolio, period.since, period.until, user.timezone
+            )
+        finally:
+            await db.dispose()
+
+    try:
+        text = asyncio.run(export())
+    except (TradebookError, PeriodError) as exc:
+        print(f"tradebook: {exc}", file=sys.stderr)
+        return 1
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {text.count(chr(10)) - 1} row(s) to {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -255,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "db":
             return _db(args, settings)
+        if args.command == "export":
+            return _export(args, settings)
         return _run(settings)
     except KeyboardInterrupt:
         return 130

@@ -50,4 +50,8 @@ def load_credentials(broker: str, account_uid: str, secrets_dir: Path) -> Creden
             f"no API key for {broker} account {account_uid}: set {env} and …_API_SECRET, or "
             f"put tradebook_{prefix}_api_key and …_api_secret files in {secrets_dir}"
         )
+    from tradebook.logs import register_secret
+
+    register_secret(keys.api_key.get_secret_value())  # redacted from every log line
+    register_secret(keys.api_secret.get_secret_value())
     return Credentials(keys.api_key, keys.api_secret)
