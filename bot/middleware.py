@@ -72,12 +72,18 @@ class UserScopeMiddleware(BaseMiddleware):
         data["user"] = user
         data["dal"] = self.db.scoped(Actor.user(user.id)) if user is not None else None
         data["db"] = self.db
-        log.debug(
-            "update",
+        if isinstance(inner, Message) and inner.text:
+            what = inner.text.split(maxsplit=1)[0][:64]
+        elif isinstance(inner, CallbackQuery):
+            what = f"button {(inner.data or '').split(':', 1)[0]}"
+        else:
+            what = type(inner).__name__
+        log.info(
+            "bot command %s",
+            what,
             extra={
                 "correlation_id": data["correlation_id"],
                 "user_id": user.id if user is not None else None,
-                "kind": type(inner).__name__,
             },
         )
         return await handler(event, data)
