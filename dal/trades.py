@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
-from dal.accounts import owned_portfolio
+from dal.accounts import owned_portfolio, owned_portfolio_fast
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import resolve_instrument
 from dal.models import Fill, aware_arg, parse, valid_id
@@ -65,10 +65,15 @@ def _lock_order(tx: Tx, order_id: int, portfolio_id: int) -> sa.Row:
     return row
 
 
-def ingest_one(tx: Tx, fill: Fill) -> IngestResult:
-    """The fill transaction's body (the caller owns the transaction)."""
+def ingest_one(tx: Tx, fill: Fill, checked: dict[int, sa.Row] | None = None) -> IngestResult:
+    """The fill transaction's body (the caller owns the transaction). ``checked`` memoizes
+    the portfolio check across one ``ingest_fills`` batch (nothing else runs in between)."""
     conn = tx.conn
-    portfolio = owned_portfolio(tx, fill.portfolio_id, writable=True)
+    portfolio = checked.get(fill.portfolio_id) if checked is not None else None
+    if portfolio is None:
+        portfolio = owned_portfolio_fast(tx, fill.portfolio_id, writable=True)
+        if checked is not None:
+            checked[portfolio.id] = portfolio
     instrument = resolve_instrument(tx, fill.instrument_id, fill.symbol, fill.exchange)
 
     order = None
@@ -231,7 +236,8 @@ class TradeService:
         nothing: one bad fill rolls the whole batch back when the session ends in error."""
         self.tx.require_user()
         parsed = [parse(Fill, f) for f in fills]
-        return [ingest_one(self.tx, fill) for fill in parsed]
+        checked: dict[int, sa.Row] = {}
+        return [ingest_one(self.tx, fill, checked) for fill in parsed]
 
     def get(self, trade_id: int) -> sa.Row:
         if not valid_id(trade_id):

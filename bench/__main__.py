@@ -1,0 +1,233 @@
+"""`make bench` / `python -m bench [--full] [--quick] [--engines sqlite,postgresql]`.
+
+Prints the tables and writes them as JSON under bench/results/ (git-ignored). Exit status 1
+if any consistency check failed (positions or order fills disagreeing with the trades, lost
+updates, errors such as "database is locked"). Timing targets are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import CheckFailed, fresh_database
+from bench.ingest import DalImpl, _run_writers, bench_engine, make_targets
+from bench.seed import check_seed, latencies, seed
+
+RESULTS = Path(__file__).parent / "results"
+
+# (engine, case, implementation or ratio) → (target, "min"/"max") for the "target" column.
+INGEST_TARGETS = {
+    ("sqlite", "1 fill/tx", "dal"): 1500,
+    ("sqlite", "100 fills/tx", "dal"): 8000,
+    ("postgresql", "8 writers, own positions", "dal"): 1400,
+    ("postgresql", "8 writers, one position", "dal"): 650,
+}
+RATIO_TARGETS = {("sqlite", "1 fill/tx"): 1.0, ("postgresql", "1 fill/tx"): 0.7}
+LATENCY_TARGETS_FULL = {
+    "positions snapshot": 2,
+    "open orders": 2,
+    "/pnl 30d (TradeService.pnl)": 5,
+    "/pnl ytd (TradeService.pnl)": 5,
+    "bot /positions": 15,
+    "bot /pnl 30d": 15,
+}
+
+
+def _ok(ok: bool) -> str:
+    return "ok" if ok else "MISS"
+
+
+async def run_ingest(engines: list[str], scale: float, report: dict[str, Any]) -> None:
+    print("\n== 1. Fill ingestion (median of 3 runs, side by side; every run checked) ==")
+    rows = []
+    for engine in engines:
+        async with fresh_database(engine, "ingest") as bdb:
+            for outcome in await bench_engine(bdb, scale):
+                case = outcome.case
+                base = "aiosqlite" if engine == "sqlite" else "asyncpg"
+                for impl in outcome.rates:
+                    rate = outcome.median(impl)
+                    row = {
+                        "engine": engine,
+                        "case": case.name,
+                        "impl": impl,
+                        "fills_per_s": round(rate),
+                        "runs": [round(r) for r in outcome.rates[impl]],
+                        "errors": outcome.errors.get(impl, 0),
+                        "check": "ok",
+                    }
+                    if impl == "dal" and base in outcome.rates:
+                        row["ratio_vs_raw"] = round(rate / outcome.median(base), 2)
+                    if impl == "dal" and "sqlite3" in outcome.rates:
+                        row["ratio_vs_sqlite3"] = round(rate / outcome.median("sqlite3"), 2)
+                    target = INGEST_TARGETS.get((engine, case.name, impl))
+                    ratio_target = RATIO_TARGETS.get((engine, case.name)) if impl == "dal" else None
+                    notes = []
+                    if target:
+                        notes.append(f"≥ {target}/s {_ok(rate >= target)}")
+                    if ratio_target and "ratio_vs_raw" in row:
+                        notes.append(
+                            f"≥ {ratio_target}× raw {_ok(row['ratio_vs_raw'] >= ratio_target)}"
+                        )
+                    if case.shared_position:
+                        notes.append("0 lost updates, 0 errors: ok")
+                    row["target"] = "; ".join(notes)
+                    rows.append(row)
+    print(
+        f"\n{'engine':11} {'case':27} {'impl':10} {'fills/s':>8} {'×raw':>6} "
+        f"{'×sqlite3':>8}  target"
+    )
+    for r in rows:
+        print(
+            f"{r['engine']:11} {r['case']:27} {r['impl']:10} {r['fills_per_s']:8} "
+            f"{r.get('ratio_vs_raw', ''):>6} {r.get('ratio_vs_sqlite3', ''):>8}  {r['target']}"
+        )
+    report["ingest"] = rows
+
+
+async def run_seed(engines: list[str], days: int, full: bool, report: dict[str, Any]) -> None:
+    print(f"\n== 2. Seed load: 20 users × 3 portfolios × 200 fills/day × {days} days ==")
+    out = []
+    for engine in engines:
+        async with fresh_database(engine, "seed") as bdb:
+            seeded = await seed(bdb, users=20, portfolios_per_user=3, days=days, per_day=200)
+            try:
+                print(f"  {engine}: {seeded.fills} fills loaded in {seeded.seconds:.1f} s")
+                start = time.perf_counter()
+                await check_seed(seeded)
+                print(
+                    f"  {engine}: verify of every portfolio ok "
+                    f"({time.perf_counter() - start:.1f} s)"
+                )
+                lat = await latencies(seeded)
+            finally:
+                await seeded.db.dispose()
+        for name, stats in lat.items():
+            target = LATENCY_TARGETS_FULL.get(name)
+            if name.startswith("recompute"):
+                target_text = "≤ 1000 ms at ≈ 73 k fills"
+            else:
+                target_text = f"p95 ≤ {target} ms" if target else ""
+            if target_text and full and target:
+                target_text += f" {_ok(stats['p95_ms'] <= target)}"
+            out.append(
+                {
+                    "engine": engine,
+                    "query": name,
+                    **stats,
+                    "fills": seeded.fills,
+                    "load_s": round(seeded.seconds, 1),
+                    "target": target_text,
+                }
+            )
+    print(f"\n{'engine':11} {'query':34} {'p50 ms':>8} {'p95 ms':>8}  target (full scale)")
+    for r in out:
+        print(
+            f"{r['engine']:11} {r['query']:34} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f}  {r['target']}"
+        )
+    report["seed"] = out
+
+
+async def run_scaling(
+    engines: list[str], sizes: list[int], days: int, report: dict[str, Any]
+) -> None:
+    print(f"\n== 3. Scaling: history of 1/10/100 portfolios ({days} days × 200 fills each) ==")
+    out = []
+    for engine in engines:
+        for size in sizes:
+            async with fresh_database(engine, f"scale{size}") as bdb:
+                seeded = await seed(bdb, users=size, portfolios_per_user=1, days=days, per_day=200)
+                try:
+                    db = seeded.db
+                    _, actor = seeded.users[0]
+                    from bench.ingest import Case
+
+                    iid = await _first_instrument(db, actor)
+                    targets = await make_targets(db, [actor], iid, f"scale{size}")
+                    case = Case(engine, "1 fill/tx", 1, 1, 600 if engine == "sqlite" else 300)
+                    seconds, errors = await _run_writers(DalImpl(db), targets, case, "s")
+                    if errors:
+                        raise CheckFailed(f"scaling {engine} {size}: {errors} errors")
+                    lat = await latencies(seeded, n=30, bot=False)
+                finally:
+                    await db.dispose()
+            row = {
+                "engine": engine,
+                "portfolios": size,
+                "fills": seeded.fills,
+                "ingest_fills_per_s": round(case.fills_per_writer / seconds),
+                **{
+                    f"{k} p95_ms": round(v["p95_ms"], 2)
+                    for k, v in lat.items()
+                    if not k.startswith("recompute")
+                },
+            }
+            out.append(row)
+    keys = [k for k in out[0] if k.endswith("p95_ms")] if out else []
+    print(
+        f"\n{'engine':11} {'portfolios':>10} {'fills':>8} {'ingest/s':>9}  "
+        + "  ".join(k.replace(" p95_ms", "").split(" (")[0] + " p95" for k in keys)
+    )
+    for r in out:
+        print(
+            f"{r['engine']:11} {r['portfolios']:10} {r['fills']:8} {r['ingest_fills_per_s']:9}  "
+            + "  ".join(
+                f"{r[k]:>{len(k.replace(' p95_ms', '').split(' (')[0]) + 4}.2f}" for k in keys
+            )
+        )
+    report["scaling"] = out
+
+
+async def _first_instrument(db: Any, actor: Any) -> int:
+    async with db.session(actor) as s:
+        return (await s.instruments.list())[0].id
+
+
+async def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--full", action="store_true", help="one year of seed history")
+    parser.add_argument("--quick", action="store_true", help="small runs (a smoke test)")
+    parser.add_argument("--engines", default="sqlite,postgresql")
+    parser.add_argument("--only", default="ingest,seed,scaling")
+    args = parser.parse_args(argv)
+    engines = [e for e in args.engines.split(",") if e]
+    parts = args.only.split(",")
+    scale = 0.1 if args.quick else 1.0
+    days = 365 if args.full else (3 if args.quick else 30)
+    report: dict[str, Any] = {
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "args": vars(args),
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+    }
+    started = time.perf_counter()
+    status = 0
+    try:
+        if "ingest" in parts:
+            await run_ingest(engines, scale, report)
+        if "seed" in parts:
+            await run_seed(engines, days, args.full, report)
+        if "scaling" in parts:
+            sizes = [1, 10] if args.quick else [1, 10, 100]
+            await run_scaling(engines, sizes, 1 if args.quick else 10, report)
+    except CheckFailed as exc:
+        print(f"\nCHECK FAILED: {exc}", file=sys.stderr)
+        report["check_failed"] = str(exc)
+        status = 1
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"bench-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2, default=str))
+    print(f"\n{report['seconds']} s; results in {path}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))

@@ -1,0 +1,473 @@
+"""Seed load and read latency: 20 users × 3 portfolios × 200 fills/day, bulk-loaded.
+
+The history is generated in Python, positions are derived with the DAL's own
+``position_math.apply_fill`` (so ``PositionService.verify`` passes on the result) and the rows
+are bulk-inserted (stdlib ``sqlite3.executemany`` / asyncpg ``copy_records_to_table``). Users,
+accounts, portfolios and instruments are created through the DAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from bench.common import BenchDb, check_portfolios, make_instrument, make_portfolio, percentile
+from dal.database import Database
+from dal.position_math import PositionState, apply_fill
+from dal.scope import Actor
+from dal.types import canonical_decimal, canonical_json, format_utc, new_uid
+
+SYMBOLS = [f"S{i:02d}USDT" for i in range(10)]
+FILLS_PER_ORDER = 4
+OPEN_ORDERS = 20
+TELEGRAM_BASE = 700000
+
+
+@dataclass
+class Seeded:
+    db: Database
+    users: list[tuple[int, Actor]]  # (telegram id, actor)
+    portfolios: dict[int, list[int]]  # user id → portfolio ids (first = default "Main")
+    fills: int
+    seconds: float
+    per_portfolio: dict[int, int] = field(default_factory=dict)
+
+
+def _history(
+    pid: int, iids: list[int], days: int, per_day: int, end: dt.datetime, rng: random.Random
+) -> tuple[list[dict], list[dict], dict]:
+    """Orders and trades of one portfolio, and the positions they imply."""
+    start = end - dt.timedelta(days=days)
+    step = dt.timedelta(days=1) / per_day
+    prices = {iid: Decimal(100 + 10 * k) for k, iid in enumerate(iids)}
+    states: dict[int, PositionState] = {}
+    last: dict[int, tuple[dt.datetime, int]] = {}
+    orders: list[dict] = []
+    trades: list[dict] = []
+    order: dict | None = None
+    n = days * per_day
+    for i in range(n):
+        if i % FILLS_PER_ORDER == 0:
+            iid = rng.choice(iids)
+            state = states.get(iid, PositionState())
+            # Lean towards flattening so positions stay bounded and PnL is realized.
+            if state.quantity > 20:
+                side = "SELL"
+            elif state.quantity < -20:
+                side = "BUY"
+            else:
+                side = rng.choice(("BUY", "SELL"))
+            order = {
+                "key": len(orders),
+                "instrument_id": iid,
+                "side": side,
+                "filled": Decimal(0),
+                "notional": Decimal(0),
+                "time": start + step * i,
+            }
+            orders.append(order)
+        assert order is not None
+        iid = order["instrument_id"]
+        prices[iid] += Decimal(rng.randint(-50, 50)) / 100
+        price = max(prices[iid], Decimal(1))
+        qty = Decimal(rng.randint(1, 5))
+        at = start + step * i
+        result = apply_fill(states.get(iid, PositionState()), order["side"], qty, price, at)
+        states[iid] = result.state
+        order["filled"] += qty
+        order["notional"] += qty * price
+        trades.append(
+            {
+                "order_key": order["key"],
+                "instrument_id": iid,
+                "side": order["side"],
+                "quantity": qty,
+                "price": price,
+                "fee": (qty * price / 1000),
+                "realized_pnl": result.realized,
+                "exec_time": at,
+                "broker_trade_id": f"T{pid}-{i}",
+            }
+        )
+        last[iid] = (at, len(trades) - 1)
+    positions = {iid: (states[iid], last[iid]) for iid in states}
+    return orders, trades, positions
+
+
+async def seed(
+    bdb: BenchDb,
+    users: int,
+    portfolios_per_user: int,
+    days: int,
+    per_day: int,
+    end: dt.datetime | None = None,
+) -> Seeded:
+    end = end or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    db = Database(bdb.url)
+    started = time.perf_counter()
+    iids = [await make_instrument(db, s) for s in SYMBOLS]
+    seeded_users: list[tuple[int, Actor]] = []
+    portfolios: dict[int, list[int]] = {}
+    async with db.session(Actor.system(), admin=True) as s:
+        for u in range(users):
+            tid = TELEGRAM_BASE + u
+            await s.users.register(tid, f"seed{u}", chat_id=tid)
+            row = await s.users.approve(tid)
+            seeded_users.append((tid, Actor.user(row.id)))
+    for _, actor in seeded_users:
+        async with db.session(actor) as s:
+            main = (await s.portfolios.default()).id
+        pids = [main]
+        for k in range(1, portfolios_per_user):
+            pids.append(await make_portfolio(db, actor, f"P{k}"))
+        portfolios[actor.user_id] = pids
+    rng = random.Random(15)
+    total = 0
+    per_portfolio: dict[int, int] = {}
+    loader = _SqliteLoader(bdb) if bdb.engine == "sqlite" else _PgLoader(bdb)
+    await loader.open()
+    try:
+        for pids in portfolios.values():
+            for pid in pids:
+                orders, trades, positions = _history(pid, iids, days, per_day, end, rng)
+                await loader.load(pid, orders, trades, positions)
+                total += len(trades)
+                per_portfolio[pid] = len(trades)
+    finally:
+        await loader.close()
+    return Seeded(db, seeded_users, portfolios, total, time.perf_counter() - started, per_portfolio)
+
+
+class _SqliteLoader:
+    def __init__(self, bdb: BenchDb) -> None:
+        self.conn = sqlite3.connect(bdb.raw["path"], isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA foreign_keys=ON")
+
+    async def open(self) -> None:
+        pass
+
+    async def load(self, pid: int, orders: list[dict], trades: list[dict], positions: dict) -> None:
+        await asyncio.to_thread(self._load, pid, orders, trades, positions)
+
+    def _load(self, pid: int, orders: list[dict], trades: list[dict], positions: dict) -> None:
+        c = self.conn
+        now = format_utc(dt.datetime.now(dt.UTC))
+        D = canonical_decimal
+        c.execute("BEGIN IMMEDIATE")
+        first = c.execute("SELECT COALESCE(MAX(id), 0) FROM orders").fetchone()[0] + 1
+        rows = []
+        for o in orders:
+            avg = D(o["notional"] / o["filled"]) if o["filled"] else None
+            rows.append(
+                (
+                    first + o["key"],
+                    new_uid(),
+                    pid,
+                    o["instrument_id"],
+                    o["side"],
+                    "LIMIT",
+                    "FILLED",
+                    D(o["filled"]),
+                    D(o["filled"]),
+                    avg,
+                    format_utc(o["time"]),
+                    format_utc(o["time"]),
+                )
+            )
+        c.executemany(
+            "INSERT INTO orders (id, uid, portfolio_id, instrument_id, side, type, status, "
+            "quantity, filled_quantity, avg_fill_price, placed_at, updated_at, price, meta_json) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '100', '{}')",
+            rows,
+        )
+        open_rows = [
+            (new_uid(), pid, orders[k]["instrument_id"], now, now) for k in range(OPEN_ORDERS)
+        ]
+        c.executemany(
+            "INSERT INTO orders (uid, portfolio_id, instrument_id, side, type, status, quantity, "
+            "filled_quantity, price, placed_at, updated_at, meta_json) "
+            "VALUES (?, ?, ?, 'BUY', 'LIMIT', 'NEW', '1', '0', '1', ?, ?, '{}')",
+            open_rows,
+        )
+        first_trade = c.execute("SELECT COALESCE(MAX(id), 0) FROM trades").fetchone()[0] + 1
+        c.executemany(
+            "INSERT INTO trades (id, uid, portfolio_id, instrument_id, order_id, side, quantity, "
+            "price, fee, fee_currency, realized_pnl, exec_time, broker_trade_id, meta_json) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'USDT', ?, ?, ?, '{}')",
+            [
+                (
+                    first_trade + k,
+                    new_uid(),
+                    pid,
+                    tr["instrument_id"],
+                    first + tr["order_key"],
+                    tr["side"],
+                    D(tr["quantity"]),
+                    D(tr["price"]),
+                    D(tr["fee"]),
+                    D(tr["realized_pnl"]),
+                    format_utc(tr["exec_time"]),
+                    tr["broker_trade_id"],
+                )
+                for k, tr in enumerate(trades)
+            ],
+        )
+        c.executemany(
+            "INSERT INTO positions (uid, portfolio_id, instrument_id, quantity, cost_basis, "
+            "avg_price, realized_pnl, opened_at, last_exec_time, last_trade_id, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    new_uid(),
+                    pid,
+                    iid,
+                    D(st.quantity),
+                    D(st.cost_basis),
+                    D(st.avg_price),
+                    D(st.realized_pnl),
+                    None if st.opened_at is None else format_utc(st.opened_at),
+                    format_utc(at),
+                    first_trade + k,
+                    now,
+                )
+                for iid, (st, (at, k)) in positions.items()
+            ],
+        )
+        c.execute(
+            "INSERT INTO audit_log (user_id, entity_type, entity_id, action, details_json, "
+            "created_at) VALUES (NULL, 'POSITION', NULL, 'REPAIR', ?, ?)",
+            (canonical_json({"bench_seed": pid, "trades": len(trades)}), now),
+        )
+        c.execute("COMMIT")
+
+    async def close(self) -> None:
+        self.conn.execute("ANALYZE")
+        self.conn.close()
+
+
+class _PgLoader:
+    def __init__(self, bdb: BenchDb) -> None:
+        self.args = bdb.raw
+        self.conn: Any = None
+
+    async def open(self) -> None:
+        import asyncpg
+
+        self.conn = await asyncpg.connect(**self.args)
+
+    async def load(self, pid: int, orders: list[dict], trades: list[dict], positions: dict) -> None:
+        c = self.conn
+        now = dt.datetime.now(dt.UTC)
+        async with c.transaction():
+            ids = await c.fetch(
+                "SELECT nextval(pg_get_serial_sequence('orders', 'id')) "
+                "FROM generate_series(1, $1)",
+                len(orders),
+            )
+            order_ids = [r[0] for r in ids]
+            await c.copy_records_to_table(
+                "orders",
+                columns=[
+                    "id",
+                    "uid",
+                    "portfolio_id",
+                    "instrument_id",
+                    "side",
+                    "type",
+                    "status",
+                    "quantity",
+                    "filled_quantity",
+                    "avg_fill_price",
+                    "placed_at",
+                    "updated_at",
+                    "price",
+                    "meta_json",
+                ],
+                records=[
+                    (
+                        order_ids[o["key"]],
+                        new_uid(),
+                        pid,
+                        o["instrument_id"],
+                        o["side"],
+                        "LIMIT",
+                        "FILLED",
+                        o["filled"],
+                        o["filled"],
+                        (o["notional"] / o["filled"]).quantize(Decimal(1).scaleb(-18)),
+                        o["time"],
+                        o["time"],
+                        Decimal(100),
+                        "{}",
+                    )
+                    for o in orders
+                ],
+            )
+            await c.copy_records_to_table(
+                "orders",
+                columns=[
+                    "uid",
+                    "portfolio_id",
+                    "instrument_id",
+                    "side",
+                    "type",
+                    "status",
+                    "quantity",
+                    "filled_quantity",
+                    "price",
+                    "placed_at",
+                    "updated_at",
+                    "meta_json",
+                ],
+                records=[
+                    (
+                        new_uid(),
+                        pid,
+                        orders[k]["instrument_id"],
+                        "BUY",
+                        "LIMIT",
+                        "NEW",
+                        Decimal(1),
+                        Decimal(0),
+                        Decimal(1),
+                        now,
+                        now,
+                        "{}",
+                    )
+                    for k in range(OPEN_ORDERS)
+                ],
+            )
+            tids = await c.fetch(
+                "SELECT nextval(pg_get_serial_sequence('trades', 'id')) "
+                "FROM generate_series(1, $1)",
+                len(trades),
+            )
+            trade_ids = [r[0] for r in tids]
+            await c.copy_records_to_table(
+                "trades",
+                columns=[
+                    "id",
+                    "uid",
+                    "portfolio_id",
+                    "instrument_id",
+                    "order_id",
+                    "side",
+                    "quantity",
+                    "price",
+                    "fee",
+                    "fee_currency",
+                    "realized_pnl",
+                    "exec_time",
+                    "broker_trade_id",
+                    "meta_json",
+                ],
+                records=[
+                    (
+                        trade_ids[k],
+                        new_uid(),
+                        pid,
+                        tr["instrument_id"],
+                        order_ids[tr["order_key"]],
+                        tr["side"],
+                        tr["quantity"],
+                        tr["price"],
+                        tr["fee"],
+                        "USDT",
+                        tr["realized_pnl"],
+                        tr["exec_time"],
+                        tr["broker_trade_id"],
+                        "{}",
+                    )
+                    for k, tr in enumerate(trades)
+                ],
+            )
+            await c.copy_records_to_table(
+                "positions",
+                columns=[
+                    "uid",
+                    "portfolio_id",
+                    "instrument_id",
+                    "quantity",
+                    "cost_basis",
+                    "avg_price",
+                    "realized_pnl",
+                    "opened_at",
+                    "last_exec_time",
+                    "last_trade_id",
+                    "updated_at",
+                ],
+                records=[
+                    (
+                        new_uid(),
+                        pid,
+                        iid,
+                        st.quantity,
+                        st.cost_basis,
+                        st.avg_price,
+                        st.realized_pnl,
+                        st.opened_at,
+                        at,
+                        trade_ids[k],
+                        now,
+                    )
+                    for iid, (st, (at, k)) in positions.items()
+                ],
+            )
+
+    async def close(self) -> None:
+        await self.conn.execute("ANALYZE")
+        await self.conn.close()
+
+
+# --- latency ----------------------------------------------------------------------------------
+async def _samples(fn: Callable[[], Awaitable[Any]], n: int) -> list[float]:
+    await fn()  # warm up (statement caches, imports)
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await fn()
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def _summary(samples: list[float]) -> dict[str, float]:
+    return {"p50_ms": percentile(samples, 50), "p95_ms": percentile(samples, 95), "n": len(samples)}
+
+
+async def latencies(seeded: Seeded, n: int = 50, bot: bool = True) -> dict[str, dict[str, float]]:
+    db = seeded.db
+    tid, actor = seeded.users[0]
+    pid = seeded.portfolios[actor.user_id][0]
+    dal = db.scoped(actor)
+    now = dt.datetime.now(dt.UTC)
+    ytd = dt.datetime(now.year, 1, 1, tzinfo=dt.UTC)
+    out: dict[str, dict[str, float]] = {}
+    out["positions snapshot"] = _summary(await _samples(lambda: dal.positions.snapshot(pid), n))
+    out["open orders"] = _summary(await _samples(lambda: dal.orders.open_orders(pid), n))
+    out["/pnl 30d (TradeService.pnl)"] = _summary(
+        await _samples(lambda: dal.trades.pnl(pid, now - dt.timedelta(days=30), now), n)
+    )
+    out["/pnl ytd (TradeService.pnl)"] = _summary(
+        await _samples(lambda: dal.trades.pnl(pid, ytd, now), n)
+    )
+    if bot:
+        from bench.botdriver import BotDriver
+
+        driver = BotDriver(db)
+        out["bot /positions"] = _summary(await _samples(lambda: driver.send(tid, "/positions"), n))
+        out["bot /pnl 30d"] = _summary(await _samples(lambda: driver.send(tid, "/pnl 30d"), n))
+    out[f"recompute ({seeded.per_portfolio[pid]} fills)"] = _summary(
+        await _samples(lambda: dal.positions.recompute(pid), max(3, n // 10))
+    )
+    return out
+
+
+async def check_seed(seeded: Seeded) -> None:
+    await check_portfolios(seeded.db, dict(seeded.per_portfolio))
