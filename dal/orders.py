@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,6 +18,7 @@ from dal.types import new_uid
 
 orders = t.orders
 portfolios = t.portfolios
+log = logging.getLogger("tradebook.ingest")
 
 TERMINAL = frozenset({"FILLED", "CANCELED", "REJECTED", "EXPIRED"})
 # Legal status changes (a repeat of the current status is a no-op, so replays are harmless).
@@ -140,7 +142,16 @@ class OrderService:
             {**details, **({"reason": reason} if reason else {})},
             user_id=portfolio.user_id,
         )
-        return owned_order(tx, order_id)
+        row = owned_order(tx, order_id)
+        log.info(
+            "order %s (in transaction) %s %s #%s",
+            "placed" if status == "NEW" else "rejected",
+            new.side,
+            new.quantity,
+            order_id,
+            extra={"correlation_id": row.client_order_id or row.uid, "order_id": order_id},
+        )
+        return row
 
     def _existing(self, values: dict[str, Any]) -> sa.Row | None:
         conn = self.tx.conn

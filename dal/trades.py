@@ -9,6 +9,7 @@ the trade insert and writes nothing.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
@@ -30,6 +31,7 @@ from dal.types import DECIMAL_CONTEXT, new_uid, quantize18
 
 trades = t.trades
 orders = t.orders
+log = logging.getLogger("tradebook.ingest")
 
 _TRADE_CONFLICT_TARGET = [trades.c.portfolio_id, trades.c.instrument_id, trades.c.broker_trade_id]
 # Fields a replay must repeat exactly; anything else under the same broker trade id conflicts.
@@ -150,7 +152,28 @@ def ingest_one(tx: Tx, fill: Fill, checked: dict[int, sa.Row] | None = None) -> 
         },
         user_id=portfolio.user_id,
     )
+    log.info(
+        "fill applied (in transaction) %s %s %s at %s",
+        fill.side,
+        fill.quantity,
+        instrument.symbol,
+        fill.price,
+        extra={
+            # The correlation id follows the order through the logs: its client id (the
+            # strategies' and the bot's), else its uid; a fill without an order uses its own.
+            "correlation_id": _correlation_id(order, fill),
+            "trade_id": trade_id,
+            "portfolio_id": portfolio.id,
+            "late": late,
+        },
+    )
     return IngestResult(trade, False)
+
+
+def _correlation_id(order: sa.Row | None, fill: Fill) -> str:
+    if order is not None:
+        return order.client_order_id or order.uid
+    return fill.broker_trade_id or "manual-fill"
 
 
 def _replayed(
