@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal, localcontext
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
@@ -40,7 +39,7 @@ from dal.risk_rules import (
 )
 from dal.scope import Tx
 from dal.strategies import owned_strategy
-from dal.types import DECIMAL_CONTEXT, new_uid
+from dal.types import DECIMAL_CONTEXT, local_midnight, new_uid
 
 policies = t.risk_policies
 breaches = t.risk_breaches
@@ -56,13 +55,6 @@ def owned_policy(tx: Tx, policy_id: int) -> sa.Row:
     if row is None:
         raise NotFound(f"no policy #{policy_id}")
     return row
-
-
-def local_day_start(now: dt.datetime, zone: str) -> dt.datetime:
-    """Midnight of ``now``'s day in the user's time zone, as UTC."""
-    local = now.astimezone(ZoneInfo(zone))
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    return midnight.astimezone(dt.UTC)
 
 
 class RiskService:
@@ -194,7 +186,7 @@ class RiskService:
             sa.select(t.users.c.timezone).where(t.users.c.id == portfolio.user_id)
         ).scalar_one()
         equity = compute_equity(conn, portfolio_id, marks).get(currency)
-        since = local_day_start(now, zone)
+        since = local_midnight(now, zone)
         with localcontext(DECIMAL_CONTEXT):
             realized_today = sum(
                 conn.execute(

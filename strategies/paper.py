@@ -11,17 +11,10 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from zoneinfo import ZoneInfo
 
+from dal.types import local_midnight
 from strategies.events import BrokerEvent
 from strategies.paper_engine import Bar, PaperConfig, PaperEngine, PaperOrder
-
-
-def next_local_midnight(now: dt.datetime, zone: str) -> dt.datetime:
-    """When a DAY order ends: the user's next local midnight, in UTC."""
-    local = now.astimezone(ZoneInfo(zone))
-    tomorrow = (local + dt.timedelta(days=1)).date()
-    return dt.datetime.combine(tomorrow, dt.time(), ZoneInfo(zone)).astimezone(dt.UTC)
 
 
 class PaperGateway:
@@ -53,7 +46,7 @@ class PaperGateway:
             stop_price=order.stop_price,
             time_in_force=order.time_in_force,
             placed_at=now,
-            day_ends_at=next_local_midnight(now, self.timezone)
+            day_ends_at=local_midnight(now, self.timezone, days=1)  # DAY ends
             if order.time_in_force == "DAY"
             else None,
             fee_currency=self.currency,

@@ -147,11 +147,7 @@ class Runtime:
         user's current one); creates version 1.0 of a known example strategy on first use."""
         dal = self.db.scoped(actor)
         async with dal.session() as s:
-            portfolio = (
-                await s.portfolios.get(portfolio_id)
-                if portfolio_id
-                else await s.portfolios.current()
-            )
+            portfolio = await _portfolio(s, portfolio_id)
             try:
                 row = await s.strategies.latest(name, version)
             except TradebookError:
@@ -172,11 +168,7 @@ class Runtime:
     ) -> Any:
         dal = self.db.scoped(actor)
         async with dal.session() as s:
-            portfolio = (
-                await s.portfolios.get(portfolio_id)
-                if portfolio_id
-                else await s.portfolios.current()
-            )
+            portfolio = await _portfolio(s, portfolio_id)
             row = await s.strategies.latest(name, version)
             await s.strategy_runs.stop(row.id, portfolio.id, "STOPPED")
         run = self.runs.pop((row.id, portfolio.id), None)
@@ -426,6 +418,11 @@ class Runtime:
             await self.idle()
             if not any(r.queue.qsize() for r in self.runs.values()):
                 return
+
+
+async def _portfolio(s: Any, portfolio_id: int | None) -> Any:
+    """The given portfolio (owner-checked) or the user's current one."""
+    return await s.portfolios.get(portfolio_id) if portfolio_id else await s.portfolios.current()
 
 
 async def _broker_of(s: Any, portfolio_id: int) -> str:

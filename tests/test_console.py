@@ -10,7 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _tradebook(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def _env(cwd: Path, **extra: str) -> dict[str, str]:
+    """A clean environment: no TRADEBOOK_* or token from the caller, a database under cwd."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -21,18 +22,76 @@ def _tradebook(args: list[str], cwd: Path, stdin: str = "") -> subprocess.Comple
             "TRADEBOOK_DATABASE_URL": f"sqlite+aiosqlite:///{cwd / 'var' / 'tb.db'}",
             "PYTHONPATH": str(ROOT),
             "TRADEBOOK_LOG_LEVEL": "WARNING",
-            "TRADEBOOK_STRATEGIES": "off",  # deterministic: no strategy trading
+            **extra,
         }
     )
+    return env
+
+
+def _tradebook(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    # Strategies off: deterministic output, no strategy trading in the background.
     return subprocess.run(
         [sys.executable, "-m", "tradebook.cli", *args],
         cwd=cwd,
-        env=env,
+        env=_env(cwd, TRADEBOOK_STRATEGIES="off"),
         input=stdin,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+class RunningConsole:
+    """`tradebook run` as a live subprocess: type lines, wait for output, then EOF."""
+
+    def __init__(self, cwd: Path, **env: str) -> None:
+        import threading
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tradebook.cli", "run"],
+            cwd=cwd,
+            env=_env(cwd, **env),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        out = self.proc.stdout
+        self._reader = threading.Thread(target=lambda: self.lines.extend(out), daemon=True)
+        self._reader.start()
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def seen(self, fragment: str) -> bool:
+        return any(fragment in line for line in self.lines)
+
+    def wait_for(self, fragment: str, poke: str | None = None, timeout: float = 90) -> None:
+        """Wait (generously: this checks behaviour, not speed) until ``fragment`` is printed,
+        typing ``poke`` once a second meanwhile."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not self.seen(fragment):
+            assert time.monotonic() < deadline, f"no {fragment!r} in:\n{''.join(self.lines)}"
+            if poke:
+                self.send(poke)
+            time.sleep(1 if poke else 0.1)
+
+    def finish(self) -> list[str]:
+        """EOF, then the exit status must be 0; returns the non-blank output lines."""
+        assert self.proc.stdin is not None and self.proc.stderr is not None
+        try:
+            self.proc.stdin.close()
+            assert self.proc.wait(timeout=60) == 0, self.proc.stderr.read()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self._reader.join(timeout=10)
+        return [line.rstrip("\n") for line in self.lines if line.strip()]
 
 
 def test_console_mode_runs_commands_from_stdin(tmp_path: Path) -> None:
@@ -135,51 +194,12 @@ async def test_with_a_token_it_long_polls(tmp_path: Path) -> None:
 def test_make_run_console_trades_the_example_strategy_on_paper(tmp_path: Path) -> None:
     """Strategies on (the default): the SMA example trades on the paper gateway and the bot's
     commands show it; EOF still exits 0."""
-    import threading
-    import time
-
     assert _tradebook(["db", "upgrade"], tmp_path).returncode == 0
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("TRADEBOOK_") and k != "TELEGRAM_BOT_TOKEN"
-    }
-    env.update(
-        {
-            "TRADEBOOK_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'var' / 'tb.db'}",
-            "PYTHONPATH": str(ROOT),
-            "TRADEBOOK_LOG_LEVEL": "WARNING",
-            "TRADEBOOK_PAPER_SPEED": "20",
-        }
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tradebook.cli", "run"],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 90  # generous: this checks behaviour, not speed
-    try:
-        while not any("FILLED 0.01/0.01" in line for line in lines):
-            assert time.monotonic() < deadline, "".join(lines)
-            proc.stdin.write("/orders filled\n")
-            proc.stdin.flush()
-            time.sleep(1)
-        proc.stdin.write("/positions\n/strategies\n")
-        proc.stdin.close()
-        assert proc.wait(timeout=60) == 0, proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    reader.join(timeout=10)
-    output = "".join(lines)
+    console = RunningConsole(tmp_path, TRADEBOOK_PAPER_SPEED="20")
+    console.wait_for("FILLED 0.01/0.01", poke="/orders filled")
+    console.send("/positions")
+    console.send("/strategies")
+    output = "\n".join(console.finish())
     assert "BUY 0.01 BTCUSDT MARKET" in output and "FILLED 0.01/0.01" in output
     assert "[sma_cross 1.0]" in output
     assert "sma_cross 1.0 — running on Main" in output
@@ -187,64 +207,17 @@ def test_make_run_console_trades_the_example_strategy_on_paper(tmp_path: Path) -
 
 def test_console_scenario_deposit_buy_fill_positions_pnl_export(tmp_path: Path) -> None:
     """The issue's console scenario, checked line by line (strategies off: only our trades)."""
-    import threading
-    import time
-
     assert _tradebook(["db", "upgrade"], tmp_path).returncode == 0
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("TRADEBOOK_") and k != "TELEGRAM_BOT_TOKEN"
-    }
-    env.update(
-        {
-            "TRADEBOOK_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'var' / 'tb.db'}",
-            "PYTHONPATH": str(ROOT),
-            "TRADEBOOK_LOG_LEVEL": "WARNING",
-            "TRADEBOOK_STRATEGIES": "off",
-            "TRADEBOOK_PAPER_SPEED": "20",
-        }
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tradebook.cli", "run"],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
-
-    def wait_for(fragment: str) -> None:
-        deadline = time.monotonic() + 60  # generous: behaviour, not speed
-        while not any(fragment in line for line in lines):
-            assert time.monotonic() < deadline, f"no {fragment!r} in:\n{''.join(lines)}"
-            time.sleep(0.1)
-
-    def send(line: str) -> None:
-        proc.stdin.write(line + "\n")
-        proc.stdin.flush()
-
-    try:
-        send("/deposit 500")
-        wait_for("Deposited 500 USDT in Main; cash 10500 USDT.")
-        send("/buy BTCUSDT 0.01")
-        wait_for("[#1] Confirm")
-        send("#1")
-        wait_for("Filled: BUY 0.01 BTCUSDT at ")
-        for command in ("/positions", "/pnl", "/export trades"):
-            send(command)
-        proc.stdin.close()
-        assert proc.wait(timeout=60) == 0, proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    reader.join(timeout=10)
-    out = [line.rstrip("\n") for line in lines if line.strip()]
+    console = RunningConsole(tmp_path, TRADEBOOK_STRATEGIES="off", TRADEBOOK_PAPER_SPEED="20")
+    console.send("/deposit 500")
+    console.wait_for("Deposited 500 USDT in Main; cash 10500 USDT.")
+    console.send("/buy BTCUSDT 0.01")
+    console.wait_for("[#1] Confirm")
+    console.send("#1")
+    console.wait_for("Filled: BUY 0.01 BTCUSDT at ")
+    for command in ("/positions", "/pnl", "/export trades"):
+        console.send(command)
+    out = console.finish()
     start = out.index("Deposited 500 USDT in Main; cash 10500 USDT.")
     assert out[start + 1 : start + 5] == [
         "BUY 0.01 BTCUSDT MARKET in Main",
