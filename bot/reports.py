@@ -11,7 +11,7 @@ from aiogram import Bot
 from aiogram.types import BufferedInputFile, InlineKeyboardMarkup
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
-from bot.callbacks import OrdersPage
+from bot.callbacks import CancelOrder, OrdersPage
 from bot.charts import cumulative_pnl_png
 from bot.periods import Period
 from bot.text import join_blocks, local_time, num, pre_pages, q, signed
@@ -110,7 +110,13 @@ async def orders_report(
     texts = pre_pages(f"{title} {first}–{last}", lines)
     builder = InlineKeyboardBuilder()
     key = status or "OPEN"
+    # One "Cancel #id" button per open order on this page, then the page buttons.
+    cancelable = [row.id for row in rows if row.status in ("NEW", "PARTIALLY_FILLED")]
+    for order_id in cancelable:
+        builder.button(text=f"Cancel #{order_id}", callback_data=CancelOrder(order_id=order_id))
+    paging = 0
     if offset > 0:
+        paging += 1
         builder.button(
             text="◀ Newer",
             callback_data=OrdersPage(
@@ -118,13 +124,15 @@ async def orders_report(
             ),
         )
     if more:
+        paging += 1
         builder.button(
             text="Older ▶",
             callback_data=OrdersPage(
                 portfolio_id=portfolio.id, status=key, offset=offset + ORDERS_PAGE
             ),
         )
-    markup = builder.as_markup() if (more or offset > 0) else None
+    builder.adjust(*([3] * ((len(cancelable) + 2) // 3)), max(paging, 1))
+    markup = builder.as_markup() if (cancelable or paging) else None
     return Reply(texts, markup=markup)
 
 

@@ -303,7 +303,8 @@ async def test_long_replies_are_split(h: BotHarness, db: Database) -> None:
     assert sum(joined([c]).count("[manual]") for c in positions) == 501
     orders = await h.send(ALICE, "/orders")
     assert all(len(c.params["text"]) <= TEXT_LIMIT for c in orders)
-    ((label, data),) = orders[-1].buttons()
+    *cancels, (label, data) = orders[-1].buttons()
+    assert len(cancels) == 15 and all(text.startswith("Cancel #") for text, _ in cancels)
     assert label == "Older ▶"
     page2 = await h.press(ALICE, data)
     assert "16–30" in joined(page2)

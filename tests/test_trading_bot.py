@@ -270,3 +270,32 @@ async def test_unapproved_user_cannot_trade(h: Trading, db: Database) -> None:
         await s.users.register(4001, "pat", chat_id=4001)
     for command in ("/buy BTCUSDT 1", "/deposit 5", "/export trades", "/alert add price X above 1"):
         assert "waiting for approval" in joined(await h.send(4001, command))
+
+
+async def test_cancel_button_under_orders_and_edits(h: Trading) -> None:
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01 @50000"))
+    calls = await h.send(ALICE, "/orders")
+    (label, data), *_ = calls[-1].buttons()
+    assert label.startswith("Cancel #")
+    assert "no order #" in joined(await h.press(BOB, data))  # Bob cannot press Alice's
+    assert "Cancel requested" in joined(await h.press(ALICE, data))
+    await h.bar("60000")
+    assert "None." in joined(await h.send(ALICE, "/orders"))
+    await h.send(ALICE, "/alert add price BTCUSDT above 70000")
+    await h.send(ALICE, '/schedule add "0 18 * * *" report pnl today')
+    await h.send(ALICE, "/screener add cheap max_price=1")
+    async with h.db.session(h.alice) as s:
+        (alert,), (schedule,), (screener,) = (
+            await s.alerts.list(),
+            await s.schedules.list(),
+            await s.screeners.list(),
+        )
+    assert "price=75000" in joined(await h.send(ALICE, f"/alert set {alert.id} price=75000"))
+    assert "Extra inputs" in joined(await h.send(ALICE, f"/alert set {alert.id} colour=red"))
+    assert "runs at 5 9 * * 1-5" in joined(
+        await h.send(ALICE, f'/schedule set {schedule.id} "5 9 * * 1-5"')
+    )
+    assert "max_price=2" in joined(await h.send(ALICE, f"/screener set {screener.id} max_price=2"))
+    assert f"no screener #{screener.id}" in joined(
+        await h.send(BOB, f"/screener set {screener.id} max_price=3")
+    )

@@ -131,6 +131,16 @@ def router() -> Router:
                 row = await dal.alerts.set_active(alert_id, args[0] == "on")
                 await message.answer(f"Alert #{row.id} is {args[0]}.")
             return
+        if len(args) >= 3 and args[0] == "set" and args[1].lstrip("#").isdigit():
+            alert_id = int(args[1].lstrip("#"))
+            current = await dal.alerts.get(alert_id)
+            merged = {**current.config_json, **key_values(args[2:], "alert")}
+            try:
+                row = await dal.alerts.update_config(alert_id, merged)
+            except InvalidInput as exc:
+                raise UsageError("alert", str(exc)) from None
+            await message.answer(f"Alert #{row.id} now: {q(_config(row))}.")
+            return
         if len(args) < 2 or args[0] != "add":
             raise UsageError("alert")
         kind = args[1].lower()
@@ -192,6 +202,13 @@ def router() -> Router:
                 row = await dal.schedules.set_active(schedule_id, args[0] == "on")
                 await message.answer(f"Schedule #{row.id} is {args[0]}.")
             return
+        if len(args) == 3 and args[0] == "set" and args[1].lstrip("#").isdigit():
+            try:
+                row = await dal.schedules.update(int(args[1].lstrip("#")), cron=args[2])
+            except InvalidInput as exc:
+                raise UsageError("schedule", str(exc)) from None
+            await message.answer(f"Schedule #{row.id} now runs at {q(row.cron)} (UTC).")
+            return
         if len(args) < 4 or args[0] != "add" or args[2] != "report":
             raise UsageError("schedule")
         cron, report, period = args[1], args[3].lower(), (args[4] if len(args) > 4 else None)
@@ -214,6 +231,16 @@ def router() -> Router:
             else:
                 row = await dal.screeners.set_active(screener_id, args[0] == "on")
                 await message.answer(f"Screener #{row.id} is {args[0]}.")
+            return
+        if len(args) >= 3 and args[0] == "set" and args[1].lstrip("#").isdigit():
+            screener_id = int(args[1].lstrip("#"))
+            current = await dal.screeners.get(screener_id)
+            merged = {**current.config_json, **key_values(args[2:], "screener")}
+            try:
+                row = await dal.screeners.update_config(screener_id, merged)
+            except InvalidInput as exc:
+                raise UsageError("screener", str(exc)) from None
+            await message.answer(f"Screener #{row.id} now: {q(_config(row))}.")
             return
         if len(args) < 2 or args[0] != "add":
             raise UsageError("screener")
