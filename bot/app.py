@@ -70,9 +70,9 @@ async def _on_error(event: ErrorEvent, **data: Any) -> bool:
     update = event.update
     target = update.message or (update.callback_query.message if update.callback_query else None)
     if isinstance(exc, UsageError):
-        text = q(exc.reply())
+        text = exc.reply()
     elif isinstance(exc, TradebookError):
-        text = f"⚠️ {q(exc)}"
+        text = f"⚠️ {exc}"
     else:
         ref = uuid.uuid4().hex[:8]
         log.error(
@@ -84,9 +84,9 @@ async def _on_error(event: ErrorEvent, **data: Any) -> bool:
         )
         text = f"Something went wrong (ref {ref})."
     if update.callback_query is not None:
-        await update.callback_query.answer(text[:200], show_alert=True)
+        await update.callback_query.answer(text[:200], show_alert=True)  # plain text
     elif target is not None:
-        await target.answer(text)
+        await target.answer(q(text))
     return True
 
 

@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
@@ -90,7 +91,8 @@ class Console:
         self.dp: Dispatcher = build_dispatcher(db)
         self.admin_telegram_ids = admin_telegram_ids
         self._update_ids = itertools.count(1)
-        self._message_ids = itertools.count(1_000_000)
+        # Unique across runs too: /fill uses chat + message id as its idempotency key.
+        self._message_ids = itertools.count(time.time_ns() // 1_000_000)
         self.local = User(
             id=LOCAL_TELEGRAM_ID, is_bot=False, first_name="console", username="console"
         )

@@ -17,12 +17,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 from dal.configs import next_run_after
 from dal.database import Database
 from dal.scope import Actor
+from dal.types import DECIMAL_CONTEXT
 from strategies.events import FillEvent
 from strategies.paper_engine import Bar
 
@@ -62,8 +63,16 @@ class AlertEngine:
         if not force and time.monotonic() - self._loaded_at < self.refresh_every:
             return
         async with self.db.session(Actor.system(), readonly=True) as s:
-            self.alerts = await s.alerts.list(include_inactive=False)
-            self.screeners = await s.screeners.list(include_inactive=False)
+            allowed = {
+                u.id for u in await s.users.list_all() if u.is_active and u.approved_at is not None
+            }
+            # Revoked or deactivated users' alerts and screeners are not evaluated.
+            self.alerts = [
+                a for a in await s.alerts.list(include_inactive=False) if a.user_id in allowed
+            ]
+            self.screeners = [
+                x for x in await s.screeners.list(include_inactive=False) if x.user_id in allowed
+            ]
         self._loaded_at = time.monotonic()
 
     async def on_bar(self, bar: Bar) -> None:
@@ -105,6 +114,10 @@ class AlertEngine:
 
     async def evaluate(self, alert: Any) -> tuple[bool | None, str]:
         """(condition, description) of one alert now; None when it cannot be judged yet."""
+        with localcontext(DECIMAL_CONTEXT):
+            return await self._evaluate(alert)
+
+    async def _evaluate(self, alert: Any) -> tuple[bool | None, str]:
         config = alert.config_json
         marks = self.runtime.marks
         if alert.type == "PRICE":
@@ -157,7 +170,7 @@ class AlertEngine:
         if alert.type == "RISK":
             currency = (await dal.accounts.get(portfolio.account_id)).base_currency
             snap = await dal.risk.snapshot(portfolio.id, dict(marks.marks), currency)
-            if snap.equity <= 0:
+            if snap.equity <= 0 or snap.day_start_equity <= 0:
                 return None, ""
             if config["metric"] == "daily_loss":
                 value = max(Decimal(0), -snap.realized_today) / snap.day_start_equity
@@ -200,6 +213,10 @@ class AlertEngine:
 
     async def screen(self, screener: Any) -> list[tuple[str, Decimal]]:
         """Instruments passing the screener's filters at the latest marks."""
+        with localcontext(DECIMAL_CONTEXT):
+            return await self._screen(screener)
+
+    async def _screen(self, screener: Any) -> list[tuple[str, Decimal]]:
         config = screener.config_json
         dal = self.db.scoped(Actor.user(screener.user_id))
         matches = []

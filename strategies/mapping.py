@@ -90,7 +90,11 @@ async def apply_event(dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> 
         assert isinstance(event, OrderUpdate)
         if order is None:
             order = await _create_manual_order(s, portfolio_id, instrument.id, event)
-        if order.broker_order_id is not None and event.broker_order_id != order.broker_order_id:
+        if (
+            event.status == "REJECTED"
+            and order.broker_order_id is not None
+            and event.broker_order_id != order.broker_order_id
+        ):
             # Another broker order under the same client id (e.g. a duplicate submit the
             # broker refused): it must not touch this order.
             log.warning(

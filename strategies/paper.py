@@ -41,7 +41,8 @@ class PaperGateway:
             symbol=order.symbol,
             side=order.side,
             order_type=order.type,
-            quantity=order.quantity,
+            # After a restart an order is handed back with what is left of it.
+            quantity=order.quantity - (getattr(order, "filled_quantity", None) or 0),
             price=order.price,
             stop_price=order.stop_price,
             time_in_force=order.time_in_force,
@@ -53,8 +54,12 @@ class PaperGateway:
         )
         self._emit(self.engine.submit(paper, now))
 
-    async def cancel(self, order: Any) -> None:
-        self._emit(self.engine.cancel(order.client_order_id, self._now()))
+    async def cancel(self, order: Any) -> bool:
+        """Cancel an open order; False when this engine does not hold it (e.g. placed before
+        a restart and never handed back), so the caller can settle it itself."""
+        events = self.engine.cancel(order.client_order_id, self._now())
+        self._emit(events)
+        return bool(events)
 
     def on_bar(self, bar: Bar) -> None:
         self.last_bar_time = bar.time

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -32,6 +33,7 @@ from strategies.paper_engine import Bar, PaperConfig
 log = logging.getLogger("tradebook.strategies")
 Notifier = Callable[[int, str], Awaitable[None]]  # (user id, text)
 _END = object()
+CONFIRM_WITHIN = 600  # seconds a held order waits for its owner's Confirm
 
 
 @dataclass
@@ -99,10 +101,11 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self.feed_done = asyncio.Event()
         self.last_bar_time: dt.datetime | None = None
+        self._start_lock = asyncio.Lock()
         # Called after each bar and each applied fill (alerts and screeners hook in here).
         self.bar_listeners: list[Callable[[Bar], Awaitable[None]]] = []
         self.fill_listeners: list[Callable[[int, int, FillEvent], Awaitable[None]]] = []
-        self._pending: dict[str, tuple[int, dict[str, Any]]] = {}  # confirmations
+        self._pending: dict[str, tuple[int, dict[str, Any], float]] = {}  # confirmations
 
     # --- life cycle -----------------------------------------------------------------------------
     async def start(self, feed: bool = True) -> None:
@@ -145,6 +148,12 @@ class Runtime:
     ) -> Any:
         """Start the named version (default: the latest active) on a portfolio (default: the
         user's current one); creates version 1.0 of a known example strategy on first use."""
+        async with self._start_lock:  # two quick /strategy start must not launch twice
+            return await self._start_strategy(actor, name, version, portfolio_id)
+
+    async def _start_strategy(
+        self, actor: Actor, name: str, version: str | None, portfolio_id: int | None
+    ) -> Any:
         dal = self.db.scoped(actor)
         async with dal.session() as s:
             portfolio = await _portfolio(s, portfolio_id)
@@ -265,6 +274,11 @@ class Runtime:
             clock=lambda: self.last_bar_time or dt.datetime.now(dt.UTC),
         )
         self.gateways[portfolio_id] = gateway
+        # Orders still open from before a restart go back to the (new, empty) paper book.
+        async with dal.session(readonly=True) as s:
+            open_orders = await s.orders.list(portfolio_id, limit=1000)
+        for row in reversed(open_orders):
+            await gateway.place(_OrderForGateway(row, row.symbol))
         self._tasks.append(
             asyncio.create_task(
                 self._pump_events(portfolio_id, dal, gateway), name=f"gateway-{portfolio_id}"
@@ -292,6 +306,8 @@ class Runtime:
         from dal.types import new_uid
 
         order.setdefault("client_order_id", f"tb-{new_uid()}")
+        # No gateway, no order: refuse before anything is stored.
+        await self.gateway_for(order["portfolio_id"], dal)
         async with dal.session() as s:
             verdict = await s.risk.evaluate(order, self.marks.marks)
             blocked = verdict.decision == "block"
@@ -325,7 +341,7 @@ class Runtime:
         from dal.types import new_uid
 
         token = new_uid().replace("-", "")[:16]
-        self._pending[token] = (user_id, order)
+        self._pending[token] = (user_id, order, time.monotonic())
         return token
 
     def release(self, user_id: int, token: str) -> dict[str, Any] | None:
@@ -334,6 +350,8 @@ class Runtime:
         if held is None or held[0] != user_id:
             return None
         del self._pending[token]
+        if time.monotonic() - held[2] > CONFIRM_WITHIN:
+            return None  # a stale Confirm must not place an order at today's prices
         return held[1]
 
     async def cancel_order(self, dal: ScopedDal, order_id: int) -> Any:
@@ -348,7 +366,9 @@ class Runtime:
             if broker != "PAPER":
                 return await s.orders.cancel(row.id, reason="canceled by its owner")
         gateway = await self.gateway_for(row.portfolio_id, dal)
-        await gateway.cancel(_OrderForGateway(row, symbol))
+        if not await gateway.cancel(_OrderForGateway(row, symbol)):
+            async with dal.session() as s:  # the gateway does not hold it: settle it here
+                return await s.orders.cancel(row.id, reason="canceled by its owner")
         return row
 
     # --- pumps ----------------------------------------------------------------------------------
@@ -379,6 +399,8 @@ class Runtime:
         async for event in gateway.events():
             try:
                 await self._apply(dal, portfolio_id, event)
+            except Exception:  # keep the stream alive whatever one event does
+                log.exception("broker event %s failed", event)
             finally:
                 gateway.event_done()
 
@@ -395,7 +417,10 @@ class Runtime:
             order = f" (order #{row.order_id})" if row.order_id else ""
             await self.notify(user_id, f"Filled: {what}{order}")
             for listener in self.fill_listeners:
-                await listener(user_id, portfolio_id, event)
+                try:
+                    await listener(user_id, portfolio_id, event)
+                except Exception:  # an alert check must never stop the event stream
+                    log.exception("fill listener failed")
         elif event.status in ("REJECTED", "EXPIRED"):
             reason = f": {event.reason}" if event.reason else ""
             await self.notify(user_id, f"Order #{row.id} {event.status.lower()}{reason}")

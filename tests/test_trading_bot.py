@@ -299,3 +299,50 @@ async def test_cancel_button_under_orders_and_edits(h: Trading) -> None:
     assert f"no screener #{screener.id}" in joined(
         await h.send(BOB, f"/screener set {screener.id} max_price=3")
     )
+
+
+async def test_open_paper_orders_survive_a_restart(h: Trading, db: Database) -> None:
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01 @59000"))
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.02 @58000"))
+    await h.runtime.stop()  # the bot goes down with both orders open
+
+    again = Trading(db)
+    again.notifier = Notifier(db, again.bot)
+    again.runtime = Runtime(
+        db,
+        RandomWalkFeed(length=0, start=T0, warmup=0),
+        REGISTRY,
+        again.notifier,
+        PaperConfig(),
+        lockstep=True,
+    )
+    again.dp["runtime"] = again.runtime
+    again.alice = h.alice
+    again.minute = 10
+    await again.runtime.start(feed=False)
+    await again.bar("60000")  # the feed runs before anyone touches the portfolio
+    assert "Cancel requested" in joined(await again.send(ALICE, "/cancel 2"))
+    await again.bar("58900")  # the first order, handed back to the new book, fills
+    async with db.session(h.alice) as s:
+        first, second = await s.orders.get(1), await s.orders.get(2)
+    assert (first.status, second.status) == ("FILLED", "CANCELED")
+
+
+async def test_no_order_is_stored_for_a_portfolio_without_gateway(
+    h: Trading, engine: AsyncEngine
+) -> None:
+    await h.send(ALICE, "/account add IBKR Broker U1 USD")
+    await h.send(ALICE, "/portfolio add Stocks Broker")
+    await h.send(ALICE, "/portfolio Stocks")
+    before = await table_counts(engine)
+    assert "no gateway for IBKR" in joined(await h.send(ALICE, "/buy BTCUSDT 1"))
+    assert await table_counts(engine) == before
+
+
+async def test_alerts_of_deactivated_users_are_not_evaluated(h: Trading, db: Database) -> None:
+    await h.send(BOB, "/alert add price BTCUSDT above 61000")
+    admin = await approved_user(db, 9001, admin=True)
+    async with db.session(admin, admin=True) as s:
+        await s.users.deactivate(BOB)
+    calls = await h.bar("62000")
+    assert not [c for c in calls if "Alert #" in (c.text or "")]

@@ -18,6 +18,16 @@ from dal.types import canonical_decimal, format_utc
 KINDS = ("trades", "orders", "pnl")
 
 
+async def _all_orders(dal: ScopedDal, portfolio_id: int, statuses: list[str]) -> list[Any]:
+    """Every order of the portfolio, newest first, page by page (no silent cut-off)."""
+    rows: list[Any] = []
+    while True:
+        page = await dal.orders.list(portfolio_id, statuses, limit=1000, offset=len(rows))
+        rows.extend(page)
+        if len(page) < 1000:
+            return rows
+
+
 def _d(value: Any) -> str:
     return "" if value is None else canonical_decimal(value)
 
@@ -106,7 +116,7 @@ async def export_csv(
         )
         from dal.schema import ORDER_STATUSES
 
-        rows = await dal.orders.list(portfolio.id, list(ORDER_STATUSES), limit=1000)
+        rows = await _all_orders(dal, portfolio.id, list(ORDER_STATUSES))
         for o in reversed(rows):
             if (since and o.placed_at < since) or (until and o.placed_at >= until):
                 continue

@@ -74,7 +74,7 @@ def router() -> Router:
     async def tz(message: Message, command: CommandObject, dal: ScopedDal, user: Any) -> None:
         zone = (command.args or "").strip()
         if not zone:
-            raise UsageError("tz", f"Your time zone is {q(user.timezone)}.")
+            raise UsageError("tz", f"Your time zone is {user.timezone}.")
         await dal.users.set_timezone(zone)
         await message.answer(f"Time zone set to {q(zone)}.")
 

@@ -20,7 +20,7 @@ from bot.callbacks import CancelOrder, StopAll, TradeConfirm
 from bot.routers.common import UsageError, args_of
 from bot.text import num, q
 from dal.database import ScopedDal
-from dal.errors import InvalidInput
+from dal.errors import InvalidInput, TradebookError
 from dal.types import AmountError, check_amount
 
 TIFS = ("GTC", "IOC", "FOK", "DAY")
@@ -96,6 +96,7 @@ async def ask_to_confirm(
 ) -> None:
     """Show the order with its risk verdict and Confirm / Cancel buttons (none on a BLOCK)."""
     await dal.instruments.get(symbol=order["symbol"])  # unknown symbol: a clear error now
+    await runtime.gateway_for(order["portfolio_id"], dal)  # no gateway: say so before asking
     verdict = await runtime.preview(dal, order)
     text = f"{q(describe(order, portfolio.name))}\n{q(verdict_text(verdict))}"
     if verdict.decision == "block":
@@ -270,15 +271,26 @@ def router() -> Router:
 
 
 async def kill_switch(dal: ScopedDal, runtime: Any) -> tuple[int, int]:
+    """Stop every running strategy, then cancel every open order; one that filled or closed
+    meanwhile is skipped, never the rest."""
     stopped = 0
     for run in await dal.strategy_runs.list():
         if run.status == "RUNNING":
             await runtime.stop_strategy(dal.actor, run.name, run.version, run.portfolio_id)
             stopped += 1
     canceled = 0
-    for order in await dal.orders.list(limit=1000):
-        await runtime.cancel_order(dal, order.id)
-        canceled += 1
+    tried: set[int] = set()
+    while True:
+        batch = [o for o in await dal.orders.list(limit=500) if o.id not in tried]
+        if not batch:
+            break
+        for order in batch:
+            tried.add(order.id)
+            try:
+                await runtime.cancel_order(dal, order.id)
+                canceled += 1
+            except TradebookError:
+                pass  # it filled or was canceled in between
     return canceled, stopped
 
 
