@@ -133,6 +133,10 @@ class _Channel:
     async def finish(self, commit: bool) -> None:
         raise NotImplementedError
 
+    async def run_once(self, fn: Callable[[sa.Connection], T]) -> T:
+        """A whole transaction around ``fn`` in one step (one thread hop on SQLite)."""
+        raise NotImplementedError
+
 
 class _LaneChannel(_Channel):
     def __init__(self, lane: _Lane, begin: str) -> None:
@@ -155,6 +159,20 @@ class _LaneChannel(_Channel):
 
         await self._lane.submit(end)
 
+    async def run_once(self, fn: Callable[[sa.Connection], T]) -> T:
+        def whole(conn: sa.Connection) -> T:
+            # BEGIN, the work and COMMIT (or ROLLBACK) in one thread hop.
+            conn.execution_options(sqlite_begin=self._begin).begin()
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+            return result
+
+        return await self._lane.submit(whole)
+
 
 class _AsyncChannel(_Channel):
     def __init__(self, conn: AsyncConnection) -> None:
@@ -168,6 +186,10 @@ class _AsyncChannel(_Channel):
     async def finish(self, commit: bool) -> None:
         if self._conn.in_transaction():
             await (self._conn.commit() if commit else self._conn.rollback())
+
+    async def run_once(self, fn: Callable[[sa.Connection], T]) -> T:
+        async with self._conn.begin():
+            return await self._conn.run_sync(fn)
 
 
 class _AsyncService:
@@ -195,15 +217,18 @@ class _service:
         self._target = target
         self._cls: type | None = None
 
-    def __get__(self, session: Session | None, owner: type) -> Any:
-        if session is None:
-            return self
+    def resolve(self) -> type:
         if self._cls is None:
             import importlib
 
             module, name = self._target.split(":")
             self._cls = getattr(importlib.import_module(module), name)
-        return _AsyncService(session, self._cls)
+        return self._cls
+
+    def __get__(self, session: Session | None, owner: type) -> Any:
+        if session is None:
+            return self
+        return _AsyncService(session, self.resolve())
 
 
 class Session:
@@ -310,6 +335,33 @@ class Database:
             finally:
                 await channel.finish(commit=ok)
 
+    async def call(
+        self,
+        actor: Actor,
+        service: str,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        admin: bool = False,
+    ) -> Any:
+        """One service call as its own transaction, in one step: what ``db.scoped(actor)``
+        does for every call (half the thread hops of a one-call session on SQLite)."""
+        descriptor = Session.__dict__.get(service)
+        if not isinstance(descriptor, _service) or method.startswith("_"):
+            raise AttributeError(f"no service method {service}.{method}")
+        cls = descriptor.resolve()
+        state: dict[str, Any] = {}
+
+        def body(conn: sa.Connection) -> Any:
+            tx = Tx(conn, actor, admin, state, self.settings, self.cache)
+            if admin and not actor.is_system:
+                _require_admin_user(tx)
+            return getattr(cls(tx), method)(*args, **(kwargs or {}))
+
+        async with self._get_runner().connection(readonly=False) as channel:
+            return await channel.run_once(body)
+
     def scoped(self, actor: Actor) -> ScopedDal:
         """A user-scoped handle: ``await dal.orders.list()`` runs as its own transaction."""
         return ScopedDal(self, actor)
@@ -333,8 +385,10 @@ class _ScopedService:
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         async def call(*args: Any, **kwargs: Any) -> Any:
-            async with self._dal.session() as s:
-                return await getattr(getattr(s, self._service), name)(*args, **kwargs)
+            dal = self._dal
+            return await dal.db.call(
+                dal.actor, self._service, name, args, kwargs, admin=dal.admin_scope
+            )
 
         call.__name__ = name
         return call
