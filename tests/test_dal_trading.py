@@ -348,30 +348,14 @@ async def test_concurrent_writers_on_one_position_lose_nothing(
             {"portfolio_id": pid, "instrument_id": inst, "side": "BUY", "quantity": "1000"}
         )
 
-    async def writer(w: int) -> None:
-        for i in range(50):
-            async with db.session(actor) as s:
-                await s.trades.ingest_fill(
-                    fill(
-                        pid,
-                        inst,
-                        "BUY",
-                        "1",
-                        str(100 + i),
-                        trade_id=f"w{w}-{i}",
-                        order_id=order.id,
-                        at=at(i),
-                    )
-                )
-
-    # Other sessions on their own Database object: on SQLite a second writer thread (like a
+    # Writers 6 and 7 use their own Database object: on SQLite a second writer thread (like a
     # second process) contending through BEGIN IMMEDIATE + busy timeout; on PostgreSQL a
     # second pool.
     other_db = Database(db.url)
     try:
         await asyncio.gather(
-            *(writer(w) for w in range(6)),
-            *(_other_writer(other_db, actor, pid, inst, order.id, w) for w in (6, 7)),
+            *(_writer(db, actor, pid, inst, order.id, w) for w in range(6)),
+            *(_writer(other_db, actor, pid, inst, order.id, w) for w in (6, 7)),
         )
     finally:
         await other_db.dispose()
@@ -385,9 +369,8 @@ async def test_concurrent_writers_on_one_position_lose_nothing(
     assert position.cost_basis == expected_cost
 
 
-async def _other_writer(
-    db: Database, actor: Actor, pid: int, inst: int, order_id: int, w: int
-) -> None:
+async def _writer(db: Database, actor: Actor, pid: int, inst: int, order_id: int, w: int) -> None:
+    """50 one-fill transactions of 1 @ 100+i on one position."""
     for i in range(50):
         async with db.session(actor) as s:
             await s.trades.ingest_fill(

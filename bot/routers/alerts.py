@@ -21,42 +21,38 @@ def _state(row: Any) -> str:
     return "on" if row.is_active else "paused"
 
 
+async def _answer_list(message: Message, title: str, lines: list[str]) -> None:
+    """A titled list of the user's rows, split into messages that fit."""
+    for text in join_blocks([title, *(lines or ["None yet."])]):
+        await message.answer(text)
+
+
 def router() -> Router:
     r = Router(name="alerts")
 
     @r.message(Command("alerts"))
     async def alerts(message: Message, dal: ScopedDal) -> None:
-        rows = await dal.alerts.list()
-        blocks = ["<b>Your alerts</b>"] + [
-            f"#{a.id} {q(a.name)} — {a.type}, {_state(a)}\n<code>{_config(a)}</code>" for a in rows
+        lines = [
+            f"#{a.id} {q(a.name)} — {a.type}, {_state(a)}\n<code>{_config(a)}</code>"
+            for a in await dal.alerts.list()
         ]
-        if not rows:
-            blocks.append("None yet.")
-        for text in join_blocks(blocks):
-            await message.answer(text)
+        await _answer_list(message, "<b>Your alerts</b>", lines)
 
     @r.message(Command("schedules"))
     async def schedules(message: Message, dal: ScopedDal, user: Any) -> None:
-        rows = await dal.schedules.list()
-        blocks = ["<b>Your schedules</b> (cron in UTC)"] + [
+        lines = [
             f"#{s.id} {q(s.name)} — <code>{q(s.cron)}</code>, {_state(s)}, next "
             f"{local_time(s.next_run_at, user.timezone)}\n<code>{_config(s)}</code>"
-            for s in rows
+            for s in await dal.schedules.list()
         ]
-        if not rows:
-            blocks.append("None yet.")
-        for text in join_blocks(blocks):
-            await message.answer(text)
+        await _answer_list(message, "<b>Your schedules</b> (cron in UTC)", lines)
 
     @r.message(Command("screeners"))
     async def screeners(message: Message, dal: ScopedDal) -> None:
-        rows = await dal.screeners.list()
-        blocks = ["<b>Your screeners</b>"] + [
-            f"#{s.id} {q(s.name)} — {_state(s)}\n<code>{_config(s)}</code>" for s in rows
+        lines = [
+            f"#{s.id} {q(s.name)} — {_state(s)}\n<code>{_config(s)}</code>"
+            for s in await dal.screeners.list()
         ]
-        if not rows:
-            blocks.append("None yet.")
-        for text in join_blocks(blocks):
-            await message.answer(text)
+        await _answer_list(message, "<b>Your screeners</b>", lines)
 
     return r
