@@ -68,17 +68,19 @@ COMMANDS = [
     ),
     Cmd(
         "alert",
-        "/alert add price|position|risk|indicator … | /alert on|off|del ID",
+        "/alert add price|position|risk|indicator … | /alert set ID key=value… | "
+        "/alert on|off|del ID",
         "alerts, e.g. /alert add price BTCUSDT above 70000",
     ),
     Cmd(
         "schedule",
-        '/schedule add "CRON" report pnl|positions|orders|risk [period] | on|off|del ID',
+        '/schedule add "CRON" report pnl|positions|orders|risk [period] | set ID "CRON" | '
+        "on|off|del ID",
         'scheduled reports (cron in UTC), e.g. /schedule add "0 18 * * *" report pnl today',
     ),
     Cmd(
         "screener",
-        "/screener add NAME key=value… | /screener on|off|del ID",
+        "/screener add NAME key=value… | set ID key=value… | on|off|del ID",
         "screeners, e.g. /screener add cheap asset_type=CRYPTO max_price=1",
     ),
     Cmd(
