@@ -305,14 +305,33 @@ class TradeService:
         until: dt.datetime | None = None,
         tz: dt.tzinfo = dt.UTC,
     ) -> PnlSummary:
-        """Realized PnL and fees from trades in [since, until), summed exactly in Python."""
-        rows = self.list(portfolio_id, since, until, limit=None)
+        """Realized PnL and fees from trades in [since, until), summed exactly in Python
+        (SQLite would sum decimal TEXT as floats). Reads only the columns it sums."""
+        owned_portfolio(self.tx, portfolio_id)
+        since, until = aware_arg(since, "since"), aware_arg(until, "until")
+        query = (
+            sa.select(
+                trades.c.realized_pnl,
+                trades.c.fee,
+                trades.c.fee_currency,
+                trades.c.exec_time,
+                t.instruments.c.symbol,
+                t.instruments.c.currency,
+            )
+            .join(t.instruments, t.instruments.c.id == trades.c.instrument_id)
+            .where(trades.c.portfolio_id == portfolio_id)
+        )
+        if since is not None:
+            query = query.where(trades.c.exec_time >= since)
+        if until is not None:
+            query = query.where(trades.c.exec_time < until)
+        rows = list(self.tx.conn.execute(query))
         summary = PnlSummary(trade_count=len(rows))
         realized: dict[str, Decimal] = defaultdict(Decimal)
         fees: dict[str, Decimal] = defaultdict(Decimal)
         daily: dict[tuple[dt.date, str], Decimal] = defaultdict(Decimal)
         with localcontext(DECIMAL_CONTEXT):
-            for row in reversed(rows):
+            for row in rows:
                 realized[row.currency] += row.realized_pnl
                 if row.fee and row.fee_currency:
                     fees[row.fee_currency] += row.fee
