@@ -319,6 +319,7 @@ class Runtime:
                 await s.risk.record_breach(verdict, row.portfolio_id, row.instrument_id, row.id)
             row = await s.orders.get(row.id)
             symbol = (await s.instruments.get(row.instrument_id)).symbol
+            owner_zone = (await s.users.me()).timezone
         if verdict.breaches:
             word = "blocked" if blocked else "warning"
             await self.notify(
@@ -328,6 +329,7 @@ class Runtime:
         if blocked:
             return row
         gateway = await self.gateway_for(row.portfolio_id, dal)
+        gateway.timezone = owner_zone  # DAY orders end at the owner's midnight as of now (/tz)
         await gateway.place(_OrderForGateway(row, symbol))
         return row
 

@@ -346,3 +346,16 @@ async def test_alerts_of_deactivated_users_are_not_evaluated(h: Trading, db: Dat
         await s.users.deactivate(BOB)
     calls = await h.bar("62000")
     assert not [c for c in calls if "Alert #" in (c.text or "")]
+
+
+async def test_day_orders_end_at_the_owners_current_local_midnight(h: Trading) -> None:
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01 @1"))  # gateway made in UTC
+    await h.send(ALICE, "/tz Asia/Tokyo")
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01 @2 tif=DAY"))
+    async with h.db.session(h.alice) as s:
+        pid = (await s.portfolios.current()).id
+    (day_order,) = [
+        o for o in h.runtime.gateways[pid].engine.open_orders() if o.time_in_force == "DAY"
+    ]
+    # Bars are at 2024-05-01 12:0x UTC = 21:0x in Tokyo: the day ends at 15:00 UTC.
+    assert day_order.day_ends_at == dt.datetime(2024, 5, 1, 15, 0, tzinfo=dt.UTC)
