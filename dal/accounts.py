@@ -241,6 +241,16 @@ class PortfolioService:
     def by_name(self, name: str) -> sa.Row:
         return portfolio_by_name(self.tx, name)
 
+    def broker_code(self, portfolio_id: int) -> str:
+        """The code of the broker a portfolio trades at (PAPER, BINANCE, …)."""
+        owned_portfolio(self.tx, portfolio_id)
+        return self.tx.conn.execute(
+            sa.select(t.brokers.c.code)
+            .join(accounts, accounts.c.broker_id == t.brokers.c.id)
+            .join(portfolios, portfolios.c.account_id == accounts.c.id)
+            .where(portfolios.c.id == portfolio_id)
+        ).scalar_one()
+
     def default(self) -> sa.Row:
         row = self.tx.conn.execute(
             sa.select(portfolios).where(

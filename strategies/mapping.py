@@ -35,12 +35,11 @@ async def _find_order(
     client_order_id: str | None,
     broker_order_id: str | None,
 ) -> Any:
-    for lookup, key in ((s.orders.by_client_id, client_order_id),):
-        if key:
-            try:
-                return await lookup(portfolio_id, key)
-            except NotFound:
-                pass
+    if client_order_id:
+        try:
+            return await s.orders.by_client_id(portfolio_id, client_order_id)
+        except NotFound:
+            pass
     if broker_order_id:
         try:
             return await s.orders.by_broker_id(portfolio_id, instrument_id, broker_order_id)

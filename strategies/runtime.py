@@ -262,7 +262,7 @@ class Runtime:
         async with dal.session() as s:
             portfolio = await s.portfolios.get(portfolio_id)
             account = await s.accounts.get(portfolio.account_id)
-            broker = await _broker_of(s, portfolio_id)
+            broker = await s.portfolios.broker_code(portfolio_id)
             user = await s.users.me()
         if broker != "PAPER":
             raise TradebookError(f"no gateway for {broker} accounts in this tradebook yet")
@@ -364,7 +364,7 @@ class Runtime:
             symbol = (await s.instruments.get(row.instrument_id)).symbol
             if row.status not in ("NEW", "PARTIALLY_FILLED"):
                 raise Conflict(f"order #{row.id} is {row.status}; only open orders can be canceled")
-            broker = await _broker_of(s, row.portfolio_id)
+            broker = await s.portfolios.broker_code(row.portfolio_id)
             if broker != "PAPER":
                 return await s.orders.cancel(row.id, reason="canceled by its owner")
         gateway = await self.gateway_for(row.portfolio_id, dal)
@@ -450,12 +450,6 @@ class Runtime:
 async def _portfolio(s: Any, portfolio_id: int | None) -> Any:
     """The given portfolio (owner-checked) or the user's current one."""
     return await s.portfolios.get(portfolio_id) if portfolio_id else await s.portfolios.current()
-
-
-async def _broker_of(s: Any, portfolio_id: int) -> str:
-    portfolio = await s.portfolios.get(portfolio_id)
-    account = await s.accounts.get(portfolio.account_id)
-    return next(b.code for b in await s.brokers.list() if b.id == account.broker_id)
 
 
 def _drain(queue: asyncio.Queue[Any]) -> None:

@@ -205,6 +205,7 @@ ID_OPS: dict[str, Op] = {
     "accounts.get": lambda s, o, m: s.accounts.get(o.account),
     "accounts.delete": lambda s, o, m: s.accounts.delete(o.spare_account),
     "portfolios.get": lambda s, o, m: s.portfolios.get(o.portfolio),
+    "portfolios.broker_code": lambda s, o, m: s.portfolios.broker_code(o.portfolio),
     "portfolios.update[name]": lambda s, o, m: s.portfolios.update(o.portfolio, name="Mine"),
     "portfolios.update[description]": lambda s, o, m: s.portfolios.update(
         o.portfolio, description="mine now"

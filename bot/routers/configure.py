@@ -30,6 +30,20 @@ def key_values(tokens: list[str], command: str) -> dict[str, str]:
     return out
 
 
+async def switch(message: Message, args: list[str], service: Any, noun: str) -> bool:
+    """``on|off|del ID`` for alerts, schedules and screeners; False when ``args`` is not that."""
+    if len(args) != 2 or args[0] not in ("on", "off", "del") or not args[1].lstrip("#").isdigit():
+        return False
+    row_id = int(args[1].lstrip("#"))
+    if args[0] == "del":
+        await service.delete(row_id)
+        await message.answer(f"{noun} #{row_id} deleted.")
+    else:
+        row = await service.set_active(row_id, args[0] == "on")
+        await message.answer(f"{noun} #{row.id} is {args[0]}.")
+    return True
+
+
 def router() -> Router:
     r = Router(name="configure")
 
@@ -122,14 +136,7 @@ def router() -> Router:
     @r.message(Command("alert"))
     async def alert(message: Message, command: CommandObject, dal: ScopedDal) -> None:
         args = args_of(command)
-        if len(args) == 2 and args[0] in ("on", "off", "del") and args[1].lstrip("#").isdigit():
-            alert_id = int(args[1].lstrip("#"))
-            if args[0] == "del":
-                await dal.alerts.delete(alert_id)
-                await message.answer(f"Alert #{alert_id} deleted.")
-            else:
-                row = await dal.alerts.set_active(alert_id, args[0] == "on")
-                await message.answer(f"Alert #{row.id} is {args[0]}.")
+        if await switch(message, args, dal.alerts, "Alert"):
             return
         if len(args) >= 3 and args[0] == "set" and args[1].lstrip("#").isdigit():
             alert_id = int(args[1].lstrip("#"))
@@ -193,14 +200,7 @@ def router() -> Router:
             args = shlex.split(command.args or "")
         except ValueError:
             raise UsageError("schedule", "unbalanced quotes") from None
-        if len(args) == 2 and args[0] in ("on", "off", "del") and args[1].lstrip("#").isdigit():
-            schedule_id = int(args[1].lstrip("#"))
-            if args[0] == "del":
-                await dal.schedules.delete(schedule_id)
-                await message.answer(f"Schedule #{schedule_id} deleted.")
-            else:
-                row = await dal.schedules.set_active(schedule_id, args[0] == "on")
-                await message.answer(f"Schedule #{row.id} is {args[0]}.")
+        if await switch(message, args, dal.schedules, "Schedule"):
             return
         if len(args) == 3 and args[0] == "set" and args[1].lstrip("#").isdigit():
             try:
@@ -223,14 +223,7 @@ def router() -> Router:
     @r.message(Command("screener"))
     async def screener(message: Message, command: CommandObject, dal: ScopedDal) -> None:
         args = args_of(command)
-        if len(args) == 2 and args[0] in ("on", "off", "del") and args[1].lstrip("#").isdigit():
-            screener_id = int(args[1].lstrip("#"))
-            if args[0] == "del":
-                await dal.screeners.delete(screener_id)
-                await message.answer(f"Screener #{screener_id} deleted.")
-            else:
-                row = await dal.screeners.set_active(screener_id, args[0] == "on")
-                await message.answer(f"Screener #{row.id} is {args[0]}.")
+        if await switch(message, args, dal.screeners, "Screener"):
             return
         if len(args) >= 3 and args[0] == "set" and args[1].lstrip("#").isdigit():
             screener_id = int(args[1].lstrip("#"))

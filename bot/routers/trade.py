@@ -214,7 +214,7 @@ def router() -> Router:
             else:
                 raise UsageError("fill", f"I don't understand {word!r}")
         portfolio = await dal.portfolios.current()
-        if await _has_gateway(dal, portfolio):
+        if await dal.portfolios.broker_code(portfolio.id) == "PAPER":
             raise UsageError(
                 "fill",
                 f"{portfolio.name} trades through its gateway; /fill is "
@@ -292,12 +292,6 @@ async def kill_switch(dal: ScopedDal, runtime: Any) -> tuple[int, int]:
             except TradebookError:
                 pass  # it filled or was canceled in between
     return canceled, stopped
-
-
-async def _has_gateway(dal: ScopedDal, portfolio: Any) -> bool:
-    account = await dal.accounts.get(portfolio.account_id)
-    brokers = {b.id: b.code for b in await dal.brokers.list()}
-    return brokers[account.broker_id] == "PAPER"
 
 
 def _parse_time(text: str, zone: str) -> dt.datetime:
