@@ -20,6 +20,7 @@ from typing import Any
 
 from bench.common import BenchDb, check_portfolios, make_instrument, make_portfolio, percentile
 from dal.database import Database
+from dal.pnl_summary import Entry, summarize
 from dal.position_math import PositionState, apply_fill
 from dal.scope import Actor
 from dal.types import canonical_decimal, canonical_json, format_utc, new_uid
@@ -145,6 +146,16 @@ async def seed(
     return Seeded(db, seeded_users, portfolios, total, time.perf_counter() - started, per_portfolio)
 
 
+def _summary(trades: list[dict]) -> dict:
+    """The PnL summary rows of a portfolio's trades (seed users keep the default UTC zone),
+    computed by the DAL's own function so ``verify`` passes on the load."""
+    entries = (
+        Entry(tr["instrument_id"], tr["exec_time"], "USDT", tr["realized_pnl"], tr["fee"], 1)
+        for tr in trades
+    )
+    return summarize(entries, "UTC")
+
+
 class _SqliteLoader:
     def __init__(self, bdb: BenchDb) -> None:
         self.conn = sqlite3.connect(bdb.raw["path"], isolation_level=None, check_same_thread=False)
@@ -238,6 +249,14 @@ class _SqliteLoader:
                     now,
                 )
                 for iid, (st, (at, k)) in positions.items()
+            ],
+        )
+        c.executemany(
+            "INSERT INTO pnl_summary (portfolio_id, period, period_start, instrument_id, "
+            "fee_currency, realized_pnl, fees, trade_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (pid, period, start.isoformat(), iid, fee_ccy, D(v.realized), D(v.fees), v.count)
+                for (period, start, iid, fee_ccy), v in _summary(trades).items()
             ],
         )
         c.execute(
@@ -418,6 +437,23 @@ class _PgLoader:
                         now,
                     )
                     for iid, (st, (at, k)) in positions.items()
+                ],
+            )
+            await c.copy_records_to_table(
+                "pnl_summary",
+                columns=[
+                    "portfolio_id",
+                    "period",
+                    "period_start",
+                    "instrument_id",
+                    "fee_currency",
+                    "realized_pnl",
+                    "fees",
+                    "trade_count",
+                ],
+                records=[
+                    (pid, period, start, iid, fee_ccy, v.realized, v.fees, v.count)
+                    for (period, start, iid, fee_ccy), v in _summary(trades).items()
                 ],
             )
 

@@ -45,7 +45,8 @@ def owned_portfolio(tx: Tx, portfolio_id: int, *, writable: bool = False) -> sa.
 
 # The fill path's check in one statement: the portfolio, owned by an approved, active actor.
 _PORTFOLIO_OF_APPROVED_OWNER = (
-    sa.select(portfolios)
+    # The owner's time zone rides along for the fill's PnL summary (dal/pnl_summary.py).
+    sa.select(portfolios, t.users.c.timezone.label("owner_timezone"))
     .join(t.users, t.users.c.id == portfolios.c.user_id)
     .where(
         portfolios.c.id == sa.bindparam("portfolio_id"),

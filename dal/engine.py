@@ -18,6 +18,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from dal.types import register_sqlite_decimal_functions
+
 BUSY_TIMEOUT_MS = 30_000
 # How many pages the WAL may grow to before an automatic checkpoint, and the size the WAL file
 # is truncated back to after one: keeps the WAL small while the writers run.
@@ -52,6 +54,8 @@ def install_sqlite_hooks(sync_engine: Engine) -> None:
             cursor.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT_BYTES}")
         finally:
             cursor.close()
+        if hasattr(dbapi_conn, "create_aggregate"):  # stdlib sqlite3 (the DAL's own engine)
+            register_sqlite_decimal_functions(dbapi_conn)
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:

@@ -17,9 +17,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
 from dal.accounts import owned_portfolio
+from dal.pnl_summary import (
+    Entry,
+    SummaryDifference,
+    add_to_summary,
+    rebuild_summary,
+    verify_summary,
+)
 from dal.position_math import FillResult, PositionState, apply_fill
 from dal.scope import Tx
-from dal.types import new_uid
+from dal.types import DECIMAL_CONTEXT, new_uid
 
 positions = t.positions
 trades = t.trades
@@ -134,6 +141,7 @@ def _trades_in_canonical_order(
             trades.c.price,
             trades.c.exec_time,
             trades.c.realized_pnl,
+            trades.c.fee_currency,
         )
         .where(trades.c.portfolio_id == portfolio_id)
         .order_by(trades.c.exec_time, trades.c.id)
@@ -178,15 +186,28 @@ def derive(rows: list[sa.Row]) -> dict[PositionKey, Derived]:
 
 
 def rederive_position(tx: Tx, key: PositionKey, position_id: int) -> Derived:
-    """Re-derive one position from its trades (after a late fill) and fix per-trade PnL."""
+    """Re-derive one position from its trades (after a late fill) and fix per-trade PnL,
+    with the PnL summary corrected by the same differences."""
     rows = _trades_in_canonical_order(tx.conn, key[0], key)
     derived = derive(rows).get(key) or Derived(PositionState(), None, None, {})
-    stored = {row.id: row.realized_pnl for row in rows}
-    for trade_id, realized in derived.trade_realized.items():
-        if stored[trade_id] != realized:
+    corrections: list[Entry] = []
+    for row in rows:
+        realized = derived.trade_realized[row.id]
+        if row.realized_pnl != realized:
             tx.conn.execute(
-                trades.update().where(trades.c.id == trade_id).values(realized_pnl=realized)
+                trades.update().where(trades.c.id == row.id).values(realized_pnl=realized)
             )
+            corrections.append(
+                Entry(
+                    row.instrument_id,
+                    row.exec_time,
+                    row.fee_currency,
+                    DECIMAL_CONTEXT.subtract(realized, row.realized_pnl),
+                    Decimal(0),
+                    0,
+                )
+            )
+    add_to_summary(tx, key[0], corrections)
     write_position(tx, position_id, derived.state, derived.last_exec_time, derived.last_trade_id)
     return derived
 
@@ -213,7 +234,10 @@ class Difference:
 _COMPARED = ("quantity", "cost_basis", "avg_price", "realized_pnl", "opened_at")
 
 
-def verify_portfolio(conn: sa.Connection, portfolio_id: int) -> list[Difference]:
+def verify_portfolio(
+    conn: sa.Connection, portfolio_id: int
+) -> list[Difference | SummaryDifference]:
+    """Stored positions, per-trade realized PnL and the PnL summary against the trades."""
     rows = _trades_in_canonical_order(conn, portfolio_id)
     expected = derive(rows)
     differences: list[Difference] = []
@@ -238,7 +262,7 @@ def verify_portfolio(conn: sa.Connection, portfolio_id: int) -> list[Difference]
                 continue  # a flat position with no row and no PnL is the same thing
             if have_value != want_value:
                 differences.append(Difference(*key, name, have_value, want_value))
-    return differences
+    return [*differences, *verify_summary(conn, portfolio_id)]
 
 
 class PositionService:
@@ -275,7 +299,7 @@ class PositionService:
         derived = derive(_trades_in_canonical_order(self.tx.conn, portfolio_id))
         return {key: d.state for key, d in derived.items()}
 
-    def verify(self, portfolio_id: int | None = None) -> list[Difference]:
+    def verify(self, portfolio_id: int | None = None) -> list[Difference | SummaryDifference]:
         """Every difference between the materialized rows and the trades (empty = consistent).
         Without a portfolio: every portfolio in scope (all of them in admin scope)."""
         if portfolio_id is not None:
@@ -289,21 +313,27 @@ class PositionService:
                     .order_by(t.portfolios.c.id)
                 ).scalars()
             )
-        differences: list[Difference] = []
+        differences: list[Difference | SummaryDifference] = []
         for pid in ids:
             differences.extend(verify_portfolio(self.tx.conn, pid))
         return differences
 
-    def repair(self, portfolio_id: int) -> list[Difference]:
-        """Rewrite a portfolio's positions (and per-trade PnL) from its trades; audited."""
+    def repair(self, portfolio_id: int) -> list[Difference | SummaryDifference]:
+        """Rewrite a portfolio's positions, per-trade PnL and PnL summary from its trades;
+        audited."""
         portfolio = owned_portfolio(self.tx, portfolio_id)
         differences = verify_portfolio(self.tx.conn, portfolio_id)
         if not differences:
             return []
-        keys = {(d.portfolio_id, d.instrument_id, d.strategy_id) for d in differences}
+        keys = {
+            (d.portfolio_id, d.instrument_id, d.strategy_id)
+            for d in differences
+            if isinstance(d, Difference)
+        }
         for key in keys:
             row = lock_position(self.tx, key)
             rederive_position(self.tx, key, row.id)
+        rebuild_summary(self.tx.conn, portfolio_id)
         self.tx.audit(
             "POSITION",
             None,

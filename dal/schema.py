@@ -24,6 +24,7 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 # --- enumerations (stored as text, enforced by CHECK) -----------------------------------------
 ASSET_TYPES = ("CRYPTO", "EQUITY", "FUTURE", "FOREX", "ETF")
 ORDER_SIDES = ("BUY", "SELL")
+PNL_PERIODS = ("DAY", "MONTH")
 ORDER_TYPES = ("MARKET", "LIMIT", "STOP", "STOP_LIMIT", "TRAILING")
 ORDER_STATUSES = ("NEW", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED")
 OPEN_ORDER_STATUSES = ("NEW", "PARTIALLY_FILLED")
@@ -296,6 +297,25 @@ trades = sa.Table(
     sa.Index(None, "instrument_id", "exec_time"),
     sa.Index(None, "order_id"),
     sa.Index(None, "strategy_id"),
+)
+
+# Realized PnL, fees and trade count per portfolio, instrument and fee currency, per day and per
+# month in the owner's time zone: kept in the fill transaction so /pnl reads a few hundred rows
+# instead of every trade of the period (dal/pnl_summary.py). '' is "no fee currency".
+pnl_summary = sa.Table(
+    "pnl_summary",
+    metadata,
+    sa.Column("portfolio_id", BigID, fk("portfolios.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("period", sa.String(5), primary_key=True),
+    sa.Column("period_start", sa.Date(), primary_key=True),
+    sa.Column("instrument_id", BigID, fk("instruments.id"), primary_key=True),
+    sa.Column("fee_currency", sa.String(16), primary_key=True),
+    sa.Column("realized_pnl", Money(), nullable=False),
+    sa.Column("fees", Money(), nullable=False),
+    sa.Column("trade_count", sa.Integer(), nullable=False),
+    one_of("period", PNL_PERIODS),
+    sa.CheckConstraint("trade_count >= 0", name="trade_count_nonneg"),
+    sa.Index(None, "instrument_id"),
 )
 
 positions = sa.Table(

@@ -77,6 +77,7 @@ class Tx:
 
     def forget_user(self) -> None:
         self.state.pop("user", None)
+        self.state.pop("owner_zones", None)
 
     def require_user(self) -> sa.Row | None:
         """The approved, active acting user (None for the system actor)."""

@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -23,6 +24,14 @@ from dal.accounts import owned_portfolio, owned_portfolio_fast
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import resolve_instrument
 from dal.models import Fill, aware_arg, parse, valid_id
+from dal.pnl_summary import (
+    Entry,
+    add_to_summary,
+    daily_totals,
+    owner_zone,
+    remember_zone,
+    totals_by_instrument,
+)
 from dal.position_math import apply_fill
 from dal.positions import lock_position, rederive_position, state_of, write_position
 from dal.scope import Tx
@@ -122,6 +131,13 @@ def ingest_one(tx: Tx, fill: Fill, checked: dict[int, sa.Row] | None = None) -> 
     if trade is None:
         return IngestResult(_replayed(conn, fill, portfolio.id, instrument.id, order), True)
     trade_id = trade.id
+    if "owner_timezone" in portfolio._mapping:
+        remember_zone(tx, portfolio.id, portfolio.owner_timezone)
+    add_to_summary(
+        tx,
+        portfolio.id,
+        [Entry(instrument.id, fill.exec_time, fill.fee_currency, result.realized, fill.fee, 1)],
+    )
 
     if order is not None:
         _apply_to_order(tx, order, fill)
@@ -305,43 +321,103 @@ class TradeService:
         until: dt.datetime | None = None,
         tz: dt.tzinfo = dt.UTC,
     ) -> PnlSummary:
-        """Realized PnL and fees from trades in [since, until), summed exactly in Python
-        (SQLite would sum decimal TEXT as floats). Reads only the columns it sums."""
+        """Realized PnL and fees from trades in [since, until), exact. Periods that start and
+        end at local midnights of the owner's time zone (every /pnl period) are read from the
+        PnL summary (dal/pnl_summary.py); any other range sums the trades themselves."""
         owned_portfolio(self.tx, portfolio_id)
         since, until = aware_arg(since, "since"), aware_arg(until, "until")
-        query = (
-            sa.select(
-                trades.c.realized_pnl,
-                trades.c.fee,
-                trades.c.fee_currency,
-                trades.c.exec_time,
-                t.instruments.c.symbol,
-                t.instruments.c.currency,
-            )
-            .join(t.instruments, t.instruments.c.id == trades.c.instrument_id)
-            .where(trades.c.portfolio_id == portfolio_id)
-        )
-        if since is not None:
-            query = query.where(trades.c.exec_time >= since)
-        if until is not None:
-            query = query.where(trades.c.exec_time < until)
-        rows = list(self.tx.conn.execute(query))
-        summary = PnlSummary(trade_count=len(rows))
+        days = _local_days(since, until, tz, self._owner_zone(portfolio_id))
+        if days is None:
+            return _pnl_from_trades(self.tx.conn, portfolio_id, since, until, tz)
+        conn = self.tx.conn
+        summary = PnlSummary()
         realized: dict[str, Decimal] = defaultdict(Decimal)
         fees: dict[str, Decimal] = defaultdict(Decimal)
-        daily: dict[tuple[dt.date, str], Decimal] = defaultdict(Decimal)
         with localcontext(DECIMAL_CONTEXT):
-            for row in rows:
+            for row in totals_by_instrument(conn, portfolio_id, *days):
+                summary.trade_count += row.trade_count
                 realized[row.currency] += row.realized_pnl
-                if row.fee and row.fee_currency:
-                    fees[row.fee_currency] += row.fee
+                if row.fees and row.fee_currency:
+                    fees[row.fee_currency] += row.fees
                 entry = summary.by_instrument.setdefault(
-                    row.symbol,
-                    {"currency": row.currency, "realized": Decimal(0), "trades": 0},
+                    row.symbol, {"currency": row.currency, "realized": Decimal(0), "trades": 0}
                 )
                 entry["realized"] += row.realized_pnl
-                entry["trades"] += 1
-                daily[(row.exec_time.astimezone(tz).date(), row.currency)] += row.realized_pnl
+                entry["trades"] += row.trade_count
         summary.realized, summary.fees = dict(realized), dict(fees)
-        summary.daily = [(day, cur, v) for (day, cur), v in sorted(daily.items())]
+        summary.daily = daily_totals(conn, portfolio_id, *days)
         return summary
+
+    def _owner_zone(self, portfolio_id: int) -> str:
+        user = self.tx.user_row() if self.tx.actor.user_id is not None else None
+        if user is not None and not self.tx.admin_scope:
+            return str(user.timezone)  # owned_portfolio checked the actor owns it
+        return owner_zone(self.tx, portfolio_id)
+
+
+def _local_days(
+    since: dt.datetime | None, until: dt.datetime | None, tz: dt.tzinfo, zone: str
+) -> tuple[dt.date | None, dt.date | None] | None:
+    """[since, until) as local days [first, end) of ``zone`` when ``tz`` is that zone and
+    both ends are local midnights; None when the summary cannot answer exactly."""
+    if getattr(tz, "key", "UTC" if tz is dt.UTC else None) != zone:
+        return None
+    local_zone = ZoneInfo(zone)
+
+    def day_of(moment: dt.datetime | None) -> dt.date | bool | None:
+        if moment is None:
+            return None
+        day = moment.astimezone(local_zone).date()
+        return day if dt.datetime.combine(day, dt.time(), local_zone) == moment else False
+
+    first, end = day_of(since), day_of(until)
+    if first is False or end is False:
+        return None
+    return first, end  # type: ignore[return-value]
+
+
+def _pnl_from_trades(
+    conn: sa.Connection,
+    portfolio_id: int,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    tz: dt.tzinfo,
+) -> PnlSummary:
+    """``TradeService.pnl`` summed from the trades themselves (SQLite would sum decimal TEXT
+    as floats, so in Python). Reads only the columns it sums."""
+    query = (
+        sa.select(
+            trades.c.realized_pnl,
+            trades.c.fee,
+            trades.c.fee_currency,
+            trades.c.exec_time,
+            t.instruments.c.symbol,
+            t.instruments.c.currency,
+        )
+        .join(t.instruments, t.instruments.c.id == trades.c.instrument_id)
+        .where(trades.c.portfolio_id == portfolio_id)
+    )
+    if since is not None:
+        query = query.where(trades.c.exec_time >= since)
+    if until is not None:
+        query = query.where(trades.c.exec_time < until)
+    rows = list(conn.execute(query))
+    summary = PnlSummary(trade_count=len(rows))
+    realized: dict[str, Decimal] = defaultdict(Decimal)
+    fees: dict[str, Decimal] = defaultdict(Decimal)
+    daily: dict[tuple[dt.date, str], Decimal] = defaultdict(Decimal)
+    with localcontext(DECIMAL_CONTEXT):
+        for row in rows:
+            realized[row.currency] += row.realized_pnl
+            if row.fee and row.fee_currency:
+                fees[row.fee_currency] += row.fee
+            entry = summary.by_instrument.setdefault(
+                row.symbol,
+                {"currency": row.currency, "realized": Decimal(0), "trades": 0},
+            )
+            entry["realized"] += row.realized_pnl
+            entry["trades"] += 1
+            daily[(row.exec_time.astimezone(tz).date(), row.currency)] += row.realized_pnl
+    summary.realized, summary.fees = dict(realized), dict(fees)
+    summary.daily = [(day, cur, v) for (day, cur), v in sorted(daily.items())]
+    return summary

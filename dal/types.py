@@ -18,6 +18,7 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
+import sqlalchemy.ext.compiler
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
@@ -245,3 +246,76 @@ def utc_now() -> dt.datetime:
 def new_uid() -> str:
     """A new random UUID4 string for ``uid`` columns."""
     return str(uuid.uuid4())
+
+
+# --- exact decimal arithmetic in SQL ----------------------------------------------------------
+# PostgreSQL adds and sums NUMERIC exactly. SQLite would turn decimal TEXT into floats, so on
+# SQLite the same expressions call two functions registered on every connection (dal/engine.py)
+# that compute with Decimal and return canonical TEXT.
+_SQLITE_ADD = "tb_decimal_add"
+_SQLITE_SUM = "tb_decimal_sum"
+
+
+def _sqlite_decimal(value: object) -> decimal.Decimal:
+    if isinstance(value, float):
+        raise AmountError(f"float {value!r} found in a decimal column")
+    return decimal.Decimal(value) if value is not None else decimal.Decimal(0)
+
+
+def _sqlite_add(a: object, b: object) -> str:
+    return canonical_decimal(
+        DECIMAL_CONTEXT.add(_sqlite_decimal(a), _sqlite_decimal(b)).normalize(DECIMAL_CONTEXT)
+    )
+
+
+class _SQLiteSum:
+    def __init__(self) -> None:
+        self.total = decimal.Decimal(0)
+
+    def step(self, value: object) -> None:
+        if value is not None:
+            self.total = DECIMAL_CONTEXT.add(self.total, _sqlite_decimal(value))
+
+    def finalize(self) -> str:
+        return canonical_decimal(self.total)
+
+
+def register_sqlite_decimal_functions(dbapi_conn: Any) -> None:
+    """Install ``decimal_add`` / ``decimal_sum``'s SQLite functions on a DB-API connection."""
+    dbapi_conn.create_function(_SQLITE_ADD, 2, _sqlite_add, deterministic=True)
+    dbapi_conn.create_aggregate(_SQLITE_SUM, 1, _SQLiteSum)
+
+
+class decimal_add(sa.sql.functions.GenericFunction[decimal.Decimal]):
+    """``a + b`` on two Money expressions, exact on both engines."""
+
+    type = Money()
+    inherit_cache = True
+
+
+class decimal_sum(sa.sql.functions.GenericFunction[decimal.Decimal]):
+    """``SUM(x)`` of a Money expression, exact on both engines."""
+
+    type = Money()
+    inherit_cache = True
+
+
+@sa.ext.compiler.compiles(decimal_add, "sqlite")
+def _add_sqlite(element: decimal_add, compiler: Any, **kw: Any) -> str:
+    return f"{_SQLITE_ADD}({compiler.process(element.clauses, **kw)})"
+
+
+@sa.ext.compiler.compiles(decimal_add)
+def _add_default(element: decimal_add, compiler: Any, **kw: Any) -> str:
+    a, b = element.clauses.clauses
+    return f"({compiler.process(a, **kw)} + {compiler.process(b, **kw)})"
+
+
+@sa.ext.compiler.compiles(decimal_sum, "sqlite")
+def _sum_sqlite(element: decimal_sum, compiler: Any, **kw: Any) -> str:
+    return f"{_SQLITE_SUM}({compiler.process(element.clauses, **kw)})"
+
+
+@sa.ext.compiler.compiles(decimal_sum)
+def _sum_default(element: decimal_sum, compiler: Any, **kw: Any) -> str:
+    return f"sum({compiler.process(element.clauses, **kw)})"

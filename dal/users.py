@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from dal import schema as t
 from dal.errors import Conflict, Forbidden, InvalidInput, NotFound
 from dal.models import valid_id
+from dal.pnl_summary import rebuild_summary
 from dal.scope import Tx
 from dal.types import new_uid
 
@@ -96,8 +97,16 @@ class UserService:
                 f"unknown time zone {zone!r}; use an IANA name like Europe/Berlin"
             ) from None
         user_id = self.tx.user_id
-        self.tx.conn.execute(users.update().where(users.c.id == user_id).values(timezone=zone))
-        self.tx.audit("USER", user_id, "UPDATE", {"timezone": zone})
+        conn = self.tx.conn
+        if zone == self.tx.user_row().timezone:
+            return zone
+        conn.execute(users.update().where(users.c.id == user_id).values(timezone=zone))
+        # The PnL summary is kept in the owner's local days: rebuild it in the new zone.
+        portfolio_ids = conn.execute(
+            sa.select(t.portfolios.c.id).where(t.portfolios.c.user_id == user_id)
+        ).scalars()
+        rows = sum(rebuild_summary(conn, pid, zone) for pid in portfolio_ids)
+        self.tx.audit("USER", user_id, "UPDATE", {"timezone": zone, "pnl_summary_rows": rows})
         self.tx.forget_user()
         return zone
 

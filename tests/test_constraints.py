@@ -17,8 +17,12 @@ from dal.types import new_uid
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 
 
-async def insert(engine: AsyncEngine, table: sa.Table, **values: Any) -> int:
+async def insert(engine: AsyncEngine, table: sa.Table, **values: Any) -> int | None:
+    """Insert one row; its id (None for a table keyed otherwise, like pnl_summary)."""
     async with engine.begin() as conn:
+        if "id" not in table.c:
+            await conn.execute(table.insert().values(**values))
+            return None
         return (await conn.execute(table.insert().values(**values).returning(table.c.id))).scalar()
 
 
@@ -138,6 +142,16 @@ class Graph:
                 "config_json": {},
                 "created_at": T0,
             },
+            "pnl_summary": {
+                "portfolio_id": i.get("portfolios"),
+                "period": "DAY",
+                "period_start": T0.date() + dt.timedelta(days=self.seq),
+                "instrument_id": i.get("instruments"),
+                "fee_currency": "",
+                "realized_pnl": Decimal("1.5"),
+                "fees": Decimal(0),
+                "trade_count": 1,
+            },
             "audit_log": {
                 "entity_type": "ORDER",
                 "action": "CREATE",
@@ -187,6 +201,9 @@ BAD_ROWS: list[tuple[str, sa.Table, dict[str, Any]]] = [
     ("zero tick size", s.instruments, {"tick_size": Decimal("0")}),
     ("negative lot size", s.instruments, {"lot_size": Decimal("-1")}),
     ("unknown side", s.orders, {"side": "HOLD"}),
+    ("unknown summary period", s.pnl_summary, {"period": "WEEK"}),
+    ("negative summary trade count", s.pnl_summary, {"trade_count": -1}),
+    ("summary for missing portfolio", s.pnl_summary, {"portfolio_id": 999_999}),
     ("unknown order type", s.orders, {"type": "ICEBERG"}),
     ("unknown status", s.orders, {"status": "DONE"}),
     ("unknown time in force", s.orders, {"time_in_force": "GTD"}),

@@ -2,8 +2,9 @@
 of orders or trades (EXPLAIN QUERY PLAN on SQLite, EXPLAIN on PostgreSQL with sequential scans
 disabled, so the plan shows whether an index *can* serve the query even on small data).
 
-Hot queries: orders by portfolio + status and by time, trades by portfolio + time (the /pnl
-period query) and by instrument + time, positions by portfolio and by instrument.
+Hot queries: orders by portfolio + status and by time, trades by portfolio + time (/pnl over
+any other range) and by instrument + time, the PnL summary by portfolio + period (/pnl
+periods), positions by portfolio and by instrument.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dal import schema as t
 from dal.database import Database
 from dal.engine import create_engine
 from dal.scope import Actor
+from dal.types import register_sqlite_decimal_functions
 from tests.factories import T0, default_portfolio, fill, make_instrument, make_user
 
 
@@ -49,6 +51,7 @@ async def _captured(db: Database, calls: Any) -> list[tuple[str, Any]]:
 async def _plan(db_url: str, statement: str, parameters: Any) -> str:
     if make_url(db_url).get_backend_name() == "sqlite":
         conn = sqlite3.connect(make_url(db_url).database)
+        register_sqlite_decimal_functions(conn)
         try:
             rows = conn.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
         finally:
@@ -95,6 +98,10 @@ def _statements_on(seen: list[tuple[str, Any]], table: str) -> list[tuple[str, A
     return [(s, p) for s, p in seen if f"FROM {table}" in s and s.lstrip().startswith("SELECT")]
 
 
+def _midnight(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 HOT = {
     # name → (table, the DAL calls that issue the query)
     "orders by portfolio + status (open orders)": (
@@ -107,6 +114,14 @@ HOT = {
     "trades by portfolio + time (/pnl period)": (
         "trades",
         lambda s, pid, iid: s.trades.pnl(pid, T0 - dt.timedelta(days=30), T0 + dt.timedelta(1)),
+    ),
+    "PnL summary by portfolio + period (/pnl ytd: months and days)": (
+        "pnl_summary",
+        lambda s, pid, iid: s.trades.pnl(pid, _midnight(T0.replace(month=1, day=1)), _midnight(T0)),
+    ),
+    "PnL summary by portfolio + day (/pnl 30d)": (
+        "pnl_summary",
+        lambda s, pid, iid: s.trades.pnl(pid, _midnight(T0 - dt.timedelta(days=29)), _midnight(T0)),
     ),
     "trades by portfolio + time (list)": (
         "trades", lambda s, pid, iid: s.trades.list(pid, since=T0, limit=50)

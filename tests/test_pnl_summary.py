@@ -1,0 +1,269 @@
+"""The realized-PnL summary: kept exact by every fill (late ones too), read by /pnl periods,
+rebuilt on a time-zone change, checked by verify and rewritten by repair."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+
+from bot.periods import parse_period
+from dal import schema as t
+from dal.database import Database
+from dal.pnl_summary import DAY, MONTH, Ranges, split_range
+from dal.scope import Actor
+from dal.trades import _pnl_from_trades
+from dal.types import decimal_add, decimal_sum
+from tests.factories import default_portfolio, fill, make_instrument, make_strategy, make_user
+
+ZONE = "America/New_York"
+START = dt.datetime(2025, 12, 20, tzinfo=dt.UTC)
+NOW = dt.datetime(2026, 3, 10, 15, 0, tzinfo=dt.UTC)
+PERIODS = [
+    "today",
+    "7d",
+    "30d",
+    "mtd",
+    "ytd",
+    "all",
+    "2026-01-01..2026-02-28",
+    "2025-12-31..2026-01-01",
+]
+
+
+async def _history(db: Database, actor: Actor, pid: int, fills: int = 300) -> None:
+    """Fills over ~80 days in two instruments, manual and strategy, two fee currencies, and
+    one in five arriving late (before fills already applied)."""
+    btc = await make_instrument(db, "BTCUSDT")
+    eth = await make_instrument(db, "ETHBTC", currency="BTC")
+    strategy = await make_strategy(db, actor)
+    rng = random.Random(20261201)
+    latest = 0
+    async with db.session(actor) as s:
+        for i in range(fills):
+            latest += rng.randint(0, 800)
+            minute = latest if rng.random() > 0.2 else rng.randint(0, latest)
+            fee = Decimal(rng.randint(0, 500)) / 1000
+            await s.trades.ingest_fill(
+                fill(
+                    pid,
+                    rng.choice([btc, eth]),
+                    rng.choice(["BUY", "SELL"]),
+                    str(Decimal(rng.randint(1, 5000)) / 1000),
+                    str(Decimal(rng.randint(100, 900_000)) / 100),
+                    at=START + dt.timedelta(minutes=minute),
+                    trade_id=f"h{i}",
+                    strategy_id=rng.choice([None, strategy]),
+                    fee=fee,
+                    fee_currency=rng.choice(["USDT", "BNB"]) if fee else None,
+                )
+            )
+
+
+@pytest.fixture
+async def history(db: Database) -> tuple[Actor, int]:
+    actor = await make_user(db)
+    async with db.session(actor) as s:
+        await s.users.set_timezone(ZONE)
+    pid = await default_portfolio(db, actor)
+    await _history(db, actor, pid)
+    return actor, pid
+
+
+def _as_plain(summary: object) -> dict:
+    return {
+        k: getattr(summary, k)
+        for k in ("realized", "fees", "trade_count", "by_instrument", "daily")
+    }
+
+
+async def test_every_period_reads_the_same_numbers_as_the_trades(
+    db: Database, history: tuple[Actor, int]
+) -> None:
+    actor, pid = history
+    async with db.session(actor) as s:
+        assert await s.positions.verify(pid) == []
+        for word in PERIODS:
+            period = parse_period(word, ZONE, NOW)
+            from_summary = await s.trades.pnl(pid, period.since, period.until, ZoneInfo(ZONE))
+            from_trades = await s.run(
+                lambda tx, p=period: _pnl_from_trades(
+                    tx.conn, pid, p.since, p.until, ZoneInfo(ZONE)
+                )
+            )
+            assert _as_plain(from_summary) == _as_plain(from_trades), word
+        everything = await s.trades.pnl(pid, None, None, ZoneInfo(ZONE))
+    assert everything.trade_count == 300
+    assert everything.fees.keys() == {"USDT", "BNB"}
+    assert {cur for _, cur, _ in everything.daily} == {"USDT", "BTC"}
+
+
+async def test_summary_holds_day_and_month_rows_and_reads_whole_months(
+    db: Database, history: tuple[Actor, int]
+) -> None:
+    actor, pid = history
+    async with db.session(actor) as s:
+        rows = await s.run(
+            lambda tx: list(
+                tx.conn.execute(
+                    sa.select(t.pnl_summary.c.period, sa.func.sum(t.pnl_summary.c.trade_count))
+                    .where(t.pnl_summary.c.portfolio_id == pid)
+                    .group_by(t.pnl_summary.c.period)
+                )
+            )
+        )
+    assert dict(rows) == {DAY: 300, MONTH: 300}
+
+
+async def test_ranges_not_at_local_midnight_sum_the_trades(
+    db: Database, history: tuple[Actor, int]
+) -> None:
+    actor, pid = history
+    since = dt.datetime(2026, 1, 5, 13, 17, tzinfo=dt.UTC)
+    until = dt.datetime(2026, 2, 2, 1, 2, tzinfo=dt.UTC)
+    async with db.session(actor) as s:
+        odd = await s.trades.pnl(pid, since, until, ZoneInfo(ZONE))
+        # The same local days in UTC: the summary is kept in New York days, so UTC periods
+        # are summed from the trades, and still exact.
+        utc = await s.trades.pnl(pid, since.replace(hour=0, minute=0), until, dt.UTC)
+        trades = await s.trades.list(pid, since, until, limit=None)
+    assert odd.trade_count == len(trades)
+    assert utc.trade_count >= odd.trade_count
+
+
+async def test_time_zone_change_rebuilds_the_summary(
+    db: Database, history: tuple[Actor, int]
+) -> None:
+    actor, pid = history
+    async with db.session(actor) as s:
+        before = await s.run(lambda tx: _summary_rows(tx.conn, pid))
+        await s.users.set_timezone("Asia/Kolkata")  # +05:30: other day boundaries
+        assert await s.positions.verify(pid) == []
+        after = await s.run(lambda tx: _summary_rows(tx.conn, pid))
+        period = parse_period("30d", "Asia/Kolkata", NOW)
+        tz = ZoneInfo("Asia/Kolkata")
+        from_summary = await s.trades.pnl(pid, period.since, period.until, tz)
+        from_trades = await s.run(
+            lambda tx: _pnl_from_trades(tx.conn, pid, period.since, period.until, tz)
+        )
+    assert before != after
+    assert _as_plain(from_summary) == _as_plain(from_trades)
+
+
+def _summary_rows(conn: sa.Connection, pid: int) -> list[tuple]:
+    query = sa.select(t.pnl_summary).where(t.pnl_summary.c.portfolio_id == pid)
+    return sorted(tuple(r) for r in conn.execute(query))
+
+
+async def test_verify_reports_a_wrong_summary_row_and_repair_rewrites_it(
+    db: Database, history: tuple[Actor, int]
+) -> None:
+    actor, pid = history
+    summary = t.pnl_summary
+    async with db.session(actor) as s:
+        await s.run(
+            lambda tx: tx.conn.execute(
+                summary.update()
+                .where(
+                    summary.c.portfolio_id == pid,
+                    summary.c.period == MONTH,
+                    summary.c.period_start == dt.date(2026, 1, 1),
+                )
+                .values(realized_pnl=Decimal("12345.6"))
+            )
+        )
+        await s.run(
+            lambda tx: tx.conn.execute(
+                summary.delete().where(
+                    summary.c.portfolio_id == pid,
+                    summary.c.period == DAY,
+                    summary.c.period_start == dt.date(2025, 12, 21),
+                )
+            )
+        )
+        january = parse_period("2026-01-01..2026-01-31", ZONE, NOW)
+        read = await s.trades.pnl(pid, january.since, january.until, ZoneInfo(ZONE))
+        # /pnl reads the summary: the tampered month shows (this is what verify is for).
+        rows = await s.run(lambda tx: _summary_rows(tx.conn, pid))
+        tampered = sum(1 for r in rows if r[1] == MONTH and r[2] == dt.date(2026, 1, 1))
+        assert tampered >= 2
+        assert sum(read.realized.values()) == tampered * Decimal("12345.6")
+        differences = [str(d) for d in await s.positions.verify(pid)]
+        assert any("PnL summary of 2026-01 is realized 12345.6" in d for d in differences)
+        assert any(
+            "PnL summary of 2025-12-21 is missing, trades say realized" in d for d in differences
+        )
+        repaired = await s.positions.repair(pid)
+        assert len(repaired) == len(differences)
+        assert await s.positions.verify(pid) == []
+
+
+async def test_a_fill_and_its_summary_rows_are_one_transaction(
+    db: Database, history: tuple[Actor, int]
+) -> None:
+    actor, pid = history
+    async with db.session(actor) as s:
+        before = await s.run(lambda tx: _summary_rows(tx.conn, pid))
+        (instrument,) = [
+            r.instrument_id for r in (await s.positions.snapshot(pid, include_flat=True))[:1]
+        ]
+    with pytest.raises(RuntimeError):
+        async with db.session(actor) as s:
+            await s.trades.ingest_fill(
+                fill(pid, instrument, "SELL", "1", "10", at=NOW, trade_id="rolled-back")
+            )
+            raise RuntimeError("the business action fails after the fill")
+    async with db.session(actor) as s:
+        assert await s.run(lambda tx: _summary_rows(tx.conn, pid)) == before
+
+
+def test_split_range_takes_whole_months_and_ragged_ends() -> None:
+    d = dt.date
+    # ytd on 2026-03-10: January and February whole, March 1..10 as days.
+    assert split_range(d(2026, 1, 1), d(2026, 3, 11)) == Ranges(
+        d(2026, 1, 1), d(2026, 3, 1), d(2026, 1, 1), d(2026, 1, 1), d(2026, 3, 1), d(2026, 3, 11)
+    )
+    # 30 days inside two months: no whole month, days only.
+    assert split_range(d(2026, 2, 9), d(2026, 3, 11)) == Ranges(
+        d(2026, 3, 1), d(2026, 3, 1), d(2026, 2, 9), d(2026, 3, 11), d(2026, 3, 11), d(2026, 3, 11)
+    )
+    # Mid-month to mid-month around a whole month (December into January).
+    assert split_range(d(2025, 11, 20), d(2026, 1, 5)) == Ranges(
+        d(2025, 12, 1), d(2026, 1, 1), d(2025, 11, 20), d(2025, 12, 1), d(2026, 1, 1), d(2026, 1, 5)
+    )
+    # "all": every month before the current one, then its days.
+    whole = split_range(None, d(2026, 3, 11))
+    assert whole.month_from == d(1, 1, 1) and whole.month_to == d(2026, 3, 1)
+    assert (whole.day2_from, whole.day2_to) == (d(2026, 3, 1), d(2026, 3, 11))
+    assert whole.day_from == whole.day_to
+
+
+async def test_decimal_add_and_sum_are_exact_in_sql(db: Database, engine_name: str) -> None:
+    values = [
+        Decimal("0.1"),
+        Decimal("0.2"),
+        Decimal("-0.3"),
+        Decimal("123456789012345678.000000000000000001"),
+    ]
+    column = sa.literal_column("v", type_=t.pnl_summary.c.fees.type)
+
+    def run(tx):  # type: ignore[no-untyped-def]
+        rows = sa.union_all(
+            *(sa.select(sa.literal(v, t.pnl_summary.c.fees.type).label("v")) for v in values)
+        ).subquery()
+        total = tx.conn.execute(sa.select(decimal_sum(rows.c.v))).scalar_one()
+        added = tx.conn.execute(
+            sa.select(
+                decimal_add(sa.literal(values[0], column.type), sa.literal(values[1], column.type))
+            )
+        ).scalar_one()
+        return total, added
+
+    async with db.session(Actor.system()) as s:
+        total, added = await s.run(run)
+    assert total == Decimal("123456789012345678.000000000000000001")
+    assert added == Decimal("0.3")
