@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
@@ -119,3 +122,37 @@ def test_cli_db_commands(tmp_path: Path) -> None:
     assert _cli(["db", "check"], tmp_path, **env).returncode == 1
     assert _cli(["db", "stamp", "head"], tmp_path, **env).returncode == 0
     assert _cli(["db", "current"], tmp_path, **env).stdout.startswith(migrations.head_revision())
+
+
+async def test_0006_builds_the_pnl_summary_of_existing_trades(empty_db_url: str) -> None:
+    from dal.database import Database
+    from tests.factories import T0, default_portfolio, fill, make_instrument, make_user
+
+    await _in_thread(migrations.upgrade, empty_db_url, "head")
+    db = Database(empty_db_url)
+    try:
+        actor = await make_user(db)
+        async with db.session(actor) as s:
+            await s.users.set_timezone("Europe/Berlin")
+        pid = await default_portfolio(db, actor)
+        iid = await make_instrument(db, "BTCUSDT")
+        async with db.session(actor) as s:
+            for i, (side, price) in enumerate([("BUY", "100"), ("SELL", "130"), ("BUY", "90")]):
+                at = T0 + dt.timedelta(hours=11 * i)  # across local midnights
+                await s.trades.ingest_fill(fill(pid, iid, side, "1", price, at=at, trade_id=str(i)))
+    finally:
+        await db.dispose()
+    # An older database: no summary yet, trades already there.
+    await _in_thread(migrations.downgrade, empty_db_url, "0005")
+    assert "pnl_summary" not in await _table_names(empty_db_url)
+    await _in_thread(migrations.upgrade, empty_db_url, "head")
+    db = Database(empty_db_url)
+    try:
+        async with db.session(actor) as s:
+            assert await s.positions.verify(pid) == []
+            everything = await s.trades.pnl(pid, None, None, ZoneInfo("Europe/Berlin"))
+    finally:
+        await db.dispose()
+    assert everything.trade_count == 3
+    assert everything.realized == {"USDT": Decimal(30)}
+    assert len(everything.daily) == 2  # 09:00 and 20:00 UTC on one Berlin day, then the next
