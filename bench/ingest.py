@@ -436,7 +436,8 @@ class RawAsyncpg:
 
 
 class DalImpl:
-    """The real thing: one ``db.session`` per transaction, ``ingest_fill`` / ``ingest_fills``."""
+    """The real thing, called as the bot calls it: ``db.scoped(actor).trades.ingest_fill`` (or
+    ``ingest_fills``), each call its own transaction."""
 
     name = "tradebook DAL"
 
@@ -444,11 +445,11 @@ class DalImpl:
         self.db = db
 
     async def transaction(self, fills: list[dict], user_id: int) -> None:
-        async with self.db.session(Actor.user(user_id)) as s:
-            if len(fills) == 1:
-                await s.trades.ingest_fill(fills[0])
-            else:
-                await s.trades.ingest_fills(fills)
+        trades = self.db.scoped(Actor.user(user_id)).trades
+        if len(fills) == 1:
+            await trades.ingest_fill(fills[0])
+        else:
+            await trades.ingest_fills(fills)
 
     async def close(self) -> None:
         pass

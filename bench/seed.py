@@ -17,8 +17,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from bench.common import BenchDb, check_portfolios, make_instrument, make_portfolio, percentile
+from bot.periods import parse_period
 from dal.database import Database
 from dal.pnl_summary import Entry, summarize
 from dal.position_math import PositionState, apply_fill
@@ -146,7 +148,7 @@ async def seed(
     return Seeded(db, seeded_users, portfolios, total, time.perf_counter() - started, per_portfolio)
 
 
-def _summary(trades: list[dict]) -> dict:
+def _pnl_summary_rows(trades: list[dict]) -> dict:
     """The PnL summary rows of a portfolio's trades (seed users keep the default UTC zone),
     computed by the DAL's own function so ``verify`` passes on the load."""
     entries = (
@@ -256,7 +258,7 @@ class _SqliteLoader:
             "fee_currency, realized_pnl, fees, trade_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (pid, period, start.isoformat(), iid, fee_ccy, D(v.realized), D(v.fees), v.count)
-                for (period, start, iid, fee_ccy), v in _summary(trades).items()
+                for (period, start, iid, fee_ccy), v in _pnl_summary_rows(trades).items()
             ],
         )
         c.execute(
@@ -453,7 +455,7 @@ class _PgLoader:
                 ],
                 records=[
                     (pid, period, start, iid, fee_ccy, v.realized, v.fees, v.count)
-                    for (period, start, iid, fee_ccy), v in _summary(trades).items()
+                    for (period, start, iid, fee_ccy), v in _pnl_summary_rows(trades).items()
                 ],
             )
 
@@ -483,15 +485,17 @@ async def latencies(seeded: Seeded, n: int = 50, bot: bool = True) -> dict[str, 
     pid = seeded.portfolios[actor.user_id][0]
     dal = db.scoped(actor)
     now = dt.datetime.now(dt.UTC)
-    ytd = dt.datetime(now.year, 1, 1, tzinfo=dt.UTC)
+    # The periods exactly as the bot computes them (local midnights of the user's zone).
+    zone = "UTC"
+    last30, ytd = parse_period("30d", zone, now), parse_period("ytd", zone, now)
     out: dict[str, dict[str, float]] = {}
     out["positions snapshot"] = _summary(await _samples(lambda: dal.positions.snapshot(pid), n))
     out["open orders"] = _summary(await _samples(lambda: dal.orders.open_orders(pid), n))
     out["/pnl 30d (TradeService.pnl)"] = _summary(
-        await _samples(lambda: dal.trades.pnl(pid, now - dt.timedelta(days=30), now), n)
+        await _samples(lambda: dal.trades.pnl(pid, last30.since, last30.until, ZoneInfo(zone)), n)
     )
     out["/pnl ytd (TradeService.pnl)"] = _summary(
-        await _samples(lambda: dal.trades.pnl(pid, ytd, now), n)
+        await _samples(lambda: dal.trades.pnl(pid, ytd.since, ytd.until, ZoneInfo(zone)), n)
     )
     if bot:
         from bench.botdriver import BotDriver
