@@ -261,6 +261,26 @@ class PnlSummary:
     by_instrument: dict[str, dict[str, Any]] = field(default_factory=dict)
     daily: list[tuple[dt.date, str, Decimal]] = field(default_factory=list)
 
+    def add(
+        self,
+        symbol: str,
+        currency: str,
+        realized: Decimal,
+        fee: Decimal,
+        fee_currency: str | None,
+        trades: int,
+    ) -> None:
+        """Count trades of one instrument (call inside ``localcontext(DECIMAL_CONTEXT)``)."""
+        self.trade_count += trades
+        self.realized[currency] = self.realized.get(currency, Decimal(0)) + realized
+        if fee and fee_currency:
+            self.fees[fee_currency] = self.fees.get(fee_currency, Decimal(0)) + fee
+        entry = self.by_instrument.setdefault(
+            symbol, {"currency": currency, "realized": Decimal(0), "trades": 0}
+        )
+        entry["realized"] += realized
+        entry["trades"] += trades
+
 
 class TradeService:
     def __init__(self, tx: Tx) -> None:
@@ -331,20 +351,16 @@ class TradeService:
             return _pnl_from_trades(self.tx.conn, portfolio_id, since, until, tz)
         conn = self.tx.conn
         summary = PnlSummary()
-        realized: dict[str, Decimal] = defaultdict(Decimal)
-        fees: dict[str, Decimal] = defaultdict(Decimal)
         with localcontext(DECIMAL_CONTEXT):
             for row in totals_by_instrument(conn, portfolio_id, *days):
-                summary.trade_count += row.trade_count
-                realized[row.currency] += row.realized_pnl
-                if row.fees and row.fee_currency:
-                    fees[row.fee_currency] += row.fees
-                entry = summary.by_instrument.setdefault(
-                    row.symbol, {"currency": row.currency, "realized": Decimal(0), "trades": 0}
+                summary.add(
+                    row.symbol,
+                    row.currency,
+                    row.realized_pnl,
+                    row.fees,
+                    row.fee_currency,
+                    row.trade_count,
                 )
-                entry["realized"] += row.realized_pnl
-                entry["trades"] += row.trade_count
-        summary.realized, summary.fees = dict(realized), dict(fees)
         summary.daily = daily_totals(conn, portfolio_id, *days)
         return summary
 
@@ -401,23 +417,11 @@ def _pnl_from_trades(
         query = query.where(trades.c.exec_time >= since)
     if until is not None:
         query = query.where(trades.c.exec_time < until)
-    rows = list(conn.execute(query))
-    summary = PnlSummary(trade_count=len(rows))
-    realized: dict[str, Decimal] = defaultdict(Decimal)
-    fees: dict[str, Decimal] = defaultdict(Decimal)
+    summary = PnlSummary()
     daily: dict[tuple[dt.date, str], Decimal] = defaultdict(Decimal)
     with localcontext(DECIMAL_CONTEXT):
-        for row in rows:
-            realized[row.currency] += row.realized_pnl
-            if row.fee and row.fee_currency:
-                fees[row.fee_currency] += row.fee
-            entry = summary.by_instrument.setdefault(
-                row.symbol,
-                {"currency": row.currency, "realized": Decimal(0), "trades": 0},
-            )
-            entry["realized"] += row.realized_pnl
-            entry["trades"] += 1
+        for row in conn.execute(query):
+            summary.add(row.symbol, row.currency, row.realized_pnl, row.fee, row.fee_currency, 1)
             daily[(row.exec_time.astimezone(tz).date(), row.currency)] += row.realized_pnl
-    summary.realized, summary.fees = dict(realized), dict(fees)
     summary.daily = [(day, cur, v) for (day, cur), v in sorted(daily.items())]
     return summary
