@@ -43,8 +43,10 @@ from dal.types import (
     new_uid,
     parse_utc,
     quantize18,
+    register_sqlite_decimal_functions,
     utc_now,
 )
+from dal.types import _sqlite_add as sqlite_decimal_add
 
 BASE_TIME = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)
 BIG = Decimal("1000000000")
@@ -171,6 +173,29 @@ _SQ_AUDIT = (
 )
 
 
+# The PnL summary's day and month rows; SQLite adds decimal TEXT with the DAL's registered
+# function, as the DAL does.
+_SQ_SUMMARY = (
+    "INSERT INTO pnl_summary (portfolio_id, period, period_start, instrument_id, fee_currency, "
+    "realized_pnl, fees, trade_count) VALUES (?, 'DAY', ?, ?, ?, ?, ?, 1), "
+    "(?, 'MONTH', ?, ?, ?, ?, ?, 1) "
+    "ON CONFLICT (portfolio_id, period, period_start, instrument_id, fee_currency) DO UPDATE SET "
+    "realized_pnl = tb_decimal_add(pnl_summary.realized_pnl, excluded.realized_pnl), "
+    "fees = tb_decimal_add(pnl_summary.fees, excluded.fees), "
+    "trade_count = pnl_summary.trade_count + excluded.trade_count"
+)
+
+
+def _summary_params(fill: dict, realized: Any, fee: Any) -> tuple:
+    """The day and month rows of a fill (bench users keep the default UTC zone)."""
+    day = fill["exec_time"].astimezone(dt.UTC).date()
+    key = (fill["portfolio_id"], fill["instrument_id"], fill["fee_currency"] or "")
+    return (
+        key[0], day, key[1], key[2], realized, fee,
+        key[0], day.replace(day=1), key[1], key[2], realized, fee,
+    )  # fmt: skip
+
+
 def _dec(text: str | None) -> Decimal | None:
     return None if text is None else Decimal(text)
 
@@ -236,6 +261,14 @@ class _SqliteSteps:
             ),
             "exec",
         )
+        params = _summary_params(
+            fill, canonical_decimal(result.realized), canonical_decimal(fill["fee"])
+        )
+        yield (
+            _SQ_SUMMARY,
+            tuple(v.isoformat() if isinstance(v, dt.date) else v for v in params),
+            "exec",
+        )
         yield (
             _SQ_AUDIT,
             (user_id, trade[0], _audit_details(uid, fill, result.realized), now),
@@ -261,6 +294,7 @@ class RawSqlite3:
     def __init__(self, path: str) -> None:
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         _sqlite_pragmas(self.conn)
+        register_sqlite_decimal_functions(self.conn)
 
     async def transaction(self, fills: list[dict], user_id: int) -> None:
         conn = self.conn
@@ -298,6 +332,7 @@ class RawAiosqlite:
         import aiosqlite
 
         self.conn = await aiosqlite.connect(self.path, isolation_level=None)
+        await self.conn.create_function("tb_decimal_add", 2, sqlite_decimal_add, deterministic=True)
         for pragma in (
             "journal_mode=WAL",
             "foreign_keys=ON",
@@ -360,6 +395,17 @@ _PG_UPDATE_POSITION = (
 _PG_AUDIT = (
     "INSERT INTO audit_log (user_id, entity_type, entity_id, action, details_json, created_at) "
     "VALUES ($1, 'TRADE', $2, 'FILL', $3, $4)"
+)
+
+
+_PG_SUMMARY = (
+    "INSERT INTO pnl_summary (portfolio_id, period, period_start, instrument_id, fee_currency, "
+    "realized_pnl, fees, trade_count) VALUES ($1, 'DAY', $2, $3, $4, $5, $6, 1), "
+    "($7, 'MONTH', $8, $9, $10, $11, $12, 1) "
+    "ON CONFLICT (portfolio_id, period, period_start, instrument_id, fee_currency) DO UPDATE SET "
+    "realized_pnl = pnl_summary.realized_pnl + excluded.realized_pnl, "
+    "fees = pnl_summary.fees + excluded.fees, "
+    "trade_count = pnl_summary.trade_count + excluded.trade_count"
 )
 
 
@@ -426,6 +472,9 @@ class RawAsyncpg:
                     trade_id,
                     now,
                     p[0],
+                )
+                await conn.execute(
+                    _PG_SUMMARY, *_summary_params(fill, result.realized, fill["fee"])
                 )
                 await conn.execute(
                     _PG_AUDIT, user_id, trade_id, _audit_details(uid, fill, result.realized), now
