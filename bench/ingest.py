@@ -44,9 +44,9 @@ from dal.types import (
     parse_utc,
     quantize18,
     register_sqlite_decimal_functions,
+    sqlite_decimal_add,
     utc_now,
 )
-from dal.types import _sqlite_add as sqlite_decimal_add
 
 BASE_TIME = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)
 BIG = Decimal("1000000000")

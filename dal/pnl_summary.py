@@ -63,11 +63,18 @@ def local_buckets(exec_time: dt.datetime, zone: str) -> tuple[dt.date, dt.date]:
 
 
 def owner_zone(tx: Tx, portfolio_id: int) -> str:
-    """The time zone of the portfolio's owner (once per transaction)."""
+    """The time zone of the portfolio's owner (once per transaction). Callers have checked
+    the portfolio is in scope, so outside the admin scope the owner is the acting user, whose
+    row the session may already hold."""
     zones: dict[int, str] = tx.state.setdefault("owner_zones", {})
     zone = zones.get(portfolio_id)
     if zone is None:
-        zone = zones[portfolio_id] = zone_of_portfolio(tx.conn, portfolio_id)
+        user = tx.state.get("user")
+        if user is not None and not tx.admin_scope:
+            zone = str(user.timezone)
+        else:
+            zone = zone_of_portfolio(tx.conn, portfolio_id)
+        zones[portfolio_id] = zone
     return zone
 
 
@@ -105,22 +112,24 @@ def add_to_summary(tx: Tx, portfolio_id: int, entries: Iterable[Entry]) -> None:
     merged = summarize(entries, owner_zone(tx, portfolio_id))
     if not merged:
         return
-    tx.conn.execute(
-        _UPSERT[tx.conn.dialect.name],
-        [
-            {
-                "portfolio_id": portfolio_id,
-                "period": period,
-                "period_start": start,
-                "instrument_id": instrument_id,
-                "fee_currency": fee_currency,
-                "realized_pnl": totals.realized,
-                "fees": totals.fees,
-                "trade_count": totals.count,
-            }
-            for (period, start, instrument_id, fee_currency), totals in merged.items()
-        ],
-    )
+    tx.conn.execute(_UPSERT[tx.conn.dialect.name], _rows(portfolio_id, merged))
+
+
+def _rows(portfolio_id: int, totals: dict[SummaryKey, Totals]) -> list[dict[str, object]]:
+    """Summary totals as pnl_summary rows (parameters of an insert or upsert)."""
+    return [
+        {
+            "portfolio_id": portfolio_id,
+            "period": period,
+            "period_start": start,
+            "instrument_id": instrument_id,
+            "fee_currency": fee_currency,
+            "realized_pnl": row.realized,
+            "fees": row.fees,
+            "trade_count": row.count,
+        }
+        for (period, start, instrument_id, fee_currency), row in totals.items()
+    ]
 
 
 def _upsert(dialect_insert: type) -> sa.Executable:
@@ -144,6 +153,18 @@ _ZONE_OF_PORTFOLIO = (
 
 
 # --- from the trades: verify and rebuild -------------------------------------------------------
+def summarize_trades(trade_rows: Iterable[sa.Row], zone: str) -> dict[SummaryKey, Totals]:
+    """The summary that trade rows (instrument_id, exec_time, fee_currency, realized_pnl,
+    fee) add up to."""
+    return summarize(
+        (
+            Entry(r.instrument_id, r.exec_time, r.fee_currency, r.realized_pnl, r.fee, 1)
+            for r in trade_rows
+        ),
+        zone,
+    )
+
+
 def expected_summary(conn: sa.Connection, portfolio_id: int, zone: str) -> dict[SummaryKey, Totals]:
     rows = conn.execute(
         sa.select(
@@ -154,7 +175,7 @@ def expected_summary(conn: sa.Connection, portfolio_id: int, zone: str) -> dict[
             trades.c.fee,
         ).where(trades.c.portfolio_id == portfolio_id)
     )
-    return summarize((Entry(*row, 1) for row in rows), zone)
+    return summarize_trades(rows, zone)
 
 
 def stored_summary(conn: sa.Connection, portfolio_id: int) -> dict[SummaryKey, Totals]:
@@ -190,10 +211,12 @@ def _show(totals: Totals | None) -> str:
     return f"realized {totals.realized}, fees {totals.fees}, {totals.count} trade(s)"
 
 
-def verify_summary(conn: sa.Connection, portfolio_id: int) -> list[SummaryDifference]:
-    """Every summary row that differs from the portfolio's trades (empty = consistent)."""
-    zone = zone_of_portfolio(conn, portfolio_id)
-    expected = expected_summary(conn, portfolio_id, zone)
+def verify_summary(
+    conn: sa.Connection, portfolio_id: int, trade_rows: Iterable[sa.Row]
+) -> list[SummaryDifference]:
+    """Every summary row that differs from the portfolio's trades (all of them, as read by
+    the caller; empty = consistent)."""
+    expected = summarize_trades(trade_rows, zone_of_portfolio(conn, portfolio_id))
     stored = stored_summary(conn, portfolio_id)
     return [
         SummaryDifference(portfolio_id, key, stored.get(key), expected.get(key))
@@ -208,22 +231,7 @@ def rebuild_summary(conn: sa.Connection, portfolio_id: int, zone: str | None = N
     expected = expected_summary(conn, portfolio_id, zone)
     conn.execute(summary.delete().where(summary.c.portfolio_id == portfolio_id))
     if expected:
-        conn.execute(
-            summary.insert(),
-            [
-                {
-                    "portfolio_id": portfolio_id,
-                    "period": period,
-                    "period_start": start,
-                    "instrument_id": instrument_id,
-                    "fee_currency": fee_currency,
-                    "realized_pnl": totals.realized,
-                    "fees": totals.fees,
-                    "trade_count": totals.count,
-                }
-                for (period, start, instrument_id, fee_currency), totals in expected.items()
-            ],
-        )
+        conn.execute(summary.insert(), _rows(portfolio_id, expected))
     return len(expected)
 
 
@@ -331,19 +339,3 @@ def daily_totals(
         },
     )
     return [(r.period_start, r.currency, r.realized_pnl) for r in rows]
-
-
-def realized_changes(
-    before: dict[int, Decimal], after: dict[int, Decimal], trade_rows: dict[int, sa.Row]
-) -> list[Entry]:
-    """Entries correcting the summary when trades' realized PnL changed from before to after."""
-    out = []
-    with localcontext(DECIMAL_CONTEXT):
-        for trade_id, realized in after.items():
-            delta = realized - before[trade_id]
-            if delta:
-                row = trade_rows[trade_id]
-                out.append(
-                    Entry(row.instrument_id, row.exec_time, row.fee_currency, delta, Decimal(0), 0)
-                )
-    return out

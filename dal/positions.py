@@ -141,6 +141,7 @@ def _trades_in_canonical_order(
             trades.c.price,
             trades.c.exec_time,
             trades.c.realized_pnl,
+            trades.c.fee,
             trades.c.fee_currency,
         )
         .where(trades.c.portfolio_id == portfolio_id)
@@ -262,7 +263,7 @@ def verify_portfolio(
                 continue  # a flat position with no row and no PnL is the same thing
             if have_value != want_value:
                 differences.append(Difference(*key, name, have_value, want_value))
-    return [*differences, *verify_summary(conn, portfolio_id)]
+    return [*differences, *verify_summary(conn, portfolio_id, rows)]
 
 
 class PositionService:

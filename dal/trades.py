@@ -346,7 +346,7 @@ class TradeService:
         PnL summary (dal/pnl_summary.py); any other range sums the trades themselves."""
         owned_portfolio(self.tx, portfolio_id)
         since, until = aware_arg(since, "since"), aware_arg(until, "until")
-        days = _local_days(since, until, tz, self._owner_zone(portfolio_id))
+        days = _local_days(since, until, tz, owner_zone(self.tx, portfolio_id))
         if days is None:
             return _pnl_from_trades(self.tx.conn, portfolio_id, since, until, tz)
         conn = self.tx.conn
@@ -364,12 +364,6 @@ class TradeService:
         summary.daily = daily_totals(conn, portfolio_id, *days)
         return summary
 
-    def _owner_zone(self, portfolio_id: int) -> str:
-        user = self.tx.user_row() if self.tx.actor.user_id is not None else None
-        if user is not None and not self.tx.admin_scope:
-            return str(user.timezone)  # owned_portfolio checked the actor owns it
-        return owner_zone(self.tx, portfolio_id)
-
 
 def _local_days(
     since: dt.datetime | None, until: dt.datetime | None, tz: dt.tzinfo, zone: str
@@ -379,17 +373,13 @@ def _local_days(
     if getattr(tz, "key", "UTC" if tz is dt.UTC else None) != zone:
         return None
     local_zone = ZoneInfo(zone)
-
-    def day_of(moment: dt.datetime | None) -> dt.date | bool | None:
-        if moment is None:
-            return None
-        day = moment.astimezone(local_zone).date()
-        return day if dt.datetime.combine(day, dt.time(), local_zone) == moment else False
-
-    first, end = day_of(since), day_of(until)
-    if first is False or end is False:
-        return None
-    return first, end  # type: ignore[return-value]
+    days = []
+    for moment in (since, until):
+        day = moment.astimezone(local_zone).date() if moment is not None else None
+        if day is not None and dt.datetime.combine(day, dt.time(), local_zone) != moment:
+            return None  # not a local midnight
+        days.append(day)
+    return days[0], days[1]
 
 
 def _pnl_from_trades(

@@ -262,10 +262,9 @@ def _sqlite_decimal(value: object) -> decimal.Decimal:
     return decimal.Decimal(value) if value is not None else decimal.Decimal(0)
 
 
-def _sqlite_add(a: object, b: object) -> str:
-    return canonical_decimal(
-        DECIMAL_CONTEXT.add(_sqlite_decimal(a), _sqlite_decimal(b)).normalize(DECIMAL_CONTEXT)
-    )
+def sqlite_decimal_add(a: object, b: object) -> str:
+    """``decimal_add`` on SQLite: exact sum of two decimal TEXT values, as canonical TEXT."""
+    return canonical_decimal(DECIMAL_CONTEXT.add(_sqlite_decimal(a), _sqlite_decimal(b)))
 
 
 class _SQLiteSum:
@@ -282,7 +281,7 @@ class _SQLiteSum:
 
 def register_sqlite_decimal_functions(dbapi_conn: Any) -> None:
     """Install ``decimal_add`` / ``decimal_sum``'s SQLite functions on a DB-API connection."""
-    dbapi_conn.create_function(_SQLITE_ADD, 2, _sqlite_add, deterministic=True)
+    dbapi_conn.create_function(_SQLITE_ADD, 2, sqlite_decimal_add, deterministic=True)
     dbapi_conn.create_aggregate(_SQLITE_SUM, 1, _SQLiteSum)
 
 
