@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -74,6 +75,16 @@ async def history(db: Database) -> tuple[Actor, int]:
     return actor, pid
 
 
+async def _both_ways(s: Any, pid: int, word: str, zone: str) -> tuple[object, object]:
+    """/pnl for a bot period as the DAL answers it, and summed from the trades themselves."""
+    period, tz = parse_period(word, zone, NOW), ZoneInfo(zone)
+    from_summary = await s.trades.pnl(pid, period.since, period.until, tz)
+    from_trades = await s.run(
+        lambda tx: _pnl_from_trades(tx.conn, pid, period.since, period.until, tz)
+    )
+    return from_summary, from_trades
+
+
 def _as_plain(summary: object) -> dict:
     return {
         k: getattr(summary, k)
@@ -88,13 +99,7 @@ async def test_every_period_reads_the_same_numbers_as_the_trades(
     async with db.session(actor) as s:
         assert await s.positions.verify(pid) == []
         for word in PERIODS:
-            period = parse_period(word, ZONE, NOW)
-            from_summary = await s.trades.pnl(pid, period.since, period.until, ZoneInfo(ZONE))
-            from_trades = await s.run(
-                lambda tx, p=period: _pnl_from_trades(
-                    tx.conn, pid, p.since, p.until, ZoneInfo(ZONE)
-                )
-            )
+            from_summary, from_trades = await _both_ways(s, pid, word, ZONE)
             assert _as_plain(from_summary) == _as_plain(from_trades), word
         everything = await s.trades.pnl(pid, None, None, ZoneInfo(ZONE))
     assert everything.trade_count == 300
@@ -144,12 +149,7 @@ async def test_time_zone_change_rebuilds_the_summary(
         await s.users.set_timezone("Asia/Kolkata")  # +05:30: other day boundaries
         assert await s.positions.verify(pid) == []
         after = await s.run(lambda tx: _summary_rows(tx.conn, pid))
-        period = parse_period("30d", "Asia/Kolkata", NOW)
-        tz = ZoneInfo("Asia/Kolkata")
-        from_summary = await s.trades.pnl(pid, period.since, period.until, tz)
-        from_trades = await s.run(
-            lambda tx: _pnl_from_trades(tx.conn, pid, period.since, period.until, tz)
-        )
+        from_summary, from_trades = await _both_ways(s, pid, "30d", "Asia/Kolkata")
     assert before != after
     assert _as_plain(from_summary) == _as_plain(from_trades)
 
