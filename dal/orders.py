@@ -21,6 +21,7 @@ portfolios = t.portfolios
 log = logging.getLogger("tradebook.ingest")
 
 TERMINAL = frozenset({"FILLED", "CANCELED", "REJECTED", "EXPIRED"})
+_OPEN = frozenset(t.OPEN_ORDER_STATUSES)
 # Legal status changes (a repeat of the current status is a no-op, so replays are harmless).
 TRANSITIONS: dict[str, frozenset[str]] = {
     "NEW": frozenset({"PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED"}),
@@ -265,11 +266,15 @@ class OrderService:
                 raise InvalidInput(
                     f"unknown order status {s!r}; use one of {', '.join(t.ORDER_STATUSES)}"
                 )
+        wanted = orders.c.status.in_(statuses)
+        if _OPEN.issuperset(statuses):
+            # Repeating the partial index's predicate lets the index of open orders serve it.
+            wanted = sa.and_(t.OPEN_ORDER, wanted)
         query = (
             sa.select(orders, t.instruments.c.symbol)
             .join(portfolios, portfolios.c.id == orders.c.portfolio_id)
             .join(t.instruments, t.instruments.c.id == orders.c.instrument_id)
-            .where(self.tx.owned(portfolios.c.user_id), orders.c.status.in_(statuses))
+            .where(self.tx.owned(portfolios.c.user_id), wanted)
             .order_by(orders.c.placed_at.desc(), orders.c.id.desc())
             .limit(max(1, min(limit, 1000)))
             .offset(max(0, offset))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -145,6 +146,51 @@ async def test_hot_query_uses_an_index(db: Database, db_url: str, engine_name: s
     assert statements, f"the DAL issued no query on {table} for {name}"
     for statement, parameters in statements:
         _assert_indexed(await _plan(db_url, statement, parameters), table, engine_name)
+
+
+async def _finished_orders(db: Database, pid: int, iid: int, count: int) -> None:
+    """A portfolio's history as it looks after a year of trading: thousands of finished
+    orders around the few open ones, with the planner's statistics up to date."""
+    rows = [
+        {"uid": f"done-{i}", "portfolio_id": pid, "instrument_id": iid, "side": "BUY",
+         "type": "LIMIT", "status": "FILLED", "quantity": Decimal(1), "price": Decimal(100),
+         "filled_quantity": Decimal(1), "placed_at": T0 - dt.timedelta(minutes=i),
+         "updated_at": T0, "meta_json": {}}
+        for i in range(count)
+    ]  # fmt: skip
+
+    def insert(tx: Any) -> None:
+        tx.conn.execute(t.orders.insert(), rows)
+
+    async with db.session(Actor.system()) as s:
+        await s.run(insert)
+    async with db.session(Actor.system()) as s:
+        await s.run(lambda tx: tx.conn.exec_driver_sql("ANALYZE"))
+
+
+@pytest.mark.parametrize("status", [None, "NEW", "PARTIALLY_FILLED"])
+async def test_open_orders_use_the_partial_index(
+    db: Database, db_url: str, engine_name: str, status: str | None
+):
+    """Open orders (all, or one open status) are found through an index on their status, not
+    by walking a portfolio's finished orders by time (with ≈ 18,000 finished orders a year,
+    that walk took 5 ms on SQLite): the partial index of open orders, or on PostgreSQL, which
+    knows from its statistics how rare a status is, possibly (portfolio_id, status)."""
+    actor, pid, iid = await _setup(db)
+    await _finished_orders(db, pid, iid, 3000)
+
+    async def calls() -> None:
+        async with db.session(actor) as s:
+            await s.orders.list(pid, status)
+
+    statements = _statements_on(await _captured(db, calls), "orders")
+    assert statements
+    for statement, parameters in statements:
+        plan = await _plan(db_url, statement, parameters)
+        _assert_indexed(plan, "orders", engine_name)
+        assert "ix_orders_portfolio_id_placed_at" not in plan, f"walks finished orders:\n{plan}"
+        if engine_name == "sqlite":
+            assert "ix_orders_open_portfolio_id_placed_at" in plan, plan
 
 
 async def test_fill_path_reads_use_indexes(db: Database, db_url: str, engine_name: str):
