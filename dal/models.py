@@ -177,13 +177,21 @@ def check_json_arg(value: Any, name: str) -> Any:
 
 
 def _no_nul(value: Any) -> None:
+    # Runs on every input (each fill of a batch): strings are checked inline, only
+    # containers recurse.
     if isinstance(value, str):
         if "\x00" in value:
             raise ValueError("text must not contain NUL characters")
-    elif isinstance(value, dict):
+        return
+    if isinstance(value, dict):
         for k, v in value.items():
-            _no_nul(k)
-            _no_nul(v)
+            if isinstance(k, str) and "\x00" in k:
+                raise ValueError("text must not contain NUL characters")
+            if isinstance(v, str):
+                if "\x00" in v:
+                    raise ValueError("text must not contain NUL characters")
+            elif isinstance(v, dict | list | tuple):
+                _no_nul(v)
     elif isinstance(value, list | tuple):
         for v in value:
             _no_nul(v)

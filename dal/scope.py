@@ -139,6 +139,28 @@ class Tx:
             },
         )
 
+    def audit_many(
+        self,
+        entity_type: str,
+        action: str,
+        rows: list[tuple[int | None, dict[str, Any], int | None]],
+    ) -> None:
+        """Audit rows ``(entity_id, details, user_id)`` of one action, in one statement."""
+        now = self.now()
+        params = [
+            {
+                "user_id": user_id if user_id is not None else self.actor.user_id,
+                "entity_type": entity_type,
+                "entity_id": entity_id,
+                "action": action,
+                "details_json": details,
+                "created_at": now,
+            }
+            for entity_id, details, user_id in rows
+        ]
+        if params:
+            self.conn.execute(_AUDIT_INSERT, params if len(params) > 1 else params[0])
+
 
 _AUDIT_INSERT = t.audit_log.insert()
 _USER = sa.select(t.users).where(t.users.c.id == sa.bindparam("user_id"))

@@ -1,15 +1,8 @@
-"""Fill ingestion: trade → order → position → audit in one transaction, idempotent.
-
-``ingest_fill`` statement plan (6 statements for a fill of a known order): lock the order,
-lock the position, insert the trade (``ON CONFLICT DO NOTHING`` on the idempotency key),
-update the order, update the position, insert the audit row. A replayed fill stops after
-the trade insert and writes nothing.
-"""
+"""Trades: ingestion (``dal/ingest.py`` does the work), listing, and realized PnL reports."""
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
@@ -17,238 +10,21 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
-from dal.accounts import owned_portfolio, owned_portfolio_fast
-from dal.errors import Conflict, InvalidInput, NotFound
-from dal.instruments import resolve_instrument
+from dal.accounts import owned_portfolio
+from dal.errors import NotFound
+from dal.ingest import IngestResult, ingest
 from dal.models import Fill, aware_arg, parse, valid_id
 from dal.pnl_summary import (
-    Entry,
-    add_to_summary,
     daily_totals,
     owner_zone,
-    remember_zone,
     totals_by_instrument,
 )
-from dal.position_math import apply_fill
-from dal.positions import lock_position, rederive_position, state_of, write_position
 from dal.scope import Tx
-from dal.strategies import owned_strategy
-from dal.types import DECIMAL_CONTEXT, new_uid, quantize18
+from dal.types import DECIMAL_CONTEXT
 
 trades = t.trades
-orders = t.orders
-log = logging.getLogger("tradebook.ingest")
-
-_TRADE_CONFLICT_TARGET = [trades.c.portfolio_id, trades.c.instrument_id, trades.c.broker_trade_id]
-# Fields a replay must repeat exactly; anything else under the same broker trade id conflicts.
-_REPLAY_FIELDS = ("side", "quantity", "price", "fee", "fee_currency", "exec_time", "order_id")
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    trade: sa.Row
-    replayed: bool  # True when this fill had been ingested before (nothing changed)
-
-
-# Statements of the hot path, built once (see dal/positions.py).
-_INSERT_TRADE = {
-    name: dialect_insert(trades)
-    .on_conflict_do_nothing(index_elements=_TRADE_CONFLICT_TARGET)
-    .returning(*trades.c)
-    for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
-}
-_TRADE = sa.select(trades).where(trades.c.id == sa.bindparam("trade_id"))
-_LOCK_ORDER = sa.select(orders).where(orders.c.id == sa.bindparam("order_id")).with_for_update()
-_UPDATE_ORDER = orders.update().where(orders.c.id == sa.bindparam("order_id"))
-
-
-def _trade(conn: sa.Connection, trade_id: int) -> sa.Row:
-    return conn.execute(_TRADE, {"trade_id": trade_id}).one()
-
-
-def _lock_order(tx: Tx, order_id: int, portfolio_id: int) -> sa.Row:
-    row = tx.conn.execute(_LOCK_ORDER, {"order_id": order_id}).one_or_none()
-    if row is None or row.portfolio_id != portfolio_id:
-        raise NotFound(f"no order #{order_id} in portfolio #{portfolio_id}")
-    return row
-
-
-def ingest_one(tx: Tx, fill: Fill, checked: dict[int, sa.Row] | None = None) -> IngestResult:
-    """The fill transaction's body (the caller owns the transaction). ``checked`` memoizes
-    the portfolio check across one ``ingest_fills`` batch (nothing else runs in between)."""
-    conn = tx.conn
-    portfolio = checked.get(fill.portfolio_id) if checked is not None else None
-    if portfolio is None:
-        portfolio = owned_portfolio_fast(tx, fill.portfolio_id, writable=True)
-        if checked is not None:
-            checked[portfolio.id] = portfolio
-    instrument = resolve_instrument(tx, fill.instrument_id, fill.symbol, fill.exchange)
-
-    order = None
-    strategy_id = fill.strategy_id
-    if fill.order_id is not None:
-        order = _lock_order(tx, fill.order_id, portfolio.id)
-        if order.instrument_id != instrument.id or order.side != fill.side:
-            raise InvalidInput(
-                f"fill ({fill.side} {instrument.symbol}) does not match order #{order.id} "
-                f"({order.side} instrument #{order.instrument_id})"
-            )
-        if strategy_id is not None and strategy_id != order.strategy_id:
-            raise InvalidInput(f"fill strategy #{strategy_id} differs from its order's")
-        strategy_id = order.strategy_id
-    elif strategy_id is not None:
-        strategy = owned_strategy(tx, strategy_id)
-        if strategy.user_id != portfolio.user_id:
-            raise NotFound(f"no strategy #{strategy_id}")
-
-    key = (portfolio.id, instrument.id, strategy_id)
-    position = lock_position(tx, key)
-    before = state_of(position)
-    result = apply_fill(before, fill.side, fill.quantity, fill.price, fill.exec_time)
-
-    trade = conn.execute(
-        _INSERT_TRADE[conn.dialect.name],
-        {
-            "uid": new_uid(),
-            "portfolio_id": portfolio.id,
-            "instrument_id": instrument.id,
-            "strategy_id": strategy_id,
-            "order_id": order.id if order is not None else None,
-            "side": fill.side,
-            "quantity": fill.quantity,
-            "price": fill.price,
-            "fee": fill.fee,
-            "fee_currency": fill.fee_currency,
-            "realized_pnl": result.realized,
-            "exec_time": fill.exec_time,
-            "broker_trade_id": fill.broker_trade_id,
-            "meta_json": fill.meta,
-        },
-    ).one_or_none()
-    if trade is None:
-        return IngestResult(_replayed(conn, fill, portfolio.id, instrument.id, order), True)
-    trade_id = trade.id
-    if "owner_timezone" in portfolio._mapping:
-        remember_zone(tx, portfolio.id, portfolio.owner_timezone)
-    add_to_summary(
-        tx,
-        portfolio.id,
-        [Entry(instrument.id, fill.exec_time, fill.fee_currency, result.realized, fill.fee, 1)],
-    )
-
-    if order is not None:
-        _apply_to_order(tx, order, fill)
-
-    late = position.last_exec_time is not None and fill.exec_time < position.last_exec_time
-    if late:
-        # A fill older than the last one applied: replay this position's trades in canonical
-        # order (exec_time, id), fixing per-trade realized PnL on the way.
-        rederive_position(tx, key, position.id)
-        trade = _trade(conn, trade_id)  # its realized PnL may have been re-derived
-    else:
-        write_position(tx, position.id, result.state, fill.exec_time, trade_id)
-
-    tx.audit(
-        "TRADE",
-        trade_id,
-        "FILL",
-        {
-            "trade_uid": trade.uid,
-            "order_id": trade.order_id,
-            "broker_trade_id": fill.broker_trade_id,
-            "side": fill.side,
-            "symbol": instrument.symbol,
-            "quantity": fill.quantity,
-            "price": fill.price,
-            "realized_pnl": trade.realized_pnl,
-            "late": late,
-        },
-        user_id=portfolio.user_id,
-    )
-    log.info(
-        "fill applied (in transaction) %s %s %s at %s",
-        fill.side,
-        fill.quantity,
-        instrument.symbol,
-        fill.price,
-        extra={
-            # The correlation id follows the order through the logs: its client id (the
-            # strategies' and the bot's), else its uid; a fill without an order uses its own.
-            "correlation_id": _correlation_id(order, fill),
-            "trade_id": trade_id,
-            "portfolio_id": portfolio.id,
-            "late": late,
-        },
-    )
-    return IngestResult(trade, False)
-
-
-def _correlation_id(order: sa.Row | None, fill: Fill) -> str:
-    if order is not None:
-        return order.client_order_id or order.uid
-    return fill.broker_trade_id or "manual-fill"
-
-
-def _replayed(
-    conn: sa.Connection, fill: Fill, portfolio_id: int, instrument_id: int, order: sa.Row | None
-) -> sa.Row:
-    existing = conn.execute(
-        sa.select(trades).where(
-            trades.c.portfolio_id == portfolio_id,
-            trades.c.instrument_id == instrument_id,
-            trades.c.broker_trade_id == fill.broker_trade_id,
-        )
-    ).one()
-    wanted = {
-        "side": fill.side,
-        "quantity": fill.quantity,
-        "price": fill.price,
-        "fee": fill.fee,
-        "fee_currency": fill.fee_currency,
-        "exec_time": fill.exec_time,
-        "order_id": order.id if order is not None else None,
-    }
-    different = [f for f in _REPLAY_FIELDS if getattr(existing, f) != wanted[f]]
-    if different:
-        raise Conflict(
-            f"trade {fill.broker_trade_id!r} was already ingested with different "
-            f"{', '.join(different)}"
-        )
-    return existing
-
-
-def _apply_to_order(tx: Tx, order: sa.Row, fill: Fill) -> None:
-    if order.status == "REJECTED":
-        raise Conflict(f"order #{order.id} was rejected; it cannot be filled")
-    with localcontext(DECIMAL_CONTEXT):
-        filled = order.filled_quantity + fill.quantity
-        if filled > order.quantity:
-            raise Conflict(
-                f"fill of {fill.quantity} overfills order #{order.id}: "
-                f"{order.filled_quantity} of {order.quantity} already filled"
-            )
-        previous = order.avg_fill_price or Decimal(0)
-        avg = quantize18((previous * order.filled_quantity + fill.quantity * fill.price) / filled)
-    if filled == order.quantity:
-        status = "FILLED"
-    elif order.status in ("CANCELED", "EXPIRED"):
-        # A fill that happened before the cancel but arrived after it: record it, keep status.
-        status = order.status
-    else:
-        status = "PARTIALLY_FILLED"
-    tx.conn.execute(
-        _UPDATE_ORDER,
-        {
-            "order_id": order.id,
-            "filled_quantity": filled,
-            "avg_fill_price": avg,
-            "status": status,
-            "updated_at": tx.now(),
-        },
-    )
 
 
 @dataclass
@@ -287,16 +63,20 @@ class TradeService:
         self.tx = tx
 
     def ingest_fill(self, fill: Fill | dict[str, Any]) -> IngestResult:
-        """Ingest one execution in the session's transaction (see the module docstring)."""
-        return ingest_one(self.tx, parse(Fill, fill))
+        """Ingest one execution in the session's transaction: trade, order, position, PnL
+        summary and audit row, all or nothing; a replayed fill changes nothing."""
+        (result,) = ingest(self.tx, [parse(Fill, fill)])
+        return result
 
     def ingest_fills(self, fills: list[Fill | dict[str, Any]]) -> list[IngestResult]:
-        """Ingest many fills in one transaction (imports, replays, benchmarks). All or
-        nothing: one bad fill rolls the whole batch back when the session ends in error."""
-        self.tx.require_user()
+        """Ingest many fills in one transaction (imports, replays, benchmarks) with the
+        statements of one fill. All or nothing: one bad fill rolls the whole batch back when
+        the session ends in error."""
         parsed = [parse(Fill, f) for f in fills]
-        checked: dict[int, sa.Row] = {}
-        return [ingest_one(self.tx, fill, checked) for fill in parsed]
+        if not parsed:
+            self.tx.require_user()
+            return []
+        return ingest(self.tx, parsed)  # checks the acting user with the first portfolio
 
     def get(self, trade_id: int) -> sa.Row:
         if not valid_id(trade_id):
