@@ -19,7 +19,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
 from dal.scope import Tx
-from dal.types import DECIMAL_CONTEXT, decimal_add, decimal_sum
+from dal.types import DECIMAL_CONTEXT, canonical_decimal, decimal_add, decimal_sum
 
 summary = t.pnl_summary
 trades = t.trades
@@ -299,22 +299,30 @@ _BY_INSTRUMENT = (
     .where(_IN_RANGES)
     .group_by(t.instruments.c.symbol, t.instruments.c.currency, summary.c.fee_currency)
 )
-_DAILY = (
-    sa.select(
-        summary.c.period_start,
-        t.instruments.c.currency,
-        decimal_sum(summary.c.realized_pnl).label("realized_pnl"),
+
+
+def _daily(amounts: sa.ColumnElement[Any]) -> sa.Select[Any]:
+    """Per local day and currency (by day): ``amounts`` of the DAY rows in [day_from, day_to)."""
+    return (
+        sa.select(summary.c.period_start, t.instruments.c.currency, amounts.label("amounts"))
+        .join(t.instruments, t.instruments.c.id == summary.c.instrument_id)
+        .where(
+            summary.c.portfolio_id == sa.bindparam("portfolio_id"),
+            summary.c.period == DAY,
+            summary.c.period_start >= sa.bindparam("day_from", type_=sa.Date()),
+            summary.c.period_start < sa.bindparam("day_to", type_=sa.Date()),
+        )
+        .group_by(summary.c.period_start, t.instruments.c.currency)
+        .order_by(summary.c.period_start, t.instruments.c.currency)
     )
-    .join(t.instruments, t.instruments.c.id == summary.c.instrument_id)
-    .where(
-        summary.c.portfolio_id == sa.bindparam("portfolio_id"),
-        summary.c.period == DAY,
-        summary.c.period_start >= sa.bindparam("day_from", type_=sa.Date()),
-        summary.c.period_start < sa.bindparam("day_to", type_=sa.Date()),
-    )
-    .group_by(summary.c.period_start, t.instruments.c.currency)
-    .order_by(summary.c.period_start, t.instruments.c.currency)
-)
+
+
+_DAILY = _daily(decimal_sum(summary.c.realized_pnl))
+# SQLite: a year is ≈ 3,350 DAY rows (one per instrument and day), and decimal_sum's Python
+# aggregate costs a callback per row (≈ 4 ms of /pnl ytd's 5.5). Instead, group_concat collects
+# each day's amounts in C and Python adds them up in one ``sum`` per day: the same exact,
+# canonical totals for about half the time.
+_DAILY_TEXTS = _daily(sa.func.group_concat(summary.c.realized_pnl, ",", type_=sa.Text()))
 
 
 def totals_by_instrument(
@@ -330,12 +338,19 @@ def daily_totals(
     conn: sa.Connection, portfolio_id: int, first: dt.date | None, end: dt.date | None
 ) -> list[tuple[dt.date, str, Decimal]]:
     """Realized PnL per local day and currency over [first, end), by day."""
-    rows = conn.execute(
-        _DAILY,
-        {
-            "portfolio_id": portfolio_id,
-            "day_from": first or _FIRST_DAY,
-            "day_to": end or _LAST_DAY,
-        },
-    )
-    return [(r.period_start, r.currency, r.realized_pnl) for r in rows]
+    params = {
+        "portfolio_id": portfolio_id,
+        "day_from": first or _FIRST_DAY,
+        "day_to": end or _LAST_DAY,
+    }
+    if conn.dialect.name != "sqlite":
+        return [(r.period_start, r.currency, r.amounts) for r in conn.execute(_DAILY, params)]
+    rows = conn.execute(_DAILY_TEXTS, params)
+    with localcontext(DECIMAL_CONTEXT):
+        return [(r.period_start, r.currency, _sum_texts(r.amounts)) for r in rows]
+
+
+def _sum_texts(amounts: str) -> Decimal:
+    """The exact sum of comma-separated decimal TEXT, canonical as ``decimal_sum`` returns it
+    (call inside ``localcontext(DECIMAL_CONTEXT)``)."""
+    return Decimal(canonical_decimal(sum(map(Decimal, amounts.split(",")), Decimal(0))))

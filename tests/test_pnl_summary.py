@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from bot.periods import parse_period
 from dal import schema as t
 from dal.database import Database
-from dal.pnl_summary import DAY, MONTH, Ranges, split_range
+from dal.pnl_summary import _DAILY, DAY, MONTH, Ranges, _sum_texts, daily_totals, split_range
 from dal.scope import Actor
 from dal.trades import _pnl_from_trades
-from dal.types import decimal_add, decimal_sum
+from dal.types import DECIMAL_CONTEXT, decimal_add, decimal_sum
 from tests.factories import default_portfolio, fill, make_instrument, make_strategy, make_user
 
 ZONE = "America/New_York"
@@ -105,6 +105,35 @@ async def test_every_period_reads_the_same_numbers_as_the_trades(
     assert everything.trade_count == 300
     assert everything.fees.keys() == {"USDT", "BNB"}
     assert {cur for _, cur, _ in everything.daily} == {"USDT", "BTC"}
+
+
+async def test_daily_series_is_the_sql_sum_exactly(
+    db: Database, history: tuple[Actor, int]
+) -> None:
+    """SQLite sums each day's amounts in Python (from group_concat, not the per-row SQL
+    aggregate): the same values in the same canonical form as ``decimal_sum`` in SQL."""
+    actor, pid = history
+
+    def both(tx: Any) -> tuple[list, list]:
+        everything = {"portfolio_id": pid, "day_from": dt.date(1, 1, 1), "day_to": dt.date.max}
+        in_sql = [
+            (r.period_start, r.currency, r.amounts) for r in tx.conn.execute(_DAILY, everything)
+        ]
+        return in_sql, daily_totals(tx.conn, pid, None, None)
+
+    async with db.session(actor) as s:
+        in_sql, daily = await s.run(both)
+    assert len(daily) > 50
+    assert [(d, c, str(v)) for d, c, v in daily] == [(d, c, str(v)) for d, c, v in in_sql]
+
+
+def test_sum_texts_is_exact_and_canonical() -> None:
+    with localcontext(DECIMAL_CONTEXT):
+        assert str(_sum_texts("1.25,0.25")) == "1.5"
+        assert str(_sum_texts("0.1,0.2,-0.3")) == "0"
+        assert str(_sum_texts("-7")) == "-7"
+        big = "99999999999999999999.999999999999999999"
+        assert _sum_texts(f"{big},{big},0.000000000000000002") == Decimal("200000000000000000000")
 
 
 async def test_summary_holds_day_and_month_rows_and_reads_whole_months(
