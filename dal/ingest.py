@@ -18,8 +18,10 @@ corrects the trades' realized PnL and the summary. A batch with nothing new writ
 from __future__ import annotations
 
 import logging
+from collections import namedtuple
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -28,8 +30,8 @@ from dal import schema as t
 from dal.accounts import owned_portfolio_fast
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import resolve_instrument
-from dal.models import Fill
-from dal.pnl_summary import Entry, add_to_summary, remember_zone
+from dal.models import Fill, valid_id
+from dal.pnl_summary import Entry, add_to_summary, owner_zone, remember_zone, summarize
 from dal.position_math import FillResult, PositionState, apply_fill
 from dal.positions import PositionKey, lock_position, rederive_position, state_of, write_position
 from dal.scope import Tx
@@ -97,10 +99,17 @@ class _OrderFill:
 
 def ingest(tx: Tx, fills: list[Fill]) -> list[IngestResult]:
     """Ingest parsed fills in the caller's transaction; one result per fill, in order."""
-    planned = _plan(tx, fills)
+    known = _read_at_once(tx, fills[0]) if len(fills) == 1 else None
+    planned = _plan(tx, fills, known)
     keys = sorted({p.key for p in planned}, key=_order)
-    positions = {key: lock_position(tx, key) for key in keys}
+    positions = {
+        key: known.position if known is not None else lock_position(tx, key) for key in keys
+    }
     _progress(planned, positions)
+    if len(planned) == 1 and tx.conn.dialect.name == "postgresql":
+        result = _write_one_fill_at_once(tx, planned[0], positions[keys[0]])
+        if result is not None:
+            return [result]
     _insert_trades(tx, planned)
     new = [p for p in planned if not p.replayed]
     if not new:
@@ -126,9 +135,87 @@ def _order(key: PositionKey) -> tuple[int, int, int]:
     return (key[0], key[1], key[2] or 0)
 
 
-def _plan(tx: Tx, fills: list[Fill]) -> list[_Planned]:
+@dataclass(frozen=True)
+class _Known:
+    """What ``_read_at_once`` read and locked for one fill of an order."""
+
+    portfolio: Any
+    order: Any
+    position: Any
+
+
+_PORTFOLIO_ROW = namedtuple(  # type: ignore[misc]
+    "_PORTFOLIO_ROW", [c.name for c in t.portfolios.c] + ["owner_timezone"]
+)
+_ORDER_ROW = namedtuple("_ORDER_ROW", [c.name for c in orders.c])  # type: ignore[misc]
+_POSITION_ROW = namedtuple("_POSITION_ROW", [c.name for c in t.positions.c])  # type: ignore[misc]
+
+
+def _read_statement() -> sa.Select[Any]:
+    portfolios, users, positions = t.portfolios, t.users, t.positions
+    return (
+        sa.select(*portfolios.c, users.c.timezone, *orders.c, *positions.c)
+        .select_from(
+            portfolios.join(users, users.c.id == portfolios.c.user_id)
+            .join(orders, orders.c.portfolio_id == portfolios.c.id)
+            .join(
+                positions,
+                sa.and_(
+                    positions.c.portfolio_id == orders.c.portfolio_id,
+                    positions.c.instrument_id == orders.c.instrument_id,
+                    # The unique index's expression, literally (a bound 0 would not match it).
+                    sa.func.coalesce(positions.c.strategy_id, sa.literal_column("0"))
+                    == sa.func.coalesce(orders.c.strategy_id, sa.literal_column("0")),
+                ),
+            )
+        )
+        .where(
+            portfolios.c.id == sa.bindparam("portfolio_id"),
+            portfolios.c.user_id == sa.bindparam("owner_id"),
+            portfolios.c.archived_at.is_(None),
+            users.c.is_active == sa.true(),
+            users.c.approved_at.is_not(None),
+            orders.c.id == sa.bindparam("order_id"),
+        )
+        .with_for_update(of=[orders, positions])
+    )
+
+
+_READ_AT_ONCE = _read_statement()
+_ROW_SPLIT = (len(t.portfolios.c) + 1, len(t.portfolios.c) + 1 + len(orders.c))
+
+
+def _read_at_once(tx: Tx, fill: Fill) -> _Known | None:
+    """The common single fill — of an order, on a position that exists, by an approved user
+    whose session has read nothing yet — checks its portfolio and locks its order and position
+    in one statement instead of three. None (read nothing) sends it the general way, which
+    also raises the precise error when something is missing."""
+    user_id = tx.actor.user_id
+    if (
+        fill.order_id is None
+        or tx.admin_scope
+        or user_id is None
+        or "user" in tx.state
+        or not valid_id(fill.portfolio_id)
+        or not valid_id(fill.order_id)
+    ):
+        return None
+    row = tx.conn.execute(
+        _READ_AT_ONCE,
+        {"portfolio_id": fill.portfolio_id, "owner_id": user_id, "order_id": fill.order_id},
+    ).one_or_none()
+    if row is None:
+        return None
+    a, b = _ROW_SPLIT
+    return _Known(_PORTFOLIO_ROW(*row[:a]), _ORDER_ROW(*row[a:b]), _POSITION_ROW(*row[b:]))
+
+
+def _plan(tx: Tx, fills: list[Fill], known: _Known | None = None) -> list[_Planned]:
     """Check every reference in scope (portfolio, instrument, order, strategy); lock orders."""
-    portfolios: dict[int, sa.Row] = {}
+    portfolios: dict[int, Any] = {}
+    if known is not None:
+        portfolios[known.portfolio.id] = known.portfolio
+        remember_zone(tx, known.portfolio.id, known.portfolio.owner_timezone)
     for fill in fills:
         if fill.portfolio_id not in portfolios:
             portfolio = owned_portfolio_fast(tx, fill.portfolio_id, writable=True)
@@ -138,8 +225,11 @@ def _plan(tx: Tx, fills: list[Fill]) -> list[_Planned]:
     instruments = [
         resolve_instrument(tx, fill.instrument_id, fill.symbol, fill.exchange) for fill in fills
     ]
-    order_ids = sorted({fill.order_id for fill in fills if fill.order_id is not None})
-    locked = {row.id: row for row in _lock_orders(tx.conn, order_ids)}
+    if known is not None:
+        locked = {known.order.id: known.order}
+    else:
+        order_ids = sorted({fill.order_id for fill in fills if fill.order_id is not None})
+        locked = {row.id: row for row in _lock_orders(tx.conn, order_ids)}
     strategies_checked: set[int] = set()
     planned = []
     for fill, instrument in zip(fills, instruments, strict=True):
@@ -189,28 +279,29 @@ def _progress(planned: list[_Planned], positions: dict[PositionKey, sa.Row]) -> 
         states[key] = p.result.state
 
 
+def _trade_params(p: _Planned) -> dict[str, Any]:
+    return {
+        "uid": p.uid,
+        "portfolio_id": p.portfolio.id,
+        "instrument_id": p.instrument.id,
+        "strategy_id": p.strategy_id,
+        "order_id": p.order.id if p.order is not None else None,
+        "side": p.fill.side,
+        "quantity": p.fill.quantity,
+        "price": p.fill.price,
+        "fee": p.fill.fee,
+        "fee_currency": p.fill.fee_currency,
+        "realized_pnl": p.result.realized,  # type: ignore[union-attr]
+        "exec_time": p.fill.exec_time,
+        "broker_trade_id": p.fill.broker_trade_id,
+        "meta_json": p.fill.meta,
+    }
+
+
 def _insert_trades(tx: Tx, planned: list[_Planned]) -> None:
     """One multi-row insert; a fill it skipped (its broker trade id exists) is a replay."""
     conn = tx.conn
-    params = [
-        {
-            "uid": p.uid,
-            "portfolio_id": p.portfolio.id,
-            "instrument_id": p.instrument.id,
-            "strategy_id": p.strategy_id,
-            "order_id": p.order.id if p.order is not None else None,
-            "side": p.fill.side,
-            "quantity": p.fill.quantity,
-            "price": p.fill.price,
-            "fee": p.fill.fee,
-            "fee_currency": p.fill.fee_currency,
-            "realized_pnl": p.result.realized,  # type: ignore[union-attr]
-            "exec_time": p.fill.exec_time,
-            "broker_trade_id": p.fill.broker_trade_id,
-            "meta_json": p.fill.meta,
-        }
-        for p in planned
-    ]
+    params = [_trade_params(p) for p in planned]
     statement = _INSERT_TRADES[conn.dialect.name]
     if len(params) == 1:
         inserted = {row.uid: row for row in conn.execute(statement, params[0])}
@@ -281,7 +372,8 @@ def _order_after_fill(state: _OrderFill, order: sa.Row, quantity: Decimal, price
     # else: a fill that happened before the cancel but arrived after it keeps the status.
 
 
-def _advance_orders(tx: Tx, new: list[_Planned]) -> None:
+def _order_updates(tx: Tx, new: list[_Planned]) -> list[dict[str, Any]]:
+    """The orders' new fill state after the new fills (Conflict if one cannot take them)."""
     states: dict[int, _OrderFill] = {}
     for p in new:
         order = p.order
@@ -294,7 +386,7 @@ def _advance_orders(tx: Tx, new: list[_Planned]) -> None:
             )
         _order_after_fill(state, order, p.fill.quantity, p.fill.price)
     now = tx.now()
-    params = [
+    return [
         {
             "order_id": order_id,
             "filled_quantity": state.filled,
@@ -304,6 +396,10 @@ def _advance_orders(tx: Tx, new: list[_Planned]) -> None:
         }
         for order_id, state in states.items()
     ]
+
+
+def _advance_orders(tx: Tx, new: list[_Planned]) -> None:
+    params = _order_updates(tx, new)
     if params:
         tx.conn.execute(_UPDATE_ORDER, params if len(params) > 1 else params[0])
 
@@ -358,46 +454,215 @@ def _applied_in_order(position: sa.Row, group: list[_Planned]) -> bool:
     return True
 
 
+def _audit_details(p: _Planned, realized: Decimal, late: bool) -> dict[str, Any]:
+    return {
+        "trade_uid": p.uid,
+        "order_id": p.order.id if p.order is not None else None,
+        "broker_trade_id": p.fill.broker_trade_id,
+        "side": p.fill.side,
+        "symbol": p.instrument.symbol,
+        "quantity": p.fill.quantity,
+        "price": p.fill.price,
+        "realized_pnl": realized,
+        "late": late,
+    }
+
+
 def _audit_and_log(tx: Tx, new: list[_Planned], late: set[int]) -> None:
     tx.audit_many(
         "TRADE",
         "FILL",
         [
             (
-                p.trade.id,  # type: ignore[union-attr]
-                {
-                    "trade_uid": p.uid,
-                    "order_id": p.order.id if p.order is not None else None,
-                    "broker_trade_id": p.fill.broker_trade_id,
-                    "side": p.fill.side,
-                    "symbol": p.instrument.symbol,
-                    "quantity": p.fill.quantity,
-                    "price": p.fill.price,
-                    "realized_pnl": p.trade.realized_pnl,  # type: ignore[union-attr]
-                    "late": id(p) in late,
-                },
+                p.trade.id,
+                _audit_details(p, p.trade.realized_pnl, id(p) in late),
                 p.portfolio.user_id,
-            )
+            )  # type: ignore[union-attr]
             for p in new
         ],
     )
     for p in new:
-        log.info(
-            "fill applied (in transaction) %s %s %s at %s",
-            p.fill.side,
-            p.fill.quantity,
-            p.instrument.symbol,
-            p.fill.price,
-            extra={
-                # The correlation id follows the order through the logs: its client id (the
-                # strategies' and the bot's), else its uid; a fill without an order uses its
-                # own broker trade id.
-                "correlation_id": _correlation_id(p.order, p.fill),
-                "trade_id": p.trade.id,  # type: ignore[union-attr]
-                "portfolio_id": p.portfolio.id,
-                "late": id(p) in late,
-            },
+        _log_fill(p, id(p) in late)
+
+
+def _log_fill(p: _Planned, late: bool) -> None:
+    log.info(
+        "fill applied (in transaction) %s %s %s at %s",
+        p.fill.side,
+        p.fill.quantity,
+        p.instrument.symbol,
+        p.fill.price,
+        extra={
+            # The correlation id follows the order through the logs: its client id (the
+            # strategies' and the bot's), else its uid; a fill without an order uses its
+            # own broker trade id.
+            "correlation_id": _correlation_id(p.order, p.fill),
+            "trade_id": p.trade.id,  # type: ignore[union-attr]
+            "portfolio_id": p.portfolio.id,
+            "late": late,
+        },
+    )
+
+
+# --- PostgreSQL: the writes of one fill in one statement ------------------------------------
+# On PostgreSQL every statement is a network round trip. Data-modifying CTEs let the five
+# writes of a fill (trade, summary day and month rows, order, position, audit) travel as one
+# statement: the trade insert runs first in the WITH list and every other write is
+# conditional on it having inserted a row, so a replay (ON CONFLICT DO NOTHING) writes
+# nothing at all, exactly like the general path.
+_SUMMARY_COLUMNS = [c.name for c in t.pnl_summary.c]
+
+
+def _prefixed(prefix: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}{name}": value for name, value in params.items()}
+
+
+def _fused_statement(with_order: bool) -> sa.Select[Any]:
+    summary = t.pnl_summary
+    new_trade = (
+        postgresql.insert(trades)
+        .values({c.name: sa.bindparam(f"t_{c.name}") for c in trades.c if c.name != "id"})
+        .on_conflict_do_nothing(index_elements=_TRADE_CONFLICT_TARGET)
+        .returning(*trades.c)
+        .cte("new_trade")
+    )
+    inserted = sa.exists(sa.select(new_trade.c.id))
+    writes = []
+    for row in ("day", "month"):
+        insert = postgresql.insert(summary).from_select(
+            _SUMMARY_COLUMNS,
+            sa.select(
+                *(
+                    sa.bindparam(f"{row}_{name}", type_=summary.c[name].type)
+                    for name in _SUMMARY_COLUMNS
+                )
+            ).where(inserted),
         )
+        writes.append(
+            insert.on_conflict_do_update(
+                index_elements=list(summary.primary_key.columns),
+                set_={
+                    "realized_pnl": summary.c.realized_pnl + insert.excluded.realized_pnl,
+                    "fees": summary.c.fees + insert.excluded.fees,
+                    "trade_count": summary.c.trade_count + insert.excluded.trade_count,
+                },
+            ).cte(f"summary_{row}")
+        )
+    if with_order:
+        writes.append(
+            orders.update()
+            .where(orders.c.id == sa.bindparam("o_order_id"), inserted)
+            .values(
+                {
+                    name: sa.bindparam(f"o_{name}")
+                    for name in ("filled_quantity", "avg_fill_price", "status", "updated_at")
+                }
+            )
+            .cte("order_update")
+        )
+    positions = t.positions
+    writes.append(
+        positions.update()
+        .where(positions.c.id == sa.bindparam("p_position_id"), inserted)
+        .values(
+            {
+                **{
+                    name: sa.bindparam(f"p_{name}")
+                    for name in (
+                        "quantity",
+                        "cost_basis",
+                        "avg_price",
+                        "realized_pnl",
+                        "opened_at",
+                        "last_exec_time",
+                        "updated_at",
+                    )
+                },
+                "last_trade_id": sa.select(new_trade.c.id).scalar_subquery(),
+            }
+        )
+        .cte("position_update")
+    )
+    audit = t.audit_log
+    writes.append(
+        audit.insert()
+        .from_select(
+            ["user_id", "entity_type", "entity_id", "action", "details_json", "created_at"],
+            sa.select(
+                sa.bindparam("a_user_id", type_=audit.c.user_id.type),
+                sa.literal("TRADE"),
+                new_trade.c.id,
+                sa.literal("FILL"),
+                sa.bindparam("a_details", type_=audit.c.details_json.type),
+                sa.bindparam("a_created_at", type_=audit.c.created_at.type),
+            ),
+        )
+        .cte("audit_row")
+    )
+    return sa.select(new_trade).add_cte(*writes)
+
+
+_FUSED = {with_order: _fused_statement(with_order) for with_order in (False, True)}
+
+
+def _write_one_fill_at_once(tx: Tx, p: _Planned, position: sa.Row) -> IngestResult | None:
+    """One fill's writes as one statement; None when the general path must do it (a late fill
+    re-derives its position; an order that refuses the fill may be a replay's)."""
+    f = p.fill
+    if position.last_exec_time is not None and f.exec_time < position.last_exec_time:
+        return None
+    try:
+        order_updates = _order_updates(tx, [p])
+    except Conflict:
+        return None
+    result = p.result
+    assert result is not None
+    now = tx.now()
+    entry = Entry(p.instrument.id, f.exec_time, f.fee_currency, result.realized, f.fee, 1)
+    (day, day_totals), (month, month_totals) = summarize(
+        [entry], owner_zone(tx, p.portfolio.id)
+    ).items()
+    params = _prefixed("t_", _trade_params(p))
+    for prefix, key, totals in (("day_", day, day_totals), ("month_", month, month_totals)):
+        period, start, instrument_id, fee_currency = key
+        params.update(
+            _prefixed(
+                prefix,
+                {
+                    "portfolio_id": p.portfolio.id,
+                    "period": period,
+                    "period_start": start,
+                    "instrument_id": instrument_id,
+                    "fee_currency": fee_currency,
+                    "realized_pnl": totals.realized,
+                    "fees": totals.fees,
+                    "trade_count": totals.count,
+                },
+            )
+        )
+    if order_updates:
+        params.update(_prefixed("o_", order_updates[0]))
+    state = result.state
+    params.update(
+        {
+            "p_position_id": position.id,
+            "p_quantity": state.quantity,
+            "p_cost_basis": state.cost_basis,
+            "p_avg_price": state.avg_price,
+            "p_realized_pnl": state.realized_pnl,
+            "p_opened_at": state.opened_at,
+            "p_last_exec_time": f.exec_time,
+            "p_updated_at": now,
+            "a_user_id": p.portfolio.user_id,
+            "a_created_at": now,
+        }
+    )
+    params["a_details"] = _audit_details(p, result.realized, False)
+    p.trade = tx.conn.execute(_FUSED[bool(order_updates)], params).one_or_none()
+    if p.trade is None:
+        return IngestResult(_replayed(tx.conn, p), True)
+    _log_fill(p, False)
+    return IngestResult(p.trade, False)
 
 
 def _correlation_id(order: sa.Row | None, fill: Fill) -> str:

@@ -232,7 +232,7 @@ async def test_error_after_trade_insert_leaves_no_trace(
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("injected after the trade insert")
 
-    monkeypatch.setattr("dal.ingest.write_position", explode)
+    monkeypatch.setattr("dal.ingest._log_fill", explode)
     with pytest.raises(RuntimeError, match="injected"):
         async with db.session(actor) as s:
             await s.trades.ingest_fill(
