@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dal import schema as t
-from dal.accounts import owned_portfolio
+from dal.accounts import owned_portfolio, owned_portfolio_rows
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import check_increments, resolve_instrument
 from dal.models import NewOrder, check_json_arg, check_text, parse, valid_id
@@ -272,17 +272,18 @@ class OrderService:
             wanted = sa.and_(t.OPEN_ORDER, wanted)
         query = (
             sa.select(orders, t.instruments.c.symbol)
-            .join(portfolios, portfolios.c.id == orders.c.portfolio_id)
             .join(t.instruments, t.instruments.c.id == orders.c.instrument_id)
-            .where(self.tx.owned(portfolios.c.user_id), wanted)
+            .where(wanted)
             .order_by(orders.c.placed_at.desc(), orders.c.id.desc())
             .limit(max(1, min(limit, 1000)))
             .offset(max(0, offset))
         )
         if portfolio_id is not None:
-            owned_portfolio(self.tx, portfolio_id)
+            # The bot's /orders: the ownership check rides in the query on a fresh session.
             query = query.where(orders.c.portfolio_id == portfolio_id)
-        return list(self.tx.conn.execute(query))
+            return owned_portfolio_rows(self.tx, portfolio_id, query)
+        query = query.join(portfolios, portfolios.c.id == orders.c.portfolio_id)
+        return list(self.tx.conn.execute(query.where(self.tx.owned(portfolios.c.user_id))))
 
     def open_orders(self, portfolio_id: int | None = None, limit: int = 50) -> list[sa.Row]:
         return self.list(portfolio_id, None, limit)

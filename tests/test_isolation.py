@@ -565,3 +565,32 @@ async def test_admin_scope_is_for_admins_only(
             await s.orders.get(a.order)
         with pytest.raises(Forbidden, match="admin session"):
             await s.users.approve(a.telegram)
+
+
+async def test_a_portfolios_open_orders_check_the_owner_in_the_same_statement(
+    db: Database, world: tuple[Ids, Ids]
+) -> None:
+    """``/orders`` on a fresh session (one call, as the bot makes it) is one statement: the
+    approval and ownership check rides in the query. Its rows are still only the caller's; an
+    empty answer runs the precise check (NotFound for another user's portfolio)."""
+    a, b = world
+    engine = db._get_runner().engine
+    sync_engine = engine if isinstance(engine, sa.Engine) else engine.sync_engine
+    seen: list[str] = []
+
+    def listener(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().startswith("SELECT"):
+            seen.append(statement)
+
+    sa.event.listen(sync_engine, "before_cursor_execute", listener)
+    try:
+        dal = db.scoped(a.actor)
+        assert {r.id for r in await dal.orders.open_orders(a.portfolio)} == {a.order}
+        assert len(seen) == 1 and "EXISTS" in seen[0], seen
+        assert await dal.orders.open_orders(a.spare_portfolio) == []
+        with pytest.raises(NotFound, match=f"no portfolio #{b.portfolio}"):
+            await dal.orders.open_orders(b.portfolio)
+        admin = db.scoped(await make_user(db, admin=True)).as_admin()
+        assert {r.id for r in await admin.orders.open_orders(b.portfolio)} == {b.order}
+    finally:
+        sa.event.remove(sync_engine, "before_cursor_execute", listener)
