@@ -16,6 +16,11 @@ from tests.factories import fill, make_instrument
 
 ADMIN, ALICE, BOB, PENDING = 1001, 2001, 3001, 4001
 NOW = dt.datetime.now(dt.UTC)
+# The fixture's two fills happen today (UTC, the users' zone) whatever the time of day, so
+# "/pnl today" sees them also in the first hours after midnight.
+_MIDNIGHT = NOW.replace(hour=0, minute=0, second=0, microsecond=0)
+FIRST_FILL = max(NOW - dt.timedelta(hours=2), _MIDNIGHT)
+SECOND_FILL = max(NOW - dt.timedelta(hours=1), FIRST_FILL)
 
 
 @pytest.fixture
@@ -50,7 +55,7 @@ async def h(db: Database) -> BotHarness:
                     "BUY",
                     "2",
                     price,
-                    at=NOW - dt.timedelta(hours=2),
+                    at=FIRST_FILL,
                     trade_id="t1",
                     fee=Decimal("0.5"),
                     fee_currency="USDT",
@@ -63,7 +68,7 @@ async def h(db: Database) -> BotHarness:
                     "SELL",
                     "1",
                     str(int(price) * 11 // 10),
-                    at=NOW - dt.timedelta(hours=1),
+                    at=SECOND_FILL,
                     trade_id="t2",
                 )
             )
