@@ -299,3 +299,41 @@ async def test_a_conflicting_duplicate_inside_a_batch_writes_nothing(
     async with db.session(actor) as s:
         (position,) = await s.positions.snapshot(pid)
     assert position.quantity == Decimal(1)
+
+
+async def test_replaying_the_fill_that_completed_an_order_is_a_replay(
+    db: Database, engine: AsyncEngine
+) -> None:
+    # The replay's order math would overfill the (now FILLED) order; it must still come back
+    # as a replay that changes nothing, not as a Conflict.
+    actor = await make_user(db)
+    inst = await make_instrument(db)
+    pid = await make_portfolio(db, actor)
+    dal = db.scoped(actor)
+    order = await dal.orders.place(
+        {"portfolio_id": pid, "instrument_id": inst, "side": "BUY", "quantity": "2"}
+    )
+    first, last = (
+        {
+            "portfolio_id": pid,
+            "instrument_id": inst,
+            "order_id": order.id,
+            "side": "BUY",
+            "quantity": "1",
+            "price": price,
+            "exec_time": T0 + dt.timedelta(minutes=minute),
+            "broker_trade_id": f"F{minute}",
+        }
+        for minute, price in ((1, "100"), (2, "110"))
+    )
+    assert not (await dal.trades.ingest_fill(first)).replayed
+    done = await dal.trades.ingest_fill(last)
+    before = await table_counts(engine)
+    for replay in (first, last):
+        again = await dal.trades.ingest_fill(replay)
+        assert again.replayed
+    assert again.trade.id == done.trade.id
+    assert await table_counts(engine) == before
+    assert [r.replayed for r in await dal.trades.ingest_fills([first, last])] == [True, True]
+    settled = await dal.orders.get(order.id)
+    assert settled.status == "FILLED" and settled.avg_fill_price == Decimal(105)
