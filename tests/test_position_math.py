@@ -21,7 +21,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dal.position_math import FillResult, PositionState, apply_fill, replay, unrealized_pnl
+from dal.position_math import (
+    FillResult,
+    PositionState,
+    apply_fill,
+    apply_fill_in_context,
+    replay,
+    unrealized_pnl,
+)
 from dal.types import DECIMAL_CONTEXT, quantize18
 
 T0 = dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -244,6 +251,35 @@ def test_matches_exact_reference(fills: list[Fill]) -> None:
         # |Q| >= 1 this is the plain 1e-15 bound, smaller positions get it scaled by 1/|Q|.
         avg_tol = TOL * max(1, 1 / abs(ref.qty)) if ref.qty else 0
         assert abs(Fraction(state.avg_price) - ref.avg) <= avg_tol
+
+
+@settings(max_examples=200, deadline=None)
+@given(sequences(max_qdec=18, max_pdec=18))
+def test_replay_in_one_context_is_apply_fill_exactly(fills: list[Fill]) -> None:
+    """Replays (``replay``, ``positions.derive``) enter the decimal context once and call
+    ``apply_fill_in_context``: every result equals ``apply_fill``'s, digit for digit."""
+    state = PositionState()
+    expected = []
+    for i, fill in enumerate(fills):
+        result = apply_fill(state, *fill, at(i))
+        expected.append(result)
+        state = result.state
+
+    def digits(result: FillResult) -> tuple:
+        s = result.state
+        amounts = (s.quantity, s.cost_basis, s.realized_pnl, s.avg_price, result.realized)
+        return (*(a.as_tuple() for a in amounts), s.opened_at)
+
+    replayed = replay([(*fill, at(i)) for i, fill in enumerate(fills)])
+    assert [digits(r) for r in replayed] == [digits(r) for r in expected]
+
+
+def test_apply_fill_in_context_refuses_another_context() -> None:
+    with pytest.raises(RuntimeError, match="localcontext"):
+        apply_fill_in_context(PositionState(), "BUY", Decimal(1), Decimal(1), at(1))
+    with localcontext(DECIMAL_CONTEXT):
+        inside = apply_fill_in_context(PositionState(), "BUY", Decimal(3), Decimal("1.5"), at(1))
+    assert inside == apply_fill(PositionState(), "BUY", Decimal(3), Decimal("1.5"), at(1))
 
 
 @settings(max_examples=200, deadline=None)
