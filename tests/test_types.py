@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -16,9 +19,12 @@ from dal.types import (
     JSONDoc,
     Money,
     UTCDateTime,
+    amount_text,
     canonical_decimal,
     check_amount,
+    format_utc,
     new_uid,
+    parse_utc,
     utc_now,
 )
 from tests.conftest import count_rows
@@ -198,3 +204,41 @@ def test_helpers() -> None:
     assert now.tzinfo is not None and now.utcoffset() == dt.timedelta(0)
     a, b = new_uid(), new_uid()
     assert a != b and len(a) == 36
+
+
+# The SQLite binds' one-pass forms must say exactly what the general functions say.
+_amounts = st.one_of(
+    st.decimals(allow_nan=False, allow_infinity=False, places=None),
+    st.decimals(min_value=Decimal("-1e21"), max_value=Decimal("1e21"), places=18),
+    st.builds(
+        lambda digits, exponent, negative: Decimal((int(negative), digits, exponent)),
+        st.tuples(*[st.integers(0, 9)] * 3).map(tuple) | st.lists(st.integers(0, 9)).map(tuple),
+        st.integers(-40, 40),
+        st.booleans(),
+    ),
+    st.sampled_from(["1.50", "-0", "0E-30", "1E+20", "1E+19", "-99999999999999999999.5", 7]),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_amounts)
+def test_amount_text_is_the_canonical_text_of_check_amount(value: object) -> None:
+    try:
+        expected: str | None = canonical_decimal(check_amount(value))
+    except AmountError as exc:
+        with pytest.raises(AmountError) as caught:
+            amount_text(value)
+        assert str(caught.value) == str(exc)
+        return
+    assert amount_text(value) == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.datetimes(timezones=st.sampled_from([dt.UTC, ZoneInfo("Asia/Tokyo"), ZoneInfo("UTC")])))
+def test_stored_timestamps_are_fixed_width_iso_and_read_back_as_utc(moment: dt.datetime) -> None:
+    utc = moment.astimezone(dt.UTC)
+    text = format_utc(moment)
+    assert text == utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    assert len(text) == 27
+    back = parse_utc(text)
+    assert back == utc and back.tzinfo is dt.UTC
