@@ -17,6 +17,7 @@ corrects the trades' realized PnL and the summary. A batch with nothing new writ
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections import namedtuple
 from dataclasses import dataclass
@@ -31,9 +32,24 @@ from dal.accounts import owned_portfolio_fast
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import resolve_instrument
 from dal.models import Fill, valid_id
-from dal.pnl_summary import Entry, add_to_summary, owner_zone, remember_zone, summarize
+from dal.pnl_summary import (
+    Entry,
+    add_to_summary,
+    adding_to_existing_rows,
+    owner_zone,
+    remember_zone,
+    summarize,
+    summary_rows,
+)
 from dal.position_math import FillResult, PositionState, apply_fill
-from dal.positions import PositionKey, lock_position, rederive_position, state_of, write_position
+from dal.positions import (
+    PositionKey,
+    lock_position,
+    position_values,
+    rederive_position,
+    state_of,
+    write_position,
+)
 from dal.scope import Tx
 from dal.strategies import owned_strategy
 from dal.types import DECIMAL_CONTEXT, new_uid, quantize18
@@ -511,6 +527,7 @@ def _log_fill(p: _Planned, late: bool) -> None:
 # conditional on it having inserted a row, so a replay (ON CONFLICT DO NOTHING) writes
 # nothing at all, exactly like the general path.
 _SUMMARY_COLUMNS = [c.name for c in t.pnl_summary.c]
+_POSITION_VALUES = list(position_values(PositionState(), None, dt.datetime.now(dt.UTC)))
 
 
 def _prefixed(prefix: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -529,24 +546,18 @@ def _fused_statement(with_order: bool) -> sa.Select[Any]:
     inserted = sa.exists(sa.select(new_trade.c.id))
     writes = []
     for row in ("day", "month"):
-        insert = postgresql.insert(summary).from_select(
-            _SUMMARY_COLUMNS,
-            sa.select(
-                *(
-                    sa.bindparam(f"{row}_{name}", type_=summary.c[name].type)
-                    for name in _SUMMARY_COLUMNS
-                )
-            ).where(inserted),
-        )
         writes.append(
-            insert.on_conflict_do_update(
-                index_elements=list(summary.primary_key.columns),
-                set_={
-                    "realized_pnl": summary.c.realized_pnl + insert.excluded.realized_pnl,
-                    "fees": summary.c.fees + insert.excluded.fees,
-                    "trade_count": summary.c.trade_count + insert.excluded.trade_count,
-                },
-            ).cte(f"summary_{row}")
+            adding_to_existing_rows(
+                postgresql.insert(summary).from_select(
+                    _SUMMARY_COLUMNS,
+                    sa.select(
+                        *(
+                            sa.bindparam(f"{row}_{name}", type_=summary.c[name].type)
+                            for name in _SUMMARY_COLUMNS
+                        )
+                    ).where(inserted),
+                )
+            ).cte(f"summary_{row}")  # type: ignore[attr-defined]
         )
     if with_order:
         writes.append(
@@ -566,18 +577,7 @@ def _fused_statement(with_order: bool) -> sa.Select[Any]:
         .where(positions.c.id == sa.bindparam("p_position_id"), inserted)
         .values(
             {
-                **{
-                    name: sa.bindparam(f"p_{name}")
-                    for name in (
-                        "quantity",
-                        "cost_basis",
-                        "avg_price",
-                        "realized_pnl",
-                        "opened_at",
-                        "last_exec_time",
-                        "updated_at",
-                    )
-                },
+                **{name: sa.bindparam(f"p_{name}") for name in _POSITION_VALUES},
                 "last_trade_id": sa.select(new_trade.c.id).scalar_subquery(),
             }
         )
@@ -619,45 +619,21 @@ def _write_one_fill_at_once(tx: Tx, p: _Planned, position: sa.Row) -> IngestResu
     assert result is not None
     now = tx.now()
     entry = Entry(p.instrument.id, f.exec_time, f.fee_currency, result.realized, f.fee, 1)
-    (day, day_totals), (month, month_totals) = summarize(
-        [entry], owner_zone(tx, p.portfolio.id)
-    ).items()
     params = _prefixed("t_", _trade_params(p))
-    for prefix, key, totals in (("day_", day, day_totals), ("month_", month, month_totals)):
-        period, start, instrument_id, fee_currency = key
-        params.update(
-            _prefixed(
-                prefix,
-                {
-                    "portfolio_id": p.portfolio.id,
-                    "period": period,
-                    "period_start": start,
-                    "instrument_id": instrument_id,
-                    "fee_currency": fee_currency,
-                    "realized_pnl": totals.realized,
-                    "fees": totals.fees,
-                    "trade_count": totals.count,
-                },
-            )
-        )
+    totals = summarize([entry], owner_zone(tx, p.portfolio.id))  # its DAY row, then its MONTH row
+    for prefix, row in zip(("day_", "month_"), summary_rows(p.portfolio.id, totals), strict=True):
+        params.update(_prefixed(prefix, row))
     if order_updates:
         params.update(_prefixed("o_", order_updates[0]))
-    state = result.state
+    params.update(_prefixed("p_", position_values(result.state, f.exec_time, now)))
     params.update(
         {
             "p_position_id": position.id,
-            "p_quantity": state.quantity,
-            "p_cost_basis": state.cost_basis,
-            "p_avg_price": state.avg_price,
-            "p_realized_pnl": state.realized_pnl,
-            "p_opened_at": state.opened_at,
-            "p_last_exec_time": f.exec_time,
-            "p_updated_at": now,
             "a_user_id": p.portfolio.user_id,
+            "a_details": _audit_details(p, result.realized, False),
             "a_created_at": now,
         }
     )
-    params["a_details"] = _audit_details(p, result.realized, False)
     p.trade = tx.conn.execute(_FUSED[bool(order_updates)], params).one_or_none()
     if p.trade is None:
         return IngestResult(_replayed(tx.conn, p), True)

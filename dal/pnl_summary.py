@@ -112,10 +112,10 @@ def add_to_summary(tx: Tx, portfolio_id: int, entries: Iterable[Entry]) -> None:
     merged = summarize(entries, owner_zone(tx, portfolio_id))
     if not merged:
         return
-    tx.conn.execute(_UPSERT[tx.conn.dialect.name], _rows(portfolio_id, merged))
+    tx.conn.execute(_UPSERT[tx.conn.dialect.name], summary_rows(portfolio_id, merged))
 
 
-def _rows(portfolio_id: int, totals: dict[SummaryKey, Totals]) -> list[dict[str, object]]:
+def summary_rows(portfolio_id: int, totals: dict[SummaryKey, Totals]) -> list[dict[str, object]]:
     """Summary totals as pnl_summary rows (parameters of an insert or upsert)."""
     return [
         {
@@ -132,9 +132,10 @@ def _rows(portfolio_id: int, totals: dict[SummaryKey, Totals]) -> list[dict[str,
     ]
 
 
-def _upsert(dialect_insert: type) -> sa.Executable:
-    insert = dialect_insert(summary)
-    return insert.on_conflict_do_update(
+def adding_to_existing_rows(insert: sa.Insert) -> sa.Executable:
+    """``insert`` (a dialect's INSERT into pnl_summary, of values or from a select) made to add
+    its totals to rows that already exist: what every write to the summary is."""
+    return insert.on_conflict_do_update(  # type: ignore[attr-defined,no-any-return]
         index_elements=[c for c in summary.primary_key.columns],
         set_={
             "realized_pnl": decimal_add(summary.c.realized_pnl, insert.excluded.realized_pnl),
@@ -144,7 +145,10 @@ def _upsert(dialect_insert: type) -> sa.Executable:
     )
 
 
-_UPSERT = {"sqlite": _upsert(sqlite.insert), "postgresql": _upsert(postgresql.insert)}
+_UPSERT = {
+    "sqlite": adding_to_existing_rows(sqlite.insert(summary)),
+    "postgresql": adding_to_existing_rows(postgresql.insert(summary)),
+}
 _ZONE_OF_PORTFOLIO = (
     sa.select(t.users.c.timezone)
     .join(t.portfolios, t.portfolios.c.user_id == t.users.c.id)
@@ -231,7 +235,7 @@ def rebuild_summary(conn: sa.Connection, portfolio_id: int, zone: str | None = N
     expected = expected_summary(conn, portfolio_id, zone)
     conn.execute(summary.delete().where(summary.c.portfolio_id == portfolio_id))
     if expected:
-        conn.execute(summary.insert(), _rows(portfolio_id, expected))
+        conn.execute(summary.insert(), summary_rows(portfolio_id, expected))
     return len(expected)
 
 

@@ -106,6 +106,21 @@ def state_of(row: sa.Row) -> PositionState:
     return PositionState(row.quantity, row.cost_basis, row.realized_pnl, row.opened_at)
 
 
+def position_values(
+    state: PositionState, last_exec_time: dt.datetime | None, now: dt.datetime
+) -> dict[str, Any]:
+    """What a position row stores of ``state`` (besides ``last_trade_id``)."""
+    return {
+        "quantity": state.quantity,
+        "cost_basis": state.cost_basis,
+        "avg_price": state.avg_price,
+        "realized_pnl": state.realized_pnl,
+        "opened_at": state.opened_at,
+        "last_exec_time": last_exec_time,
+        "updated_at": now,
+    }
+
+
 def write_position(
     tx: Tx,
     position_id: int,
@@ -117,14 +132,8 @@ def write_position(
         _UPDATE_POSITION,
         {
             "position_id": position_id,
-            "quantity": state.quantity,
-            "cost_basis": state.cost_basis,
-            "avg_price": state.avg_price,
-            "realized_pnl": state.realized_pnl,
-            "opened_at": state.opened_at,
-            "last_exec_time": last_exec_time,
             "last_trade_id": last_trade_id,
-            "updated_at": tx.now(),
+            **position_values(state, last_exec_time, tx.now()),
         },
     )
 
