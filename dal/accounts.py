@@ -25,15 +25,15 @@ _OWNED_PORTFOLIO = _PORTFOLIO.where(portfolios.c.user_id == sa.bindparam("owner_
 # The same check in one statement: the portfolio, owned by the actor, who is approved and
 # active. As a query of the portfolio, and as a condition for a query of its rows (never
 # correlated to the tables of that query).
-_OF_APPROVED_OWNER = (
+OF_APPROVED_OWNER = (
     portfolios.c.id == sa.bindparam("portfolio_id"),
     portfolios.c.user_id == sa.bindparam("owner_id"),
     t.users.c.id == portfolios.c.user_id,
     t.users.c.is_active == sa.true(),
     t.users.c.approved_at.is_not(None),
 )
-_PORTFOLIO_OF_APPROVED_OWNER = sa.select(portfolios).where(*_OF_APPROVED_OWNER)
-_APPROVED_OWNER_OF_PORTFOLIO = sa.exists().where(*_OF_APPROVED_OWNER).correlate(None)
+_PORTFOLIO_OF_APPROVED_OWNER = sa.select(portfolios).where(*OF_APPROVED_OWNER)
+_APPROVED_OWNER_OF_PORTFOLIO = sa.exists().where(*OF_APPROVED_OWNER).correlate(None)
 # The fill path's variant: the owner's time zone rides along for the fill's PnL summary
 # (dal/pnl_summary.py).
 _PORTFOLIO_OF_APPROVED_OWNER_WITH_ZONE = _PORTFOLIO_OF_APPROVED_OWNER.add_columns(
@@ -64,17 +64,16 @@ def owned_portfolio_rows(tx: Tx, portfolio_id: int, query: sa.Select[Any]) -> li
     two. Rows prove the check passed; no rows prove nothing, so the precise check runs then
     (NotApproved before NotFound), and the query again.
     """
-    if _one_statement_check(tx, portfolio_id):
-        rows = list(
-            tx.conn.execute(query.where(_APPROVED_OWNER_OF_PORTFOLIO), _owner(tx, portfolio_id))
-        )
+    if one_statement_check(tx, portfolio_id):
+        checked = query.where(_APPROVED_OWNER_OF_PORTFOLIO)
+        rows = list(tx.conn.execute(checked, owner_params(tx, portfolio_id)))
         if rows:
             return rows
     owned_portfolio(tx, portfolio_id)
     return list(tx.conn.execute(query))
 
 
-def _one_statement_check(tx: Tx, portfolio_id: int) -> bool:
+def one_statement_check(tx: Tx, portfolio_id: int) -> bool:
     """Whether the actor's approval and ownership can be checked in one statement: while the
     session has not read the user row (every short bot call starts so; on PostgreSQL each
     statement is a round trip), for a user outside the admin scope. A miss of that statement
@@ -87,7 +86,7 @@ def _one_statement_check(tx: Tx, portfolio_id: int) -> bool:
     )
 
 
-def _owner(tx: Tx, portfolio_id: int) -> dict[str, Any]:
+def owner_params(tx: Tx, portfolio_id: int) -> dict[str, Any]:
     return {"portfolio_id": portfolio_id, "owner_id": tx.actor.user_id}
 
 
@@ -97,8 +96,8 @@ def _owned_portfolio(
     if not valid_id(portfolio_id):
         raise NotFound(f"no portfolio #{portfolio_id}")
     row = None
-    if _one_statement_check(tx, portfolio_id):
-        row = tx.conn.execute(one_statement, _owner(tx, portfolio_id)).one_or_none()
+    if one_statement_check(tx, portfolio_id):
+        row = tx.conn.execute(one_statement, owner_params(tx, portfolio_id)).one_or_none()
     if row is None:
         row = _portfolio_in_scope(tx, portfolio_id)
     if writable and row.archived_at is not None:

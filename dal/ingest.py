@@ -33,7 +33,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
-from dal.accounts import owned_portfolio_fast
+from dal.accounts import (
+    OF_APPROVED_OWNER,
+    one_statement_check,
+    owned_portfolio_fast,
+    owner_params,
+)
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import resolve_instrument
 from dal.models import Fill, valid_id
@@ -177,9 +182,8 @@ def _read_statement() -> sa.Select[Any]:
     return (
         sa.select(*portfolios.c, users.c.timezone, *orders.c, *positions.c)
         .select_from(
-            portfolios.join(users, users.c.id == portfolios.c.user_id)
-            .join(orders, orders.c.portfolio_id == portfolios.c.id)
-            .join(
+            # users joins through OF_APPROVED_OWNER's conditions
+            portfolios.join(orders, orders.c.portfolio_id == portfolios.c.id).join(
                 positions,
                 sa.and_(
                     positions.c.portfolio_id == orders.c.portfolio_id,
@@ -191,11 +195,8 @@ def _read_statement() -> sa.Select[Any]:
             )
         )
         .where(
-            portfolios.c.id == sa.bindparam("portfolio_id"),
-            portfolios.c.user_id == sa.bindparam("owner_id"),
+            *OF_APPROVED_OWNER,
             portfolios.c.archived_at.is_(None),
-            users.c.is_active == sa.true(),
-            users.c.approved_at.is_not(None),
             orders.c.id == sa.bindparam("order_id"),
         )
         .with_for_update(of=[orders, positions])
@@ -211,19 +212,14 @@ def _read_at_once(tx: Tx, fill: Fill) -> _Known | None:
     whose session has read nothing yet — checks its portfolio and locks its order and position
     in one statement instead of three. None (read nothing) sends it the general way, which
     also raises the precise error when something is missing."""
-    user_id = tx.actor.user_id
     if (
         fill.order_id is None
-        or tx.admin_scope
-        or user_id is None
-        or "user" in tx.state
-        or not valid_id(fill.portfolio_id)
         or not valid_id(fill.order_id)
+        or not one_statement_check(tx, fill.portfolio_id)
     ):
         return None
     row = tx.conn.execute(
-        _READ_AT_ONCE,
-        {"portfolio_id": fill.portfolio_id, "owner_id": user_id, "order_id": fill.order_id},
+        _READ_AT_ONCE, {**owner_params(tx, fill.portfolio_id), "order_id": fill.order_id}
     ).one_or_none()
     if row is None:
         return None

@@ -127,17 +127,7 @@ class Tx:
         user_id: int | None = None,
     ) -> None:
         """Write one audit row inside the current business transaction."""
-        self.conn.execute(
-            _AUDIT_INSERT,
-            {
-                "user_id": user_id if user_id is not None else self.actor.user_id,
-                "entity_type": entity_type,
-                "entity_id": entity_id,
-                "action": action,
-                "details_json": details,
-                "created_at": self.now(),
-            },
-        )
+        self.audit_many(entity_type, action, [(entity_id, details, user_id)])
 
     def audit_many(
         self,
