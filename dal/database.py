@@ -4,11 +4,13 @@ How a transaction executes (README, "DAL design"): every query function and serv
 plain synchronous SQLAlchemy Core on a ``Connection``. A session runs them where they are
 cheapest for its engine:
 
-* SQLite: on one dedicated writer thread holding one stdlib-sqlite3 connection (plus a small
-  pool of reader threads for read-only sessions). A service call is one thread hop, however
-  many statements it runs; SQLAlchemy's aiosqlite adapter would pay several hops per statement
-  (shared/notes/performance.md: ≈ 440 vs ≈ 1,700 fills/s). The single writer also serializes
-  writers by construction; ``BEGIN IMMEDIATE`` and the busy timeout cover other processes.
+* SQLite: on one stdlib-sqlite3 writer connection, on the event loop's own thread when the
+  write lock is free at once and on the writer thread otherwise (``_Writer``), plus a small
+  pool of reader threads for read-only sessions. A service call is one synchronous call, however
+  many statements it runs; SQLAlchemy's aiosqlite adapter would pay several thread hops per
+  statement (shared/notes/performance.md: ≈ 440 vs ≈ 1,700 fills/s with one hop). The single
+  writer connection serializes writers by construction; ``BEGIN IMMEDIATE`` and the busy
+  timeout cover other processes.
 * PostgreSQL: on one pooled asyncpg connection held for the session, each service call in one
   ``AsyncConnection.run_sync`` (greenlet) step; rows are locked with ``SELECT … FOR UPDATE``.
 
@@ -20,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,9 +33,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from dal.engine import create_engine, create_sync_sqlite_engine, is_sqlite
+from dal.engine import BUSY_TIMEOUT_MS, create_engine, create_sync_sqlite_engine, is_sqlite
 from dal.errors import Forbidden, NotApproved
-from dal.scope import Actor, Tx
+from dal.scope import Actor, Tx, is_long_running
 
 if TYPE_CHECKING:
     from dal.accounts import AccountService, PortfolioService
@@ -53,7 +56,7 @@ READER_THREADS = 2
 
 
 class _Lane:
-    """One thread with one held SQLite connection: everything submitted runs in order."""
+    """One reader thread with its own SQLite connection: everything submitted runs in order."""
 
     def __init__(self, engine: sa.Engine, name: str) -> None:
         self._engine = engine
@@ -80,12 +83,87 @@ class _Lane:
         self._pool.shutdown(wait=True)
 
 
+class _Writer:
+    """The one SQLite connection every write transaction of this process uses, and the thread
+    that runs the transactions that should not run on the event loop.
+
+    A write transaction runs on the event loop's own thread when its ``BEGIN IMMEDIATE`` gets
+    the lock at once (the connection's busy timeout is 0): SQLAlchemy's Python holds the GIL
+    either way, so a thread would only add the hand-offs (≈ 0.15-0.25 ms per transaction on
+    this machine, README "DAL design"). It runs on the writer thread, with the normal busy
+    timeout, when another connection holds the lock (another process, another Database on the
+    same file), when the work is marked ``long_running`` (the loop keeps its share of the GIL),
+    or while an earlier thread job is still running. The write lock (an asyncio lock) gives the
+    connection to one transaction at a time wherever it runs.
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="tradebook-writer")
+        self._conn: sa.Connection | None = None
+        self._last_job: Future[Any] | None = None
+        self.lock = asyncio.Lock()
+
+    def connection(self) -> sa.Connection:
+        if self._conn is None or self._conn.closed:
+            conn = self._engine.connect()
+            _set_busy_timeout(conn, 0)
+            self._conn = conn
+        return self._conn
+
+    def thread_free(self) -> bool:
+        return self._last_job is None or self._last_job.done()
+
+    async def in_thread(self, fn: Callable[[sa.Connection], T]) -> T:
+        conn = self.connection()
+        self._last_job = self._thread.submit(fn, conn)
+        return await asyncio.wrap_future(self._last_job)
+
+    async def close(self) -> None:
+        if self._last_job is not None:
+            # Its outcome went to whoever awaited it; here it only has to be over.
+            await asyncio.wait([asyncio.wrap_future(self._last_job)])
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._thread.shutdown(wait=True)
+
+
+def _set_busy_timeout(conn: sa.Connection, ms: int) -> None:
+    # On the driver's connection: a statement through SQLAlchemy would open a transaction.
+    conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={ms}")  # type: ignore[union-attr]
+
+
+def _begin_waiting(conn: sa.Connection) -> None:
+    _set_busy_timeout(conn, BUSY_TIMEOUT_MS)
+    try:
+        conn.execution_options(sqlite_begin="IMMEDIATE").begin()
+    except BaseException:
+        _set_busy_timeout(conn, 0)
+        raise
+
+
+def _end(conn: sa.Connection, commit: bool, *, waited: bool) -> None:
+    try:
+        if conn.in_transaction():
+            (conn.commit if commit else conn.rollback)()
+    finally:
+        if waited:
+            _set_busy_timeout(conn, 0)
+
+
+def _is_busy(exc: sa.exc.OperationalError) -> bool:
+    return getattr(exc.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+
+
 class _SQLiteRunner:
     def __init__(self, url: str) -> None:
-        # The writer and the readers each hold their own connection; no pool needed.
-        self.engine = create_sync_sqlite_engine(url, poolclass=sa.pool.NullPool)
-        self.writer = _Lane(self.engine, "tradebook-writer")
-        self._write_lock = asyncio.Lock()
+        # The writer and the readers each hold their own connection; no pool needed. Each
+        # connection is used by one transaction at a time, so any thread may use it.
+        self.engine = create_sync_sqlite_engine(
+            url, poolclass=sa.pool.NullPool, connect_args={"check_same_thread": False}
+        )
+        self.writer = _Writer(self.engine)
         self._readers: asyncio.Queue[_Lane] = asyncio.Queue()
         for i in range(READER_THREADS):
             lane = _Lane(self.engine, f"tradebook-reader-{i}")
@@ -101,11 +179,11 @@ class _SQLiteRunner:
             finally:
                 self._readers.put_nowait(lane)
         else:
-            async with self._write_lock:
-                yield _LaneChannel(self.writer, begin="IMMEDIATE")
+            async with self.writer.lock:
+                yield _WriterChannel(self.writer)
 
     async def dispose(self) -> None:
-        await asyncio.to_thread(self.writer.close)
+        await self.writer.close()
         for lane in self._all_readers:
             await asyncio.to_thread(lane.close)
         self.engine.dispose()
@@ -125,25 +203,31 @@ class _PostgresRunner:
 
 
 class _Channel:
-    """Runs a sync function on the session's connection, inside the session's transaction."""
+    """Runs a sync function on the session's connection, inside the session's transaction.
 
-    async def run(self, fn: Callable[[sa.Connection], T]) -> T:
+    ``long_running`` (work marked ``dal.scope.long_running``) asks SQLite to keep it off the
+    event loop's thread; PostgreSQL ignores it (the work awaits the server anyway).
+    """
+
+    async def run(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
         raise NotImplementedError
 
     async def finish(self, commit: bool) -> None:
         raise NotImplementedError
 
-    async def run_once(self, fn: Callable[[sa.Connection], T]) -> T:
-        """A whole transaction around ``fn`` in one step (one thread hop on SQLite)."""
+    async def run_once(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
+        """A whole transaction around ``fn`` in one step (BEGIN, work, COMMIT)."""
         raise NotImplementedError
 
 
 class _LaneChannel(_Channel):
+    """A read-only session on a reader thread (``BEGIN DEFERRED``: concurrent with writes)."""
+
     def __init__(self, lane: _Lane, begin: str) -> None:
         self._lane = lane
         self._begin = begin
 
-    async def run(self, fn: Callable[[sa.Connection], T]) -> T:
+    async def run(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
         def in_transaction(conn: sa.Connection) -> T:
             if not conn.in_transaction():
                 # The first call of a session opens its transaction in the same thread hop.
@@ -159,26 +243,78 @@ class _LaneChannel(_Channel):
 
         await self._lane.submit(end)
 
-    async def run_once(self, fn: Callable[[sa.Connection], T]) -> T:
-        def whole(conn: sa.Connection) -> T:
-            # BEGIN, the work and COMMIT (or ROLLBACK) in one thread hop.
-            conn.execution_options(sqlite_begin=self._begin).begin()
-            try:
-                result = fn(conn)
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
-            return result
 
-        return await self._lane.submit(whole)
+class _WriterChannel(_Channel):
+    """One write transaction on the writer connection, on the loop or on the writer thread
+    (decided at BEGIN and kept to the end)."""
+
+    def __init__(self, writer: _Writer) -> None:
+        self._writer = writer
+        self._where: str | None = None  # "loop" | "thread" once begun
+
+    def _begin_on_loop(self, long_running: bool) -> bool:
+        if long_running or not self._writer.thread_free():
+            return False
+        conn = self._writer.connection()
+        try:
+            conn.execution_options(sqlite_begin="IMMEDIATE").begin()
+        except sa.exc.OperationalError as exc:
+            if _is_busy(exc):
+                return False  # someone else writes: wait for the lock on the thread
+            raise
+        return True
+
+    async def _begin(self, long_running: bool) -> None:
+        if self._begin_on_loop(long_running):
+            self._where = "loop"
+        else:
+            await self._writer.in_thread(_begin_waiting)
+            self._where = "thread"
+
+    async def run(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
+        if self._where is None:
+            await self._begin(long_running)
+        if self._where == "loop":
+            return fn(self._writer.connection())
+        return await self._writer.in_thread(fn)
+
+    async def finish(self, commit: bool) -> None:
+        if self._where == "loop":
+            _end(self._writer.connection(), commit, waited=False)
+        elif self._where == "thread":
+            await self._writer.in_thread(lambda conn: _end(conn, commit, waited=True))
+        self._where = None
+
+    async def run_once(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
+        if self._begin_on_loop(long_running):
+            return _whole(self._writer.connection(), fn)
+
+        def waiting(conn: sa.Connection) -> T:
+            _begin_waiting(conn)
+            try:
+                return _whole(conn, fn)
+            finally:
+                _set_busy_timeout(conn, 0)
+
+        return await self._writer.in_thread(waiting)
+
+
+def _whole(conn: sa.Connection, fn: Callable[[sa.Connection], T]) -> T:
+    """The work of a begun transaction, then COMMIT (or ROLLBACK on any error)."""
+    try:
+        result = fn(conn)
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+    return result
 
 
 class _AsyncChannel(_Channel):
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def run(self, fn: Callable[[sa.Connection], T]) -> T:
+    async def run(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
         if not self._conn.in_transaction():
             await self._conn.begin()
         return await self._conn.run_sync(fn)
@@ -187,7 +323,7 @@ class _AsyncChannel(_Channel):
         if self._conn.in_transaction():
             await (self._conn.commit() if commit else self._conn.rollback())
 
-    async def run_once(self, fn: Callable[[sa.Connection], T]) -> T:
+    async def run_once(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
         async with self._conn.begin():
             return await self._conn.run_sync(fn)
 
@@ -204,8 +340,12 @@ class _AsyncService:
         if name.startswith("_") or not callable(method):
             raise AttributeError(f"{self._cls.__name__} has no method {name!r}")
 
+        long = is_long_running(method)
+
         async def call(*args: Any, **kwargs: Any) -> Any:
-            return await self._session.run(lambda tx: getattr(self._cls(tx), name)(*args, **kwargs))
+            return await self._session._run(
+                lambda tx: getattr(self._cls(tx), name)(*args, **kwargs), long
+            )
 
         call.__name__ = name
         call.__doc__ = method.__doc__
@@ -243,14 +383,16 @@ class Session:
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(tx, *args, **kwargs)`` on the session's connection, in its transaction."""
+        return await self._run(lambda tx: fn(tx, *args, **kwargs), is_long_running(fn))
 
+    async def _run(self, fn: Callable[[Tx], T], long_running: bool) -> T:
         def call(conn: sa.Connection) -> T:
             tx = Tx(
                 conn, self.actor, self.admin_scope, self._tx_state, self.db.settings, self.db.cache
             )
-            return fn(tx, *args, **kwargs)
+            return fn(tx)
 
-        return await self._channel.run(call)
+        return await self._channel.run(call, long_running)
 
     # The services, each an async facade over its synchronous class: ``await s.orders.place()``
     # runs ``OrderService(tx).place()`` in one step on the session's connection.
@@ -360,7 +502,7 @@ class Database:
             return getattr(cls(tx), method)(*args, **(kwargs or {}))
 
         async with self._get_runner().connection(readonly=False) as channel:
-            return await channel.run_once(body)
+            return await channel.run_once(body, is_long_running(getattr(cls, method)))
 
     def scoped(self, actor: Actor) -> ScopedDal:
         """A user-scoped handle: ``await dal.orders.list()`` runs as its own transaction."""

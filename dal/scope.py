@@ -8,14 +8,29 @@ owner from ``tx`` and filter every user-facing query with ``tx.owned(column)``, 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from dal import schema as t
 from dal.errors import Forbidden, NotApproved, NotFound
 from dal.types import utc_now
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def long_running(method: F) -> F:
+    """Marks a service method whose work can take seconds (a replay of a portfolio's whole
+    history): on SQLite it runs on the writer thread, so the event loop keeps getting its
+    share of the GIL meanwhile, instead of on the loop's own thread like short transactions."""
+    method.long_running = True  # type: ignore[attr-defined]
+    return method
+
+
+def is_long_running(fn: Callable[..., Any]) -> bool:
+    return getattr(fn, "long_running", False) is True
 
 
 @dataclass(frozen=True, slots=True)

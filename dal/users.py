@@ -12,7 +12,7 @@ from dal import schema as t
 from dal.errors import Conflict, Forbidden, InvalidInput, NotFound
 from dal.models import valid_id
 from dal.pnl_summary import rebuild_summary
-from dal.scope import Tx
+from dal.scope import Tx, long_running
 from dal.types import new_uid
 
 users = t.users
@@ -91,6 +91,7 @@ class UserService:
         """The acting user's row, whatever their approval state."""
         return self.tx.user_row()
 
+    @long_running
     def set_timezone(self, zone: str) -> str:
         if not isinstance(zone, str) or zone not in _time_zones():
             raise InvalidInput(
