@@ -186,6 +186,18 @@ _SQ_SUMMARY = (
 )
 
 
+# The fill's day row of the chart's daily series (the bench instrument is quoted in USDT).
+_SQ_DAILY = (
+    "INSERT INTO pnl_daily (portfolio_id, day, currency, realized_pnl) VALUES (?, ?, 'USDT', ?) "
+    "ON CONFLICT (portfolio_id, day, currency) DO UPDATE SET "
+    "realized_pnl = tb_decimal_add(pnl_daily.realized_pnl, excluded.realized_pnl)"
+)
+
+
+def _daily_params(fill: dict, realized: Any) -> tuple:
+    return (fill["portfolio_id"], fill["exec_time"].astimezone(dt.UTC).date(), realized)
+
+
 def _summary_params(fill: dict, realized: Any, fee: Any) -> tuple:
     """The day and month rows of a fill (bench users keep the default UTC zone)."""
     day = fill["exec_time"].astimezone(dt.UTC).date()
@@ -269,6 +281,8 @@ class _SqliteSteps:
             tuple(v.isoformat() if isinstance(v, dt.date) else v for v in params),
             "exec",
         )
+        pid, day, realized = _daily_params(fill, canonical_decimal(result.realized))
+        yield (_SQ_DAILY, (pid, day.isoformat(), realized), "exec")
         yield (
             _SQ_AUDIT,
             (user_id, trade[0], _audit_details(uid, fill, result.realized), now),
@@ -409,6 +423,13 @@ _PG_SUMMARY = (
 )
 
 
+_PG_DAILY = (
+    "INSERT INTO pnl_daily (portfolio_id, day, currency, realized_pnl) VALUES ($1, $2, 'USDT', $3) "
+    "ON CONFLICT (portfolio_id, day, currency) DO UPDATE SET "
+    "realized_pnl = pnl_daily.realized_pnl + excluded.realized_pnl"
+)
+
+
 class RawAsyncpg:
     """asyncpg with the same statements (prepared by asyncpg's statement cache)."""
 
@@ -476,6 +497,7 @@ class RawAsyncpg:
                 await conn.execute(
                     _PG_SUMMARY, *_summary_params(fill, result.realized, fill["fee"])
                 )
+                await conn.execute(_PG_DAILY, *_daily_params(fill, result.realized))
                 await conn.execute(
                     _PG_AUDIT, user_id, trade_id, _audit_details(uid, fill, result.realized), now
                 )

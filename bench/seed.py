@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from bench.common import BenchDb, check_portfolios, make_instrument, make_portfolio, percentile
 from bot.periods import parse_period
 from dal.database import Database
-from dal.pnl_summary import Entry, summarize
+from dal.pnl_summary import Entry, summarize, summarize_daily
 from dal.position_math import PositionState, apply_fill
 from dal.scope import Actor
 from dal.types import canonical_decimal, canonical_json, format_utc, new_uid
@@ -158,6 +158,17 @@ def _pnl_summary_rows(trades: list[dict]) -> dict:
     return summarize(entries, "UTC")
 
 
+def _pnl_daily_rows(trades: list[dict]) -> dict:
+    """The daily series of a portfolio's trades (every seed instrument is quoted in USDT)."""
+    entries = [
+        Entry(tr["instrument_id"], tr["exec_time"], None, tr["realized_pnl"], tr["fee"], 1)
+        for tr in trades
+    ]
+    return summarize_daily(
+        entries, "UTC", dict.fromkeys({e.instrument_id for e in entries}, "USDT")
+    )
+
+
 class _SqliteLoader:
     def __init__(self, bdb: BenchDb) -> None:
         self.conn = sqlite3.connect(bdb.raw["path"], isolation_level=None, check_same_thread=False)
@@ -259,6 +270,13 @@ class _SqliteLoader:
             [
                 (pid, period, start.isoformat(), iid, fee_ccy, D(v.realized), D(v.fees), v.count)
                 for (period, start, iid, fee_ccy), v in _pnl_summary_rows(trades).items()
+            ],
+        )
+        c.executemany(
+            "INSERT INTO pnl_daily (portfolio_id, day, currency, realized_pnl) VALUES (?, ?, ?, ?)",
+            [
+                (pid, day.isoformat(), ccy, D(v))
+                for (day, ccy), v in _pnl_daily_rows(trades).items()
             ],
         )
         c.execute(
@@ -457,6 +475,11 @@ class _PgLoader:
                     (pid, period, start, iid, fee_ccy, v.realized, v.fees, v.count)
                     for (period, start, iid, fee_ccy), v in _pnl_summary_rows(trades).items()
                 ],
+            )
+            await c.copy_records_to_table(
+                "pnl_daily",
+                columns=["portfolio_id", "day", "currency", "realized_pnl"],
+                records=[(pid, day, ccy, v) for (day, ccy), v in _pnl_daily_rows(trades).items()],
             )
 
     async def close(self) -> None:

@@ -5,8 +5,9 @@ One code path serves one fill (``ingest_fill``) and a batch (``ingest_fills``), 
 statements are set-based, so a batch of 100 fills costs about as many statements as one fill
 (README, "DAL design"). For fills of known orders on one position the plan is: check the
 portfolio, lock the orders, lock the position, insert the trades (``ON CONFLICT DO NOTHING``
-on the idempotency key, ``RETURNING`` what was inserted), add them to the PnL summary, update
-the orders, update the position, insert the audit rows — 8 statements, however many fills.
+on the idempotency key, ``RETURNING`` what was inserted), add them to the PnL summary and the
+daily series, update the orders, update the position, insert the audit rows — 9 statements,
+however many fills.
 
 Position math runs in Python on the locked rows before the insert, assuming every fill is new
 and in time order. Where that assumption fails for a position — a fill older than one already
@@ -45,10 +46,13 @@ from dal.models import Fill, valid_id
 from dal.pnl_summary import (
     Entry,
     add_to_summary,
+    adding_to_existing_daily_rows,
     adding_to_existing_rows,
+    daily_summary_rows,
     owner_zone,
     remember_zone,
     summarize,
+    summarize_daily,
     summary_rows,
 )
 from dal.position_math import FillResult, PositionState, apply_fill
@@ -141,8 +145,9 @@ def ingest(tx: Tx, fills: list[Fill]) -> list[IngestResult]:
     if not new:
         return [IngestResult(p.trade, True) for p in planned]  # type: ignore[arg-type]
 
+    currencies = {p.instrument.id: p.instrument.currency for p in new}
     for portfolio_id, entries in _summary_entries(new).items():
-        add_to_summary(tx, portfolio_id, entries)
+        add_to_summary(tx, portfolio_id, entries, currencies)
     _advance_orders(tx, new)
     rederived, late = _write_positions(tx, planned, positions)
     if rederived:
@@ -520,12 +525,13 @@ def _log_fill(p: _Planned, late: bool) -> None:
 
 
 # --- PostgreSQL: the writes of one fill in one statement ------------------------------------
-# On PostgreSQL every statement is a network round trip. Data-modifying CTEs let the five
-# writes of a fill (trade, summary day and month rows, order, position, audit) travel as one
-# statement: the trade insert runs first in the WITH list and every other write is
+# On PostgreSQL every statement is a network round trip. Data-modifying CTEs let the writes
+# of a fill (trade, summary day and month rows, daily row, order, position, audit) travel as
+# one statement: the trade insert runs first in the WITH list and every other write is
 # conditional on it having inserted a row, so a replay (ON CONFLICT DO NOTHING) writes
 # nothing at all, exactly like the general path.
 _SUMMARY_COLUMNS = [c.name for c in t.pnl_summary.c]
+_DAILY_COLUMNS = [c.name for c in t.pnl_daily.c]
 _POSITION_VALUES = list(position_values(PositionState(), None, dt.datetime.now(dt.UTC)))
 
 
@@ -534,7 +540,7 @@ def _prefixed(prefix: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fused_statement(with_order: bool) -> sa.Select[Any]:
-    summary = t.pnl_summary
+    summary, daily = t.pnl_summary, t.pnl_daily
     new_trade = (
         postgresql.insert(trades)
         .values({c.name: sa.bindparam(f"t_{c.name}") for c in trades.c if c.name != "id"})
@@ -558,6 +564,19 @@ def _fused_statement(with_order: bool) -> sa.Select[Any]:
                 )
             ).cte(f"summary_{row}")  # type: ignore[attr-defined]
         )
+    writes.append(
+        adding_to_existing_daily_rows(
+            postgresql.insert(daily).from_select(
+                _DAILY_COLUMNS,
+                sa.select(
+                    *(
+                        sa.bindparam(f"daily_{name}", type_=daily.c[name].type)
+                        for name in _DAILY_COLUMNS
+                    )
+                ).where(inserted),
+            )
+        ).cte("daily_row")  # type: ignore[attr-defined]
+    )
     if with_order:
         writes.append(
             orders.update()
@@ -619,9 +638,14 @@ def _write_one_fill_at_once(tx: Tx, p: _Planned, position: sa.Row) -> IngestResu
     now = tx.now()
     entry = Entry(p.instrument.id, f.exec_time, f.fee_currency, result.realized, f.fee, 1)
     params = _prefixed("t_", _trade_params(p))
-    totals = summarize([entry], owner_zone(tx, p.portfolio.id))  # its DAY row, then its MONTH row
+    zone = owner_zone(tx, p.portfolio.id)
+    totals = summarize([entry], zone)  # its DAY row, then its MONTH row
     for prefix, row in zip(("day_", "month_"), summary_rows(p.portfolio.id, totals), strict=True):
         params.update(_prefixed(prefix, row))
+    (day_total,) = daily_summary_rows(
+        p.portfolio.id, summarize_daily([entry], zone, {p.instrument.id: p.instrument.currency})
+    )
+    params.update(_prefixed("daily_", day_total))
     if order_updates:
         params.update(_prefixed("o_", order_updates[0]))
     params.update(_prefixed("p_", position_values(result.state, f.exec_time, now)))

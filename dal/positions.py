@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
 from dal.accounts import owned_portfolio
+from dal.instruments import resolve_instrument
 from dal.pnl_summary import (
     Entry,
     SummaryDifference,
@@ -27,7 +28,7 @@ from dal.pnl_summary import (
     verify_summary,
 )
 from dal.position_math import PositionState, apply_fill, apply_fill_in_context
-from dal.scope import Tx
+from dal.scope import Tx, long_running
 from dal.types import DECIMAL_CONTEXT, new_uid
 
 positions = t.positions
@@ -235,7 +236,7 @@ def rederive_position(tx: Tx, key: PositionKey, position_id: int) -> Derived:
                     0,
                 )
             )
-    add_to_summary(tx, key[0], corrections)
+    add_to_summary(tx, key[0], corrections, {key[1]: resolve_instrument(tx, key[1]).currency})
     write_position(tx, position_id, derived.state, derived.last_exec_time, derived.last_trade_id)
     return derived
 
@@ -321,12 +322,14 @@ class PositionService:
             rows = [r for r in rows if r.quantity]
         return rows
 
+    @long_running
     def recompute(self, portfolio_id: int) -> dict[PositionKey, PositionState]:
         """Positions derived from the portfolio's trades (nothing is written)."""
         owned_portfolio(self.tx, portfolio_id)
         derived = derive(_trades_in_canonical_order(self.tx.conn, portfolio_id, None, _REPLAYED))
         return {key: d.state for key, d in derived.items()}
 
+    @long_running
     def verify(self, portfolio_id: int | None = None) -> list[Difference | SummaryDifference]:
         """Every difference between the materialized rows and the trades (empty = consistent).
         Without a portfolio: every portfolio in scope (all of them in admin scope)."""
@@ -346,6 +349,7 @@ class PositionService:
             differences.extend(verify_portfolio(self.tx.conn, pid))
         return differences
 
+    @long_running
     def repair(self, portfolio_id: int) -> list[Difference | SummaryDifference]:
         """Rewrite a portfolio's positions, per-trade PnL and PnL summary from its trades;
         audited."""

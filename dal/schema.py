@@ -333,6 +333,19 @@ pnl_summary = sa.Table(
     sa.Index(None, "instrument_id"),
 )
 
+# Realized PnL per portfolio, local day of the owner and quote currency (the instruments'
+# currency): the daily series of the /pnl chart, kept in the fill transaction beside
+# pnl_summary so a year's chart reads one row per day and currency instead of one per
+# instrument and day (dal/pnl_summary.py).
+pnl_daily = sa.Table(
+    "pnl_daily",
+    metadata,
+    sa.Column("portfolio_id", BigID, fk("portfolios.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("day", sa.Date(), primary_key=True),
+    sa.Column("currency", sa.String(16), primary_key=True),
+    sa.Column("realized_pnl", Money(), nullable=False),
+)
+
 positions = sa.Table(
     "positions",
     metadata,

@@ -152,6 +152,12 @@ class Graph:
                 "fees": Decimal(0),
                 "trade_count": 1,
             },
+            "pnl_daily": {
+                "portfolio_id": i.get("portfolios"),
+                "day": T0.date() + dt.timedelta(days=self.seq),
+                "currency": "USDT",
+                "realized_pnl": Decimal("1.5"),
+            },
             "audit_log": {
                 "entity_type": "ORDER",
                 "action": "CREATE",
@@ -204,6 +210,7 @@ BAD_ROWS: list[tuple[str, sa.Table, dict[str, Any]]] = [
     ("unknown summary period", s.pnl_summary, {"period": "WEEK"}),
     ("negative summary trade count", s.pnl_summary, {"trade_count": -1}),
     ("summary for missing portfolio", s.pnl_summary, {"portfolio_id": 999_999}),
+    ("daily row for missing portfolio", s.pnl_daily, {"portfolio_id": 999_999}),
     ("unknown order type", s.orders, {"type": "ICEBERG"}),
     ("unknown status", s.orders, {"status": "DONE"}),
     ("unknown time in force", s.orders, {"time_in_force": "GTD"}),

@@ -124,6 +124,10 @@ HOT = {
         "pnl_summary",
         lambda s, pid, iid: s.trades.pnl(pid, _midnight(T0 - dt.timedelta(days=29)), _midnight(T0)),
     ),
+    "PnL daily series by portfolio + day (/pnl chart)": (
+        "pnl_daily",
+        lambda s, pid, iid: s.trades.pnl(pid, _midnight(T0.replace(month=1, day=1)), _midnight(T0)),
+    ),
     "trades by portfolio + time (list)": (
         "trades", lambda s, pid, iid: s.trades.list(pid, since=T0, limit=50)
     ),

@@ -249,14 +249,15 @@ async def test_a_batch_of_fills_runs_as_few_statements_as_one_fill(db: Database)
     def work(statements: list[str]) -> list[str]:
         return [s for s in statements if not s.startswith(("BEGIN", "COMMIT"))]
 
-    # portfolio, order, position, trades, summary, order update, position update, audit
-    assert len(work(many)) == 8, many
+    # portfolio, order, position, trades, summary, daily series, order update, position
+    # update, audit
+    assert len(work(many)) == 9, many
     # One fill of an order on an existing position reads portfolio, order and position in one
     # statement; on PostgreSQL its five writes travel as one statement too (data-modifying
     # CTEs).
     assert work(one)[0].startswith("SELECT PORTFOLIOS.ID"), one
     if db.dialect == "sqlite":
-        assert len(work(one)) == 6 and work(many)[3:] == work(one)[1:], one
+        assert len(work(one)) == 7 and work(many)[3:] == work(one)[1:], one
     else:
         assert len(work(one)) == 2 and work(one)[1].startswith("WITH NEW_TRADE AS"), one
     async with db.session(actor) as s:

@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
 import sqlalchemy as sa
 
 from dal import migrations
@@ -124,7 +125,14 @@ def test_cli_db_commands(tmp_path: Path) -> None:
     assert _cli(["db", "current"], tmp_path, **env).stdout.startswith(migrations.head_revision())
 
 
-async def test_0006_builds_the_pnl_summary_of_existing_trades(empty_db_url: str) -> None:
+@pytest.mark.parametrize(
+    ("older", "table"), [("0005", "pnl_summary"), ("0007", "pnl_daily")], ids=["0006", "0008"]
+)
+async def test_summary_migrations_build_from_existing_trades(
+    empty_db_url: str, older: str, table: str
+) -> None:
+    """0006 (pnl_summary) and 0008 (pnl_daily) fill their tables from the trades already
+    there: verify finds nothing to fix and /pnl reads the right numbers."""
     from dal.database import Database
     from tests.factories import T0, default_portfolio, fill, make_instrument, make_user
 
@@ -143,8 +151,8 @@ async def test_0006_builds_the_pnl_summary_of_existing_trades(empty_db_url: str)
     finally:
         await db.dispose()
     # An older database: no summary yet, trades already there.
-    await _in_thread(migrations.downgrade, empty_db_url, "0005")
-    assert "pnl_summary" not in await _table_names(empty_db_url)
+    await _in_thread(migrations.downgrade, empty_db_url, older)
+    assert table not in await _table_names(empty_db_url)
     await _in_thread(migrations.upgrade, empty_db_url, "head")
     db = Database(empty_db_url)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from decimal import Decimal, localcontext
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from bot.periods import parse_period
 from dal import schema as t
 from dal.database import Database
-from dal.pnl_summary import _DAILY, DAY, MONTH, Ranges, _sum_texts, daily_totals, split_range
+from dal.pnl_summary import DAY, MONTH, Ranges, daily_totals, split_range
 from dal.scope import Actor
 from dal.trades import _pnl_from_trades
-from dal.types import DECIMAL_CONTEXT, decimal_add, decimal_sum
+from dal.types import decimal_add, decimal_sum
 from tests.factories import default_portfolio, fill, make_instrument, make_strategy, make_user
 
 ZONE = "America/New_York"
@@ -107,33 +107,34 @@ async def test_every_period_reads_the_same_numbers_as_the_trades(
     assert {cur for _, cur, _ in everything.daily} == {"USDT", "BTC"}
 
 
-async def test_daily_series_is_the_sql_sum_exactly(
+async def test_daily_series_is_the_day_rows_summed_per_currency(
     db: Database, history: tuple[Actor, int]
 ) -> None:
-    """SQLite sums each day's amounts in Python (from group_concat, not the per-row SQL
-    aggregate): the same values in the same canonical form as ``decimal_sum`` in SQL."""
+    """pnl_daily (what the chart reads) holds, for every local day and quote currency, exactly
+    the sum of that day's per-instrument DAY rows: the two summaries agree to the digit."""
     actor, pid = history
+    summary = t.pnl_summary
+    day_rows = (
+        sa.select(
+            summary.c.period_start,
+            t.instruments.c.currency,
+            decimal_sum(summary.c.realized_pnl).label("amount"),
+        )
+        .join(t.instruments, t.instruments.c.id == summary.c.instrument_id)
+        .where(summary.c.portfolio_id == pid, summary.c.period == DAY)
+        .group_by(summary.c.period_start, t.instruments.c.currency)
+        .order_by(summary.c.period_start, t.instruments.c.currency)
+    )
 
     def both(tx: Any) -> tuple[list, list]:
-        everything = {"portfolio_id": pid, "day_from": dt.date(1, 1, 1), "day_to": dt.date.max}
-        in_sql = [
-            (r.period_start, r.currency, r.amounts) for r in tx.conn.execute(_DAILY, everything)
-        ]
-        return in_sql, daily_totals(tx.conn, pid, None, None)
+        summed = [(r.period_start, r.currency, r.amount) for r in tx.conn.execute(day_rows)]
+        return summed, daily_totals(tx.conn, pid, None, None)
 
     async with db.session(actor) as s:
-        in_sql, daily = await s.run(both)
+        summed, daily = await s.run(both)
     assert len(daily) > 50
-    assert [(d, c, str(v)) for d, c, v in daily] == [(d, c, str(v)) for d, c, v in in_sql]
-
-
-def test_sum_texts_is_exact_and_canonical() -> None:
-    with localcontext(DECIMAL_CONTEXT):
-        assert str(_sum_texts("1.25,0.25")) == "1.5"
-        assert str(_sum_texts("0.1,0.2,-0.3")) == "0"
-        assert str(_sum_texts("-7")) == "-7"
-        big = "99999999999999999999.999999999999999999"
-        assert _sum_texts(f"{big},{big},0.000000000000000002") == Decimal("200000000000000000000")
+    assert {c for _, c, _ in daily} == {"USDT", "BTC"}
+    assert [(d, c, Decimal(v)) for d, c, v in daily] == summed
 
 
 async def test_summary_holds_day_and_month_rows_and_reads_whole_months(

@@ -62,7 +62,7 @@ def upgrade() -> None:
 
     conn = op.get_bind()
     for (portfolio_id,) in conn.execute(sa.text("SELECT id FROM portfolios ORDER BY id")):
-        rebuild_summary(conn, portfolio_id)
+        rebuild_summary(conn, portfolio_id, daily_too=False)  # pnl_daily comes with 0008
 
 
 def downgrade() -> None:
