@@ -46,7 +46,6 @@ from dal.models import Fill, valid_id
 from dal.pnl_summary import (
     Entry,
     add_to_summary,
-    adding_to_existing_daily_rows,
     adding_to_existing_rows,
     daily_summary_rows,
     owner_zone,
@@ -530,8 +529,6 @@ def _log_fill(p: _Planned, late: bool) -> None:
 # one statement: the trade insert runs first in the WITH list and every other write is
 # conditional on it having inserted a row, so a replay (ON CONFLICT DO NOTHING) writes
 # nothing at all, exactly like the general path.
-_SUMMARY_COLUMNS = [c.name for c in t.pnl_summary.c]
-_DAILY_COLUMNS = [c.name for c in t.pnl_daily.c]
 _POSITION_VALUES = list(position_values(PositionState(), None, dt.datetime.now(dt.UTC)))
 
 
@@ -549,34 +546,20 @@ def _fused_statement(with_order: bool) -> sa.Select[Any]:
         .cte("new_trade")
     )
     inserted = sa.exists(sa.select(new_trade.c.id))
-    writes = []
-    for row in ("day", "month"):
-        writes.append(
-            adding_to_existing_rows(
-                postgresql.insert(summary).from_select(
-                    _SUMMARY_COLUMNS,
-                    sa.select(
-                        *(
-                            sa.bindparam(f"{row}_{name}", type_=summary.c[name].type)
-                            for name in _SUMMARY_COLUMNS
-                        )
-                    ).where(inserted),
-                )
-            ).cte(f"summary_{row}")  # type: ignore[attr-defined]
-        )
-    writes.append(
-        adding_to_existing_daily_rows(
-            postgresql.insert(daily).from_select(
-                _DAILY_COLUMNS,
-                sa.select(
-                    *(
-                        sa.bindparam(f"daily_{name}", type_=daily.c[name].type)
-                        for name in _DAILY_COLUMNS
-                    )
-                ).where(inserted),
-            )
-        ).cte("daily_row")  # type: ignore[attr-defined]
-    )
+
+    def upsert_of_params(table: sa.Table, prefix: str, name: str) -> Any:
+        """The adding upsert of one row given as parameters ``{prefix}{column}``, written only
+        when the trade was."""
+        columns = [c.name for c in table.c]
+        row = sa.select(*(sa.bindparam(f"{prefix}{c}", type_=table.c[c].type) for c in columns))
+        insert = postgresql.insert(table).from_select(columns, row.where(inserted))
+        return adding_to_existing_rows(insert).cte(name)  # type: ignore[attr-defined]
+
+    writes = [
+        upsert_of_params(summary, "day_", "summary_day"),
+        upsert_of_params(summary, "month_", "summary_month"),
+        upsert_of_params(daily, "daily_", "daily_row"),
+    ]
     if with_order:
         writes.append(
             orders.update()

@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
 from dal.scope import Tx
-from dal.types import DECIMAL_CONTEXT, decimal_add, decimal_sum
+from dal.types import DECIMAL_CONTEXT, Money, decimal_add, decimal_sum
 
 summary = t.pnl_summary
 daily = t.pnl_daily
@@ -134,9 +134,13 @@ def add_to_summary(
         return
     zone = owner_zone(tx, portfolio_id)
     dialect = tx.conn.dialect.name
-    tx.conn.execute(_UPSERT[dialect], summary_rows(portfolio_id, summarize(entries, zone)))
+    tx.conn.execute(
+        _UPSERT[dialect, "pnl_summary"], summary_rows(portfolio_id, summarize(entries, zone))
+    )
     daily_rows = daily_summary_rows(portfolio_id, summarize_daily(entries, zone, currencies))
-    tx.conn.execute(_UPSERT_DAILY[dialect], daily_rows if len(daily_rows) > 1 else daily_rows[0])
+    tx.conn.execute(
+        _UPSERT[dialect, "pnl_daily"], daily_rows if len(daily_rows) > 1 else daily_rows[0]
+    )
 
 
 def summary_rows(portfolio_id: int, totals: dict[SummaryKey, Totals]) -> list[dict[str, object]]:
@@ -166,34 +170,28 @@ def daily_summary_rows(
     ]
 
 
-def adding_to_existing_daily_rows(insert: sa.Insert) -> sa.Executable:
-    """``insert`` into pnl_daily made to add its amounts to rows that already exist."""
-    return insert.on_conflict_do_update(  # type: ignore[attr-defined,no-any-return]
-        index_elements=[c for c in daily.primary_key.columns],
-        set_={"realized_pnl": decimal_add(daily.c.realized_pnl, insert.excluded.realized_pnl)},
-    )
-
-
 def adding_to_existing_rows(insert: sa.Insert) -> sa.Executable:
-    """``insert`` (a dialect's INSERT into pnl_summary, of values or from a select) made to add
-    its totals to rows that already exist: what every write to the summary is."""
+    """``insert`` (a dialect's INSERT into pnl_summary or pnl_daily, of values or from a
+    select) made to add its amounts and counts to rows that already exist: what every write to
+    the summary and the daily series is."""
+    table = insert.table
+    assert isinstance(table, sa.Table)
     return insert.on_conflict_do_update(  # type: ignore[attr-defined,no-any-return]
-        index_elements=[c for c in summary.primary_key.columns],
+        index_elements=list(table.primary_key.columns),
         set_={
-            "realized_pnl": decimal_add(summary.c.realized_pnl, insert.excluded.realized_pnl),
-            "fees": decimal_add(summary.c.fees, insert.excluded.fees),
-            "trade_count": summary.c.trade_count + insert.excluded.trade_count,
+            column.name: decimal_add(column, insert.excluded[column.name])  # type: ignore[attr-defined]
+            if isinstance(column.type, Money)
+            else column + insert.excluded[column.name]  # type: ignore[attr-defined]
+            for column in table.c
+            if not column.primary_key
         },
     )
 
 
 _UPSERT = {
-    "sqlite": adding_to_existing_rows(sqlite.insert(summary)),
-    "postgresql": adding_to_existing_rows(postgresql.insert(summary)),
-}
-_UPSERT_DAILY = {
-    "sqlite": adding_to_existing_daily_rows(sqlite.insert(daily)),
-    "postgresql": adding_to_existing_daily_rows(postgresql.insert(daily)),
+    (name, table.name): adding_to_existing_rows(dialect_insert(table))
+    for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
+    for table in (summary, daily)
 }
 _ZONE_OF_PORTFOLIO = (
     sa.select(t.users.c.timezone)

@@ -29,7 +29,7 @@ from dal.pnl_summary import (
 )
 from dal.position_math import PositionState, apply_fill, apply_fill_in_context
 from dal.scope import Tx, long_running
-from dal.types import DECIMAL_CONTEXT, new_uid
+from dal.types import DECIMAL_CONTEXT, Money, new_uid, trimmed_on_postgresql
 
 positions = t.positions
 trades = t.trades
@@ -161,8 +161,14 @@ def _trades_in_canonical_order(
     key: PositionKey | None = None,
     columns: tuple[sa.Column[Any], ...] = _CHECKED,
 ) -> Sequence[sa.Row]:
+    dialect = conn.dialect.name
     query = (
-        sa.select(*columns)
+        sa.select(
+            *(
+                trimmed_on_postgresql(c, dialect) if isinstance(c.type, Money) else c
+                for c in columns
+            )
+        )
         .where(trades.c.portfolio_id == portfolio_id)
         .order_by(trades.c.exec_time, trades.c.id)
     )

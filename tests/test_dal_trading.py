@@ -432,3 +432,21 @@ async def test_fills_and_orders_of_one_order_count_exactly(
     async with engine.connect() as conn:
         n = (await conn.execute(sa.select(sa.func.count()).select_from(t.trades))).scalar()
     assert n == 3
+
+
+async def test_replays_read_amounts_in_canonical_form(
+    db: Database, trader: tuple[Actor, int, int]
+) -> None:
+    """recompute's read of the trades (trimmed by PostgreSQL itself, not by Python) hands back
+    the same canonical amounts as every other read: no padding to 18 places, no exponent."""
+    actor, pid, inst = trader
+    async with db.session(actor) as s:
+        await s.trades.ingest_fill(fill(pid, inst, "BUY", "1.50", "100.10", trade_id="c1"))
+        await s.trades.ingest_fill(fill(pid, inst, "BUY", "2", "300", trade_id="c2", at=at(1)))
+        state = (await s.positions.recompute(pid))[(pid, inst, None)]
+        rows = await s.run(lambda tx: positions_module._trades_in_canonical_order(tx.conn, pid))
+    assert [(str(r.quantity), str(r.price), str(r.realized_pnl)) for r in rows] == [
+        ("1.5", "100.1", "0"),
+        ("2", "300", "0"),
+    ]
+    assert (str(state.quantity), str(state.cost_basis)) == ("3.5", "750.15")
