@@ -197,7 +197,9 @@ def test_make_run_console_trades_the_example_strategy_on_paper(tmp_path: Path) -
     assert _tradebook(["db", "upgrade"], tmp_path).returncode == 0
     console = RunningConsole(tmp_path, TRADEBOOK_PAPER_SPEED="20")
     console.wait_for("FILLED 0.01/0.01", poke="/orders filled")
-    console.send("/positions")
+    # At 20 bars a second the long-only example may be flat again by the time /positions
+    # arrives (a sell is a cross away), so ask until a position it holds is shown.
+    console.wait_for("[sma_cross 1.0]", poke="/positions")
     console.send("/strategies")
     output = "\n".join(console.finish())
     assert "BUY 0.01 BTCUSDT MARKET" in output and "FILLED 0.01/0.01" in output
