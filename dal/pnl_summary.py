@@ -213,17 +213,18 @@ def summarize_trades(trade_rows: Iterable[sa.Row], zone: str) -> dict[SummaryKey
     )
 
 
-def expected_summary(conn: sa.Connection, portfolio_id: int, zone: str) -> dict[SummaryKey, Totals]:
-    rows = conn.execute(
-        sa.select(
-            trades.c.instrument_id,
-            trades.c.exec_time,
-            trades.c.fee_currency,
-            trades.c.realized_pnl,
-            trades.c.fee,
-        ).where(trades.c.portfolio_id == portfolio_id)
-    )
-    return summarize_trades(rows, zone)
+_SUMMARY_INPUTS = sa.select(
+    trades.c.instrument_id,
+    trades.c.exec_time,
+    trades.c.fee_currency,
+    trades.c.realized_pnl,
+    trades.c.fee,
+).where(trades.c.portfolio_id == sa.bindparam("portfolio_id"))
+
+
+def summary_inputs(conn: sa.Connection, portfolio_id: int) -> list[sa.Row]:
+    """The columns of a portfolio's trades that its summary and daily series add up."""
+    return conn.execute(_SUMMARY_INPUTS, {"portfolio_id": portfolio_id}).all()
 
 
 def instrument_currencies(conn: sa.Connection) -> dict[int, str]:
@@ -327,29 +328,38 @@ def verify_summary(
 def rebuild_summary(
     conn: sa.Connection, portfolio_id: int, zone: str | None = None, *, daily_too: bool = True
 ) -> int:
-    """Rewrite a portfolio's summary (and daily series) from its trades; returns the number
-    of rows written. ``daily_too=False`` is for migration 0006, which predates pnl_daily."""
+    """Rewrite a portfolio's summary (and daily series) from its trades, read once; returns
+    the number of rows written. ``daily_too=False`` is for migration 0006, which predates
+    pnl_daily."""
     zone = zone or zone_of_portfolio(conn, portfolio_id)
-    expected = expected_summary(conn, portfolio_id, zone)
-    conn.execute(summary.delete().where(summary.c.portfolio_id == portfolio_id))
-    if expected:
-        conn.execute(summary.insert(), summary_rows(portfolio_id, expected))
-    return len(expected) + (rebuild_daily(conn, portfolio_id, zone) if daily_too else 0)
+    rows = summary_inputs(conn, portfolio_id)
+    written = _rewrite(
+        conn, summary, portfolio_id, summary_rows(portfolio_id, summarize_trades(rows, zone))
+    )
+    if daily_too:
+        written += _rewrite_daily(conn, portfolio_id, rows, zone)
+    return written
 
 
 def rebuild_daily(conn: sa.Connection, portfolio_id: int, zone: str | None = None) -> int:
     """Rewrite a portfolio's daily series from its trades; returns the number of rows."""
     zone = zone or zone_of_portfolio(conn, portfolio_id)
-    rows = conn.execute(
-        sa.select(trades.c.instrument_id, trades.c.exec_time, trades.c.realized_pnl).where(
-            trades.c.portfolio_id == portfolio_id
-        )
-    ).all()
-    expected = expected_daily(conn, rows, zone)
-    conn.execute(daily.delete().where(daily.c.portfolio_id == portfolio_id))
-    if expected:
-        conn.execute(daily.insert(), daily_summary_rows(portfolio_id, expected))
-    return len(expected)
+    return _rewrite_daily(conn, portfolio_id, summary_inputs(conn, portfolio_id), zone)
+
+
+def _rewrite_daily(conn: sa.Connection, portfolio_id: int, rows: list[sa.Row], zone: str) -> int:
+    days = daily_summary_rows(portfolio_id, expected_daily(conn, rows, zone))
+    return _rewrite(conn, daily, portfolio_id, days)
+
+
+def _rewrite(
+    conn: sa.Connection, table: sa.Table, portfolio_id: int, rows: list[dict[str, object]]
+) -> int:
+    """Replace a portfolio's rows of ``table`` with ``rows``; returns how many."""
+    conn.execute(table.delete().where(table.c.portfolio_id == portfolio_id))
+    if rows:
+        conn.execute(table.insert(), rows)
+    return len(rows)
 
 
 # --- reading -----------------------------------------------------------------------------------
