@@ -25,7 +25,7 @@ import contextlib
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -92,41 +92,74 @@ class _Writer:
     either way, so a thread would only add the hand-offs (≈ 0.15-0.25 ms per transaction on
     this machine, README "DAL design"). It runs on the writer thread, with the normal busy
     timeout, when another connection holds the lock (another process, another Database on the
-    same file), when the work is marked ``long_running`` (the loop keeps its share of the GIL),
-    or while an earlier thread job is still running. The write lock (an asyncio lock) gives the
-    connection to one transaction at a time wherever it runs.
+    same file), and a call marked ``long_running`` runs there too (the loop keeps its share of
+    the GIL). The write lock (an asyncio lock) gives the connection to one transaction at a
+    time wherever it runs, and a transaction keeps it until its last thread job is over, even
+    when its task is cancelled: a thread cannot be stopped halfway.
     """
 
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="tradebook-writer")
         self._conn: sa.Connection | None = None
-        self._last_job: Future[Any] | None = None
+        self._closed = False
         self.lock = asyncio.Lock()
 
     def connection(self) -> sa.Connection:
+        if self._closed:
+            raise RuntimeError("this Database has been disposed")
         if self._conn is None or self._conn.closed:
             conn = self._engine.connect()
             _set_busy_timeout(conn, 0)
             self._conn = conn
         return self._conn
 
-    def thread_free(self) -> bool:
-        return self._last_job is None or self._last_job.done()
+    def holds(self, conn: sa.Connection) -> bool:
+        return self._conn is conn
 
     async def in_thread(self, fn: Callable[[sa.Connection], T]) -> T:
-        conn = self.connection()
-        self._last_job = self._thread.submit(fn, conn)
-        return await asyncio.wrap_future(self._last_job)
+        """``fn(connection)`` on the writer thread; returns (or raises) only once it is over."""
+        job = asyncio.wrap_future(self._thread.submit(fn, self.connection()))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # The job runs on regardless: keep the connection (and the write lock, which the
+            # caller holds) until it is over, so no other transaction shares the connection
+            # with it; then pass the cancellation on. Its own outcome is what the caller's
+            # session sees when it ends (a BEGIN still to be rolled back, say).
+            await _until_done(job)
+            raise
+
+    def discard(self) -> None:
+        """Drop a connection whose transaction state cannot be trusted; SQLite rolls back
+        whatever it still had open when it closes."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+            finally:
+                conn.close()
 
     async def close(self) -> None:
-        if self._last_job is not None:
-            # Its outcome went to whoever awaited it; here it only has to be over.
-            await asyncio.wait([asyncio.wrap_future(self._last_job)])
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        self._thread.shutdown(wait=True)
+        # After any transaction still running (a session that awaits between calls), never
+        # under it: closing would roll back its first half and let the rest commit alone.
+        async with self.lock:
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self._thread.shutdown(wait=True)
+
+
+async def _until_done(job: asyncio.Future[Any]) -> None:
+    """Wait for ``job`` to finish, however often this task is cancelled meanwhile."""
+    while not job.done():
+        try:
+            await asyncio.wait([job])
+        except asyncio.CancelledError:
+            continue
+    if not job.cancelled():
+        job.exception()  # retrieved: its outcome was reported where it belonged
 
 
 def _set_busy_timeout(conn: sa.Connection, ms: int) -> None:
@@ -143,17 +176,54 @@ def _begin_waiting(conn: sa.Connection) -> None:
         raise
 
 
-def _end(conn: sa.Connection, commit: bool, *, waited: bool) -> None:
+def _commit(writer: _Writer, conn: sa.Connection) -> None:
+    """COMMIT; if it fails, roll back in SQLite itself before raising. A failed COMMIT (a
+    deferred foreign key, a full disk) leaves SQLite's transaction open while SQLAlchemy marks
+    its own inactive, and SQLAlchemy's rollback would then never reach SQLite: the writer
+    connection would keep the write lock with a half-done transaction on it."""
+    try:
+        conn.commit()
+    except BaseException:
+        try:
+            conn.connection.driver_connection.rollback()  # type: ignore[union-attr]
+            conn.rollback()  # forgets SQLAlchemy's inactive transaction
+        except BaseException:
+            writer.discard()
+        raise
+
+
+def _rollback(writer: _Writer, conn: sa.Connection) -> None:
+    try:
+        conn.rollback()
+    except BaseException:
+        writer.discard()
+        raise
+
+
+def _end(writer: _Writer, conn: sa.Connection, commit: bool, *, waited: bool) -> None:
     try:
         if conn.in_transaction():
-            (conn.commit if commit else conn.rollback)()
+            (_commit if commit else _rollback)(writer, conn)
     finally:
-        if waited:
+        if waited and writer.holds(conn):
             _set_busy_timeout(conn, 0)
 
 
+def _whole(writer: _Writer, conn: sa.Connection, fn: Callable[[sa.Connection], T]) -> T:
+    """The work of a begun transaction, then COMMIT (or ROLLBACK on any error)."""
+    try:
+        result = fn(conn)
+    except BaseException:
+        _rollback(writer, conn)
+        raise
+    _commit(writer, conn)
+    return result
+
+
 def _is_busy(exc: sa.exc.OperationalError) -> bool:
-    return getattr(exc.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+    # Extended result codes (SQLITE_BUSY_RECOVERY, ...) carry the primary code in the low byte.
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
 class _SQLiteRunner:
@@ -245,15 +315,15 @@ class _LaneChannel(_Channel):
 
 
 class _WriterChannel(_Channel):
-    """One write transaction on the writer connection, on the loop or on the writer thread
-    (decided at BEGIN and kept to the end)."""
+    """One write transaction on the writer connection, begun on the loop or on the writer
+    thread; a call marked long-running runs on the thread either way."""
 
     def __init__(self, writer: _Writer) -> None:
         self._writer = writer
-        self._where: str | None = None  # "loop" | "thread" once begun
+        self._where: str | None = None  # "loop" | "thread" once BEGIN was sent there
 
     def _begin_on_loop(self, long_running: bool) -> bool:
-        if long_running or not self._writer.thread_free():
+        if long_running:
             return False
         conn = self._writer.connection()
         try:
@@ -268,46 +338,39 @@ class _WriterChannel(_Channel):
         if self._begin_on_loop(long_running):
             self._where = "loop"
         else:
-            await self._writer.in_thread(_begin_waiting)
+            # Set first: if this task is cancelled while BEGIN waits, finish() still ends
+            # whatever BEGIN began.
             self._where = "thread"
+            await self._writer.in_thread(_begin_waiting)
 
     async def run(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
         if self._where is None:
             await self._begin(long_running)
-        if self._where == "loop":
+        if self._where == "loop" and not long_running:
             return fn(self._writer.connection())
         return await self._writer.in_thread(fn)
 
     async def finish(self, commit: bool) -> None:
-        if self._where == "loop":
-            _end(self._writer.connection(), commit, waited=False)
-        elif self._where == "thread":
-            await self._writer.in_thread(lambda conn: _end(conn, commit, waited=True))
-        self._where = None
+        writer, where, self._where = self._writer, self._where, None
+        if where == "loop":
+            _end(writer, writer.connection(), commit, waited=False)
+        elif where == "thread":
+            await writer.in_thread(lambda conn: _end(writer, conn, commit, waited=True))
 
     async def run_once(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
+        writer = self._writer
         if self._begin_on_loop(long_running):
-            return _whole(self._writer.connection(), fn)
+            return _whole(writer, writer.connection(), fn)
 
         def waiting(conn: sa.Connection) -> T:
             _begin_waiting(conn)
             try:
-                return _whole(conn, fn)
+                return _whole(writer, conn, fn)
             finally:
-                _set_busy_timeout(conn, 0)
+                if writer.holds(conn):
+                    _set_busy_timeout(conn, 0)
 
-        return await self._writer.in_thread(waiting)
-
-
-def _whole(conn: sa.Connection, fn: Callable[[sa.Connection], T]) -> T:
-    """The work of a begun transaction, then COMMIT (or ROLLBACK on any error)."""
-    try:
-        result = fn(conn)
-    except BaseException:
-        conn.rollback()
-        raise
-    conn.commit()
-    return result
+        return await writer.in_thread(waiting)
 
 
 class _AsyncChannel(_Channel):

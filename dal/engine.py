@@ -87,8 +87,9 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
 def create_sync_sqlite_engine(url: str | URL, **kwargs: Any) -> Engine:
     """A synchronous (stdlib sqlite3) engine on the same file with the same hooks.
 
-    The DAL runs SQLite transactions on a dedicated thread through this engine: one thread
-    hop per transaction instead of several per statement (see the README, "DAL design").
+    The DAL runs SQLite transactions through this engine on the event loop's thread or on
+    its writer thread, never through the aiosqlite adapter's several thread hops per
+    statement (see the README, "DAL design").
     """
     url = make_url(url).set(drivername="sqlite+pysqlite")
     path = _sqlite_file(url)

@@ -5,8 +5,10 @@ two transactions on the writer connection at once (README, "DAL design")."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import sqlite3
 import threading
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -71,6 +73,14 @@ async def test_short_calls_run_on_the_loop_and_long_ones_on_the_writer_thread(
             await s.positions.recompute(pid)
             await s.positions.snapshot(pid)
     assert set(threads.seen) == {"tradebook-writer_0"}
+    # One begun on the loop still sends its long-running calls to the thread.
+    with _Threads(db) as threads:
+        async with db.session(actor) as s:
+            await s.positions.snapshot(pid)
+            short = len(threads.seen)
+            await s.positions.recompute(pid)
+    assert short and set(threads.seen[:short]) == {loop_thread}
+    assert set(threads.seen[short:]) == {"tradebook-writer_0"}
 
 
 async def test_a_write_waits_for_another_connection_on_the_writer_thread(db: Database) -> None:
@@ -138,3 +148,156 @@ async def test_a_session_waiting_on_the_thread_keeps_the_connection_to_itself(
             ).scalar_one()
         )
     assert position.quantity == Decimal(8) and count == 8
+
+
+def _lock_is_free(db: Database) -> bool:
+    """Can another connection take SQLite's write lock right now (no waiting)?"""
+    probe = sqlite3.connect(_path(db), isolation_level=None, timeout=0)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        probe.close()
+
+
+async def _trade_count(db: Database, actor: Actor, pid: int) -> int:
+    async with db.session(actor, readonly=True) as s:
+        return await s.run(  # type: ignore[no-any-return]
+            lambda tx: tx.conn.execute(
+                sa.select(sa.func.count())
+                .select_from(t.trades)
+                .where(t.trades.c.portfolio_id == pid)
+            ).scalar_one()
+        )
+
+
+async def test_a_session_cancelled_while_its_begin_waits_leaves_nothing_open(
+    db: Database,
+) -> None:
+    """The task is cancelled while BEGIN IMMEDIATE waits for another connection's lock (a
+    strategy stopped, say): the BEGIN still happens on the thread once the lock frees, and the
+    session's end rolls it back; the writer is not left holding the lock."""
+    actor, pid, iid = await _trader(db)
+
+    async def session_fill() -> None:
+        async with db.session(actor) as s:
+            await s.trades.ingest_fill(fill(pid, iid, "BUY", "1", "100", trade_id="c"))
+
+    other = sqlite3.connect(_path(db), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        task = asyncio.create_task(session_fill())
+        await asyncio.sleep(0.1)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        other.execute("COMMIT")
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+    finally:
+        other.close()
+    assert _lock_is_free(db)
+    assert await _trade_count(db, actor, pid) == 0
+    # The writer connection fails fast again: the next write runs on the loop and lands.
+    with _Threads(db) as threads:
+        await db.scoped(actor).trades.ingest_fill(fill(pid, iid, "BUY", "1", "100", trade_id="d"))
+    assert set(threads.seen) == {threading.current_thread().name}
+    assert await _trade_count(db, actor, pid) == 1
+
+
+async def test_a_cancelled_thread_job_keeps_the_connection_until_it_is_over(
+    db: Database,
+) -> None:
+    """A long job on the writer thread is cancelled, and so is a write queued behind it: the
+    next write still starts only after the long job has finished (a thread cannot be stopped;
+    the connection must not be shared with it)."""
+    runner = db._get_runner()
+    spans: list[tuple[str, float, float]] = []
+
+    async def write(name: str, seconds: float, long_running: bool) -> None:
+        def work(conn: sa.Connection) -> None:
+            start = time.monotonic()
+            time.sleep(seconds)
+            spans.append((name, start, time.monotonic()))
+
+        async with runner.connection(readonly=False) as channel:
+            await channel.run_once(work, long_running)
+
+    first = asyncio.create_task(write("long", 0.3, True))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(write("queued", 0, False))
+    await asyncio.sleep(0.02)
+    first.cancel()
+    await asyncio.sleep(0.02)
+    second.cancel()
+    third = asyncio.create_task(write("next", 0, False))
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(first, second, third, return_exceptions=True), 10
+    )
+    assert isinstance(outcomes[0], asyncio.CancelledError)
+    assert isinstance(outcomes[1], asyncio.CancelledError)
+    assert outcomes[2] is None
+    ran = {name: (start, end) for name, start, end in spans}
+    assert set(ran) == {"long", "next"}  # the queued write was cancelled before it began
+    assert ran["next"][0] >= ran["long"][1]
+
+
+async def test_a_failed_commit_rolls_back_and_frees_the_write_lock(db: Database) -> None:
+    """COMMIT itself fails (here a deferred foreign key; a full disk is the same path): the
+    caller gets the error, SQLite's transaction is rolled back, nothing of it is stored, and
+    the next write works."""
+    actor, pid, iid = await _trader(db)
+    runner = db._get_runner()
+
+    def orphan_audit_row(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("PRAGMA defer_foreign_keys=ON")  # checked at COMMIT, not here
+        conn.execute(
+            t.audit_log.insert().values(
+                user_id=987654,
+                entity_type="USER",
+                action="UPDATE",
+                details_json={"test": "orphan"},
+                created_at=dt.datetime.now(dt.UTC),
+            )
+        )
+
+    for long_running in (False, True):  # on the loop, then on the writer thread
+        async with runner.connection(readonly=False) as channel:
+            with pytest.raises(sa.exc.IntegrityError, match="FOREIGN KEY"):
+                await channel.run_once(orphan_audit_row, long_running)
+        assert _lock_is_free(db)
+        await db.scoped(actor).trades.ingest_fill(
+            fill(pid, iid, "BUY", "1", "100", trade_id=f"after-{long_running}")
+        )
+    assert await _trade_count(db, actor, pid) == 2
+    check = sqlite3.connect(_path(db))
+    try:
+        orphans = check.execute("SELECT count(*) FROM audit_log WHERE user_id = 987654")
+        assert orphans.fetchone() == (0,)
+    finally:
+        check.close()
+
+
+async def test_dispose_waits_for_an_open_write_session(db: Database) -> None:
+    """Disposing while a session is between two calls waits for the session to end, so the
+    session lands whole (not its first call rolled back and its second committed alone)."""
+    actor, pid, iid = await _trader(db)
+    release = asyncio.Event()
+
+    async def two_fills() -> None:
+        async with db.session(actor) as s:
+            await s.trades.ingest_fill(fill(pid, iid, "BUY", "1", "100", trade_id="e1"))
+            await release.wait()
+            await s.trades.ingest_fill(fill(pid, iid, "BUY", "1", "100", trade_id="e2"))
+
+    session = asyncio.create_task(two_fills())
+    await asyncio.sleep(0.05)
+    disposing = asyncio.create_task(db.dispose())
+    await asyncio.sleep(0.05)
+    assert not disposing.done()
+    release.set()
+    await asyncio.wait_for(asyncio.gather(session, disposing), 10)
+    (position,) = await db.scoped(actor).positions.snapshot(pid)  # a new runner, lazily
+    assert position.quantity == Decimal(2)
