@@ -104,6 +104,7 @@ class _Writer:
         self._conn: sa.Connection | None = None
         self._closed = False
         self.lock = asyncio.Lock()
+        self.owner: asyncio.Task[Any] | None = None  # the task holding the lock
 
     def connection(self) -> sa.Connection:
         if self._closed:
@@ -249,8 +250,20 @@ class _SQLiteRunner:
             finally:
                 self._readers.put_nowait(lane)
         else:
-            async with self.writer.lock:
-                yield _WriterChannel(self.writer)
+            writer = self.writer
+            task = asyncio.current_task()
+            if writer.owner is not None and writer.owner is task:
+                # It would wait for itself forever: the lock is not reentrant.
+                raise RuntimeError(
+                    "a write transaction was started inside another one in the same task; "
+                    "use the open session instead"
+                )
+            async with writer.lock:
+                writer.owner = task
+                try:
+                    yield _WriterChannel(writer)
+                finally:
+                    writer.owner = None
 
     async def dispose(self) -> None:
         await self.writer.close()

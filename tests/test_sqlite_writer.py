@@ -301,3 +301,19 @@ async def test_dispose_waits_for_an_open_write_session(db: Database) -> None:
     await asyncio.wait_for(asyncio.gather(session, disposing), 10)
     (position,) = await db.scoped(actor).positions.snapshot(pid)  # a new runner, lazily
     assert position.quantity == Decimal(2)
+
+
+async def test_a_write_inside_an_open_write_session_of_the_same_task_is_refused(
+    db: Database,
+) -> None:
+    """The write lock is not reentrant: a second write transaction from the task that holds
+    it would wait for itself forever. It is refused at once instead, and the open session
+    carries on."""
+    actor, pid, iid = await _trader(db)
+    async with db.session(actor) as s:
+        await s.trades.ingest_fill(fill(pid, iid, "BUY", "1", "100", trade_id="n1"))
+        with pytest.raises(RuntimeError, match="inside another one"):
+            async with asyncio.timeout(5):  # same task (wait_for would run it in another)
+                await db.scoped(actor).positions.snapshot(pid)
+        await s.trades.ingest_fill(fill(pid, iid, "BUY", "1", "100", trade_id="n2"))
+    assert await _trade_count(db, actor, pid) == 2
