@@ -144,7 +144,9 @@ def add_to_summary(
 
 
 def summary_rows(portfolio_id: int, totals: dict[SummaryKey, Totals]) -> list[dict[str, object]]:
-    """Summary totals as pnl_summary rows (parameters of an insert or upsert)."""
+    """Summary totals as pnl_summary rows (parameters of an insert or upsert), in key order:
+    concurrent fills then lock the rows they share in the same order (no deadlock on
+    PostgreSQL between two batches touching the same days in opposite order)."""
     return [
         {
             "portfolio_id": portfolio_id,
@@ -156,17 +158,18 @@ def summary_rows(portfolio_id: int, totals: dict[SummaryKey, Totals]) -> list[di
             "fees": row.fees,
             "trade_count": row.count,
         }
-        for (period, start, instrument_id, fee_currency), row in totals.items()
+        for (period, start, instrument_id, fee_currency), row in sorted(totals.items())
     ]
 
 
 def daily_summary_rows(
     portfolio_id: int, totals: dict[DailyKey, Decimal]
 ) -> list[dict[str, object]]:
-    """Daily totals as pnl_daily rows (parameters of an insert or upsert)."""
+    """Daily totals as pnl_daily rows (parameters of an insert or upsert), in key order (see
+    ``summary_rows``)."""
     return [
         {"portfolio_id": portfolio_id, "day": day, "currency": currency, "realized_pnl": value}
-        for (day, currency), value in totals.items()
+        for (day, currency), value in sorted(totals.items())
     ]
 
 

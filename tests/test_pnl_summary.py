@@ -15,7 +15,18 @@ import sqlalchemy as sa
 from bot.periods import parse_period
 from dal import schema as t
 from dal.database import Database
-from dal.pnl_summary import DAY, MONTH, Ranges, daily_totals, split_range
+from dal.pnl_summary import (
+    DAY,
+    MONTH,
+    Entry,
+    Ranges,
+    daily_summary_rows,
+    daily_totals,
+    split_range,
+    summarize,
+    summarize_daily,
+    summary_rows,
+)
 from dal.scope import Actor
 from dal.trades import _pnl_from_trades
 from dal.types import decimal_add, decimal_sum
@@ -270,6 +281,23 @@ def test_split_range_takes_whole_months_and_ragged_ends() -> None:
     assert whole.month_from == d(1, 1, 1) and whole.month_to == d(2026, 3, 1)
     assert (whole.day2_from, whole.day2_to) == (d(2026, 3, 1), d(2026, 3, 11))
     assert whole.day_from == whole.day_to
+
+
+def test_summary_rows_come_in_key_order_whatever_order_the_fills_came_in() -> None:
+    """Concurrent batches on PostgreSQL lock the summary and daily rows they share in the
+    order of these parameters: key order for everyone means no lock-order deadlock."""
+    at = dt.datetime(2026, 3, 10, 12, tzinfo=dt.UTC)
+    entries = [
+        Entry(2, at, "USDT", Decimal(1), Decimal(0), 1),
+        Entry(1, at - dt.timedelta(days=40), "USDT", Decimal(2), Decimal(0), 1),
+        Entry(1, at - dt.timedelta(days=1), None, Decimal(3), Decimal(0), 1),
+    ]
+    rows = summary_rows(7, summarize(entries, "UTC"))
+    keys = [(r["period"], r["period_start"], r["instrument_id"], r["fee_currency"]) for r in rows]
+    assert len(keys) == 6 and keys == sorted(keys)
+    days = daily_summary_rows(7, summarize_daily(entries, "UTC", {1: "USDT", 2: "BTC"}))
+    day_keys = [(r["day"], r["currency"]) for r in days]
+    assert len(day_keys) == 3 and day_keys == sorted(day_keys)
 
 
 async def test_decimal_add_and_sum_are_exact_in_sql(db: Database, engine_name: str) -> None:
