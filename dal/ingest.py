@@ -48,6 +48,7 @@ from dal.pnl_summary import (
     add_to_summary,
     adding_to_existing_rows,
     daily_summary_rows,
+    lock_owner_zones,
     owner_zone,
     remember_zone,
     summarize,
@@ -207,7 +208,8 @@ def _read_statement() -> sa.Select[Any]:
     )
 
 
-_READ_AT_ONCE = _read_statement()
+# The owner's row FOR SHARE as well (PostgreSQL), so its zone is current: lock_owner_zones.
+_READ_AT_ONCE = _read_statement().suffix_with("FOR SHARE OF users", dialect="postgresql")
 _ROW_SPLIT = (len(t.portfolios.c) + 1, len(t.portfolios.c) + 1 + len(orders.c))
 
 
@@ -243,6 +245,8 @@ def _plan(tx: Tx, fills: list[Fill], known: _Known | None = None) -> list[_Plann
             portfolios[fill.portfolio_id] = portfolio
             if "owner_timezone" in portfolio._mapping:
                 remember_zone(tx, portfolio.id, portfolio.owner_timezone)
+    if known is None:
+        lock_owner_zones(tx, portfolios)
     instruments = [
         resolve_instrument(tx, fill.instrument_id, fill.symbol, fill.exchange) for fill in fills
     ]

@@ -82,6 +82,24 @@ def owner_zone(tx: Tx, portfolio_id: int) -> str:
     return zone
 
 
+def lock_owner_zones(tx: Tx, portfolio_ids: Iterable[int]) -> None:
+    """Read the portfolios' owner zones for a fill ``FOR SHARE`` (PostgreSQL): a /tz change
+    or a repair, which lock the owner's row first (``lock_owner``), then waits for the fill,
+    and a fill queued behind them reads the new zone. Without it a fill could file its summary
+    rows under a zone that changed meanwhile, or commit between a rebuild's read of the
+    trades and its rewrite. SQLite serializes write transactions anyway."""
+    if tx.conn.dialect.name != "postgresql":
+        return
+    for portfolio_id, zone in tx.conn.execute(_OWNER_ZONES, {"ids": sorted(portfolio_ids)}):
+        remember_zone(tx, portfolio_id, zone)
+
+
+def lock_owner(conn: sa.Connection, user_id: int) -> None:
+    """Before rebuilding a user's summary from the trades: wait for that user's fills in
+    flight and hold new ones back (see ``lock_owner_zones``)."""
+    conn.execute(_LOCK_OWNER, {"user_id": user_id})
+
+
 def zone_of_portfolio(conn: sa.Connection, portfolio_id: int) -> str:
     return conn.execute(_ZONE_OF_PORTFOLIO, {"portfolio_id": portfolio_id}).scalar_one()
 
@@ -200,6 +218,19 @@ _ZONE_OF_PORTFOLIO = (
     sa.select(t.users.c.timezone)
     .join(t.portfolios, t.portfolios.c.user_id == t.users.c.id)
     .where(t.portfolios.c.id == sa.bindparam("portfolio_id"))
+)
+
+
+_OWNER_ZONES = (
+    sa.select(t.portfolios.c.id, t.users.c.timezone)
+    .join(t.users, t.users.c.id == t.portfolios.c.user_id)
+    .where(t.portfolios.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .with_for_update(of=t.users, read=True)
+)
+_LOCK_OWNER = (
+    sa.select(t.users.c.id)
+    .where(t.users.c.id == sa.bindparam("user_id"))
+    .with_for_update(key_share=True)
 )
 
 

@@ -24,6 +24,7 @@ from dal.pnl_summary import (
     Entry,
     SummaryDifference,
     add_to_summary,
+    lock_owner,
     rebuild_summary,
     verify_summary,
 )
@@ -360,6 +361,7 @@ class PositionService:
         """Rewrite a portfolio's positions, per-trade PnL and PnL summary from its trades;
         audited."""
         portfolio = owned_portfolio(self.tx, portfolio_id)
+        lock_owner(self.tx.conn, portfolio.user_id)  # no fill of theirs between read and rewrite
         differences = verify_portfolio(self.tx.conn, portfolio_id)
         if not differences:
             return []

@@ -3,6 +3,7 @@ rebuilt on a time-zone change, checked by verify and rewritten by repair."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
 from decimal import Decimal
@@ -198,6 +199,48 @@ async def test_time_zone_change_rebuilds_the_summary(
 def _summary_rows(conn: sa.Connection, pid: int) -> list[tuple]:
     query = sa.select(t.pnl_summary).where(t.pnl_summary.c.portfolio_id == pid)
     return sorted(tuple(r) for r in conn.execute(query))
+
+
+@pytest.mark.parametrize("single", [True, False], ids=["one fill", "batch"])
+async def test_a_time_zone_change_during_a_fill_waits_for_it(db: Database, single: bool) -> None:
+    """/tz while a fill of the same user is still open (a strategy's session, say): the
+    rebuild waits for the fill and includes it, in the new zone. A fill late in the UTC day
+    lands on the next day in Berlin, so the old zone's rows would be visibly wrong."""
+    actor = await make_user(db)
+    pid = await default_portfolio(db, actor)
+    iid = await make_instrument(db, "BTCUSDT")
+    late = dt.datetime(2026, 5, 31, 23, 30, tzinfo=dt.UTC)
+    opened, release = asyncio.Event(), asyncio.Event()
+
+    async def strategy() -> None:
+        async with db.session(actor) as s:
+            fills = [
+                fill(pid, iid, "BUY", "1", "100", trade_id="z1", at=late),
+                fill(pid, iid, "SELL", "1", "150", trade_id="z2", at=late),
+            ]
+            if single:
+                for f in fills:
+                    await s.trades.ingest_fill(f)
+            else:
+                await s.trades.ingest_fills(fills)
+            opened.set()
+            await release.wait()
+
+    task = asyncio.create_task(strategy())
+    await asyncio.wait_for(opened.wait(), 10)
+    change = asyncio.create_task(db.scoped(actor).users.set_timezone("Europe/Berlin"))
+    await asyncio.sleep(0.2)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(task, change), 20)
+    dal = db.scoped(actor)
+    assert await dal.positions.verify(pid) == []
+    june = await dal.trades.pnl(
+        pid,
+        dt.datetime(2026, 6, 1, tzinfo=ZoneInfo("Europe/Berlin")),
+        dt.datetime(2026, 6, 2, tzinfo=ZoneInfo("Europe/Berlin")),
+        ZoneInfo("Europe/Berlin"),
+    )
+    assert june.trade_count == 2 and june.realized == {"USDT": Decimal(50)}
 
 
 async def test_verify_reports_a_wrong_summary_row_and_repair_rewrites_it(
