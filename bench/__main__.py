@@ -210,13 +210,21 @@ async def main(argv: list[str]) -> int:
     started = time.perf_counter()
     status = 0
     try:
-        if "ingest" in parts:
-            await run_ingest(engines, scale, report)
-        if "seed" in parts:
-            await run_seed(engines, days, args.full, report)
-        if "scaling" in parts:
-            sizes = [1, 10] if args.quick else [1, 10, 100]
-            await run_scaling(engines, sizes, 1 if args.quick else 10, report)
+        sections = {
+            "ingest": lambda: run_ingest(engines, scale, report),
+            "seed": lambda: run_seed(engines, days, args.full, report),
+            "scaling": lambda: run_scaling(
+                engines, [1, 10] if args.quick else [1, 10, 100], 1 if args.quick else 10, report
+            ),
+        }
+        report["section_seconds"] = {}
+        for name, run_section in sections.items():
+            if name in parts:
+                section_start = time.perf_counter()
+                await run_section()
+                seconds = round(time.perf_counter() - section_start, 1)
+                report["section_seconds"][name] = seconds
+                print(f"  ({name}: {seconds} s)")
     except CheckFailed as exc:
         print(f"\nCHECK FAILED: {exc}", file=sys.stderr)
         report["check_failed"] = str(exc)
