@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from dal import schema as t
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.models import NewAccount, NewPortfolio, check_text, parse, valid_id
-from dal.scope import Tx
+from dal.scope import Tx, read_only
 from dal.types import new_uid
 
 accounts = t.accounts
@@ -263,6 +263,7 @@ class PortfolioService:
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
 
+    @read_only
     def list(self, include_archived: bool = False) -> list[sa.Row]:
         query = (
             sa.select(
@@ -280,9 +281,11 @@ class PortfolioService:
             query = query.where(portfolios.c.archived_at.is_(None))
         return list(self.tx.conn.execute(query))
 
+    @read_only
     def get(self, portfolio_id: int) -> sa.Row:
         return owned_portfolio(self.tx, portfolio_id)
 
+    @read_only
     def by_name(self, name: str) -> sa.Row:
         return portfolio_by_name(self.tx, name)
 
@@ -296,6 +299,7 @@ class PortfolioService:
             .where(portfolios.c.id == portfolio_id)
         ).scalar_one()
 
+    @read_only
     def default(self) -> sa.Row:
         row = self.tx.conn.execute(
             sa.select(portfolios).where(
@@ -306,6 +310,7 @@ class PortfolioService:
             raise NotFound("you have no default portfolio")
         return row
 
+    @read_only
     def current(self) -> sa.Row:
         """The bot's portfolio context: users.current_portfolio_id, else the default."""
         user = self.tx.user_row()

@@ -12,7 +12,7 @@ from dal.accounts import owned_portfolio, owned_portfolio_rows
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import check_increments, resolve_instrument
 from dal.models import NewOrder, check_json_arg, check_text, parse, valid_id
-from dal.scope import Tx
+from dal.scope import Tx, read_only
 from dal.strategies import owned_strategy
 from dal.types import new_uid
 
@@ -252,6 +252,7 @@ class OrderService:
         )
         return owned_order(tx, order_id)
 
+    @read_only
     def list(
         self,
         portfolio_id: int | None = None,
@@ -285,6 +286,7 @@ class OrderService:
         query = query.join(portfolios, portfolios.c.id == orders.c.portfolio_id)
         return list(self.tx.conn.execute(query.where(self.tx.owned(portfolios.c.user_id))))
 
+    @read_only
     def open_orders(self, portfolio_id: int | None = None, limit: int = 50) -> list[sa.Row]:
         return self.list(portfolio_id, None, limit)
 

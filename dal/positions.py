@@ -29,7 +29,7 @@ from dal.pnl_summary import (
     verify_summary,
 )
 from dal.position_math import PositionState, apply_fill, apply_fill_in_context
-from dal.scope import Tx, long_running
+from dal.scope import Tx, long_running, read_only
 from dal.types import DECIMAL_CONTEXT, Money, new_uid, trimmed_on_postgresql
 
 positions = t.positions
@@ -307,6 +307,7 @@ class PositionService:
 
     apply_fill = staticmethod(apply_fill)
 
+    @read_only
     def snapshot(self, portfolio_id: int, include_flat: bool = False) -> list[sa.Row]:
         """Positions of a portfolio with symbol, currency and strategy, by symbol."""
         owned_portfolio(self.tx, portfolio_id)

@@ -33,6 +33,20 @@ def is_long_running(fn: Callable[..., Any]) -> bool:
     return getattr(fn, "long_running", False) is True
 
 
+def read_only(method: F) -> F:
+    """Marks a service method that only reads. Called as its own transaction
+    (``db.scoped(actor)``) on PostgreSQL it runs on a connection in autocommit that the
+    server holds read-only: one round trip per statement instead of BEGIN, statements,
+    COMMIT. Under READ COMMITTED each statement reads its own snapshot either way, so it
+    sees what it saw inside a transaction; a write from it is refused by the server."""
+    method.read_only = True  # type: ignore[attr-defined]
+    return method
+
+
+def is_read_only(fn: Callable[..., Any]) -> bool:
+    return getattr(fn, "read_only", False) is True
+
+
 @dataclass(frozen=True, slots=True)
 class Actor:
     """The user a session acts for; ``Actor.system()`` is tradebook itself (CLI, bootstrap)."""

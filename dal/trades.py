@@ -21,7 +21,7 @@ from dal.pnl_summary import (
     owner_zone,
     totals_by_instrument,
 )
-from dal.scope import Tx
+from dal.scope import Tx, read_only
 from dal.types import DECIMAL_CONTEXT
 
 trades = t.trades
@@ -114,6 +114,7 @@ class TradeService:
             query = query.limit(limit)
         return list(self.tx.conn.execute(query))
 
+    @read_only
     def pnl(
         self,
         portfolio_id: int,

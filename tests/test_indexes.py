@@ -27,10 +27,12 @@ from dal.types import register_sqlite_decimal_functions
 from tests.factories import T0, default_portfolio, fill, make_instrument, make_user
 
 
-def _sync_engine(db: Database) -> sa.Engine:
+def _sync_engines(db: Database) -> list[sa.Engine]:
+    """Every engine the DAL sends statements through (PostgreSQL reads have a pool of
+    their own: dal.scope.read_only)."""
     runner = db._get_runner()
-    engine = runner.engine
-    return engine if isinstance(engine, sa.Engine) else engine.sync_engine
+    engines = [runner.engine, *([runner.reader] if hasattr(runner, "reader") else [])]
+    return [e if isinstance(e, sa.Engine) else e.sync_engine for e in engines]
 
 
 async def _captured(db: Database, calls: Any) -> list[tuple[str, Any]]:
@@ -40,12 +42,14 @@ async def _captured(db: Database, calls: Any) -> list[tuple[str, Any]]:
     def listener(conn, cursor, statement, parameters, context, executemany):
         seen.append((statement, parameters))
 
-    engine = _sync_engine(db)
-    event.listen(engine, "before_cursor_execute", listener)
+    engines = _sync_engines(db)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", listener)
     try:
         await calls()
     finally:
-        event.remove(engine, "before_cursor_execute", listener)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", listener)
     return seen
 
 

@@ -574,15 +574,18 @@ async def test_a_portfolios_open_orders_check_the_owner_in_the_same_statement(
     approval and ownership check rides in the query. Its rows are still only the caller's; an
     empty answer runs the precise check (NotFound for another user's portfolio)."""
     a, b = world
-    engine = db._get_runner().engine
-    sync_engine = engine if isinstance(engine, sa.Engine) else engine.sync_engine
+    runner = db._get_runner()
+    # PostgreSQL runs this read on its read-only pool (dal.scope.read_only).
+    engines = [runner.engine, *([runner.reader] if hasattr(runner, "reader") else [])]
+    sync_engines = [e if isinstance(e, sa.Engine) else e.sync_engine for e in engines]
     seen: list[str] = []
 
     def listener(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
         if statement.lstrip().startswith("SELECT"):
             seen.append(statement)
 
-    sa.event.listen(sync_engine, "before_cursor_execute", listener)
+    for sync_engine in sync_engines:
+        sa.event.listen(sync_engine, "before_cursor_execute", listener)
     try:
         dal = db.scoped(a.actor)
         assert {r.id for r in await dal.orders.open_orders(a.portfolio)} == {a.order}
@@ -593,4 +596,5 @@ async def test_a_portfolios_open_orders_check_the_owner_in_the_same_statement(
         admin = db.scoped(await make_user(db, admin=True)).as_admin()
         assert {r.id for r in await admin.orders.open_orders(b.portfolio)} == {b.order}
     finally:
-        sa.event.remove(sync_engine, "before_cursor_execute", listener)
+        for sync_engine in sync_engines:
+            sa.event.remove(sync_engine, "before_cursor_execute", listener)
