@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import os
 import shutil
@@ -145,6 +146,27 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
     eng = create_engine(db_url)
     yield eng
     await eng.dispose()
+
+
+@contextlib.contextmanager
+def captured_statements(db: Any) -> Iterator[list[tuple[str, Any]]]:
+    """The (statement, parameters) the DAL sends while the block runs, on every engine it
+    sends them through (PostgreSQL reads have a pool of their own: dal.scope.read_only)."""
+    runner = db._get_runner()
+    engines = [runner.engine, *([runner.reader] if hasattr(runner, "reader") else [])]
+    sync_engines = [e if isinstance(e, sa.Engine) else e.sync_engine for e in engines]
+    seen: list[tuple[str, Any]] = []
+
+    def listener(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        seen.append((statement, parameters))
+
+    for engine in sync_engines:
+        sa.event.listen(engine, "before_cursor_execute", listener)
+    try:
+        yield seen
+    finally:
+        for engine in sync_engines:
+            sa.event.remove(engine, "before_cursor_execute", listener)
 
 
 async def count_rows(engine: AsyncEngine, table: sa.Table) -> int:

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from dal import schema as t
@@ -24,32 +23,14 @@ from dal.database import Database
 from dal.engine import create_engine
 from dal.scope import Actor
 from dal.types import register_sqlite_decimal_functions
+from tests.conftest import captured_statements
 from tests.factories import T0, default_portfolio, fill, make_instrument, make_user
-
-
-def _sync_engines(db: Database) -> list[sa.Engine]:
-    """Every engine the DAL sends statements through (PostgreSQL reads have a pool of
-    their own: dal.scope.read_only)."""
-    runner = db._get_runner()
-    engines = [runner.engine, *([runner.reader] if hasattr(runner, "reader") else [])]
-    return [e if isinstance(e, sa.Engine) else e.sync_engine for e in engines]
 
 
 async def _captured(db: Database, calls: Any) -> list[tuple[str, Any]]:
     """The SQL statements (and parameters) the DAL sends for ``calls(session)``."""
-    seen: list[tuple[str, Any]] = []
-
-    def listener(conn, cursor, statement, parameters, context, executemany):
-        seen.append((statement, parameters))
-
-    engines = _sync_engines(db)
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", listener)
-    try:
+    with captured_statements(db) as seen:
         await calls()
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", listener)
     return seen
 
 

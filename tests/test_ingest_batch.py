@@ -10,14 +10,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dal import schema as t
 from dal.database import Database
 from dal.errors import Conflict
 from dal.scope import Actor
-from tests.conftest import table_counts
+from tests.conftest import captured_statements, table_counts
 from tests.factories import T0, make_instrument, make_portfolio, make_strategy, make_user
 
 BIG = Decimal(1_000_000)
@@ -228,23 +227,15 @@ async def test_a_batch_of_fills_runs_as_few_statements_as_one_fill(db: Database)
             for i in range(n)
         ]
 
-    runner = db._get_runner()
-    sync_engine = getattr(runner.engine, "sync_engine", runner.engine)
-    statements: list[str] = []
-
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(" ".join(statement.split()[:6]).upper())
-
     await db.scoped(actor).trades.ingest_fill(fills("warm", 1)[0])  # position row exists
-    event.listen(sync_engine, "before_cursor_execute", count)
-    try:
+    with captured_statements(db) as one_sent:
         await db.scoped(actor).trades.ingest_fill(fills("one", 1)[0])
-        one = list(statements)
-        statements.clear()
+    with captured_statements(db) as many_sent:
         await db.scoped(actor).trades.ingest_fills(fills("many", 50))
-        many = list(statements)
-    finally:
-        event.remove(sync_engine, "before_cursor_execute", count)
+    one, many = (
+        [" ".join(statement.split()[:6]).upper() for statement, _ in sent]
+        for sent in (one_sent, many_sent)
+    )
 
     def work(statements: list[str]) -> list[str]:
         return [s for s in statements if not s.startswith(("BEGIN", "COMMIT"))]

@@ -37,7 +37,7 @@ from dal.strategies import StrategyRunService, StrategyService
 from dal.trades import TradeService
 from dal.user_configs import AlertService, ScheduleService, ScreenerService
 from dal.users import UserService
-from tests.conftest import table_counts
+from tests.conftest import captured_statements, table_counts
 from tests.factories import T0, fill, make_instrument, make_user
 
 MISSING = 987_654_321  # an id no table holds
@@ -574,27 +574,13 @@ async def test_a_portfolios_open_orders_check_the_owner_in_the_same_statement(
     approval and ownership check rides in the query. Its rows are still only the caller's; an
     empty answer runs the precise check (NotFound for another user's portfolio)."""
     a, b = world
-    runner = db._get_runner()
-    # PostgreSQL runs this read on its read-only pool (dal.scope.read_only).
-    engines = [runner.engine, *([runner.reader] if hasattr(runner, "reader") else [])]
-    sync_engines = [e if isinstance(e, sa.Engine) else e.sync_engine for e in engines]
-    seen: list[str] = []
-
-    def listener(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if statement.lstrip().startswith("SELECT"):
-            seen.append(statement)
-
-    for sync_engine in sync_engines:
-        sa.event.listen(sync_engine, "before_cursor_execute", listener)
-    try:
-        dal = db.scoped(a.actor)
+    dal = db.scoped(a.actor)
+    with captured_statements(db) as sent:
         assert {r.id for r in await dal.orders.open_orders(a.portfolio)} == {a.order}
-        assert len(seen) == 1 and "EXISTS" in seen[0], seen
-        assert await dal.orders.open_orders(a.spare_portfolio) == []
-        with pytest.raises(NotFound, match=f"no portfolio #{b.portfolio}"):
-            await dal.orders.open_orders(b.portfolio)
-        admin = db.scoped(await make_user(db, admin=True)).as_admin()
-        assert {r.id for r in await admin.orders.open_orders(b.portfolio)} == {b.order}
-    finally:
-        for sync_engine in sync_engines:
-            sa.event.remove(sync_engine, "before_cursor_execute", listener)
+    seen = [statement for statement, _ in sent if statement.lstrip().startswith("SELECT")]
+    assert len(seen) == 1 and "EXISTS" in seen[0], seen
+    assert await dal.orders.open_orders(a.spare_portfolio) == []
+    with pytest.raises(NotFound, match=f"no portfolio #{b.portfolio}"):
+        await dal.orders.open_orders(b.portfolio)
+    admin = db.scoped(await make_user(db, admin=True)).as_admin()
+    assert {r.id for r in await admin.orders.open_orders(b.portfolio)} == {b.order}
