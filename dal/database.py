@@ -579,19 +579,20 @@ class Database:
         if not isinstance(descriptor, _service) or method.startswith("_"):
             raise AttributeError(f"no service method {service}.{method}")
         cls = descriptor.resolve()
+        unbound = getattr(cls, method)
         state: dict[str, Any] = {}
         # On SQLite a one-call read is fastest as it is: a transaction on the loop's thread
         # (a reader lane costs a thread hop); on PostgreSQL it saves BEGIN and COMMIT.
-        readonly = self.dialect == "postgresql" and is_read_only(getattr(cls, method))
+        readonly = self.dialect == "postgresql" and is_read_only(unbound)
 
         def body(conn: sa.Connection) -> Any:
             tx = Tx(conn, actor, admin, state, self.settings, self.cache)
             if admin and not actor.is_system:
                 _require_admin_user(tx)
-            return getattr(cls(tx), method)(*args, **(kwargs or {}))
+            return unbound(cls(tx), *args, **(kwargs or {}))
 
         async with self._get_runner().connection(readonly=readonly) as channel:
-            return await channel.run_once(body, is_long_running(getattr(cls, method)))
+            return await channel.run_once(body, is_long_running(unbound))
 
     def scoped(self, actor: Actor) -> ScopedDal:
         """A user-scoped handle: ``await dal.orders.list()`` runs as its own transaction."""
