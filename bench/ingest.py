@@ -590,34 +590,34 @@ async def run_case(
     }
     for run in range(runs):
         for impl_name in case.impls:
-            case = outcome.case.for_impl(impl_name)
+            sized = case.for_impl(impl_name)  # this implementation's number of fills
             tag = f"r{next(_runs)}"
             targets = await make_targets(
-                db, actors[: case.writers], iid, tag, shared=case.shared_position
+                db, actors[: sized.writers], iid, tag, shared=sized.shared_position
             )
-            if impl_name == "asyncpg" and case.writers > 1:
-                conns = [await RawAsyncpg(bdb.raw).open() for _ in range(case.writers)]
-                seconds, errors = await _run_pooled(conns, targets, case, tag)
+            if impl_name == "asyncpg" and sized.writers > 1:
+                conns = [await RawAsyncpg(bdb.raw).open() for _ in range(sized.writers)]
+                seconds, errors = await _run_pooled(conns, targets, sized, tag)
             else:
                 made = impls[impl_name]()
                 impl = await made if asyncio.iscoroutine(made) else made
                 try:
-                    seconds, errors = await _run_writers(impl, targets, case, tag)
+                    seconds, errors = await _run_writers(impl, targets, sized, tag)
                 finally:
                     await impl.close()
-            total = case.writers * case.fills_per_writer
+            total = sized.writers * sized.fills_per_writer
             per_portfolio: dict[int, int] = {}
             for target in targets:
                 per_portfolio[target.portfolio_id] = (
-                    per_portfolio.get(target.portfolio_id, 0) + case.fills_per_writer
+                    per_portfolio.get(target.portfolio_id, 0) + sized.fills_per_writer
                 )
             await check_portfolios(db, per_portfolio)  # raises CheckFailed
             outcome.rates.setdefault(impl_name, []).append(total / seconds)
             outcome.errors[impl_name] = outcome.errors.get(impl_name, 0) + errors
             if errors:
-                raise CheckFailed(f"{case.engine} {case.name} {impl_name}: {errors} errors")
+                raise CheckFailed(f"{sized.engine} {sized.name} {impl_name}: {errors} errors")
             print(
-                f"  {case.engine:10} {case.name:28} {impl_name:9} run {run + 1}: "
+                f"  {sized.engine:10} {sized.name:28} {impl_name:9} run {run + 1}: "
                 f"{total / seconds:8.0f} fills/s  (check ok)"
             )
     return outcome
