@@ -1,7 +1,7 @@
 """Materialized positions: locked read-modify-write per fill, recompute, verify, repair.
 
 Every position change goes through ``position_math.apply_fill``; ``recompute`` replays the
-trades through the same arithmetic (``apply_fill_in_context``, which ``apply_fill`` wraps) in
+trades through the same arithmetic (``step_in_context``, which ``apply_fill`` wraps) in
 canonical order (exec_time, id), so ``verify`` can demand exact equality.
 """
 
@@ -28,7 +28,14 @@ from dal.pnl_summary import (
     rebuild_summary,
     verify_summary,
 )
-from dal.position_math import PositionState, apply_fill, apply_fill_in_context
+from dal.position_math import (
+    ZERO,
+    PositionState,
+    apply_fill,
+    canonical_amount,
+    canonical_state,
+    step_in_context,
+)
 from dal.scope import Tx, long_running, read_only
 from dal.types import DECIMAL_CONTEXT, Money, new_uid, trimmed_on_postgresql
 
@@ -213,11 +220,12 @@ def derive(rows: Sequence[sa.Row]) -> dict[PositionKey, Derived]:
             current = out.get(key)
             if current is None:
                 current = out[key] = Derived(PositionState(), None, None, {})
-            result = apply_fill_in_context(current.state, side, quantity, price, at)
-            current.state = result.state
+            current.state, realized = step_in_context(current.state, side, quantity, price, at)
             current.last_exec_time = at
             current.last_trade_id = trade_id
-            current.trade_realized[trade_id] = result.realized
+            current.trade_realized[trade_id] = canonical_amount(realized) if realized else ZERO
+        for derived in out.values():
+            derived.state = canonical_state(derived.state)
     return out
 
 

@@ -274,6 +274,47 @@ def test_replay_in_one_context_is_apply_fill_exactly(fills: list[Fill]) -> None:
     assert [digits(r) for r in replayed] == [digits(r) for r in expected]
 
 
+@settings(max_examples=200, deadline=None)
+@given(sequences(max_qdec=18, max_pdec=18), sequences(max_qdec=18, max_pdec=18), st.randoms())
+def test_derive_is_apply_fill_exactly(first: list[Fill], second: list[Fill], rnd: Any) -> None:
+    """``positions.derive`` steps through trades without the canonical form and makes it
+    canonical once per position: its states and per-trade PnL still equal ``apply_fill``'s,
+    digit for digit, with two positions' trades interleaved."""
+    from collections import namedtuple
+
+    from dal.positions import _REPLAYED, derive
+
+    row = namedtuple("row", [c.name for c in _REPLAYED])  # a Row's fields, by position
+    streams = [[(1, fill) for fill in first], [(2, fill) for fill in second]]
+    merged = []
+    while streams[0] or streams[1]:
+        stream = rnd.choice([s for s in streams if s])
+        merged.append(stream.pop(0))
+    rows = [
+        row(trade_id, 7, iid, None, side, quantity, price, at(trade_id))
+        for trade_id, (iid, (side, quantity, price)) in enumerate(merged)
+    ]
+
+    def digits(amounts: tuple[Decimal, ...]) -> tuple:
+        return tuple(a.as_tuple() for a in amounts)
+
+    derived = derive(rows)
+    for iid in (1, 2):
+        state = PositionState()
+        for r in rows:
+            if r.instrument_id != iid:
+                continue
+            result = apply_fill(state, r.side, r.quantity, r.price, r.exec_time)
+            state = result.state
+            got = derived[(7, iid, None)].trade_realized[r.id]
+            assert digits((got,)) == digits((result.realized,))
+        d = derived[(7, iid, None)].state
+        assert digits((d.quantity, d.cost_basis, d.realized_pnl, d.avg_price)) == digits(
+            (state.quantity, state.cost_basis, state.realized_pnl, state.avg_price)
+        )
+        assert d.opened_at == state.opened_at
+
+
 def test_apply_fill_in_context_refuses_another_context() -> None:
     with pytest.raises(RuntimeError, match="localcontext"):
         apply_fill_in_context(PositionState(), "BUY", Decimal(1), Decimal(1), at(1))
