@@ -39,6 +39,7 @@ LATENCY_TARGETS_FULL = {
     "bot /positions": 15,
     "bot /pnl 30d": 15,
 }
+RECOMPUTE_TARGET_MS = 1000  # one portfolio-year (≈ 73 k fills)
 
 
 def _ok(ok: bool) -> str:
@@ -113,11 +114,14 @@ async def run_seed(engines: list[str], days: int, full: bool, report: dict[str, 
         for name, stats in lat.items():
             target = LATENCY_TARGETS_FULL.get(name)
             if name.startswith("recompute"):
-                target_text = "≤ 1000 ms at ≈ 73 k fills"
+                # One run of a long operation: judged by its median, as ingestion is.
+                target_text = f"p50 ≤ {RECOMPUTE_TARGET_MS} ms at ≈ 73 k fills"
+                if full:
+                    target_text += f" {_ok(stats['p50_ms'] <= RECOMPUTE_TARGET_MS)}"
             else:
                 target_text = f"p95 ≤ {target} ms" if target else ""
-            if target_text and full and target:
-                target_text += f" {_ok(stats['p95_ms'] <= target)}"
+                if target and full:
+                    target_text += f" {_ok(stats['p95_ms'] <= target)}"
             out.append(
                 {
                     "engine": engine,
