@@ -103,7 +103,7 @@ def step_in_context(
     arithmetic. Replays also enter the decimal context once for all fills (≈ 15 % of a fill's
     cost) rather than per fill as ``apply_fill`` does."""
     if getcontext().prec != DECIMAL_CONTEXT.prec:
-        raise RuntimeError("apply_fill_in_context needs localcontext(DECIMAL_CONTEXT)")
+        raise RuntimeError("position arithmetic needs localcontext(DECIMAL_CONTEXT)")
     if side not in ("BUY", "SELL"):
         raise ValueError(f"side must be BUY or SELL, not {side!r}")
     if quantity <= 0 or price <= 0:
