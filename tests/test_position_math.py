@@ -274,45 +274,71 @@ def test_replay_in_one_context_is_apply_fill_exactly(fills: list[Fill]) -> None:
     assert [digits(r) for r in replayed] == [digits(r) for r in expected]
 
 
-@settings(max_examples=200, deadline=None)
-@given(sequences(max_qdec=18, max_pdec=18), sequences(max_qdec=18, max_pdec=18), st.randoms())
-def test_derive_is_apply_fill_exactly(first: list[Fill], second: list[Fill], rnd: Any) -> None:
-    """``positions.derive`` steps through trades without the canonical form and makes it
-    canonical once per position: its states and per-trade PnL still equal ``apply_fill``'s,
-    digit for digit, with two positions' trades interleaved."""
+def assert_derive_is_apply_fill(merged: list[tuple[int, Fill]]) -> None:
+    """``positions.derive`` over (instrument, fill) pairs equals the ``apply_fill`` chain of
+    each instrument's fills: states and per-trade PnL, digit for digit."""
     from collections import namedtuple
 
     from dal.positions import _REPLAYED, derive
 
     row = namedtuple("row", [c.name for c in _REPLAYED])  # a Row's fields, by position
-    streams = [[(1, fill) for fill in first], [(2, fill) for fill in second]]
-    merged = []
-    while streams[0] or streams[1]:
-        stream = rnd.choice([s for s in streams if s])
-        merged.append(stream.pop(0))
     rows = [
         row(trade_id, 7, iid, None, side, quantity, price, at(trade_id))
         for trade_id, (iid, (side, quantity, price)) in enumerate(merged)
     ]
 
-    def digits(amounts: tuple[Decimal, ...]) -> tuple:
+    def digits(*amounts: Decimal) -> tuple:
         return tuple(a.as_tuple() for a in amounts)
 
     derived = derive(rows)
-    for iid in (1, 2):
+    for iid in {iid for iid, _ in merged}:
         state = PositionState()
         for r in rows:
             if r.instrument_id != iid:
                 continue
             result = apply_fill(state, r.side, r.quantity, r.price, r.exec_time)
             state = result.state
-            got = derived[(7, iid, None)].trade_realized[r.id]
-            assert digits((got,)) == digits((result.realized,))
+            assert digits(derived[(7, iid, None)].trade_realized[r.id]) == digits(result.realized)
         d = derived[(7, iid, None)].state
-        assert digits((d.quantity, d.cost_basis, d.realized_pnl, d.avg_price)) == digits(
-            (state.quantity, state.cost_basis, state.realized_pnl, state.avg_price)
+        assert digits(d.quantity, d.cost_basis, d.realized_pnl, d.avg_price) == digits(
+            state.quantity, state.cost_basis, state.realized_pnl, state.avg_price
         )
         assert d.opened_at == state.opened_at
+
+
+@settings(max_examples=200, deadline=None)
+@given(sequences(max_qdec=18, max_pdec=18), sequences(max_qdec=18, max_pdec=18), st.randoms())
+def test_derive_is_apply_fill_exactly(first: list[Fill], second: list[Fill], rnd: Any) -> None:
+    """``positions.derive`` steps through trades without the canonical form and makes it
+    canonical once per position: its states and per-trade PnL still equal ``apply_fill``'s,
+    digit for digit, with two positions' trades interleaved."""
+    streams = [[(1, fill) for fill in first], [(2, fill) for fill in second]]
+    merged = []
+    while streams[0] or streams[1]:
+        stream = rnd.choice([s for s in streams if s])
+        merged.append(stream.pop(0))
+    assert_derive_is_apply_fill(merged)
+
+
+def test_derive_is_apply_fill_exactly_at_the_largest_amounts() -> None:
+    """Amounts near NUMERIC(38, 18)'s limits (20 integer digits in the cost basis, 18
+    fractional everywhere): the longest coefficients the replay's products and quotients see."""
+    q, p = Decimal("123456789.123456789012345678"), Decimal("98765432109.987654321098765432")
+    fills = [
+        ("BUY", q, p),
+        ("BUY", Decimal("0.000000000000000001"), p),
+        ("SELL", Decimal("98765432.999999999999999999"), Decimal("0.000000000000000007")),
+        (
+            "SELL",
+            Decimal("123456789.123456789012345679"),
+            Decimal("99999999999.999999999999999999"),
+        ),
+        ("BUY", q * 2, Decimal("1.000000000000000001")),
+        ("SELL", Decimal("3"), Decimal("0.333333333333333333")),
+    ]
+    # and a position whose canonical form differs from the arithmetic's (1.000…000 → 1)
+    small = [("BUY", Decimal(2), Decimal("0.5"))]
+    assert_derive_is_apply_fill([(1, fill) for fill in fills] + [(2, fill) for fill in small])
 
 
 def test_apply_fill_in_context_refuses_another_context() -> None:
