@@ -50,6 +50,8 @@ class FillResult:
 
 def canonical_amount(value: Decimal) -> Decimal:
     """The canonical value (no trailing zeros, no exponent), as the database hands it back."""
+    if not value:  # zero, -0 and 0E-18 alike, without the text round trip
+        return ZERO
     return Decimal(canonical_decimal(value))
 
 
@@ -75,15 +77,15 @@ def apply_fill_in_context(
     """``apply_fill`` for a caller already inside ``localcontext(DECIMAL_CONTEXT)``. In a
     context of another precision (the default's 28 digits would round) it refuses to compute."""
     new, realized = step_in_context(state, side, quantity, price, exec_time)
-    return FillResult(canonical_state(new), canonical_amount(realized) if realized else ZERO)
+    return FillResult(canonical_state(new), canonical_amount(realized))
 
 
 def canonical_state(state: PositionState) -> PositionState:
     """The same position with its amounts in canonical form."""
     return PositionState(
-        canonical_amount(state.quantity) if state.quantity else ZERO,
-        canonical_amount(state.cost_basis) if state.cost_basis else ZERO,
-        canonical_amount(state.realized_pnl) if state.realized_pnl else ZERO,
+        canonical_amount(state.quantity),
+        canonical_amount(state.cost_basis),
+        canonical_amount(state.realized_pnl),
         state.opened_at,
     )
 

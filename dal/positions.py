@@ -29,7 +29,6 @@ from dal.pnl_summary import (
     verify_summary,
 )
 from dal.position_math import (
-    ZERO,
     PositionState,
     apply_fill,
     canonical_amount,
@@ -223,7 +222,7 @@ def derive(rows: Sequence[sa.Row]) -> dict[PositionKey, Derived]:
             current.state, realized = step_in_context(current.state, side, quantity, price, at)
             current.last_exec_time = at
             current.last_trade_id = trade_id
-            current.trade_realized[trade_id] = canonical_amount(realized) if realized else ZERO
+            current.trade_realized[trade_id] = canonical_amount(realized)
         for derived in out.values():
             derived.state = canonical_state(derived.state)
     return out
