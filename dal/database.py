@@ -27,7 +27,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -36,22 +36,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from dal.engine import BUSY_TIMEOUT_MS, create_engine, create_sync_sqlite_engine, is_sqlite
 from dal.errors import Forbidden, NotApproved
 from dal.scope import Actor, Tx, is_long_running, is_read_only
-
-if TYPE_CHECKING:
-    from dal.accounts import AccountService, PortfolioService
-    from dal.audit import AuditLogger
-    from dal.brokers import BrokerService
-    from dal.cash import CashService
-    from dal.instruments import InstrumentService
-    from dal.orders import OrderService
-    from dal.positions import PositionService
-    from dal.risk import RiskService
-    from dal.strategies import StrategyRunService, StrategyService
-    from dal.trades import TradeService
-    from dal.user_configs import AlertService, ScheduleService, ScreenerService
-    from dal.users import UserService
+from dal.services import Services
 
 T = TypeVar("T")
+P = ParamSpec("P")
 READER_THREADS = 2
 
 
@@ -165,7 +153,7 @@ async def _until_done(job: asyncio.Future[Any]) -> None:
 
 def _set_busy_timeout(conn: sa.Connection, ms: int) -> None:
     # On the driver's connection: a statement through SQLAlchemy would open a transaction.
-    conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={ms}")  # type: ignore[union-attr]
+    conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={ms}")  # type: ignore[union-attr]  # a live sqlite3 connection here
 
 
 def _begin_waiting(conn: sa.Connection) -> None:
@@ -186,7 +174,7 @@ def _commit(writer: _Writer, conn: sa.Connection) -> None:
         conn.commit()
     except BaseException:
         try:
-            conn.connection.driver_connection.rollback()  # type: ignore[union-attr]
+            conn.connection.driver_connection.rollback()  # type: ignore[union-attr]  # a live sqlite3 connection here
             conn.rollback()  # forgets SQLAlchemy's inactive transaction
         except BaseException:
             writer.discard()
@@ -239,7 +227,7 @@ class _SQLiteRunner:
         for i in range(READER_THREADS):
             lane = _Lane(self.engine, f"tradebook-reader-{i}")
             self._readers.put_nowait(lane)
-        self._all_readers = list(self._readers._queue)  # type: ignore[attr-defined]
+        self._all_readers = list(self._readers._queue)  # type: ignore[attr-defined]  # asyncio.Queue's deque, to reach every lane at dispose
 
     @contextlib.asynccontextmanager
     async def connection(self, readonly: bool) -> AsyncIterator[_Channel]:
@@ -413,50 +401,7 @@ class _AsyncChannel(_Channel):
             return await self._conn.run_sync(fn)
 
 
-class _AsyncService:
-    """Every public method of a sync service class, as a coroutine run on the session."""
-
-    def __init__(self, session: Session, cls: type) -> None:
-        self._session = session
-        self._cls = cls
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._cls, name, None)
-        if name.startswith("_") or not callable(method):
-            raise AttributeError(f"{self._cls.__name__} has no method {name!r}")
-
-        long = is_long_running(method)
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            return await self._session._run(
-                lambda tx: getattr(self._cls(tx), name)(*args, **kwargs), long
-            )
-
-        call.__name__ = name
-        call.__doc__ = method.__doc__
-        return call
-
-
-class _service:
-    def __init__(self, target: str) -> None:
-        self._target = target
-        self._cls: type | None = None
-
-    def resolve(self) -> type:
-        if self._cls is None:
-            import importlib
-
-            module, name = self._target.split(":")
-            self._cls = getattr(importlib.import_module(module), name)
-        return self._cls
-
-    def __get__(self, session: Session | None, owner: type) -> Any:
-        if session is None:
-            return self
-        return _AsyncService(session, self.resolve())
-
-
-class Session:
+class Session(Services):
     """One transaction for one actor. Services hang off it: ``await s.orders.place(...)``."""
 
     def __init__(self, channel: _Channel, actor: Actor, admin_scope: bool, db: Database) -> None:
@@ -466,9 +411,22 @@ class Session:
         self.db = db
         self._tx_state: dict[str, Any] = {}
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run(
+        self, fn: Callable[Concatenate[Tx, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
         """Run ``fn(tx, *args, **kwargs)`` on the session's connection, in its transaction."""
         return await self._run(lambda tx: fn(tx, *args, **kwargs), is_long_running(fn))
+
+    async def run_method(
+        self,
+        service: type[Any],
+        method: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> T:
+        return await self._run(
+            lambda tx: method(service(tx), *args, **kwargs), is_long_running(method)
+        )
 
     async def _run(self, fn: Callable[[Tx], T], long_running: bool) -> T:
         def call(conn: sa.Connection) -> T:
@@ -478,25 +436,6 @@ class Session:
             return fn(tx)
 
         return await self._channel.run(call, long_running)
-
-    # The services, each an async facade over its synchronous class: ``await s.orders.place()``
-    # runs ``OrderService(tx).place()`` in one step on the session's connection.
-    users: UserService = _service("dal.users:UserService")  # type: ignore[assignment]
-    brokers: BrokerService = _service("dal.brokers:BrokerService")  # type: ignore[assignment]
-    accounts: AccountService = _service("dal.accounts:AccountService")  # type: ignore[assignment]
-    portfolios: PortfolioService = _service("dal.accounts:PortfolioService")  # type: ignore[assignment]
-    strategies: StrategyService = _service("dal.strategies:StrategyService")  # type: ignore[assignment]
-    strategy_runs: StrategyRunService = _service("dal.strategies:StrategyRunService")  # type: ignore[assignment]
-    instruments: InstrumentService = _service("dal.instruments:InstrumentService")  # type: ignore[assignment]
-    orders: OrderService = _service("dal.orders:OrderService")  # type: ignore[assignment]
-    trades: TradeService = _service("dal.trades:TradeService")  # type: ignore[assignment]
-    positions: PositionService = _service("dal.positions:PositionService")  # type: ignore[assignment]
-    cash: CashService = _service("dal.cash:CashService")  # type: ignore[assignment]
-    risk: RiskService = _service("dal.risk:RiskService")  # type: ignore[assignment]
-    alerts: AlertService = _service("dal.user_configs:AlertService")  # type: ignore[assignment]
-    schedules: ScheduleService = _service("dal.user_configs:ScheduleService")  # type: ignore[assignment]
-    screeners: ScreenerService = _service("dal.user_configs:ScreenerService")  # type: ignore[assignment]
-    audit: AuditLogger = _service("dal.audit:AuditLogger")  # type: ignore[assignment]
 
 
 @dataclass
@@ -566,33 +505,29 @@ class Database:
     async def call(
         self,
         actor: Actor,
-        service: str,
-        method: str,
+        service: type[Any],
+        method: Callable[..., T],
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         *,
         admin: bool = False,
-    ) -> Any:
-        """One service call as its own transaction, in one step: what ``db.scoped(actor)``
-        does for every call (half the thread hops of a one-call session on SQLite)."""
-        descriptor = Session.__dict__.get(service)
-        if not isinstance(descriptor, _service) or method.startswith("_"):
-            raise AttributeError(f"no service method {service}.{method}")
-        cls = descriptor.resolve()
-        unbound = getattr(cls, method)
+    ) -> T:
+        """``method(service(tx), *args, **kwargs)`` as its own transaction, in one step: what
+        ``db.scoped(actor)`` does for every call (half the thread hops of a one-call session
+        on SQLite)."""
         state: dict[str, Any] = {}
         # On SQLite a one-call read is fastest as it is: a transaction on the loop's thread
         # (a reader lane costs a thread hop); on PostgreSQL it saves BEGIN and COMMIT.
-        readonly = self.dialect == "postgresql" and is_read_only(unbound)
+        readonly = self.dialect == "postgresql" and is_read_only(method)
 
-        def body(conn: sa.Connection) -> Any:
+        def body(conn: sa.Connection) -> T:
             tx = Tx(conn, actor, admin, state, self.settings, self.cache)
             if admin and not actor.is_system:
                 _require_admin_user(tx)
-            return unbound(cls(tx), *args, **(kwargs or {}))
+            return method(service(tx), *args, **(kwargs or {}))
 
         async with self._get_runner().connection(readonly=readonly) as channel:
-            return await channel.run_once(body, is_long_running(unbound))
+            return await channel.run_once(body, is_long_running(method))
 
     def scoped(self, actor: Actor) -> ScopedDal:
         """A user-scoped handle: ``await dal.orders.list()`` runs as its own transaction."""
@@ -610,23 +545,7 @@ class Database:
         await self.dispose()
 
 
-class _ScopedService:
-    def __init__(self, dal: ScopedDal, service: str) -> None:
-        self._dal = dal
-        self._service = service
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            dal = self._dal
-            return await dal.db.call(
-                dal.actor, self._service, name, args, kwargs, admin=dal.admin_scope
-            )
-
-        call.__name__ = name
-        return call
-
-
-class ScopedDal:
+class ScopedDal(Services):
     """The DAL as one user sees it, for code that must not hold a transaction open while it
     waits on the network (bot handlers, strategies): each service call is its own short
     transaction; ``async with dal.session() as s`` groups calls into one.
@@ -645,10 +564,14 @@ class ScopedDal:
     def as_admin(self) -> ScopedDal:
         return ScopedDal(self.db, self.actor, admin=True)
 
-    def __getattr__(self, service: str) -> Any:
-        if service.startswith("_") or not isinstance(getattr(Session, service, None), _service):
-            raise AttributeError(service)
-        return _ScopedService(self, service)
+    async def run_method(
+        self,
+        service: type[Any],
+        method: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> T:
+        return await self.db.call(self.actor, service, method, args, kwargs, admin=self.admin_scope)
 
 
 def _require_admin_user(tx: Tx) -> None:
