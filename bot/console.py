@@ -122,7 +122,7 @@ class Console:
                 message_id=message_id or 0,
                 date=now,
                 chat=self.chat,
-                from_user=User(**BOT_USER),
+                from_user=User.model_validate(BOT_USER),
                 text="",
             )
             query = CallbackQuery(
@@ -158,7 +158,7 @@ class Console:
         background: list[Callable[[Bot], Awaitable[None]]] | None = None,
     ) -> int:
         await self.prepare()
-        tasks = [asyncio.create_task(job(self.bot)) for job in background or []]
+        tasks = [asyncio.ensure_future(job(self.bot)) for job in background or []]
         try:
             while True:
                 line = await read_line()

@@ -16,6 +16,7 @@ from bot.charts import cumulative_pnl_png
 from bot.periods import Period
 from bot.text import join_blocks, local_time, num, pre_pages, q, signed
 from dal.database import ScopedDal
+from dal.vocabulary import OPEN_STATUSES
 
 ORDERS_PAGE = 15
 BREACHES_SHOWN = 5
@@ -111,7 +112,7 @@ async def orders_report(
     builder = InlineKeyboardBuilder()
     key = status or "OPEN"
     # One "Cancel #id" button per open order on this page, then the page buttons.
-    cancelable = [row.id for row in rows if row.status in ("NEW", "PARTIALLY_FILLED")]
+    cancelable = [row.id for row in rows if row.status in OPEN_STATUSES]
     for order_id in cancelable:
         builder.button(text=f"Cancel #{order_id}", callback_data=CancelOrder(order_id=order_id))
     paging = 0

@@ -24,7 +24,7 @@ def num(value: Decimal | None, places: int = DISPLAY_PLACES) -> str:
     no trailing zeros. The exact value stays in the database and in exports."""
     if value is None:
         return "-"
-    if -value.as_tuple().exponent > places:  # type: ignore[operator]
+    if -value.as_tuple().exponent > places:  # type: ignore[operator]  # finite values only: the exponent is an int
         value = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
     return canonical_decimal(value)
 

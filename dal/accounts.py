@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 import sqlalchemy as sa
@@ -9,6 +10,7 @@ import sqlalchemy as sa
 from dal import schema as t
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.models import NewAccount, NewPortfolio, check_text, parse, valid_id
+from dal.ownership import owned_row
 from dal.scope import Tx, read_only
 from dal.types import new_uid
 
@@ -41,7 +43,7 @@ _PORTFOLIO_OF_APPROVED_OWNER_WITH_ZONE = _PORTFOLIO_OF_APPROVED_OWNER.add_column
 )
 
 
-def owned_portfolio(tx: Tx, portfolio_id: int, *, writable: bool = False) -> sa.Row:
+def owned_portfolio(tx: Tx, portfolio_id: int, *, writable: bool = False) -> sa.Row[Any]:
     """The portfolio if the actor owns it (or in admin scope), else NotFound; NotApproved
     first when the acting user is not approved and active.
 
@@ -50,13 +52,13 @@ def owned_portfolio(tx: Tx, portfolio_id: int, *, writable: bool = False) -> sa.
     return _owned_portfolio(tx, portfolio_id, writable, _PORTFOLIO_OF_APPROVED_OWNER)
 
 
-def owned_portfolio_fast(tx: Tx, portfolio_id: int, *, writable: bool = False) -> sa.Row:
+def owned_portfolio_fast(tx: Tx, portfolio_id: int, *, writable: bool = False) -> sa.Row[Any]:
     """``owned_portfolio`` for the hot path of ``ingest_fill`` (one session per fill): when
     the one-statement check answers, the row also carries ``owner_timezone``."""
     return _owned_portfolio(tx, portfolio_id, writable, _PORTFOLIO_OF_APPROVED_OWNER_WITH_ZONE)
 
 
-def owned_portfolio_rows(tx: Tx, portfolio_id: int, query: sa.Select[Any]) -> list[sa.Row]:
+def owned_portfolio_rows(tx: Tx, portfolio_id: int, query: sa.Select[Any]) -> list[sa.Row[Any]]:
     """The rows of ``query``, which reads rows of this one portfolio, after the check of
     ``owned_portfolio`` (the portfolio row itself is not returned).
 
@@ -92,7 +94,7 @@ def owner_params(tx: Tx, portfolio_id: int) -> dict[str, Any]:
 
 def _owned_portfolio(
     tx: Tx, portfolio_id: int, writable: bool, one_statement: sa.Select[Any]
-) -> sa.Row:
+) -> sa.Row[Any]:
     if not valid_id(portfolio_id):
         raise NotFound(f"no portfolio #{portfolio_id}")
     row = None
@@ -105,7 +107,7 @@ def _owned_portfolio(
     return row
 
 
-def _portfolio_in_scope(tx: Tx, portfolio_id: int) -> sa.Row:
+def _portfolio_in_scope(tx: Tx, portfolio_id: int) -> sa.Row[Any]:
     """The acting user's approval (its row, read once per session), then the portfolio."""
     owner = tx.owner_id()
     if owner is None:
@@ -119,7 +121,7 @@ def _portfolio_in_scope(tx: Tx, portfolio_id: int) -> sa.Row:
     return row
 
 
-def portfolio_by_name(tx: Tx, name: str) -> sa.Row:
+def portfolio_by_name(tx: Tx, name: str) -> sa.Row[Any]:
     row = tx.conn.execute(
         sa.select(portfolios).where(
             sa.func.lower(portfolios.c.name) == name.strip().lower(),
@@ -131,23 +133,17 @@ def portfolio_by_name(tx: Tx, name: str) -> sa.Row:
     return row
 
 
-def owned_account(tx: Tx, account_id: int) -> sa.Row:
-    if not valid_id(account_id):
-        raise NotFound(f"no account #{account_id}")
-    row = tx.conn.execute(
-        sa.select(accounts).where(accounts.c.id == account_id, tx.owned(accounts.c.user_id))
-    ).one_or_none()
-    if row is None:
-        raise NotFound(f"no account #{account_id}")
-    return row
+def owned_account(tx: Tx, account_id: int) -> sa.Row[Any]:
+    return owned_row(tx, accounts, account_id, "account")
 
 
 def portfolio_currency(tx: Tx, portfolio_id: int) -> str:
-    return tx.conn.execute(
+    currency: str = tx.conn.execute(
         sa.select(accounts.c.base_currency)
         .join(portfolios, portfolios.c.account_id == accounts.c.id)
         .where(portfolios.c.id == portfolio_id)
     ).scalar_one()
+    return currency
 
 
 def _has_history(tx: Tx, portfolio_id: int) -> bool:
@@ -163,7 +159,7 @@ class AccountService:
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
 
-    def list(self) -> list[sa.Row]:
+    def list(self) -> list[sa.Row[Any]]:
         return list(
             self.tx.conn.execute(
                 sa.select(accounts, t.brokers.c.code.label("broker_code"))
@@ -173,10 +169,10 @@ class AccountService:
             )
         )
 
-    def get(self, account_id: int) -> sa.Row:
+    def get(self, account_id: int) -> sa.Row[Any]:
         return owned_account(self.tx, account_id)
 
-    def default_portfolio(self, account_id: int) -> sa.Row:
+    def default_portfolio(self, account_id: int) -> sa.Row[Any]:
         """Where events for orders tradebook did not place land, for a gateway that serves a
         whole broker account: the user's default portfolio if it is on this account, else the
         account's oldest portfolio that is not archived."""
@@ -192,7 +188,7 @@ class AccountService:
             raise NotFound(f"account {account.name!r} has no portfolio to receive broker events")
         return rows[0]
 
-    def list_for_user(self, user_id: int) -> list[sa.Row]:
+    def list_for_user(self, user_id: int) -> builtins.list[sa.Row[Any]]:
         """Another user's accounts (admin scope only)."""
         self.tx.require_admin()
         return list(
@@ -204,7 +200,7 @@ class AccountService:
             )
         )
 
-    def by_name(self, name: str) -> sa.Row:
+    def by_name(self, name: str) -> sa.Row[Any]:
         row = self.tx.conn.execute(
             sa.select(accounts).where(
                 accounts.c.user_id == self.tx.user_id,
@@ -215,7 +211,7 @@ class AccountService:
             raise NotFound(f"no account named {name!r}")
         return row
 
-    def create(self, data: NewAccount | dict[str, Any]) -> sa.Row:
+    def create(self, data: NewAccount | dict[str, Any]) -> sa.Row[Any]:
         new = parse(NewAccount, data)
         user_id = self.tx.user_id
         conn = self.tx.conn
@@ -264,7 +260,7 @@ class PortfolioService:
         self.tx = tx
 
     @read_only
-    def list(self, include_archived: bool = False) -> list[sa.Row]:
+    def list(self, include_archived: bool = False) -> list[sa.Row[Any]]:
         query = (
             sa.select(
                 portfolios,
@@ -282,25 +278,26 @@ class PortfolioService:
         return list(self.tx.conn.execute(query))
 
     @read_only
-    def get(self, portfolio_id: int) -> sa.Row:
+    def get(self, portfolio_id: int) -> sa.Row[Any]:
         return owned_portfolio(self.tx, portfolio_id)
 
     @read_only
-    def by_name(self, name: str) -> sa.Row:
+    def by_name(self, name: str) -> sa.Row[Any]:
         return portfolio_by_name(self.tx, name)
 
     def broker_code(self, portfolio_id: int) -> str:
         """The code of the broker a portfolio trades at (PAPER, BINANCE, …)."""
         owned_portfolio(self.tx, portfolio_id)
-        return self.tx.conn.execute(
+        code: str = self.tx.conn.execute(
             sa.select(t.brokers.c.code)
             .join(accounts, accounts.c.broker_id == t.brokers.c.id)
             .join(portfolios, portfolios.c.account_id == accounts.c.id)
             .where(portfolios.c.id == portfolio_id)
         ).scalar_one()
+        return code
 
     @read_only
-    def default(self) -> sa.Row:
+    def default(self) -> sa.Row[Any]:
         row = self.tx.conn.execute(
             sa.select(portfolios).where(
                 portfolios.c.user_id == self.tx.user_id, portfolios.c.is_default
@@ -311,7 +308,7 @@ class PortfolioService:
         return row
 
     @read_only
-    def current(self) -> sa.Row:
+    def current(self) -> sa.Row[Any]:
         """The bot's portfolio context: users.current_portfolio_id, else the default."""
         user = self.tx.user_row()
         if user.current_portfolio_id is not None:
@@ -326,7 +323,7 @@ class PortfolioService:
                 return row
         return self.default()
 
-    def set_current(self, portfolio_id: int) -> sa.Row:
+    def set_current(self, portfolio_id: int) -> sa.Row[Any]:
         row = owned_portfolio(self.tx, portfolio_id, writable=True)
         if row.user_id != self.tx.user_id:
             raise NotFound(f"no portfolio #{portfolio_id}")
@@ -336,7 +333,7 @@ class PortfolioService:
         self.tx.forget_user()
         return row
 
-    def create(self, data: NewPortfolio | dict[str, Any]) -> sa.Row:
+    def create(self, data: NewPortfolio | dict[str, Any]) -> sa.Row[Any]:
         new = parse(NewPortfolio, data)
         user_id = self.tx.user_id
         account = owned_account(self.tx, new.account_id)
@@ -383,7 +380,7 @@ class PortfolioService:
 
     def update(
         self, portfolio_id: int, *, name: str | None = None, description: str | None = None
-    ) -> sa.Row:
+    ) -> sa.Row[Any]:
         row = owned_portfolio(self.tx, portfolio_id)
         changes: dict[str, Any] = {}
         if name is not None:
@@ -406,7 +403,7 @@ class PortfolioService:
             self.tx.audit("PORTFOLIO", row.id, "UPDATE", changes)
         return owned_portfolio(self.tx, portfolio_id)
 
-    def set_default(self, portfolio_id: int) -> sa.Row:
+    def set_default(self, portfolio_id: int) -> sa.Row[Any]:
         row = owned_portfolio(self.tx, portfolio_id, writable=True)
         conn = self.tx.conn
         # Two statements in one transaction: the partial unique index never sees two defaults.
@@ -419,7 +416,7 @@ class PortfolioService:
         self.tx.audit("PORTFOLIO", row.id, "UPDATE", {"is_default": True})
         return owned_portfolio(self.tx, portfolio_id)
 
-    def archive(self, portfolio_id: int) -> sa.Row:
+    def archive(self, portfolio_id: int) -> sa.Row[Any]:
         row = owned_portfolio(self.tx, portfolio_id)
         if row.is_default:
             raise Conflict(

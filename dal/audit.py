@@ -30,7 +30,7 @@ class AuditLogger:
         check_json_arg(details, "details")
         self.tx.audit(entity_type, entity_id, action, details)
 
-    def recent(self, limit: int = 50, entity_type: str | None = None) -> list[sa.Row]:
+    def recent(self, limit: int = 50, entity_type: str | None = None) -> list[sa.Row[Any]]:
         """The acting user's own audit rows, newest first (every user's in admin scope)."""
         query = (
             sa.select(audit_log)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -18,11 +19,11 @@ class BrokerService:
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
 
-    def list(self) -> list[sa.Row]:
+    def list(self) -> list[sa.Row[Any]]:
         self.tx.require_user()
         return list(self.tx.conn.execute(sa.select(brokers).order_by(brokers.c.code)))
 
-    def create(self, code: str, name: str) -> sa.Row:
+    def create(self, code: str, name: str) -> sa.Row[Any]:
         self.tx.require_admin()
         code = code.strip().upper()
         name = name.strip()

@@ -31,7 +31,7 @@ def insert_movement(
     *,
     user_id: int | None = None,
 ) -> int:
-    movement_id = tx.conn.execute(
+    movement_id: int = tx.conn.execute(
         cash.insert()
         .values(
             uid=new_uid(),
@@ -125,7 +125,7 @@ class CashService:
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
 
-    def record(self, data: NewCashMovement | dict[str, Any]) -> sa.Row:
+    def record(self, data: NewCashMovement | dict[str, Any]) -> sa.Row[Any]:
         """A deposit (amount > 0), withdrawal (given as a positive amount) or adjustment."""
         new = parse(NewCashMovement, data)
         owned_portfolio(self.tx, new.portfolio_id, writable=True)
@@ -150,7 +150,7 @@ class CashService:
 
     def deposit(
         self, portfolio_id: int, amount: Any, currency: str, note: str | None = None
-    ) -> sa.Row:
+    ) -> sa.Row[Any]:
         return self.record(
             {
                 "portfolio_id": portfolio_id,
@@ -163,7 +163,7 @@ class CashService:
 
     def withdraw(
         self, portfolio_id: int, amount: Any, currency: str, note: str | None = None
-    ) -> sa.Row:
+    ) -> sa.Row[Any]:
         return self.record(
             {
                 "portfolio_id": portfolio_id,
@@ -176,7 +176,7 @@ class CashService:
 
     def adjust(
         self, portfolio_id: int, amount: Any, currency: str, note: str | None = None
-    ) -> sa.Row:
+    ) -> sa.Row[Any]:
         return self.record(
             {
                 "portfolio_id": portfolio_id,
@@ -191,7 +191,7 @@ class CashService:
         owned_portfolio(self.tx, portfolio_id)
         return cash_balances(self.tx.conn, portfolio_id)
 
-    def movements(self, portfolio_id: int, limit: int = 100) -> list[sa.Row]:
+    def movements(self, portfolio_id: int, limit: int = 100) -> list[sa.Row[Any]]:
         owned_portfolio(self.tx, portfolio_id)
         return list(
             self.tx.conn.execute(

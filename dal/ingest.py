@@ -79,7 +79,7 @@ _REPLAY_FIELDS = ("side", "quantity", "price", "fee", "fee_currency", "exec_time
 
 @dataclass(frozen=True)
 class IngestResult:
-    trade: sa.Row
+    trade: sa.Row[Any]
     replayed: bool  # True when this fill had been ingested before (nothing changed)
 
 
@@ -107,14 +107,14 @@ class _Planned:
     """One fill on its way in: what it refers to, and what it became."""
 
     fill: Fill
-    portfolio: sa.Row
-    instrument: sa.Row
-    order: sa.Row | None
+    portfolio: sa.Row[Any]
+    instrument: sa.Row[Any]
+    order: sa.Row[Any] | None
     strategy_id: int | None
     uid: str
     key: PositionKey
     result: FillResult | None = None
-    trade: sa.Row | None = None
+    trade: sa.Row[Any] | None = None
     replayed: bool = False
 
 
@@ -143,7 +143,7 @@ def ingest(tx: Tx, fills: list[Fill]) -> list[IngestResult]:
     _insert_trades(tx, planned)
     new = [p for p in planned if not p.replayed]
     if not new:
-        return [IngestResult(p.trade, True) for p in planned]  # type: ignore[arg-type]
+        return [IngestResult(p.trade, True) for p in planned]  # type: ignore[arg-type]  # trade is set once the plan is written
 
     currencies = {p.instrument.id: p.instrument.currency for p in new}
     for portfolio_id, entries in _summary_entries(new).items():
@@ -154,12 +154,12 @@ def ingest(tx: Tx, fills: list[Fill]) -> list[IngestResult]:
         # Their realized PnL may have changed: hand back (and audit) the rows as stored now.
         fixed = {
             row.id: row
-            for row in tx.conn.execute(_TRADES_BY_ID, {"ids": [p.trade.id for p in rederived]})  # type: ignore[union-attr]
+            for row in tx.conn.execute(_TRADES_BY_ID, {"ids": [p.trade.id for p in rederived]})  # type: ignore[union-attr]  # trade/result are set once the plan is written
         }
         for p in rederived:
-            p.trade = fixed[p.trade.id]  # type: ignore[union-attr]
+            p.trade = fixed[p.trade.id]  # type: ignore[union-attr]  # trade/result are set once the plan is written
     _audit_and_log(tx, new, late)
-    return [IngestResult(p.trade, p.replayed) for p in planned]  # type: ignore[arg-type]
+    return [IngestResult(p.trade, p.replayed) for p in planned]  # type: ignore[arg-type]  # trade is set once the plan is written
 
 
 def _order(key: PositionKey) -> tuple[int, int, int]:
@@ -175,11 +175,11 @@ class _Known:
     position: Any
 
 
-_PORTFOLIO_ROW = namedtuple(  # type: ignore[misc]
+_PORTFOLIO_ROW = namedtuple(  # type: ignore[misc]  # row tuples named after the table columns
     "_PORTFOLIO_ROW", [c.name for c in t.portfolios.c] + ["owner_timezone"]
 )
-_ORDER_ROW = namedtuple("_ORDER_ROW", [c.name for c in orders.c])  # type: ignore[misc]
-_POSITION_ROW = namedtuple("_POSITION_ROW", [c.name for c in t.positions.c])  # type: ignore[misc]
+_ORDER_ROW = namedtuple("_ORDER_ROW", [c.name for c in orders.c])  # type: ignore[misc]  # row tuples named after the table columns
+_POSITION_ROW = namedtuple("_POSITION_ROW", [c.name for c in t.positions.c])  # type: ignore[misc]  # row tuples named after the table columns
 
 
 def _read_statement() -> sa.Select[Any]:
@@ -283,7 +283,7 @@ def _plan(tx: Tx, fills: list[Fill], known: _Known | None = None) -> list[_Plann
     return planned
 
 
-def _lock_orders(conn: sa.Connection, order_ids: list[int]) -> list[sa.Row]:
+def _lock_orders(conn: sa.Connection, order_ids: list[int]) -> list[sa.Row[Any]]:
     if not order_ids:
         return []
     if len(order_ids) == 1:  # the common case, without re-rendering an expanding IN
@@ -291,7 +291,7 @@ def _lock_orders(conn: sa.Connection, order_ids: list[int]) -> list[sa.Row]:
     return list(conn.execute(_LOCK_ORDERS, {"ids": order_ids}))
 
 
-def _progress(planned: list[_Planned], positions: dict[PositionKey, sa.Row]) -> None:
+def _progress(planned: list[_Planned], positions: dict[PositionKey, sa.Row[Any]]) -> None:
     """Each fill's position math, in batch order per position, assuming all are new."""
     states: dict[PositionKey, PositionState] = {}
     for p in planned:
@@ -316,7 +316,7 @@ def _trade_params(p: _Planned) -> dict[str, Any]:
         "price": p.fill.price,
         "fee": p.fill.fee,
         "fee_currency": p.fill.fee_currency,
-        "realized_pnl": p.result.realized,  # type: ignore[union-attr]
+        "realized_pnl": p.result.realized,  # type: ignore[union-attr]  # trade/result are set once the plan is written
         "exec_time": p.fill.exec_time,
         "broker_trade_id": p.fill.broker_trade_id,
         "meta_json": p.fill.meta,
@@ -337,7 +337,7 @@ def _insert_trades(tx: Tx, planned: list[_Planned]) -> None:
             p.replayed = True
 
 
-def _replayed(conn: sa.Connection, p: _Planned) -> sa.Row:
+def _replayed(conn: sa.Connection, p: _Planned) -> sa.Row[Any]:
     fill = p.fill
     existing = conn.execute(
         sa.select(trades).where(
@@ -369,12 +369,14 @@ def _summary_entries(new: list[_Planned]) -> dict[int, list[Entry]]:
     for p in new:
         f = p.fill
         entries.setdefault(p.portfolio.id, []).append(
-            Entry(p.instrument.id, f.exec_time, f.fee_currency, p.result.realized, f.fee, 1)  # type: ignore[union-attr]
+            Entry(p.instrument.id, f.exec_time, f.fee_currency, p.result.realized, f.fee, 1)  # type: ignore[union-attr]  # trade/result are set once the plan is written
         )
     return entries
 
 
-def _order_after_fill(state: _OrderFill, order: sa.Row, quantity: Decimal, price: Decimal) -> None:
+def _order_after_fill(
+    state: _OrderFill, order: sa.Row[Any], quantity: Decimal, price: Decimal
+) -> None:
     """Advance an order's fill state by one fill, refusing what the order cannot take."""
     if order.status == "REJECTED":
         raise Conflict(f"order #{order.id} was rejected; it cannot be filled")
@@ -428,7 +430,7 @@ def _advance_orders(tx: Tx, new: list[_Planned]) -> None:
 
 
 def _write_positions(
-    tx: Tx, planned: list[_Planned], positions: dict[PositionKey, sa.Row]
+    tx: Tx, planned: list[_Planned], positions: dict[PositionKey, sa.Row[Any]]
 ) -> tuple[list[_Planned], set[int]]:
     """Write each position the batch changed. Returns the fills whose position was re-derived
     from its trades instead (late fills, replays mixed with new fills, ids out of order) and
@@ -454,9 +456,9 @@ def _write_positions(
             write_position(
                 tx,
                 position.id,
-                last.result.state,  # type: ignore[union-attr]
+                last.result.state,  # type: ignore[union-attr]  # trade/result are set once the plan is written
                 last.fill.exec_time,
-                last.trade.id,  # type: ignore[union-attr]
+                last.trade.id,  # type: ignore[union-attr]  # trade/result are set once the plan is written
             )
         else:
             # Replay the position's trades in canonical order (exec_time, id), fixing per-trade
@@ -466,14 +468,14 @@ def _write_positions(
     return rederived, late
 
 
-def _applied_in_order(position: sa.Row, group: list[_Planned]) -> bool:
+def _applied_in_order(position: sa.Row[Any], group: list[_Planned]) -> bool:
     """True when applying ``group`` (no late fill in it) in batch order is what re-deriving
     would do: no replay among new fills, trade ids ascending in batch order."""
     last_id = position.last_trade_id or 0
     for p in group:
-        if p.replayed or p.trade.id <= last_id:  # type: ignore[union-attr]
+        if p.replayed or p.trade.id <= last_id:  # type: ignore[union-attr]  # trade/result are set once the plan is written
             return False
-        last_id = p.trade.id  # type: ignore[union-attr]
+        last_id = p.trade.id  # type: ignore[union-attr]  # trade/result are set once the plan is written
     return True
 
 
@@ -496,12 +498,9 @@ def _audit_and_log(tx: Tx, new: list[_Planned], late: set[int]) -> None:
         "TRADE",
         "FILL",
         [
-            (
-                p.trade.id,
-                _audit_details(p, p.trade.realized_pnl, id(p) in late),
-                p.portfolio.user_id,
-            )  # type: ignore[union-attr]
+            (trade.id, _audit_details(p, trade.realized_pnl, id(p) in late), p.portfolio.user_id)
             for p in new
+            if (trade := p.trade) is not None
         ],
     )
     for p in new:
@@ -520,7 +519,7 @@ def _log_fill(p: _Planned, late: bool) -> None:
             # strategies' and the bot's), else its uid; a fill without an order uses its
             # own broker trade id.
             "correlation_id": _correlation_id(p.order, p.fill),
-            "trade_id": p.trade.id,  # type: ignore[union-attr]
+            "trade_id": p.trade.id,  # type: ignore[union-attr]  # trade/result are set once the plan is written
             "portfolio_id": p.portfolio.id,
             "late": late,
         },
@@ -557,7 +556,7 @@ def _fused_statement(with_order: bool) -> sa.Select[Any]:
         columns = [c.name for c in table.c]
         row = sa.select(*(sa.bindparam(f"{prefix}{c}", type_=table.c[c].type) for c in columns))
         insert = postgresql.insert(table).from_select(columns, row.where(inserted))
-        return adding_to_existing_rows(insert).cte(name)  # type: ignore[attr-defined]
+        return adding_to_existing_rows(insert).cte(name)  # type: ignore[attr-defined]  # the PostgreSQL Insert it builds has .cte
 
     writes = [
         upsert_of_params(summary, "day_", "summary_day"),
@@ -610,7 +609,7 @@ def _fused_statement(with_order: bool) -> sa.Select[Any]:
 _FUSED = {with_order: _fused_statement(with_order) for with_order in (False, True)}
 
 
-def _write_one_fill_at_once(tx: Tx, p: _Planned, position: sa.Row) -> IngestResult | None:
+def _write_one_fill_at_once(tx: Tx, p: _Planned, position: sa.Row[Any]) -> IngestResult | None:
     """One fill's writes as one statement; None when the general path must do it (a late fill
     re-derives its position; an order that refuses the fill may be a replay's)."""
     f = p.fill
@@ -651,9 +650,9 @@ def _write_one_fill_at_once(tx: Tx, p: _Planned, position: sa.Row) -> IngestResu
     return IngestResult(p.trade, False)
 
 
-def _correlation_id(order: sa.Row | None, fill: Fill) -> str:
+def _correlation_id(order: sa.Row[Any] | None, fill: Fill) -> str:
     if order is not None:
-        return order.client_order_id or order.uid
+        return str(order.client_order_id or order.uid)
     return fill.broker_trade_id or "manual-fill"
 
 

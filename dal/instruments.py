@@ -22,13 +22,13 @@ def resolve_instrument(
     instrument_id: int | None = None,
     symbol: str | None = None,
     exchange: str | None = None,
-) -> sa.Row:
+) -> sa.Row[Any]:
     """An instrument by id or by symbol (+ exchange). Unknown → NotFound with the symbol."""
     conn = tx.conn
     if instrument_id is not None:
         if not valid_id(instrument_id):
             raise NotFound(f"unknown instrument #{instrument_id}")
-        cache = tx.cache.setdefault("instruments", {})
+        cache: dict[int, sa.Row[Any]] = tx.cache.setdefault("instruments", {})
         row = cache.get(instrument_id)
         if row is None:
             row = conn.execute(_INSTRUMENT, {"instrument_id": instrument_id}).one_or_none()
@@ -53,7 +53,7 @@ def resolve_instrument(
     return rows[0]
 
 
-def check_increments(instrument: sa.Row, quantity: Decimal, *prices: Decimal | None) -> None:
+def check_increments(instrument: sa.Row[Any], quantity: Decimal, *prices: Decimal | None) -> None:
     """Quantities must be lot-size multiples and prices tick-size multiples, when defined."""
     with __import__("decimal").localcontext(DECIMAL_CONTEXT):
         if instrument.lot_size and quantity % instrument.lot_size:
@@ -73,7 +73,7 @@ class InstrumentService:
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
 
-    def list(self, asset_type: str | None = None) -> list[sa.Row]:
+    def list(self, asset_type: str | None = None) -> list[sa.Row[Any]]:
         self.tx.require_user()
         query = sa.select(instruments).order_by(instruments.c.symbol, instruments.c.exchange)
         if asset_type:
@@ -85,16 +85,16 @@ class InstrumentService:
         instrument_id: int | None = None,
         symbol: str | None = None,
         exchange: str | None = None,
-    ) -> sa.Row:
+    ) -> sa.Row[Any]:
         self.tx.require_user()
         return resolve_instrument(self.tx, instrument_id, symbol, exchange)
 
-    def create(self, data: NewInstrument | dict[str, Any]) -> sa.Row:
+    def create(self, data: NewInstrument | dict[str, Any]) -> sa.Row[Any]:
         self.tx.require_admin()
         new = parse(NewInstrument, data)
         return self._insert(new)
 
-    def ensure(self, data: NewInstrument | dict[str, Any]) -> sa.Row:
+    def ensure(self, data: NewInstrument | dict[str, Any]) -> sa.Row[Any]:
         """Create the instrument unless one with the same symbol and exchange exists (used by
         price feeds on first run; the system actor may call it)."""
         self.tx.require_admin()
@@ -102,7 +102,7 @@ class InstrumentService:
         existing = self._find(new.symbol, new.exchange)
         return existing if existing is not None else self._insert(new)
 
-    def _find(self, symbol: str, exchange: str | None) -> sa.Row | None:
+    def _find(self, symbol: str, exchange: str | None) -> sa.Row[Any] | None:
         exchange_match = (
             instruments.c.exchange.is_(None)
             if exchange is None
@@ -112,7 +112,7 @@ class InstrumentService:
             sa.select(instruments).where(instruments.c.symbol == symbol, exchange_match)
         ).one_or_none()
 
-    def _insert(self, new: NewInstrument) -> sa.Row:
+    def _insert(self, new: NewInstrument) -> sa.Row[Any]:
         if self._find(new.symbol, new.exchange) is not None:
             raise Conflict(f"{new.symbol} on {new.exchange or 'no exchange'} already exists")
         instrument_id = self.tx.conn.execute(

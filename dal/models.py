@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 from pydantic import (
     AfterValidator,
@@ -36,6 +36,7 @@ from dal.configs import (
 from dal.errors import InvalidInput
 from dal.schema import ASSET_TYPES, CASH_KINDS
 from dal.types import canonical_json
+from dal.vocabulary import SideName
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -78,7 +79,7 @@ def parse_config(model: type[StrictConfig], data: Any) -> StrictConfig:
         raise InvalidInput(
             f"{model.__name__} must be a JSON object of plain values: it {exc}"
         ) from None
-    return parse(model, data)  # type: ignore[return-value]
+    return parse(model, data)
 
 
 def json_size(value: Any, limit: int = MAX_CONFIG_BYTES) -> int:
@@ -126,6 +127,10 @@ def valid_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID
 
 
+@overload
+def aware_arg(value: dt.datetime, name: str) -> dt.datetime: ...
+@overload
+def aware_arg(value: dt.datetime | None, name: str) -> dt.datetime | None: ...
 def aware_arg(value: dt.datetime | None, name: str) -> dt.datetime | None:
     """A datetime argument of a service call: aware (converted to UTC) or InvalidInput."""
     if value is None:
@@ -229,7 +234,6 @@ def _aware(value: dt.datetime) -> dt.datetime:
 
 AwareTime = Annotated[dt.datetime, AfterValidator(_aware)]
 Currency = Annotated[str, Field(min_length=2, max_length=16, pattern=r"^[A-Z0-9]+$")]
-Side = Literal["BUY", "SELL"]
 OrderType = Literal["MARKET", "LIMIT", "STOP", "STOP_LIMIT", "TRAILING"]
 TimeInForce = Literal["GTC", "IOC", "FOK", "DAY"]
 ExternalId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -261,7 +265,7 @@ class InstrumentRef(Input):
 class NewInstrument(Input):
     symbol: Annotated[SymbolText, Upper]
     exchange: Annotated[ExchangeText | None, Upper] = None
-    asset_type: Annotated[Literal[ASSET_TYPES], Upper]  # type: ignore[valid-type]
+    asset_type: Annotated[Literal[ASSET_TYPES], Upper]  # type: ignore[valid-type]  # Literal over the schema tuple; pydantic reads it at runtime
     currency: Annotated[Currency, Upper]
     tick_size: PositiveDecimal | None = None
     lot_size: PositiveDecimal | None = None
@@ -293,7 +297,7 @@ class NewOrder(Input):
     symbol: Annotated[SymbolText | None, Upper] = None
     exchange: Annotated[ExchangeText | None, Upper] = None
     strategy_id: RowId | None = None
-    side: Annotated[Side, Upper]
+    side: Annotated[SideName, Upper]
     type: Annotated[OrderType, Upper] = "MARKET"
     time_in_force: Annotated[TimeInForce | None, Upper] = None
     quantity: PositiveDecimal
@@ -331,7 +335,7 @@ class Fill(Input):
     exchange: Annotated[ExchangeText | None, Upper] = None
     order_id: RowId | None = None
     strategy_id: RowId | None = None
-    side: Annotated[Side, Upper]
+    side: Annotated[SideName, Upper]
     quantity: PositiveDecimal
     price: PositiveDecimal
     fee: ExactDecimal = Decimal(0)
@@ -351,7 +355,7 @@ class Fill(Input):
 
 class NewCashMovement(Input):
     portfolio_id: RowId
-    kind: Annotated[Literal[CASH_KINDS], Upper] = "DEPOSIT"  # type: ignore[valid-type]
+    kind: Annotated[Literal[CASH_KINDS], Upper] = "DEPOSIT"  # type: ignore[valid-type]  # Literal over the schema tuple; pydantic reads it at runtime
     amount: ExactDecimal
     currency: Annotated[Currency, Upper]
     note: Annotated[str | None, Field(max_length=500)] = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 from typing import Any
 
@@ -11,17 +12,19 @@ from dal import schema as t
 from dal.accounts import owned_portfolio, owned_portfolio_rows
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import check_increments, resolve_instrument
-from dal.models import NewOrder, check_json_arg, check_text, parse, valid_id
+from dal.models import NewOrder, check_json_arg, check_text, parse
+from dal.ownership import owned_row
 from dal.scope import Tx, read_only
 from dal.strategies import owned_strategy
 from dal.types import new_uid
+from dal.vocabulary import OPEN_STATUSES, ORDER_STATUSES
 
 orders = t.orders
 portfolios = t.portfolios
 log = logging.getLogger("tradebook.ingest")
 
 TERMINAL = frozenset({"FILLED", "CANCELED", "REJECTED", "EXPIRED"})
-_OPEN = frozenset(t.OPEN_ORDER_STATUSES)
+_OPEN = frozenset(OPEN_STATUSES)
 # Legal status changes (a repeat of the current status is a no-op, so replays are harmless).
 TRANSITIONS: dict[str, frozenset[str]] = {
     "NEW": frozenset({"PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED"}),
@@ -32,22 +35,13 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 _IDENTITY_FIELDS = ("instrument_id", "side", "type", "quantity", "price", "stop_price")
 
 
-def owned_order(tx: Tx, order_id: int) -> sa.Row:
-    if not valid_id(order_id):
-        raise NotFound(f"no order #{order_id}")
-    row = tx.conn.execute(
-        sa.select(orders)
-        .join(portfolios, portfolios.c.id == orders.c.portfolio_id)
-        .where(orders.c.id == order_id, tx.owned(portfolios.c.user_id))
-    ).one_or_none()
-    if row is None:
-        raise NotFound(f"no order #{order_id}")
-    return row
+def owned_order(tx: Tx, order_id: int) -> sa.Row[Any]:
+    return owned_row(tx, orders, order_id, "order")
 
 
 def order_by_client_id(
     conn: sa.Connection, portfolio_id: int, client_order_id: str
-) -> sa.Row | None:
+) -> sa.Row[Any] | None:
     return conn.execute(
         sa.select(orders).where(
             orders.c.portfolio_id == portfolio_id, orders.c.client_order_id == client_order_id
@@ -57,7 +51,7 @@ def order_by_client_id(
 
 def order_by_broker_id(
     conn: sa.Connection, portfolio_id: int, instrument_id: int, broker_order_id: str
-) -> sa.Row | None:
+) -> sa.Row[Any] | None:
     return conn.execute(
         sa.select(orders).where(
             orders.c.portfolio_id == portfolio_id,
@@ -67,9 +61,9 @@ def order_by_broker_id(
     ).one_or_none()
 
 
-def check_transition(order: sa.Row, status: str) -> bool:
+def check_transition(order: sa.Row[Any], status: str) -> bool:
     """True when the change applies, False for a harmless repeat; Conflict when illegal."""
-    if status not in t.ORDER_STATUSES:
+    if status not in ORDER_STATUSES:
         raise InvalidInput(f"unknown order status {status!r}")
     if status == order.status:
         return False
@@ -84,7 +78,7 @@ class OrderService:
 
     def place(
         self, data: NewOrder | dict[str, Any], *, status: str = "NEW", reason: str | None = None
-    ) -> sa.Row:
+    ) -> sa.Row[Any]:
         """Store a new order (status NEW). The same client/broker id with the same fields
         returns the existing order; with different fields it raises Conflict.
 
@@ -154,7 +148,7 @@ class OrderService:
         )
         return row
 
-    def _existing(self, values: dict[str, Any]) -> sa.Row | None:
+    def _existing(self, values: dict[str, Any]) -> sa.Row[Any] | None:
         conn = self.tx.conn
         found = None
         if values["client_order_id"] is not None:
@@ -175,24 +169,26 @@ class OrderService:
             )
         return found
 
-    def get(self, order_id: int) -> sa.Row:
+    def get(self, order_id: int) -> sa.Row[Any]:
         return owned_order(self.tx, order_id)
 
-    def by_client_id(self, portfolio_id: int, client_order_id: str) -> sa.Row:
+    def by_client_id(self, portfolio_id: int, client_order_id: str) -> sa.Row[Any]:
         owned_portfolio(self.tx, portfolio_id)
         row = order_by_client_id(self.tx.conn, portfolio_id, client_order_id)
         if row is None:
             raise NotFound(f"no order with client id {client_order_id!r}")
         return row
 
-    def by_broker_id(self, portfolio_id: int, instrument_id: int, broker_order_id: str) -> sa.Row:
+    def by_broker_id(
+        self, portfolio_id: int, instrument_id: int, broker_order_id: str
+    ) -> sa.Row[Any]:
         owned_portfolio(self.tx, portfolio_id)
         row = order_by_broker_id(self.tx.conn, portfolio_id, instrument_id, broker_order_id)
         if row is None:
             raise NotFound(f"no order with broker id {broker_order_id!r}")
         return row
 
-    def cancel(self, order_id: int, reason: str | None = None) -> sa.Row:
+    def cancel(self, order_id: int, reason: str | None = None) -> sa.Row[Any]:
         return self.update_status(order_id, "CANCELED", reason=reason)
 
     def update_status(
@@ -203,7 +199,7 @@ class OrderService:
         broker_order_id: str | None = None,
         reason: str | None = None,
         meta: dict[str, Any] | None = None,
-    ) -> sa.Row:
+    ) -> sa.Row[Any]:
         """Move an order along NEW → PARTIALLY_FILLED → FILLED or to CANCELED / REJECTED /
         EXPIRED. Terminal statuses are final; repeating the current status changes nothing."""
         tx = self.tx
@@ -259,15 +255,15 @@ class OrderService:
         status: str | list[str] | None = None,
         limit: int = 50,
         offset: int = 0,
-    ) -> list[sa.Row]:
+    ) -> list[sa.Row[Any]]:
         """Orders newest first (open ones by default: NEW and PARTIALLY_FILLED)."""
-        statuses = [status] if isinstance(status, str) else list(status or t.OPEN_ORDER_STATUSES)
+        statuses = [status] if isinstance(status, str) else list(status or OPEN_STATUSES)
         for s in statuses:
-            if s not in t.ORDER_STATUSES:
+            if s not in ORDER_STATUSES:
                 raise InvalidInput(
-                    f"unknown order status {s!r}; use one of {', '.join(t.ORDER_STATUSES)}"
+                    f"unknown order status {s!r}; use one of {', '.join(ORDER_STATUSES)}"
                 )
-        wanted = orders.c.status.in_(statuses)
+        wanted: sa.ColumnElement[bool] = orders.c.status.in_(statuses)
         if _OPEN.issuperset(statuses):
             # Repeating the partial index's predicate lets the index of open orders serve it.
             wanted = sa.and_(t.OPEN_ORDER, wanted)
@@ -287,11 +283,14 @@ class OrderService:
         return list(self.tx.conn.execute(query.where(self.tx.owned(portfolios.c.user_id))))
 
     @read_only
-    def open_orders(self, portfolio_id: int | None = None, limit: int = 50) -> list[sa.Row]:
+    def open_orders(
+        self, portfolio_id: int | None = None, limit: int = 50
+    ) -> builtins.list[sa.Row[Any]]:
         return self.list(portfolio_id, None, limit)
 
 
 def _owner(tx: Tx, portfolio_id: int) -> int:
-    return tx.conn.execute(
+    user_id: int = tx.conn.execute(
         sa.select(portfolios.c.user_id).where(portfolios.c.id == portfolio_id)
     ).scalar_one()
+    return user_id

@@ -21,7 +21,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -46,7 +46,7 @@ class Entry(NamedTuple):
     fee_currency: str | None
     realized: Decimal
     fee: Decimal
-    count: int
+    trades: int
 
 
 SummaryKey = tuple[str, dt.date, int, str]  # (period, period_start, instrument_id, fee_currency)
@@ -101,7 +101,8 @@ def lock_owner(conn: sa.Connection, user_id: int) -> None:
 
 
 def zone_of_portfolio(conn: sa.Connection, portfolio_id: int) -> str:
-    return conn.execute(_ZONE_OF_PORTFOLIO, {"portfolio_id": portfolio_id}).scalar_one()
+    zone: str = conn.execute(_ZONE_OF_PORTFOLIO, {"portfolio_id": portfolio_id}).scalar_one()
+    return zone
 
 
 def remember_zone(tx: Tx, portfolio_id: int, zone: str) -> None:
@@ -121,11 +122,11 @@ def summarize(entries: Iterable[Entry], zone: str) -> dict[SummaryKey, Totals]:
             ):
                 totals = merged.get(key)
                 if totals is None:
-                    merged[key] = Totals(e.realized, e.fee, e.count)
+                    merged[key] = Totals(e.realized, e.fee, e.trades)
                 else:
                     totals.realized += e.realized
                     totals.fees += e.fee
-                    totals.count += e.count
+                    totals.count += e.trades
     return merged
 
 
@@ -197,12 +198,12 @@ def adding_to_existing_rows(insert: sa.Insert) -> sa.Executable:
     the summary and the daily series is."""
     table = insert.table
     assert isinstance(table, sa.Table)
-    return insert.on_conflict_do_update(  # type: ignore[attr-defined,no-any-return]
+    return insert.on_conflict_do_update(  # type: ignore[attr-defined,no-any-return]  # both dialects' Insert have it; the common base does not
         index_elements=list(table.primary_key.columns),
         set_={
-            column.name: decimal_add(column, insert.excluded[column.name])  # type: ignore[attr-defined]
+            column.name: decimal_add(column, insert.excluded[column.name])  # type: ignore[attr-defined]  # dialect Insert (see above)
             if isinstance(column.type, Money)
-            else column + insert.excluded[column.name]  # type: ignore[attr-defined]
+            else column + insert.excluded[column.name]  # type: ignore[attr-defined]  # dialect Insert (see above)
             for column in table.c
             if not column.primary_key
         },
@@ -235,7 +236,7 @@ _LOCK_OWNER = (
 
 
 # --- from the trades: verify and rebuild -------------------------------------------------------
-def summarize_trades(trade_rows: Iterable[sa.Row], zone: str) -> dict[SummaryKey, Totals]:
+def summarize_trades(trade_rows: Iterable[sa.Row[Any]], zone: str) -> dict[SummaryKey, Totals]:
     """The summary that trade rows (instrument_id, exec_time, fee_currency, realized_pnl,
     fee) add up to."""
     return summarize(
@@ -256,9 +257,9 @@ _SUMMARY_INPUTS = sa.select(
 ).where(trades.c.portfolio_id == sa.bindparam("portfolio_id"))
 
 
-def summary_inputs(conn: sa.Connection, portfolio_id: int) -> list[sa.Row]:
+def summary_inputs(conn: sa.Connection, portfolio_id: int) -> list[sa.Row[Any]]:
     """The columns of a portfolio's trades that its summary and daily series add up."""
-    return conn.execute(_SUMMARY_INPUTS, {"portfolio_id": portfolio_id}).all()
+    return list(conn.execute(_SUMMARY_INPUTS, {"portfolio_id": portfolio_id}))
 
 
 def instrument_currencies(conn: sa.Connection) -> dict[int, str]:
@@ -267,7 +268,7 @@ def instrument_currencies(conn: sa.Connection) -> dict[int, str]:
 
 
 def expected_daily(
-    conn: sa.Connection, trade_rows: Iterable[sa.Row], zone: str
+    conn: sa.Connection, trade_rows: Iterable[sa.Row[Any]], zone: str
 ) -> dict[DailyKey, Decimal]:
     """The daily series that trade rows (instrument_id, exec_time, realized_pnl) add up to."""
     return summarize_daily(
@@ -336,7 +337,7 @@ def _show(totals: Totals | None) -> str:
 
 
 def verify_summary(
-    conn: sa.Connection, portfolio_id: int, trade_rows: Sequence[sa.Row]
+    conn: sa.Connection, portfolio_id: int, trade_rows: Sequence[sa.Row[Any]]
 ) -> list[SummaryDifference | DailyDifference]:
     """Every summary and daily row that differs from the portfolio's trades (all of them, as
     read by the caller; empty = consistent)."""
@@ -381,7 +382,9 @@ def rebuild_daily(conn: sa.Connection, portfolio_id: int, zone: str | None = Non
     return _rewrite_daily(conn, portfolio_id, summary_inputs(conn, portfolio_id), zone)
 
 
-def _rewrite_daily(conn: sa.Connection, portfolio_id: int, rows: list[sa.Row], zone: str) -> int:
+def _rewrite_daily(
+    conn: sa.Connection, portfolio_id: int, rows: list[sa.Row[Any]], zone: str
+) -> int:
     days = daily_summary_rows(portfolio_id, expected_daily(conn, rows, zone))
     return _rewrite(conn, daily, portfolio_id, days)
 
@@ -475,7 +478,7 @@ _DAILY = (
 
 def totals_by_instrument(
     conn: sa.Connection, portfolio_id: int, first: dt.date | None, end: dt.date | None
-) -> list[sa.Row]:
+) -> list[sa.Row[Any]]:
     """(symbol, currency, fee_currency, realized_pnl, fees, trade_count) over local days
     [first, end)."""
     ranges = split_range(first, end)
@@ -491,4 +494,4 @@ def daily_totals(
         "day_from": first or _FIRST_DAY,
         "day_to": end or _LAST_DAY,
     }
-    return [tuple(row) for row in conn.execute(_DAILY, params)]  # type: ignore[misc]
+    return [(row[0], row[1], row[2]) for row in conn.execute(_DAILY, params)]

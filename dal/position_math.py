@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal, getcontext, localcontext
 
 from dal.types import DECIMAL_CONTEXT, canonical_decimal, quantize18
+from dal.vocabulary import SIDES
 
 ZERO = Decimal(0)
 
@@ -106,7 +107,7 @@ def step_in_context(
     cost) rather than per fill as ``apply_fill`` does."""
     if getcontext().prec != DECIMAL_CONTEXT.prec:
         raise RuntimeError("position arithmetic needs localcontext(DECIMAL_CONTEXT)")
-    if side not in ("BUY", "SELL"):
+    if side not in SIDES:
         raise ValueError(f"side must be BUY or SELL, not {side!r}")
     if quantity <= 0 or price <= 0:
         raise ValueError("fill quantity and price must be positive")

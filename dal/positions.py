@@ -21,6 +21,7 @@ from dal import schema as t
 from dal.accounts import owned_portfolio
 from dal.instruments import resolve_instrument
 from dal.pnl_summary import (
+    DailyDifference,
     Entry,
     SummaryDifference,
     add_to_summary,
@@ -81,7 +82,7 @@ _LOCK_STRATEGY = _LOCK_BY_KEY.where(
 _UPDATE_POSITION = positions.update().where(positions.c.id == sa.bindparam("position_id"))
 
 
-def lock_position(tx: Tx, key: PositionKey) -> sa.Row:
+def lock_position(tx: Tx, key: PositionKey) -> sa.Row[Any]:
     """The position row for ``key``, created flat if missing, locked for this transaction
     (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes).
     Creating it with ON CONFLICT DO NOTHING first closes the race on a row that does not
@@ -110,7 +111,7 @@ def lock_position(tx: Tx, key: PositionKey) -> sa.Row:
     return conn.execute(query, params).one()
 
 
-def state_of(row: sa.Row) -> PositionState:
+def state_of(row: sa.Row[Any]) -> PositionState:
     return PositionState(row.quantity, row.cost_basis, row.realized_pnl, row.opened_at)
 
 
@@ -167,7 +168,7 @@ def _trades_in_canonical_order(
     portfolio_id: int,
     key: PositionKey | None = None,
     columns: tuple[sa.Column[Any], ...] = _CHECKED,
-) -> Sequence[sa.Row]:
+) -> Sequence[sa.Row[Any]]:
     dialect = conn.dialect.name
     query = (
         sa.select(
@@ -200,7 +201,7 @@ class Derived:
     trade_realized: dict[int, Decimal]  # trade id → realized PnL of that fill
 
 
-def derive(rows: Sequence[sa.Row]) -> dict[PositionKey, Derived]:
+def derive(rows: Sequence[sa.Row[Any]]) -> dict[PositionKey, Derived]:
     """Replay trades (already in canonical order) per position key through apply_fill's
     arithmetic."""
     out: dict[PositionKey, Derived] = {}
@@ -277,13 +278,15 @@ class Difference:
 _COMPARED = ("quantity", "cost_basis", "avg_price", "realized_pnl", "opened_at")
 
 
-def verify_portfolio(
-    conn: sa.Connection, portfolio_id: int
-) -> list[Difference | SummaryDifference]:
+# What verify finds: a position, summary or daily row that differs from the trades.
+Mismatch = Difference | SummaryDifference | DailyDifference
+
+
+def verify_portfolio(conn: sa.Connection, portfolio_id: int) -> list[Mismatch]:
     """Stored positions, per-trade realized PnL and the PnL summary against the trades."""
     rows = _trades_in_canonical_order(conn, portfolio_id)
     expected = derive(rows)
-    differences: list[Difference] = []
+    differences: list[Mismatch] = []
     stored_realized = {row.id: row.realized_pnl for row in rows}
     for key, derived in expected.items():
         for trade_id, realized in derived.trade_realized.items():
@@ -315,7 +318,7 @@ class PositionService:
     apply_fill = staticmethod(apply_fill)
 
     @read_only
-    def snapshot(self, portfolio_id: int, include_flat: bool = False) -> list[sa.Row]:
+    def snapshot(self, portfolio_id: int, include_flat: bool = False) -> list[sa.Row[Any]]:
         """Positions of a portfolio with symbol, currency and strategy, by symbol."""
         owned_portfolio(self.tx, portfolio_id)
         query = (
@@ -345,7 +348,7 @@ class PositionService:
         return {key: d.state for key, d in derived.items()}
 
     @long_running
-    def verify(self, portfolio_id: int | None = None) -> list[Difference | SummaryDifference]:
+    def verify(self, portfolio_id: int | None = None) -> list[Mismatch]:
         """Every difference between the materialized rows and the trades (empty = consistent).
         Without a portfolio: every portfolio in scope (all of them in admin scope)."""
         if portfolio_id is not None:
@@ -359,13 +362,13 @@ class PositionService:
                     .order_by(t.portfolios.c.id)
                 ).scalars()
             )
-        differences: list[Difference | SummaryDifference] = []
+        differences: list[Mismatch] = []
         for pid in ids:
             differences.extend(verify_portfolio(self.tx.conn, pid))
         return differences
 
     @long_running
-    def repair(self, portfolio_id: int) -> list[Difference | SummaryDifference]:
+    def repair(self, portfolio_id: int) -> list[Mismatch]:
         """Rewrite a portfolio's positions, per-trade PnL and PnL summary from its trades;
         audited."""
         portfolio = owned_portfolio(self.tx, portfolio_id)

@@ -26,9 +26,9 @@ from dal.models import (
     check_marks,
     parse,
     parse_config,
-    valid_id,
 )
 from dal.orders import owned_order
+from dal.ownership import owned_row
 from dal.risk_rules import (
     EffectiveLimit,
     OrderIntent,
@@ -46,15 +46,8 @@ breaches = t.risk_breaches
 SCOPE_ORDER = {"STRATEGY": 0, "PORTFOLIO": 1, "USER": 2}
 
 
-def owned_policy(tx: Tx, policy_id: int) -> sa.Row:
-    if not valid_id(policy_id):
-        raise NotFound(f"no policy #{policy_id}")
-    row = tx.conn.execute(
-        sa.select(policies).where(policies.c.id == policy_id, tx.owned(policies.c.user_id))
-    ).one_or_none()
-    if row is None:
-        raise NotFound(f"no policy #{policy_id}")
-    return row
+def owned_policy(tx: Tx, policy_id: int) -> sa.Row[Any]:
+    return owned_row(tx, policies, policy_id, "policy")
 
 
 class RiskService:
@@ -74,7 +67,7 @@ class RiskService:
             return int(owned_portfolio(self.tx, scope_id).id)
         return int(owned_strategy(self.tx, scope_id).id)
 
-    def create_policy(self, data: NewPolicy | dict[str, Any]) -> sa.Row:
+    def create_policy(self, data: NewPolicy | dict[str, Any]) -> sa.Row[Any]:
         new = parse(NewPolicy, data)
         scope_id = self._check_scope(new.scope_type, new.scope_id)
         user_id = self.tx.user_id
@@ -98,7 +91,7 @@ class RiskService:
         self.tx.audit("POLICY", policy_id, "CREATE", values)
         return owned_policy(self.tx, policy_id)
 
-    def update_policy(self, policy_id: int, config: dict[str, Any]) -> sa.Row:
+    def update_policy(self, policy_id: int, config: dict[str, Any]) -> sa.Row[Any]:
         row = owned_policy(self.tx, policy_id)
         typed = parse_config(PolicyConfig, config)
         self.tx.conn.execute(
@@ -109,7 +102,7 @@ class RiskService:
         )
         return owned_policy(self.tx, policy_id)
 
-    def set_active(self, policy_id: int, active: bool) -> sa.Row:
+    def set_active(self, policy_id: int, active: bool) -> sa.Row[Any]:
         row = owned_policy(self.tx, policy_id)
         if row.is_active != active:
             self.tx.conn.execute(
@@ -129,7 +122,7 @@ class RiskService:
         self.tx.conn.execute(policies.delete().where(policies.c.id == row.id))
         self.tx.audit("POLICY", row.id, "DELETE", {"name": row.name})
 
-    def list_policies(self, include_inactive: bool = False) -> list[sa.Row]:
+    def list_policies(self, include_inactive: bool = False) -> list[sa.Row[Any]]:
         query = sa.select(policies).where(self.tx.owned(policies.c.user_id)).order_by(policies.c.id)
         if not include_inactive:
             query = query.where(policies.c.is_active)
@@ -137,7 +130,7 @@ class RiskService:
 
     def applicable_policies(
         self, portfolio_id: int, strategy_id: int | None = None
-    ) -> list[sa.Row]:
+    ) -> list[sa.Row[Any]]:
         """Active policies covering an order in this portfolio (and strategy), most specific
         scope first."""
         portfolio = owned_portfolio(self.tx, portfolio_id)
@@ -283,7 +276,7 @@ class RiskService:
             ids.append(breach_id)
         return ids
 
-    def breaches(self, portfolio_id: int | None = None, limit: int = 20) -> list[sa.Row]:
+    def breaches(self, portfolio_id: int | None = None, limit: int = 20) -> list[sa.Row[Any]]:
         """Latest breaches, newest first, with the policy name."""
         query = (
             sa.select(breaches, policies.c.name.label("policy_name"), policies.c.scope_type)

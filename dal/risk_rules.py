@@ -29,9 +29,9 @@ from typing import Any
 
 from dal.configs import POLICY_LIMITS, PolicyConfig
 from dal.types import DECIMAL_CONTEXT, canonical_decimal, quantize18
+from dal.vocabulary import SIDES
 
 ZERO = Decimal(0)
-SIDES = ("BUY", "SELL")
 MODES = ("block", "warn")
 # Lowest to highest precedence; the same values as dal.schema.POLICY_SCOPES.
 SCOPES = ("USER", "PORTFOLIO", "STRATEGY")

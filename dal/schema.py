@@ -7,9 +7,13 @@ amount is ``Money`` and every timestamp ``UTCDateTime`` (see dal/types.py).
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any
+
 import sqlalchemy as sa
 
 from dal.types import BigID, JSONDoc, Money, UTCDateTime
+from dal.vocabulary import OPEN_STATUSES, ORDER_STATUSES, ORDER_TYPES, SIDES, TIME_IN_FORCE
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -23,12 +27,7 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
 # --- enumerations (stored as text, enforced by CHECK) -----------------------------------------
 ASSET_TYPES = ("CRYPTO", "EQUITY", "FUTURE", "FOREX", "ETF")
-ORDER_SIDES = ("BUY", "SELL")
 PNL_PERIODS = ("DAY", "MONTH")
-ORDER_TYPES = ("MARKET", "LIMIT", "STOP", "STOP_LIMIT", "TRAILING")
-ORDER_STATUSES = ("NEW", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED")
-OPEN_ORDER_STATUSES = ("NEW", "PARTIALLY_FILLED")
-TIME_IN_FORCE = ("GTC", "IOC", "FOK", "DAY")
 POLICY_SCOPES = ("USER", "PORTFOLIO", "STRATEGY")
 BREACH_ACTIONS = ("BLOCKED", "WARNED", "REDUCED_SIZE", "CLOSED_POSITION")
 ALERT_TYPES = ("PRICE", "INDICATOR", "POSITION", "RISK", "SCHEDULE")
@@ -73,8 +72,11 @@ AUDIT_ACTIONS = (
 
 def one_of(column: str, values: tuple[str, ...], name: str | None = None) -> sa.CheckConstraint:
     """CHECK (column IN (...)) — the portable enum."""
-    listed = ", ".join(f"'{v}'" for v in values)
-    return sa.CheckConstraint(f"{column} IN ({listed})", name=name or f"{column}_valid")
+    return sa.CheckConstraint(f"{column} IN ({quoted(values)})", name=name or f"{column}_valid")
+
+
+def quoted(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
 
 
 def positive(column: str, *, nullable: bool = False) -> sa.CheckConstraint:
@@ -86,19 +88,19 @@ def positive(column: str, *, nullable: bool = False) -> sa.CheckConstraint:
     return sa.CheckConstraint(expr, name=f"{column}_positive")
 
 
-def uid_column(nullable: bool = False) -> sa.Column:
+def uid_column(nullable: bool = False) -> sa.Column[str]:
     return sa.Column("uid", sa.String(36), nullable=nullable, unique=True)
 
 
-def id_column() -> sa.Column:
+def id_column() -> sa.Column[int]:
     return sa.Column("id", BigID, sa.Identity(), primary_key=True)
 
 
-def fk(target: str, ondelete: str | None = None, **kw: object) -> sa.ForeignKey:
+def fk(target: str, ondelete: str | None = None, **kw: Any) -> sa.ForeignKey:
     return sa.ForeignKey(target, ondelete=ondelete, **kw)
 
 
-def created_at() -> sa.Column:
+def created_at() -> sa.Column[dt.datetime]:
     return sa.Column("created_at", UTCDateTime(), nullable=False)
 
 
@@ -243,11 +245,11 @@ orders = sa.Table(
     sa.Column("placed_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("meta_json", JSONDoc(), nullable=False, server_default="{}"),
-    one_of("side", ORDER_SIDES),
+    one_of("side", SIDES),
     one_of("type", ORDER_TYPES),
     one_of("status", ORDER_STATUSES),
     sa.CheckConstraint(
-        "time_in_force IS NULL OR time_in_force IN ('GTC', 'IOC', 'FOK', 'DAY')",
+        f"time_in_force IS NULL OR time_in_force IN ({quoted(TIME_IN_FORCE)})",
         name="time_in_force_valid",
     ),
     positive("quantity"),
@@ -276,7 +278,7 @@ orders = sa.Table(
 # portfolio), so listing them never walks the finished ones. A query uses it only when it
 # repeats the predicate with literal values (``OPEN_ORDER``): neither SQLite nor PostgreSQL
 # can prove the index's WHERE from bound parameters.
-OPEN_ORDER = orders.c.status.in_([sa.literal_column(f"'{s}'") for s in OPEN_ORDER_STATUSES])
+OPEN_ORDER = orders.c.status.in_([sa.literal_column(f"'{s}'") for s in OPEN_STATUSES])
 sa.Index(
     "ix_orders_open_portfolio_id_placed_at",
     orders.c.portfolio_id,
@@ -304,7 +306,7 @@ trades = sa.Table(
     sa.Column("exec_time", UTCDateTime(), nullable=False),
     sa.Column("broker_trade_id", sa.String(64)),
     sa.Column("meta_json", JSONDoc(), nullable=False, server_default="{}"),
-    one_of("side", ORDER_SIDES),
+    one_of("side", SIDES),
     positive("quantity"),
     positive("price"),
     sa.UniqueConstraint("portfolio_id", "instrument_id", "broker_trade_id"),

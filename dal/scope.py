@@ -25,7 +25,7 @@ def long_running(method: F) -> F:
     """Marks a service method whose work can take seconds (a replay of a portfolio's whole
     history): on SQLite it runs on the writer thread, so the event loop keeps getting its
     share of the GIL meanwhile, instead of on the loop's own thread like short transactions."""
-    method.long_running = True  # type: ignore[attr-defined]
+    method.long_running = True  # type: ignore[attr-defined]  # a marker attribute on the function object
     return method
 
 
@@ -39,7 +39,7 @@ def read_only(method: F) -> F:
     server holds read-only: one round trip per statement instead of BEGIN, statements,
     COMMIT. Under READ COMMITTED each statement reads its own snapshot either way, so it
     sees what it saw inside a transaction; a write from it is refused by the server."""
-    method.read_only = True  # type: ignore[attr-defined]
+    method.read_only = True  # type: ignore[attr-defined]  # a marker attribute on the function object
     return method
 
 
@@ -92,7 +92,7 @@ class Tx:
         return utc_now()
 
     # --- the acting user ------------------------------------------------------------------------
-    def user_row(self) -> sa.Row:
+    def user_row(self) -> sa.Row[Any]:
         """The actor's users row, read once per session."""
         row = self.state.get("user")
         if row is None:
@@ -108,7 +108,7 @@ class Tx:
         self.state.pop("user", None)
         self.state.pop("owner_zones", None)
 
-    def require_user(self) -> sa.Row | None:
+    def require_user(self) -> sa.Row[Any] | None:
         """The approved, active acting user (None for the system actor)."""
         if self.actor.is_system:
             return None

@@ -8,6 +8,7 @@ versions' PnL in one row.
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,7 +16,8 @@ import sqlalchemy as sa
 from dal import schema as t
 from dal.accounts import owned_portfolio
 from dal.errors import Conflict, InvalidInput, NotFound
-from dal.models import NewStrategy, parse, valid_id
+from dal.models import NewStrategy, parse
+from dal.ownership import owned_row
 from dal.scope import Tx
 from dal.types import new_uid
 
@@ -27,15 +29,8 @@ def version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
-def owned_strategy(tx: Tx, strategy_id: int) -> sa.Row:
-    if not valid_id(strategy_id):
-        raise NotFound(f"no strategy #{strategy_id}")
-    row = tx.conn.execute(
-        sa.select(strategies).where(strategies.c.id == strategy_id, tx.owned(strategies.c.user_id))
-    ).one_or_none()
-    if row is None:
-        raise NotFound(f"no strategy #{strategy_id}")
-    return row
+def owned_strategy(tx: Tx, strategy_id: int) -> sa.Row[Any]:
+    return owned_row(tx, strategies, strategy_id, "strategy")
 
 
 def _has_history(tx: Tx, strategy_id: int) -> bool:
@@ -51,7 +46,7 @@ class StrategyService:
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
 
-    def create(self, data: NewStrategy | dict[str, Any]) -> sa.Row:
+    def create(self, data: NewStrategy | dict[str, Any]) -> sa.Row[Any]:
         """Create a strategy or a new version of one (a new row)."""
         new = parse(NewStrategy, data)
         user_id = self.tx.user_id
@@ -83,17 +78,17 @@ class StrategyService:
         )
         return owned_strategy(self.tx, strategy_id)
 
-    def get(self, strategy_id: int) -> sa.Row:
+    def get(self, strategy_id: int) -> sa.Row[Any]:
         return owned_strategy(self.tx, strategy_id)
 
-    def list(self, include_inactive: bool = False) -> list[sa.Row]:
+    def list(self, include_inactive: bool = False) -> list[sa.Row[Any]]:
         query = sa.select(strategies).where(self.tx.owned(strategies.c.user_id))
         if not include_inactive:
             query = query.where(strategies.c.is_active)
         rows = list(self.tx.conn.execute(query))
         return sorted(rows, key=lambda r: (r.name, version_key(r.version)))
 
-    def versions(self, name: str) -> list[sa.Row]:
+    def versions(self, name: str) -> builtins.list[sa.Row[Any]]:
         rows = list(
             self.tx.conn.execute(
                 sa.select(strategies).where(
@@ -103,7 +98,7 @@ class StrategyService:
         )
         return sorted(rows, key=lambda r: version_key(r.version))
 
-    def latest(self, name: str, version: str | None = None) -> sa.Row:
+    def latest(self, name: str, version: str | None = None) -> sa.Row[Any]:
         """The named version, or the latest active one (numeric version order)."""
         rows = self.versions(name)
         if version is not None:
@@ -115,7 +110,7 @@ class StrategyService:
             raise NotFound(f"no {what} strategy")
         return rows[-1]
 
-    def set_active(self, strategy_id: int, active: bool) -> sa.Row:
+    def set_active(self, strategy_id: int, active: bool) -> sa.Row[Any]:
         row = owned_strategy(self.tx, strategy_id)
         if row.is_active != active:
             self.tx.conn.execute(
@@ -141,7 +136,7 @@ class StrategyService:
         self.tx.conn.execute(strategies.delete().where(strategies.c.id == row.id))
         self.tx.audit("STRATEGY", row.id, "DELETE", {"name": row.name, "version": row.version})
 
-    def check_start(self, strategy_id: int, portfolio_id: int) -> sa.Row:
+    def check_start(self, strategy_id: int, portfolio_id: int) -> sa.Row[Any]:
         """Refuse to start a version while another version of the same strategy holds open
         positions in the portfolio."""
         row = owned_strategy(self.tx, strategy_id)
@@ -179,14 +174,21 @@ class StrategyRunService:
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
 
-    def _run(self, strategy_id: int, portfolio_id: int) -> sa.Row | None:
+    def _run(self, strategy_id: int, portfolio_id: int) -> sa.Row[Any] | None:
         return self.tx.conn.execute(
             sa.select(runs).where(
                 runs.c.strategy_id == strategy_id, runs.c.portfolio_id == portfolio_id
             )
         ).one_or_none()
 
-    def start(self, strategy_id: int, portfolio_id: int) -> sa.Row:
+    def _run_row(self, strategy_id: int, portfolio_id: int) -> sa.Row[Any]:
+        """The run just written (start/stop always leave one)."""
+        row = self._run(strategy_id, portfolio_id)
+        if row is None:
+            raise NotFound(f"no run of strategy #{strategy_id} on portfolio #{portfolio_id}")
+        return row
+
+    def start(self, strategy_id: int, portfolio_id: int) -> sa.Row[Any]:
         """Mark a version as running on a portfolio (refused while another version of the
         same strategy holds positions there; see StrategyService.check_start)."""
         strategy = StrategyService(self.tx).check_start(strategy_id, portfolio_id)
@@ -206,11 +208,11 @@ class StrategyRunService:
             {"portfolio_id": portfolio_id, "version": strategy.version},
             user_id=strategy.user_id,
         )
-        return self._run(strategy.id, portfolio_id)  # type: ignore[return-value]
+        return self._run_row(strategy.id, portfolio_id)
 
     def stop(
         self, strategy_id: int, portfolio_id: int, status: str = "STOPPED", error: str | None = None
-    ) -> sa.Row:
+    ) -> sa.Row[Any]:
         """Record that a run ended: STOPPED (by its owner), CRASHED (with the error) or
         FINISHED (its data ended)."""
         if status not in ("STOPPED", "CRASHED", "FINISHED"):
@@ -238,9 +240,9 @@ class StrategyRunService:
             },
             user_id=strategy.user_id,
         )
-        return self._run(strategy.id, portfolio_id)  # type: ignore[return-value]
+        return self._run_row(strategy.id, portfolio_id)
 
-    def list(self) -> list[sa.Row]:
+    def list(self) -> list[sa.Row[Any]]:
         """Runs of the user's strategies (every user's in admin scope), with names."""
         return list(
             self.tx.conn.execute(
@@ -258,6 +260,6 @@ class StrategyRunService:
             )
         )
 
-    def running(self) -> list[sa.Row]:
+    def running(self) -> builtins.list[sa.Row[Any]]:
         """Runs to resume at start-up (admin/system scope: every user's)."""
         return [r for r in self.list() if r.status == "RUNNING"]

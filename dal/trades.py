@@ -78,7 +78,7 @@ class TradeService:
             return []
         return ingest(self.tx, parsed)  # checks the acting user with the first portfolio
 
-    def get(self, trade_id: int) -> sa.Row:
+    def get(self, trade_id: int) -> sa.Row[Any]:
         if not valid_id(trade_id):
             raise NotFound(f"no trade #{trade_id}")
         row = self.tx.conn.execute(
@@ -96,7 +96,7 @@ class TradeService:
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         limit: int | None = 100,
-    ) -> list[sa.Row]:
+    ) -> list[sa.Row[Any]]:
         """Trades of a portfolio in [since, until), newest first."""
         owned_portfolio(self.tx, portfolio_id)
         since, until = aware_arg(since, "since"), aware_arg(until, "until")

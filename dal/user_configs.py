@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from dal import schema as t
 from dal.accounts import owned_portfolio
 from dal.configs import ALERT_CONFIGS, ScheduleConfig, ScreenerConfig, next_run_after
-from dal.errors import Conflict, NotFound
+from dal.errors import Conflict
 from dal.models import (
     NewAlert,
     NewSchedule,
@@ -18,8 +18,8 @@ from dal.models import (
     aware_arg,
     parse,
     parse_config,
-    valid_id,
 )
+from dal.ownership import owned_row
 from dal.scope import Tx
 from dal.types import new_uid
 
@@ -33,17 +33,8 @@ class _UserConfigService:
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
 
-    def _owned(self, row_id: int) -> sa.Row:
-        if not valid_id(row_id):
-            raise NotFound(f"no {self.entity.lower()} #{row_id}")
-        row = self.tx.conn.execute(
-            sa.select(self.table).where(
-                self.table.c.id == row_id, self.tx.owned(self.table.c.user_id)
-            )
-        ).one_or_none()
-        if row is None:
-            raise NotFound(f"no {self.entity.lower()} #{row_id}")
-        return row
+    def _owned(self, row_id: int) -> sa.Row[Any]:
+        return owned_row(self.tx, self.table, row_id, self.entity.lower())
 
     def _check_name_free(self, name: str, except_id: int | None = None) -> None:
         query = sa.select(self.table.c.id).where(
@@ -54,7 +45,7 @@ class _UserConfigService:
         if self.tx.conn.execute(query).first():
             raise Conflict(f"you already have a {self.entity.lower()} named {name!r}")
 
-    def _insert(self, values: dict[str, Any]) -> sa.Row:
+    def _insert(self, values: dict[str, Any]) -> sa.Row[Any]:
         self._check_name_free(values["name"])
         row_id = self.tx.conn.execute(
             self.table.insert()
@@ -64,15 +55,15 @@ class _UserConfigService:
         self.tx.audit(self.entity, row_id, "CREATE", values)
         return self._owned(row_id)
 
-    def _update(self, row_id: int, values: dict[str, Any]) -> sa.Row:
+    def _update(self, row_id: int, values: dict[str, Any]) -> sa.Row[Any]:
         self.tx.conn.execute(self.table.update().where(self.table.c.id == row_id).values(**values))
         self.tx.audit(self.entity, row_id, "UPDATE", values)
         return self._owned(row_id)
 
-    def get(self, row_id: int) -> sa.Row:
+    def get(self, row_id: int) -> sa.Row[Any]:
         return self._owned(row_id)
 
-    def list(self, include_inactive: bool = True) -> list[sa.Row]:
+    def list(self, include_inactive: bool = True) -> list[sa.Row[Any]]:
         query = (
             sa.select(self.table)
             .where(self.tx.owned(self.table.c.user_id))
@@ -82,7 +73,7 @@ class _UserConfigService:
             query = query.where(self.table.c.is_active)
         return list(self.tx.conn.execute(query))
 
-    def set_active(self, row_id: int, active: bool) -> sa.Row:
+    def set_active(self, row_id: int, active: bool) -> sa.Row[Any]:
         row = self._owned(row_id)
         if row.is_active == active:
             return row
@@ -102,7 +93,7 @@ class AlertService(_UserConfigService):
     table = t.alerts
     entity = "ALERT"
 
-    def create(self, data: NewAlert | dict[str, Any]) -> sa.Row:
+    def create(self, data: NewAlert | dict[str, Any]) -> sa.Row[Any]:
         new = parse(NewAlert, data)
         if new.portfolio_id is not None:
             owned_portfolio(self.tx, new.portfolio_id)
@@ -115,7 +106,7 @@ class AlertService(_UserConfigService):
             }
         )
 
-    def update_config(self, alert_id: int, config: dict[str, Any]) -> sa.Row:
+    def update_config(self, alert_id: int, config: dict[str, Any]) -> sa.Row[Any]:
         row = self._owned(alert_id)
         typed = parse_config(ALERT_CONFIGS[row.type], config)
         return self._update(row.id, {"config_json": typed.to_json()})
@@ -127,7 +118,7 @@ class ScheduleService(_UserConfigService):
     table = t.schedules
     entity = "SCHEDULE"
 
-    def create(self, data: NewSchedule | dict[str, Any]) -> sa.Row:
+    def create(self, data: NewSchedule | dict[str, Any]) -> sa.Row[Any]:
         new = parse(NewSchedule, data)
         return self._insert(
             {
@@ -140,7 +131,7 @@ class ScheduleService(_UserConfigService):
 
     def update(
         self, schedule_id: int, cron: str | None = None, config: dict[str, Any] | None = None
-    ) -> sa.Row:
+    ) -> sa.Row[Any]:
         row = self._owned(schedule_id)
         new = parse(
             NewSchedule,
@@ -155,7 +146,7 @@ class ScheduleService(_UserConfigService):
             },
         )
 
-    def due(self, now: dt.datetime) -> list[sa.Row]:
+    def due(self, now: dt.datetime) -> list[sa.Row[Any]]:
         """Active schedules whose next run is at or before ``now`` (admin/system scope:
         every user's; otherwise the user's own)."""
         now = aware_arg(now, "now")
@@ -171,7 +162,7 @@ class ScheduleService(_UserConfigService):
             )
         )
 
-    def mark_run(self, schedule_id: int, ran_at: dt.datetime) -> sa.Row:
+    def mark_run(self, schedule_id: int, ran_at: dt.datetime) -> sa.Row[Any]:
         """Record a run; the next run is the first cron time after ``ran_at``, so runs missed
         during downtime collapse into this one."""
         ran_at = aware_arg(ran_at, "ran_at")
@@ -188,11 +179,11 @@ class ScreenerService(_UserConfigService):
     table = t.screeners
     entity = "SCREENER"
 
-    def create(self, data: NewScreener | dict[str, Any]) -> sa.Row:
+    def create(self, data: NewScreener | dict[str, Any]) -> sa.Row[Any]:
         new = parse(NewScreener, data)
         return self._insert({"name": new.name, "config_json": new.config.to_json()})
 
-    def update_config(self, screener_id: int, config: dict[str, Any]) -> sa.Row:
+    def update_config(self, screener_id: int, config: dict[str, Any]) -> sa.Row[Any]:
         row = self._owned(screener_id)
         typed = parse_config(ScreenerConfig, config)
         return self._update(row.id, {"config_json": typed.to_json()})

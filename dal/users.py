@@ -31,13 +31,13 @@ def _time_zones() -> frozenset[str]:
 DEFAULT_PORTFOLIO = "Main"
 
 
-def user_by_telegram_id(conn: sa.Connection, telegram_user_id: int | str) -> sa.Row | None:
+def user_by_telegram_id(conn: sa.Connection, telegram_user_id: int | str) -> sa.Row[Any] | None:
     return conn.execute(
         sa.select(users).where(users.c.telegram_user_id == str(telegram_user_id))
     ).one_or_none()
 
 
-def user_by_ref(conn: sa.Connection, ref: int | str) -> sa.Row | None:
+def user_by_ref(conn: sa.Connection, ref: int | str) -> sa.Row[Any] | None:
     """A user by Telegram id, by ``@username`` or by username."""
     text = str(ref).strip()
     if text.lstrip("-").isdigit():
@@ -55,7 +55,7 @@ class UserService:
     # --- open to everyone -----------------------------------------------------------------------
     def register(
         self, telegram_user_id: int | str, username: str | None = None, chat_id: int | None = None
-    ) -> sa.Row:
+    ) -> sa.Row[Any]:
         """Register a Telegram user as pending (idempotent; refreshes username and chat id)."""
         conn = self.tx.conn
         existing = user_by_telegram_id(conn, telegram_user_id)
@@ -69,8 +69,8 @@ class UserService:
                 changes["unreachable_at"] = None  # they wrote to us: the chat works again
             if changes:
                 conn.execute(users.update().where(users.c.id == existing.id).values(**changes))
-                existing = user_by_telegram_id(conn, telegram_user_id)
-            return existing  # type: ignore[return-value]
+                existing = conn.execute(sa.select(users).where(users.c.id == existing.id)).one()
+            return existing
         user_id = conn.execute(
             users.insert()
             .values(
@@ -87,7 +87,7 @@ class UserService:
         )
         return conn.execute(sa.select(users).where(users.c.id == user_id)).one()
 
-    def me(self) -> sa.Row:
+    def me(self) -> sa.Row[Any]:
         """The acting user's row, whatever their approval state."""
         return self.tx.user_row()
 
@@ -111,7 +111,7 @@ class UserService:
         self.tx.forget_user()
         return zone
 
-    def set_muted(self, muted: bool) -> sa.Row:
+    def set_muted(self, muted: bool) -> sa.Row[Any]:
         """/mute and /unmute: notifications (fills, breaches, alerts) on or off."""
         user_id = self.tx.user_id
         self.tx.conn.execute(
@@ -131,17 +131,17 @@ class UserService:
         )
 
     # --- admin ----------------------------------------------------------------------------------
-    def lookup(self, telegram_user_id: int | str) -> sa.Row | None:
+    def lookup(self, telegram_user_id: int | str) -> sa.Row[Any] | None:
         """A user by Telegram id, whatever their state (admin scope: the bot's middleware)."""
         self.tx.require_admin()
         return user_by_telegram_id(self.tx.conn, telegram_user_id)
 
-    def find(self, ref: int | str) -> sa.Row:
+    def find(self, ref: int | str) -> sa.Row[Any]:
         """A user by Telegram id or @username (admin scope)."""
         self.tx.require_admin()
         return self._target(ref)
 
-    def find_by_id(self, user_id: int) -> sa.Row:
+    def find_by_id(self, user_id: int) -> sa.Row[Any]:
         """A user by database id (admin scope)."""
         self.tx.require_admin()
         if not valid_id(user_id):
@@ -151,7 +151,7 @@ class UserService:
             raise NotFound(f"no user #{user_id}")
         return row
 
-    def admins(self) -> list[sa.Row]:
+    def admins(self) -> list[sa.Row[Any]]:
         """Active, approved admins (to notify them of registrations)."""
         self.tx.require_admin()
         return list(
@@ -162,7 +162,7 @@ class UserService:
             )
         )
 
-    def pending(self) -> list[sa.Row]:
+    def pending(self) -> list[sa.Row[Any]]:
         self.tx.require_admin()
         return list(
             self.tx.conn.execute(
@@ -172,17 +172,17 @@ class UserService:
             )
         )
 
-    def list_all(self) -> list[sa.Row]:
+    def list_all(self) -> list[sa.Row[Any]]:
         self.tx.require_admin()
         return list(self.tx.conn.execute(sa.select(users).order_by(users.c.id)))
 
-    def _target(self, ref: int | str) -> sa.Row:
+    def _target(self, ref: int | str) -> sa.Row[Any]:
         row = user_by_ref(self.tx.conn, ref)
         if row is None:
             raise NotFound(f"no user {ref}")
         return row
 
-    def approve(self, ref: int | str) -> sa.Row:
+    def approve(self, ref: int | str) -> sa.Row[Any]:
         """Approve a user; on first approval they get a Paper account and a funded "Main"."""
         self.tx.require_admin()
         target = self._target(ref)
@@ -198,7 +198,7 @@ class UserService:
         ensure_paper_portfolio(self.tx, target.id)
         return self._target(target.telegram_user_id)
 
-    def revoke(self, ref: int | str) -> sa.Row:
+    def revoke(self, ref: int | str) -> sa.Row[Any]:
         """Withdraw approval: the user is back to pending and can do nothing until re-approved."""
         self.tx.require_admin()
         target = self._target(ref)
@@ -212,7 +212,7 @@ class UserService:
         self.tx.audit("USER", target.id, "REVOKE", {"telegram_user_id": target.telegram_user_id})
         return self._target(target.telegram_user_id)
 
-    def deactivate(self, ref: int | str) -> sa.Row:
+    def deactivate(self, ref: int | str) -> sa.Row[Any]:
         self.tx.require_admin()
         target = self._target(ref)
         if target.id == self.tx.actor.user_id:
@@ -223,7 +223,7 @@ class UserService:
         )
         return self._target(target.telegram_user_id)
 
-    def bootstrap_admins(self, telegram_ids: list[int] | tuple[int, ...]) -> list[sa.Row]:
+    def bootstrap_admins(self, telegram_ids: list[int] | tuple[int, ...]) -> list[sa.Row[Any]]:
         """Make the configured Telegram ids approved admins (system actor; idempotent)."""
         if not self.tx.actor.is_system:
             raise Forbidden("only tradebook itself bootstraps admins")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
-OrderStatus = Literal["NEW", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED"]
+from dal.vocabulary import OrderStatusName
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class OrderUpdate:
     exchange: str | None
     broker_order_id: str
     client_order_id: str | None
-    status: OrderStatus
+    status: OrderStatusName
     side: Literal["BUY", "SELL"]
     order_type: str
     quantity: Decimal

@@ -22,10 +22,10 @@ from typing import Any
 
 from dal.database import ScopedDal
 from dal.errors import NotFound
+from dal.vocabulary import ENDED_STATUSES, FINAL_STATUSES
 from strategies.events import BrokerEvent, FillEvent, OrderUpdate
 
 log = logging.getLogger("tradebook.gateway")
-FINAL = {"CANCELED", "REJECTED", "EXPIRED"}
 
 
 async def _find_order(
@@ -104,7 +104,7 @@ async def apply_event(dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> 
                 order.broker_order_id,
             )
             return order
-        if event.status in FINAL and order.status not in FINAL and order.status != "FILLED":
+        if event.status in ENDED_STATUSES and order.status not in FINAL_STATUSES:
             return await s.orders.update_status(
                 order.id, event.status, broker_order_id=event.broker_order_id, reason=event.reason
             )

@@ -85,18 +85,20 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 from dal.types import DECIMAL_CONTEXT, AmountError, canonical_decimal, check_amount, quantize18
-from strategies.events import FillEvent, OrderStatus, OrderUpdate
+from dal.vocabulary import (
+    ORDER_TYPES,
+    SIDES,
+    TIME_IN_FORCE,
+    OrderStatusName,
+    OrderTypeName,
+    SideName,
+    TimeInForceName,
+)
+from strategies.events import FillEvent, OrderUpdate
 
-Side = Literal["BUY", "SELL"]
-PaperOrderType = Literal["MARKET", "LIMIT", "STOP", "STOP_LIMIT", "TRAILING"]
-PaperTimeInForce = Literal["GTC", "IOC", "FOK", "DAY"]
-
-SIDES = ("BUY", "SELL")
-ORDER_TYPES = ("MARKET", "LIMIT", "STOP", "STOP_LIMIT", "TRAILING")
-TIMES_IN_FORCE = ("GTC", "IOC", "FOK", "DAY")
 TRAILING_REFUSED = "TRAILING orders are not supported by the paper gateway"
 
 _BPS = Decimal(10000)
@@ -185,12 +187,12 @@ class PaperOrder:
 
     client_order_id: str
     symbol: str
-    side: Side
-    order_type: PaperOrderType
+    side: SideName
+    order_type: OrderTypeName
     quantity: Decimal
     price: Decimal | None
     stop_price: Decimal | None
-    time_in_force: PaperTimeInForce | None
+    time_in_force: TimeInForceName | None
     placed_at: dt.datetime
     day_ends_at: dt.datetime | None = None
     fee_currency: str | None = None
@@ -397,7 +399,7 @@ class PaperEngine:
                 raw={"reference_price": _canonical(reference)},
             )
         )
-        status: OrderStatus = "FILLED" if state.remaining == 0 else "PARTIALLY_FILLED"
+        status: OrderStatusName = "FILLED" if state.remaining == 0 else "PARTIALLY_FILLED"
         events.append(self._update(state, status, bar.time))
 
     # --- validation and events ------------------------------------------------------------
@@ -412,7 +414,7 @@ class PaperEngine:
         if order.side not in SIDES:
             return f"unknown side {order.side!r}; give BUY or SELL"
         tif = order.time_in_force
-        if tif is not None and tif not in TIMES_IN_FORCE:
+        if tif is not None and tif not in TIME_IN_FORCE:
             return f"unknown time in force {tif!r}"
         if not isinstance(order.client_order_id, str) or not order.client_order_id:
             return "the order needs a client_order_id"
@@ -454,7 +456,7 @@ class PaperEngine:
         return None
 
     def _update(
-        self, state: _OpenOrder, status: OrderStatus, at: dt.datetime, reason: str | None = None
+        self, state: _OpenOrder, status: OrderStatusName, at: dt.datetime, reason: str | None = None
     ) -> OrderUpdate:
         return self._update_for(
             state.order, state.broker_order_id, status, at, state.filled, reason
@@ -464,7 +466,7 @@ class PaperEngine:
         self,
         order: PaperOrder,
         broker_order_id: str,
-        status: OrderStatus,
+        status: OrderStatusName,
         at: dt.datetime,
         filled: Decimal,
         reason: str | None,

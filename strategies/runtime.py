@@ -15,7 +15,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 from dal.database import Database, ScopedDal
 from dal.errors import Conflict, TradebookError
 from dal.scope import Actor
+from dal.vocabulary import OPEN_STATUSES
 from strategies.base import Strategy
 from strategies.events import FillEvent
 from strategies.feeds import MarkBook, PriceFeed
@@ -79,7 +80,7 @@ class Runtime:
         self,
         db: Database,
         feed: PriceFeed,
-        registry: dict[str, type[Strategy]],
+        registry: Mapping[str, type[Strategy]],
         notify: Notifier,
         paper: PaperConfig,
         pace: Decimal | None = None,
@@ -362,7 +363,7 @@ class Runtime:
         async with dal.session() as s:
             row = await s.orders.get(order_id)
             symbol = (await s.instruments.get(row.instrument_id)).symbol
-            if row.status not in ("NEW", "PARTIALLY_FILLED"):
+            if row.status not in OPEN_STATUSES:
                 raise Conflict(f"order #{row.id} is {row.status}; only open orders can be canceled")
             broker = await s.portfolios.broker_code(row.portfolio_id)
             if broker != "PAPER":

@@ -54,7 +54,7 @@ class BotHarness:
             message_id=message_id,
             date=dt.datetime.now(dt.UTC),
             chat=Chat(id=telegram_id, type="private"),
-            from_user=User(**BOT_USER),
+            from_user=User.model_validate(BOT_USER),
             text="...",
         )
         query = CallbackQuery(

@@ -34,11 +34,11 @@ from dal.risk_rules import Verdict
 from dal.schema import metadata
 from dal.scope import Actor
 from dal.services import facades
-from dal.vocabulary import ORDER_STATUSES
 from dal.strategies import StrategyRunService, StrategyService
 from dal.trades import TradeService
 from dal.user_configs import AlertService, ScheduleService, ScreenerService
 from dal.users import UserService
+from dal.vocabulary import ORDER_STATUSES
 from tests.conftest import captured_statements, table_counts
 from tests.factories import T0, fill, make_instrument, make_user
 

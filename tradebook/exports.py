@@ -114,7 +114,7 @@ async def export_csv(
                 "strategy_id",
             ]
         )
-        from dal.schema import ORDER_STATUSES
+        from dal.vocabulary import ORDER_STATUSES
 
         rows = await _all_orders(dal, portfolio.id, list(ORDER_STATUSES))
         for o in reversed(rows):

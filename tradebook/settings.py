@@ -138,7 +138,7 @@ def load_settings(**overrides: object) -> Settings:
     from pydantic import ValidationError
 
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)  # type: ignore[arg-type]  # pydantic validates the overrides
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -73,7 +73,7 @@ def router() -> Router:
     ) -> None:
         row = await dal.as_admin().users.approve(callback_data.telegram_id)
         await query.answer("Approved")
-        if query.message is not None:
+        if isinstance(query.message, Message):
             await query.message.edit_text(f"Approved {_user_line(row)}.")
         await _tell_approved(bot, row)
 

@@ -13,7 +13,7 @@ from bot.callbacks import OrdersPage
 from bot.reports import orders_report, send_reply
 from bot.routers.common import UsageError, args_of, resolve_portfolio
 from dal.database import ScopedDal
-from dal.schema import ORDER_STATUSES
+from dal.vocabulary import ORDER_STATUSES
 
 STATUS_WORDS = {s.lower(): s for s in ORDER_STATUSES} | {"open": "OPEN"}
 
@@ -48,7 +48,7 @@ def router() -> Router:
         offset = max(0, callback_data.offset)
         reply = await orders_report(dal, portfolio, status, offset, user.timezone)
         await query.answer()
-        if query.message is not None:
+        if isinstance(query.message, Message):
             try:
                 await query.message.edit_text(reply.texts[0], reply_markup=reply.markup)
             except TelegramBadRequest as exc:

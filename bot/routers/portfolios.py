@@ -67,7 +67,7 @@ def router() -> Router:
     async def pick(query: CallbackQuery, callback_data: PortfolioPick, dal: ScopedDal) -> None:
         chosen = await dal.portfolios.set_current(callback_data.portfolio_id)  # owner-checked
         await query.answer(f"Switched to {chosen.name}")
-        if query.message is not None:
+        if isinstance(query.message, Message):
             await query.message.edit_text(f"Current portfolio: <b>{q(chosen.name)}</b>")
 
     @r.message(Command("tz"))

@@ -22,6 +22,7 @@ from bot.text import num, q
 from dal.database import ScopedDal
 from dal.errors import InvalidInput, TradebookError
 from dal.types import AmountError, check_amount
+from dal.vocabulary import SIDES
 
 TIFS = ("GTC", "IOC", "FOK", "DAY")
 
@@ -137,12 +138,12 @@ def router() -> Router:
             return
         if callback_data.action == "no":
             await query.answer("Not placed.")
-            if query.message is not None:
+            if isinstance(query.message, Message):
                 await query.message.edit_text("Order not placed.")
             return
         row = await runtime.place_checked(dal, order)
         await query.answer()
-        if query.message is None:
+        if not isinstance(query.message, Message):
             return
         if row.status == "REJECTED":
             reason = (row.meta_json or {}).get("reject_reason", "")
@@ -199,7 +200,7 @@ def router() -> Router:
         if len(args) < 4:
             raise UsageError("fill")
         symbol, side = args[0].upper(), args[1].upper()
-        if side not in ("BUY", "SELL"):
+        if side not in SIDES:
             raise UsageError("fill", "side is BUY or SELL")
         quantity = _amount(args[2], "quantity", "fill")
         price = _amount(args[3], "price", "fill")
@@ -261,7 +262,7 @@ def router() -> Router:
             return
         canceled, stopped = await kill_switch(dal, runtime)
         await query.answer("Done.")
-        if query.message is not None:
+        if isinstance(query.message, Message):
             await query.message.edit_text(
                 f"Kill switch: cancel requested for {canceled} open order(s), "
                 f"{stopped} strategy run(s) stopped."

@@ -107,7 +107,8 @@ from pydantic import (
 
 from dal.errors import InvalidInput, NotFound
 from dal.types import AmountError, check_amount
-from strategies.events import BrokerEvent, FillEvent, OrderStatus, OrderUpdate
+from dal.vocabulary import OPEN_STATUSES, OrderStatusName
+from strategies.events import BrokerEvent, FillEvent, OrderUpdate
 
 EXCHANGE: Final = "BINANCE"
 EVENT_TYPE: Final = "executionReport"
@@ -150,7 +151,7 @@ BinanceOrderType = Literal[
 ]
 
 # Binance order status → tradebook order status; None: no OrderUpdate for it.
-STATUS_MAP: Final[dict[str, OrderStatus | None]] = {
+STATUS_MAP: Final[dict[str, OrderStatusName | None]] = {
     "NEW": "NEW",
     "PENDING_NEW": "NEW",
     "PARTIALLY_FILLED": "PARTIALLY_FILLED",
@@ -305,7 +306,7 @@ class ExecutionReport(BaseModel):
     @model_validator(mode="wrap")
     @classmethod
     def _keep_raw(cls, data: Any, handler: Any) -> ExecutionReport:
-        report = handler(data)
+        report: ExecutionReport = handler(data)
         if isinstance(data, dict):
             report._raw = copy.deepcopy(data)
         return report
@@ -437,14 +438,14 @@ def payload_to_events(
     return [] if report is None else to_events(report, known_symbols)
 
 
-def _status_after(report: ExecutionReport) -> OrderStatus | None:
+def _status_after(report: ExecutionReport) -> OrderStatusName | None:
     status = STATUS_MAP[report.order_status]
-    if report.execution_type == "TRADE_PREVENTION" and status in ("NEW", "PARTIALLY_FILLED"):
+    if report.execution_type == "TRADE_PREVENTION" and status in OPEN_STATUSES:
         return None  # STP DECREMENT: the order is still open, only its quantity shrank
     return status
 
 
-def _reason(report: ExecutionReport, status: OrderStatus) -> str | None:
+def _reason(report: ExecutionReport, status: OrderStatusName) -> str | None:
     if status == "REJECTED":
         reason = report.reject_reason
         return reason if reason and reason != "NONE" else "rejected by Binance"

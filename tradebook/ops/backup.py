@@ -150,8 +150,8 @@ def list_backups(directory: Path) -> list[Path]:
     """Backups in ``directory``, oldest first."""
     if not directory.is_dir():
         return []
-    found = [p for p in directory.iterdir() if p.is_file() and backup_time(p) is not None]
-    return sorted(found, key=lambda p: backup_time(p))  # type: ignore[arg-type,return-value]
+    found = [(when, p) for p in directory.iterdir() if p.is_file() and (when := backup_time(p))]
+    return [p for _, p in sorted(found)]
 
 
 def backup_sqlite(database: Path, directory: Path, now: dt.datetime | None = None) -> Path:
@@ -205,13 +205,10 @@ def retained(times: list[dt.datetime], keep_hourly: int, keep_daily: int) -> set
     if keep_hourly <= 0 and keep_daily <= 0:
         return set(times)
     keep: set[dt.datetime] = set()
-    for count, bucket in (
-        (keep_hourly, lambda t: t.strftime("%Y%m%d%H")),
-        (keep_daily, lambda t: t.strftime("%Y%m%d")),
-    ):
+    for count, key_format in ((keep_hourly, "%Y%m%d%H"), (keep_daily, "%Y%m%d")):
         seen: set[str] = set()
         for when in sorted(times, reverse=True):
-            key = bucket(when)
+            key = when.strftime(key_format)
             if key in seen:
                 continue
             if len(seen) == count:
@@ -223,8 +220,8 @@ def retained(times: list[dt.datetime], keep_hourly: int, keep_daily: int) -> set
 
 def prune(directory: Path, keep_hourly: int, keep_daily: int) -> Pruned:
     backups = list_backups(directory)
-    times = {backup_time(p): p for p in backups}
-    keep = retained(list(times), keep_hourly, keep_daily)  # type: ignore[arg-type]
+    times = {when: p for p in backups if (when := backup_time(p)) is not None}
+    keep = retained(list(times), keep_hourly, keep_daily)
     result = Pruned()
     for when, path in times.items():
         if when in keep:

@@ -74,7 +74,7 @@ def canonical_value(value: Any) -> Any:
     raise TypeError(f"no canonical form for {type(value).__name__}")
 
 
-def canonical_row(row: sa.Row | tuple[Any, ...]) -> str:
+def canonical_row(row: sa.Row[Any] | tuple[Any, ...]) -> str:
     return canonical_json([canonical_value(v) for v in row])
 
 
@@ -86,12 +86,12 @@ def _order_keys(conn: sa.Connection, table: sa.Table) -> list[sa.ColumnElement[A
     ]
 
 
-def row_key(table: sa.Table, row: sa.Row) -> tuple[Any, ...]:
+def row_key(table: sa.Table, row: sa.Row[Any]) -> tuple[Any, ...]:
     """The row's primary key, comparable across engines."""
     return tuple(canonical_value(row._mapping[c.name]) for c in table.primary_key.columns)
 
 
-def _rows(conn: sa.Connection, table: sa.Table, batch_size: int) -> Iterator[sa.Row]:
+def _rows(conn: sa.Connection, table: sa.Table, batch_size: int) -> Iterator[sa.Row[Any]]:
     """Every row of ``table`` in primary-key order, fetched in keyset batches."""
     keys = _order_keys(conn, table)
     names = [c.name for c in table.primary_key.columns]
@@ -343,12 +343,12 @@ def compare_tables(
         while a is not None or b is not None:
             key_a = row_key(table, a) if a is not None else None
             key_b = row_key(table, b) if b is not None else None
-            if b is None or (a is not None and key_a < key_b):  # type: ignore[operator]
+            if b is None or (a is not None and key_a < key_b):  # type: ignore[operator]  # both keys set when both rows are
                 check.source_rows += 1
-                src_hash.update(canonical_row(a).encode() + b"\n")  # type: ignore[arg-type]
+                src_hash.update(canonical_row(a).encode() + b"\n")  # type: ignore[arg-type]  # a is set in this branch
                 check.differences.append(f"{_show_key(key_a)}: missing on the target")
                 a = next(src_rows, None)
-            elif a is None or key_b < key_a:  # type: ignore[operator]
+            elif a is None or key_b < key_a:  # type: ignore[operator]  # both keys set when both rows are
                 check.target_rows += 1
                 dst_hash.update(canonical_row(b).encode() + b"\n")
                 check.differences.append(f"{_show_key(key_b)}: only on the target")
@@ -422,7 +422,7 @@ async def copy_database(
     refuses (bad URL, source not at head, non-empty target without ``force``)."""
     _check_urls(source_url, target_url)
     report = CopyReport(_hide_password(source_url), _hide_password(target_url), dry_run=dry_run)
-    source = readonly_engine(sqlite_path(source_url))  # type: ignore[arg-type]
+    source = readonly_engine(sqlite_path(source_url))  # type: ignore[arg-type]  # _check_urls made the source a SQLite file
     target = create_engine(target_url, pool_size=1, max_overflow=0)
     try:
         with source.connect() as src:
@@ -470,7 +470,7 @@ async def validate_copy(
     """Compare an existing copy with its source (nothing is written on either side)."""
     _check_urls(source_url, target_url)
     report = CopyReport(_hide_password(source_url), _hide_password(target_url), validate_only=True)
-    source = readonly_engine(sqlite_path(source_url))  # type: ignore[arg-type]
+    source = readonly_engine(sqlite_path(source_url))  # type: ignore[arg-type]  # _check_urls made the source a SQLite file
     target = create_engine(target_url, pool_size=1, max_overflow=0)
     try:
         with source.connect() as src:

@@ -104,7 +104,7 @@ def integrity_sync(conn: sa.Connection) -> list[str]:
 
 def positions_sync(conn: sa.Connection) -> tuple[int, list[str]]:
     ids = list(conn.execute(sa.select(t.portfolios.c.id).order_by(t.portfolios.c.id)).scalars())
-    differences = []
+    differences: list[str] = []
     for pid in ids:
         differences.extend(str(d) for d in verify_portfolio(conn, pid))
     return len(ids), differences
