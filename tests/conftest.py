@@ -43,10 +43,17 @@ def pg_base_url() -> str | None:
     return make_url(url).set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
 
 
+def _pg_url() -> str:
+    """pg_base_url() where PostgreSQL is required (only reached when it is configured)."""
+    url = pg_base_url()
+    assert url is not None, f"{PG_ENV} is not set"
+    return url
+
+
 async def _pg_admin(sql: list[str]) -> None:
     import asyncpg
 
-    url = make_url(pg_base_url())
+    url = make_url(_pg_url())
     conn = await asyncpg.connect(
         host=url.host or "127.0.0.1",
         port=url.port or 5432,
@@ -69,7 +76,7 @@ class PgDatabases:
         self.template: str | None = None
 
     def url_for(self, name: str) -> str:
-        return make_url(pg_base_url()).set(database=name).render_as_string(hide_password=False)
+        return make_url(_pg_url()).set(database=name).render_as_string(hide_password=False)
 
     def create(self, template: str | None = None) -> str:
         name = f"{self.prefix}_{next(_counter)}"
@@ -157,7 +164,9 @@ def captured_statements(db: Any) -> Iterator[list[tuple[str, Any]]]:
     sync_engines = [e if isinstance(e, sa.Engine) else e.sync_engine for e in engines]
     seen: list[tuple[str, Any]] = []
 
-    def listener(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+    def listener(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> None:
         seen.append((statement, parameters))
 
     for engine in sync_engines:

@@ -165,7 +165,7 @@ def _lock_is_free(db: Database) -> bool:
 
 async def _trade_count(db: Database, actor: Actor, pid: int) -> int:
     async with db.session(actor, readonly=True) as s:
-        return await s.run(  # type: ignore[no-any-return]
+        return await s.run(
             lambda tx: tx.conn.execute(
                 sa.select(sa.func.count())
                 .select_from(t.trades)

@@ -1,0 +1,393 @@
+"""How a transaction executes, per engine: the channels a ``Session`` runs its work on.
+
+Every query function and service in dal/ is plain synchronous SQLAlchemy Core on a
+``Connection``. A session runs them where they are cheapest for its engine:
+
+* SQLite: on one stdlib-sqlite3 writer connection, on the event loop's own thread when the
+  write lock is free at once and on the writer thread otherwise (``_Writer``), plus a small
+  pool of reader threads for read-only sessions. A service call is one synchronous call, however
+  many statements it runs: SQLAlchemy's aiosqlite adapter would pay several thread hops per
+  statement (docs/performance.md). The single writer connection serializes writers by
+  construction; ``BEGIN IMMEDIATE`` and the busy timeout cover other processes.
+* PostgreSQL: on one pooled asyncpg connection held for the session, each service call in one
+  ``AsyncConnection.run_sync`` (greenlet) step; rows are locked with ``SELECT … FOR UPDATE``.
+
+A runner hands out channels (``connection(readonly)``); a channel runs a sync function in the
+transaction (``run``), ends it (``finish``) or does both in one step (``run_once``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from dal.engine import BUSY_TIMEOUT_MS, create_engine, create_sync_sqlite_engine
+
+T = TypeVar("T")
+READER_THREADS = 2
+
+
+class _Lane:
+    """One reader thread with its own SQLite connection: everything submitted runs in order."""
+
+    def __init__(self, engine: sa.Engine, name: str) -> None:
+        self._engine = engine
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._local = threading.local()
+
+    def _conn(self) -> sa.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._engine.connect()
+            self._local.conn = conn
+        return conn
+
+    async def submit(self, fn: Callable[[sa.Connection], T]) -> T:
+        return await asyncio.wrap_future(self._pool.submit(lambda: fn(self._conn())))
+
+    def close(self) -> None:
+        def _close() -> None:
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:
+                conn.close()
+
+        self._pool.submit(_close).result()
+        self._pool.shutdown(wait=True)
+
+
+class _Writer:
+    """The one SQLite connection every write transaction of this process uses, and the thread
+    that runs the transactions that should not run on the event loop.
+
+    A write transaction runs on the event loop's own thread when its ``BEGIN IMMEDIATE`` gets
+    the lock at once (the connection's busy timeout is 0): SQLAlchemy's Python holds the GIL
+    either way, so a thread would only add the hand-offs (≈ 0.15-0.25 ms per transaction on
+    this machine, README "DAL design"). It runs on the writer thread, with the normal busy
+    timeout, when another connection holds the lock (another process, another Database on the
+    same file), and a call marked ``long_running`` runs there too (the loop keeps its share of
+    the GIL). The write lock (an asyncio lock) gives the connection to one transaction at a
+    time wherever it runs, and a transaction keeps it until its last thread job is over, even
+    when its task is cancelled: a thread cannot be stopped halfway.
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="tradebook-writer")
+        self._conn: sa.Connection | None = None
+        self._closed = False
+        self.lock = asyncio.Lock()
+        self.owner: asyncio.Task[Any] | None = None  # the task holding the lock
+
+    def connection(self) -> sa.Connection:
+        if self._closed:
+            raise RuntimeError("this Database has been disposed")
+        if self._conn is None or self._conn.closed:
+            conn = self._engine.connect()
+            _set_busy_timeout(conn, 0)
+            self._conn = conn
+        return self._conn
+
+    def holds(self, conn: sa.Connection) -> bool:
+        return self._conn is conn
+
+    async def in_thread(self, fn: Callable[[sa.Connection], T]) -> T:
+        """``fn(connection)`` on the writer thread; returns (or raises) only once it is over."""
+        job = asyncio.wrap_future(self._thread.submit(fn, self.connection()))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # The job runs on regardless: keep the connection (and the write lock, which the
+            # caller holds) until it is over, so no other transaction shares the connection
+            # with it; then pass the cancellation on. Its own outcome is what the caller's
+            # session sees when it ends (a BEGIN still to be rolled back, say).
+            await _until_done(job)
+            raise
+
+    def discard(self) -> None:
+        """Drop a connection whose transaction state cannot be trusted; SQLite rolls back
+        whatever it still had open when it closes."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+            finally:
+                conn.close()
+
+    async def close(self) -> None:
+        # After any transaction still running (a session that awaits between calls), never
+        # under it: closing would roll back its first half and let the rest commit alone.
+        async with self.lock:
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self._thread.shutdown(wait=True)
+
+
+async def _until_done(job: asyncio.Future[Any]) -> None:
+    """Wait for ``job`` to finish, however often this task is cancelled meanwhile."""
+    while not job.done():
+        try:
+            await asyncio.wait([job])
+        except asyncio.CancelledError:
+            continue
+    if not job.cancelled():
+        job.exception()  # retrieved: its outcome was reported where it belonged
+
+
+def _set_busy_timeout(conn: sa.Connection, ms: int) -> None:
+    # On the driver's connection: a statement through SQLAlchemy would open a transaction.
+    conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={ms}")  # type: ignore[union-attr]  # a live sqlite3 connection here
+
+
+def _begin_waiting(conn: sa.Connection) -> None:
+    _set_busy_timeout(conn, BUSY_TIMEOUT_MS)
+    try:
+        conn.execution_options(sqlite_begin="IMMEDIATE").begin()
+    except BaseException:
+        _set_busy_timeout(conn, 0)
+        raise
+
+
+def _commit(writer: _Writer, conn: sa.Connection) -> None:
+    """COMMIT; if it fails, roll back in SQLite itself before raising. A failed COMMIT (a
+    deferred foreign key, a full disk) leaves SQLite's transaction open while SQLAlchemy marks
+    its own inactive, and SQLAlchemy's rollback would then never reach SQLite: the writer
+    connection would keep the write lock with a half-done transaction on it."""
+    try:
+        conn.commit()
+    except BaseException:
+        try:
+            conn.connection.driver_connection.rollback()  # type: ignore[union-attr]  # a live sqlite3 connection here
+            conn.rollback()  # forgets SQLAlchemy's inactive transaction
+        except BaseException:
+            writer.discard()
+        raise
+
+
+def _rollback(writer: _Writer, conn: sa.Connection) -> None:
+    try:
+        conn.rollback()
+    except BaseException:
+        writer.discard()
+        raise
+
+
+def _end(writer: _Writer, conn: sa.Connection, commit: bool, *, waited: bool) -> None:
+    try:
+        if conn.in_transaction():
+            (_commit if commit else _rollback)(writer, conn)
+    finally:
+        if waited and writer.holds(conn):
+            _set_busy_timeout(conn, 0)
+
+
+def _whole(writer: _Writer, conn: sa.Connection, fn: Callable[[sa.Connection], T]) -> T:
+    """The work of a begun transaction, then COMMIT (or ROLLBACK on any error)."""
+    try:
+        result = fn(conn)
+    except BaseException:
+        _rollback(writer, conn)
+        raise
+    _commit(writer, conn)
+    return result
+
+
+def _is_busy(exc: sa.exc.OperationalError) -> bool:
+    # Extended result codes (SQLITE_BUSY_RECOVERY, ...) carry the primary code in the low byte.
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
+
+
+class SQLiteRunner:
+    def __init__(self, url: str) -> None:
+        # The writer and the readers each hold their own connection; no pool needed. Each
+        # connection is used by one transaction at a time, so any thread may use it.
+        self.engine = create_sync_sqlite_engine(
+            url, poolclass=sa.pool.NullPool, connect_args={"check_same_thread": False}
+        )
+        self.writer = _Writer(self.engine)
+        self._readers: asyncio.Queue[_Lane] = asyncio.Queue()
+        for i in range(READER_THREADS):
+            lane = _Lane(self.engine, f"tradebook-reader-{i}")
+            self._readers.put_nowait(lane)
+        self._all_readers = list(self._readers._queue)  # type: ignore[attr-defined]  # asyncio.Queue's deque, to reach every lane at dispose
+
+    @contextlib.asynccontextmanager
+    async def connection(self, readonly: bool) -> AsyncIterator[Channel]:
+        if readonly:
+            lane = await self._readers.get()
+            try:
+                yield _LaneChannel(lane, begin="DEFERRED")
+            finally:
+                self._readers.put_nowait(lane)
+        else:
+            writer = self.writer
+            task = asyncio.current_task()
+            if writer.owner is not None and writer.owner is task:
+                # It would wait for itself forever: the lock is not reentrant.
+                raise RuntimeError(
+                    "a write transaction was started inside another one in the same task; "
+                    "use the open session instead"
+                )
+            async with writer.lock:
+                writer.owner = task
+                try:
+                    yield _WriterChannel(writer)
+                finally:
+                    writer.owner = None
+
+    async def dispose(self) -> None:
+        await self.writer.close()
+        for lane in self._all_readers:
+            await asyncio.to_thread(lane.close)
+        self.engine.dispose()
+
+
+class PostgresRunner:
+    def __init__(self, url: str, engine: AsyncEngine | None = None) -> None:
+        self.engine = engine or create_engine(url)
+        # Reads run in autocommit on connections the server holds read-only: no BEGIN and
+        # COMMIT round trips, and a write by mistake is refused instead of committed alone.
+        self.reader = create_engine(
+            url,
+            isolation_level="AUTOCOMMIT",
+            pool_size=5,
+            connect_args={"server_settings": {"default_transaction_read_only": "on"}},
+        )
+
+    @contextlib.asynccontextmanager
+    async def connection(self, readonly: bool) -> AsyncIterator[Channel]:
+        async with (self.reader if readonly else self.engine).connect() as conn:
+            yield _AsyncChannel(conn)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+        await self.reader.dispose()
+
+
+class Channel:
+    """Runs a sync function on the session's connection, inside the session's transaction.
+
+    ``long_running`` (work marked ``dal.scope.long_running``) asks SQLite to keep it off the
+    event loop's thread; PostgreSQL ignores it (the work awaits the server anyway).
+    """
+
+    async def run(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
+        raise NotImplementedError
+
+    async def finish(self, commit: bool) -> None:
+        raise NotImplementedError
+
+    async def run_once(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
+        """A whole transaction around ``fn`` in one step (BEGIN, work, COMMIT)."""
+        raise NotImplementedError
+
+
+class _LaneChannel(Channel):
+    """A read-only session on a reader thread (``BEGIN DEFERRED``: concurrent with writes)."""
+
+    def __init__(self, lane: _Lane, begin: str) -> None:
+        self._lane = lane
+        self._begin = begin
+
+    async def run(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
+        def in_transaction(conn: sa.Connection) -> T:
+            if not conn.in_transaction():
+                # The first call of a session opens its transaction in the same thread hop.
+                conn.execution_options(sqlite_begin=self._begin).begin()
+            return fn(conn)
+
+        return await self._lane.submit(in_transaction)
+
+    async def finish(self, commit: bool) -> None:
+        def end(conn: sa.Connection) -> None:
+            if conn.in_transaction():
+                (conn.commit if commit else conn.rollback)()
+
+        await self._lane.submit(end)
+
+
+class _WriterChannel(Channel):
+    """One write transaction on the writer connection, begun on the loop or on the writer
+    thread; a call marked long-running runs on the thread either way."""
+
+    def __init__(self, writer: _Writer) -> None:
+        self._writer = writer
+        self._where: str | None = None  # "loop" | "thread" once BEGIN was sent there
+
+    def _begin_on_loop(self, long_running: bool) -> bool:
+        if long_running:
+            return False
+        conn = self._writer.connection()
+        try:
+            conn.execution_options(sqlite_begin="IMMEDIATE").begin()
+        except sa.exc.OperationalError as exc:
+            if _is_busy(exc):
+                return False  # someone else writes: wait for the lock on the thread
+            raise
+        return True
+
+    async def _begin(self, long_running: bool) -> None:
+        if self._begin_on_loop(long_running):
+            self._where = "loop"
+        else:
+            # Set first: if this task is cancelled while BEGIN waits, finish() still ends
+            # whatever BEGIN began.
+            self._where = "thread"
+            await self._writer.in_thread(_begin_waiting)
+
+    async def run(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
+        if self._where is None:
+            await self._begin(long_running)
+        if self._where == "loop" and not long_running:
+            return fn(self._writer.connection())
+        return await self._writer.in_thread(fn)
+
+    async def finish(self, commit: bool) -> None:
+        writer, where, self._where = self._writer, self._where, None
+        if where == "loop":
+            _end(writer, writer.connection(), commit, waited=False)
+        elif where == "thread":
+            await writer.in_thread(lambda conn: _end(writer, conn, commit, waited=True))
+
+    async def run_once(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
+        writer = self._writer
+        if self._begin_on_loop(long_running):
+            return _whole(writer, writer.connection(), fn)
+
+        def waiting(conn: sa.Connection) -> T:
+            _begin_waiting(conn)
+            try:
+                return _whole(writer, conn, fn)
+            finally:
+                if writer.holds(conn):
+                    _set_busy_timeout(conn, 0)
+
+        return await writer.in_thread(waiting)
+
+
+class _AsyncChannel(Channel):
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def run(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
+        if not self._conn.in_transaction():
+            await self._conn.begin()
+        return await self._conn.run_sync(fn)
+
+    async def finish(self, commit: bool) -> None:
+        if self._conn.in_transaction():
+            await (self._conn.commit() if commit else self._conn.rollback())
+
+    async def run_once(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
+        async with self._conn.begin():
+            return await self._conn.run_sync(fn)
