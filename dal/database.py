@@ -7,8 +7,11 @@ dal/execution.py.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -16,13 +19,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from dal.engine import is_sqlite
-from dal.errors import Forbidden, NotApproved
+from dal.errors import ConcurrentUpdate, Forbidden, NotApproved
 from dal.execution import Channel, PostgresRunner, SQLiteRunner
 from dal.scope import Actor, Tx, is_long_running, is_read_only
 from dal.services import Services
 
 T = TypeVar("T")
 P = ParamSpec("P")
+log = logging.getLogger("tradebook.dal")
 
 
 class Session(Services):
@@ -69,6 +73,12 @@ class DalSettings:
     paper_starting_cash: Any = None
     paper_currency: str = "USDT"
     admin_telegram_ids: tuple[int, ...] = ()
+    # Runs of a transaction PostgreSQL aborts for a deadlock or serialization failure.
+    transaction_attempts: int = 5
+    # PostgreSQL connections this process may hold (see PostgresRunner for the budget), and
+    # how long a transaction waits for one when all are busy.
+    pool_size: int = 10
+    pool_timeout_s: float = 30.0
 
 
 class Database:
@@ -92,6 +102,8 @@ class Database:
                 paper_starting_cash=settings.paper_starting_cash,
                 paper_currency=settings.paper_currency,
                 admin_telegram_ids=tuple(settings.admin_telegram_ids),
+                transaction_attempts=settings.db_transaction_attempts,
+                pool_size=settings.db_pool_size,
             ),
         )
 
@@ -100,7 +112,9 @@ class Database:
             if self.dialect == "sqlite":
                 self._runner = SQLiteRunner(self.url)
             else:
-                self._runner = PostgresRunner(self.url)
+                self._runner = PostgresRunner(
+                    self.url, self.settings.pool_size, self.settings.pool_timeout_s
+                )
         return self._runner
 
     @contextlib.asynccontextmanager
@@ -115,16 +129,52 @@ class Database:
         PostgreSQL: autocommit on a connection the server holds read-only, see ``read_only``).
         """
         runner = self._get_runner()
-        async with runner.connection(readonly) as channel:
-            session = Session(channel, actor, admin, self)
-            ok = False
+        with _concurrent_update_is_clear():
+            async with runner.connection(readonly) as channel:
+                session = Session(channel, actor, admin, self)
+                ok = False
+                try:
+                    if admin and not actor.is_system:
+                        await session.run(_require_admin_user)
+                    yield session
+                    ok = True
+                finally:
+                    await channel.finish(commit=ok)
+
+    async def transaction(
+        self,
+        actor: Actor,
+        unit: Callable[[Session], Awaitable[T]],
+        *,
+        admin: bool = False,
+    ) -> T:
+        """``await unit(session)`` as one transaction, run again from the start (in a new
+        transaction) when PostgreSQL aborts it for a deadlock or serialization failure.
+
+        ``unit`` may run more than once, so it must only work through the session (no
+        messages sent, no state kept outside it) until it returns."""
+        return await self._retrying(lambda: self._once(actor, unit, admin))
+
+    async def _once(self, actor: Actor, unit: Callable[[Session], Awaitable[T]], admin: bool) -> T:
+        async with self.session(actor, admin=admin) as s:
+            return await unit(s)
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        attempts = max(1, self.settings.transaction_attempts)
+        for number in range(1, attempts + 1):
             try:
-                if admin and not actor.is_system:
-                    await session.run(_require_admin_user)
-                yield session
-                ok = True
-            finally:
-                await channel.finish(commit=ok)
+                return await attempt()
+            except ConcurrentUpdate as exc:
+                if number == attempts:
+                    raise ConcurrentUpdate(
+                        f"{exc} It failed {attempts} times in a row; nothing was written. "
+                        "Try again."
+                    ) from exc
+                log.info("transaction retried (%s, attempt %d of %d)", exc, number, attempts)
+                # Jittered, growing pauses, so the transactions that collided do not collide
+                # again in step.
+                await asyncio.sleep(random.uniform(0, RETRY_PAUSE_S * 2**number))
+        raise AssertionError("unreachable")
 
     async def call(
         self,
@@ -139,19 +189,25 @@ class Database:
         """``method(service(tx), *args, **kwargs)`` as its own transaction, in one step: what
         ``db.scoped(actor)`` does for every call (half the thread hops of a one-call session
         on SQLite)."""
-        state: dict[str, Any] = {}
         # On SQLite a one-call read is fastest as it is: a transaction on the loop's thread
         # (a reader lane costs a thread hop); on PostgreSQL it saves BEGIN and COMMIT.
         readonly = self.dialect == "postgresql" and is_read_only(method)
+        long_running = is_long_running(method)
 
         def body(conn: sa.Connection) -> T:
-            tx = Tx(conn, actor, admin, state, self.settings, self.cache)
+            tx = Tx(conn, actor, admin, {}, self.settings, self.cache)
             if admin and not actor.is_system:
                 _require_admin_user(tx)
             return method(service(tx), *args, **(kwargs or {}))
 
-        async with self._get_runner().connection(readonly=readonly) as channel:
-            return await channel.run_once(body, is_long_running(method))
+        async def once() -> T:
+            with _concurrent_update_is_clear():
+                async with self._get_runner().connection(readonly=readonly) as channel:
+                    return await channel.run_once(body, long_running)
+
+        if self.dialect == "sqlite":  # writers are serialized: nothing to retry
+            return await once()
+        return await self._retrying(once)
 
     def scoped(self, actor: Actor) -> ScopedDal:
         """A user-scoped handle: ``await dal.orders.list()`` runs as its own transaction."""
@@ -196,6 +252,29 @@ class ScopedDal(Services):
         kwargs: dict[str, Any],
     ) -> T:
         return await self.db.call(self.actor, service, method, args, kwargs, admin=self.admin_scope)
+
+    async def transaction(self, unit: Callable[[Session], Awaitable[T]]) -> T:
+        """``await unit(session)`` as one transaction, retried on deadlock (see Database)."""
+        return await self.db.transaction(self.actor, unit, admin=self.admin_scope)
+
+
+# SQLSTATEs of a transaction PostgreSQL aborted because of concurrent ones: safe to run again.
+RETRYABLE = {"40P01": "deadlock detected", "40001": "serialization failure"}
+RETRY_PAUSE_S = 0.005
+
+
+@contextlib.contextmanager
+def _concurrent_update_is_clear() -> Iterator[None]:
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        what = RETRYABLE.get(getattr(exc.orig, "sqlstate", None) or "")
+        if what is None:
+            raise
+        raise ConcurrentUpdate(
+            f"The database aborted this change because another one touched the same rows at "
+            f"the same time ({what})."
+        ) from exc
 
 
 def _require_admin_user(tx: Tx) -> None:

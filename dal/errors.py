@@ -27,3 +27,13 @@ class Conflict(TradebookError):
     """The request contradicts what is stored: an idempotency key reused with other fields,
     an illegal order transition, an overfill, a name already taken, history that forbids a
     delete."""
+
+
+class ConcurrentUpdate(TradebookError):
+    """PostgreSQL aborted the transaction because a concurrent one touched the same rows
+    (deadlock or serialization failure) and the retries ran out; nothing was written."""
+
+
+class DatabaseUnavailable(TradebookError):
+    """No database connection could be had: the server is unreachable, or it (or this
+    process's pool) has no connection to spare."""

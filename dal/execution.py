@@ -27,9 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dal.engine import BUSY_TIMEOUT_MS, create_engine, create_sync_sqlite_engine
+from dal.errors import DatabaseUnavailable
 
 T = TypeVar("T")
 READER_THREADS = 2
@@ -253,21 +254,48 @@ class SQLiteRunner:
 
 
 class PostgresRunner:
-    def __init__(self, url: str, engine: AsyncEngine | None = None) -> None:
-        self.engine = engine or create_engine(url)
+    """Two pools: writers (``pool_size`` connections, as many again in bursts) and readers
+    (half that, likewise), so one process holds at most ``3 × pool_size`` connections: 30 by
+    default, against PostgreSQL's default ``max_connections`` of 100."""
+
+    def __init__(self, url: str, pool_size: int = 10, pool_timeout_s: float = 30.0) -> None:
+        writers, readers = max(1, pool_size), max(1, pool_size // 2)
+        self.engine = create_engine(
+            url, pool_size=writers, max_overflow=writers, pool_timeout=pool_timeout_s
+        )
         # Reads run in autocommit on connections the server holds read-only: no BEGIN and
         # COMMIT round trips, and a write by mistake is refused instead of committed alone.
         self.reader = create_engine(
             url,
             isolation_level="AUTOCOMMIT",
-            pool_size=5,
+            pool_size=readers,
+            max_overflow=readers,
+            pool_timeout=pool_timeout_s,
             connect_args={"server_settings": {"default_transaction_read_only": "on"}},
         )
 
     @contextlib.asynccontextmanager
     async def connection(self, readonly: bool) -> AsyncIterator[Channel]:
-        async with (self.reader if readonly else self.engine).connect() as conn:
+        engine = self.reader if readonly else self.engine
+        try:
+            conn = await engine.connect()
+        except sa.exc.TimeoutError:
+            raise DatabaseUnavailable(
+                "every database connection of this process is busy; try again "
+                "(TRADEBOOK_DB_POOL_SIZE sets how many it may hold)"
+            ) from None
+        except sa.exc.DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == "53300":
+                raise DatabaseUnavailable(
+                    "PostgreSQL has no connection to spare (max_connections reached); lower "
+                    "TRADEBOOK_DB_POOL_SIZE or raise the server's max_connections"
+                ) from None
+            raise
+        try:
             yield _AsyncChannel(conn)
+        finally:
+            # As ``async with`` would: the connection goes back even if this task is cancelled.
+            await asyncio.shield(conn.close())
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -59,6 +59,7 @@ from dal.position_math import FillResult, PositionState, apply_fill
 from dal.positions import (
     PositionKey,
     lock_position,
+    position_lock_order,
     position_values,
     rederive_position,
     state_of,
@@ -131,7 +132,7 @@ def ingest(tx: Tx, fills: list[Fill]) -> list[IngestResult]:
     """Ingest parsed fills in the caller's transaction; one result per fill, in order."""
     known = _read_at_once(tx, fills[0]) if len(fills) == 1 else None
     planned = _plan(tx, fills, known)
-    keys = sorted({p.key for p in planned}, key=_order)
+    keys = sorted({p.key for p in planned}, key=position_lock_order)
     positions = {
         key: known.position if known is not None else lock_position(tx, key) for key in keys
     }
@@ -145,11 +146,15 @@ def ingest(tx: Tx, fills: list[Fill]) -> list[IngestResult]:
     if not new:
         return [IngestResult(p.trade, True) for p in planned]  # type: ignore[arg-type]  # trade is set once the plan is written
 
-    currencies = {p.instrument.id: p.instrument.currency for p in new}
-    for portfolio_id, entries in _summary_entries(new).items():
-        add_to_summary(tx, portfolio_id, entries, currencies)
     _advance_orders(tx, new)
-    rederived, late = _write_positions(tx, planned, positions)
+    rederived, late, corrections = _write_positions(tx, planned, positions)
+    # Summary and daily rows last, portfolio by portfolio in id order: the global lock order.
+    currencies = {p.instrument.id: p.instrument.currency for p in new}
+    entries = _summary_entries(new)
+    for portfolio_id, fixes in corrections.items():
+        entries[portfolio_id].extend(fixes)
+    for portfolio_id in sorted(entries):
+        add_to_summary(tx, portfolio_id, entries[portfolio_id], currencies)
     if rederived:
         # Their realized PnL may have changed: hand back (and audit) the rows as stored now.
         fixed = {
@@ -160,10 +165,6 @@ def ingest(tx: Tx, fills: list[Fill]) -> list[IngestResult]:
             p.trade = fixed[p.trade.id]  # type: ignore[union-attr]  # trade/result are set once the plan is written
     _audit_and_log(tx, new, late)
     return [IngestResult(p.trade, p.replayed) for p in planned]  # type: ignore[arg-type]  # trade is set once the plan is written
-
-
-def _order(key: PositionKey) -> tuple[int, int, int]:
-    return (key[0], key[1], key[2] or 0)
 
 
 @dataclass(frozen=True)
@@ -431,15 +432,17 @@ def _advance_orders(tx: Tx, new: list[_Planned]) -> None:
 
 def _write_positions(
     tx: Tx, planned: list[_Planned], positions: dict[PositionKey, sa.Row[Any]]
-) -> tuple[list[_Planned], set[int]]:
+) -> tuple[list[_Planned], set[int], dict[int, list[Entry]]]:
     """Write each position the batch changed. Returns the fills whose position was re-derived
-    from its trades instead (late fills, replays mixed with new fills, ids out of order) and
-    the ``id()`` of the late fills (older than one their position had already seen)."""
+    from its trades instead (late fills, replays mixed with new fills, ids out of order), the
+    ``id()`` of the late fills (older than one their position had already seen) and, per
+    portfolio, the summary corrections the re-derivations found (the caller adds them)."""
     by_key: dict[PositionKey, list[_Planned]] = {}
     for p in planned:
         by_key.setdefault(p.key, []).append(p)
     rederived: list[_Planned] = []
     late: set[int] = set()
+    corrections: dict[int, list[Entry]] = {}
     for key, group in by_key.items():
         new = [p for p in group if not p.replayed]
         if not new:
@@ -463,9 +466,9 @@ def _write_positions(
         else:
             # Replay the position's trades in canonical order (exec_time, id), fixing per-trade
             # realized PnL and the summary on the way.
-            rederive_position(tx, key, position.id)
+            corrections.setdefault(key[0], []).extend(rederive_position(tx, key, position.id))
             rederived.extend(new)
-    return rederived, late
+    return rederived, late, corrections
 
 
 def _applied_in_order(position: sa.Row[Any], group: list[_Planned]) -> bool:
@@ -550,19 +553,22 @@ def _fused_statement(with_order: bool) -> sa.Select[Any]:
     )
     inserted = sa.exists(sa.select(new_trade.c.id))
 
-    def upsert_of_params(table: sa.Table, prefix: str, name: str) -> Any:
+    def upsert_of_params(table: sa.Table, prefix: str, name: str, after: Any) -> Any:
         """The adding upsert of one row given as parameters ``{prefix}{column}``, written only
-        when the trade was."""
+        when ``after`` holds."""
         columns = [c.name for c in table.c]
         row = sa.select(*(sa.bindparam(f"{prefix}{c}", type_=table.c[c].type) for c in columns))
-        insert = postgresql.insert(table).from_select(columns, row.where(inserted))
-        return adding_to_existing_rows(insert).cte(name)  # type: ignore[attr-defined]  # the PostgreSQL Insert it builds has .cte
+        insert = postgresql.insert(table).from_select(columns, row.where(after))
+        upsert = adding_to_existing_rows(insert).returning(table.c.portfolio_id)  # type: ignore[attr-defined]  # the PostgreSQL Insert it builds has .returning
+        return upsert.cte(name)
 
-    writes = [
-        upsert_of_params(summary, "day_", "summary_day"),
-        upsert_of_params(summary, "month_", "summary_month"),
-        upsert_of_params(daily, "daily_", "daily_row"),
-    ]
+    # PostgreSQL runs independent data-modifying CTEs in an order of its own choosing (today
+    # the reverse of the WITH list). Each summary upsert waits for the previous one's row, so
+    # the rows are locked in the global order (docs/architecture.md, "Lock order"): the DAY
+    # row, the MONTH row, then the daily row, as the general path locks them.
+    day = upsert_of_params(summary, "day_", "summary_day", inserted)
+    month = upsert_of_params(summary, "month_", "summary_month", _wrote(day))
+    writes = [day, month, upsert_of_params(daily, "daily_", "daily_row", _wrote(month))]
     if with_order:
         writes.append(
             orders.update()
@@ -604,6 +610,10 @@ def _fused_statement(with_order: bool) -> sa.Select[Any]:
         .cte("audit_row")
     )
     return sa.select(new_trade).add_cte(*writes)
+
+
+def _wrote(cte: Any) -> sa.Exists:
+    return sa.exists(sa.select(cte.c.portfolio_id))
 
 
 _FUSED = {with_order: _fused_statement(with_order) for with_order in (False, True)}

@@ -19,12 +19,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
 from dal.accounts import owned_portfolio
-from dal.instruments import resolve_instrument
 from dal.pnl_summary import (
     DailyDifference,
     Entry,
     SummaryDifference,
-    add_to_summary,
     lock_owner,
     rebuild_summary,
     verify_summary,
@@ -80,6 +78,11 @@ _LOCK_STRATEGY = _LOCK_BY_KEY.where(
     positions.c.strategy_id == sa.bindparam("strategy_id")
 ).with_for_update()
 _UPDATE_POSITION = positions.update().where(positions.c.id == sa.bindparam("position_id"))
+
+
+def position_lock_order(key: PositionKey) -> tuple[int, int, int]:
+    """Positions are locked in this order (the unique index's: a manual position is 0)."""
+    return (key[0], key[1], key[2] or 0)
 
 
 def lock_position(tx: Tx, key: PositionKey) -> sa.Row[Any]:
@@ -229,9 +232,10 @@ def derive(rows: Sequence[sa.Row[Any]]) -> dict[PositionKey, Derived]:
     return out
 
 
-def rederive_position(tx: Tx, key: PositionKey, position_id: int) -> Derived:
-    """Re-derive one position from its trades (after a late fill) and fix per-trade PnL,
-    with the PnL summary corrected by the same differences."""
+def rederive_position(tx: Tx, key: PositionKey, position_id: int) -> list[Entry]:
+    """Re-derive one position from its trades (after a late fill) and fix per-trade PnL.
+    Returns the corrections the PnL summary needs (the same differences): the caller adds
+    them, in the lock order of its transaction."""
     rows = _trades_in_canonical_order(tx.conn, key[0], key)
     derived = derive(rows).get(key) or Derived(PositionState(), None, None, {})
     corrections: list[Entry] = []
@@ -251,9 +255,8 @@ def rederive_position(tx: Tx, key: PositionKey, position_id: int) -> Derived:
                     0,
                 )
             )
-    add_to_summary(tx, key[0], corrections, {key[1]: resolve_instrument(tx, key[1]).currency})
     write_position(tx, position_id, derived.state, derived.last_exec_time, derived.last_trade_id)
-    return derived
+    return corrections
 
 
 @dataclass(frozen=True)
@@ -381,10 +384,9 @@ class PositionService:
             for d in differences
             if isinstance(d, Difference)
         }
-        for key in keys:
-            row = lock_position(self.tx, key)
-            rederive_position(self.tx, key, row.id)
-        rebuild_summary(self.tx.conn, portfolio_id)
+        for key in sorted(keys, key=position_lock_order):
+            rederive_position(self.tx, key, lock_position(self.tx, key).id)
+        rebuild_summary(self.tx.conn, portfolio_id)  # the summary's corrections included
         self.tx.audit(
             "POSITION",
             None,

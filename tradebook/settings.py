@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     )
 
     database_url: str = DEFAULT_DATABASE_URL
+    # PostgreSQL: connections one process may hold (at most 3 × this; see docs/operations.md)
+    # and how often a transaction aborted by a deadlock is run again.
+    db_pool_size: int = Field(default=10, ge=1, le=100)
+    db_transaction_attempts: int = Field(default=5, ge=1, le=20)
     telegram_bot_token: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("TELEGRAM_BOT_TOKEN", "telegram_bot_token"),
