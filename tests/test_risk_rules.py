@@ -22,8 +22,8 @@ from dal.risk_rules import (
 from dal.schema import BREACH_ACTIONS, POLICY_SCOPES
 from dal.types import quantize18
 
-DOC_PATH = Path(__file__).resolve().parent.parent / "README.md"
-HEADING = "## Risk rules"
+DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "risk-rules.md"
+HEADING = "# Risk rules"
 COLUMNS = [
     "#",
     "rule",
@@ -220,14 +220,19 @@ def limit(
     return EffectiveLimit(key, Decimal(value), policy, scope, mode)
 
 
+def policy(**limits: str) -> PolicyConfig:
+    """A policy written as stored, limits as text (PolicyConfig turns them into Decimals)."""
+    return PolicyConfig.model_validate(limits)
+
+
 # --- merge_limits ------------------------------------------------------------------------------
 def test_merge_most_specific_scope_wins_even_when_looser() -> None:
     merged = merge_limits(
         [
-            (1, "USER", PolicyConfig(max_risk_per_trade="0.01", max_leverage="2")),
-            (2, "PORTFOLIO", PolicyConfig(max_risk_per_trade="0.02", mode="warn")),
-            (3, "STRATEGY", PolicyConfig(max_risk_per_trade="0.05")),
-            (4, "PORTFOLIO", PolicyConfig(max_leverage="3", max_daily_loss="0.03")),
+            (1, "USER", policy(max_risk_per_trade="0.01", max_leverage="2")),
+            (2, "PORTFOLIO", policy(max_risk_per_trade="0.02", mode="warn")),
+            (3, "STRATEGY", policy(max_risk_per_trade="0.05")),
+            (4, "PORTFOLIO", policy(max_leverage="3", max_daily_loss="0.03")),
         ]
     )
     assert merged["max_risk_per_trade"] == EffectiveLimit(
@@ -244,9 +249,9 @@ def test_merge_most_specific_scope_wins_even_when_looser() -> None:
 def test_merge_within_a_scope_the_stricter_value_wins_with_its_mode() -> None:
     merged = merge_limits(
         [
-            (5, "PORTFOLIO", PolicyConfig(max_exposure_per_asset="0.3", mode="block")),
-            (6, "PORTFOLIO", PolicyConfig(max_exposure_per_asset="0.2", mode="warn")),
-            (7, "USER", PolicyConfig(max_exposure_per_asset="0.1", mode="block")),
+            (5, "PORTFOLIO", policy(max_exposure_per_asset="0.3", mode="block")),
+            (6, "PORTFOLIO", policy(max_exposure_per_asset="0.2", mode="warn")),
+            (7, "USER", policy(max_exposure_per_asset="0.1", mode="block")),
         ]
     )
     winner = merged["max_exposure_per_asset"]
@@ -255,9 +260,9 @@ def test_merge_within_a_scope_the_stricter_value_wins_with_its_mode() -> None:
 
 def test_merge_ties_prefer_block_then_lower_policy_id() -> None:
     policies = [
-        (9, "USER", PolicyConfig(max_order_notional="1000", mode="warn")),
-        (8, "USER", PolicyConfig(max_order_notional="1000.0", mode="block")),
-        (3, "USER", PolicyConfig(max_order_notional="1000", mode="block")),
+        (9, "USER", policy(max_order_notional="1000", mode="warn")),
+        (8, "USER", policy(max_order_notional="1000.0", mode="block")),
+        (3, "USER", policy(max_order_notional="1000", mode="block")),
     ]
     assert merge_limits(policies)["max_order_notional"].policy_id == 3
     assert merge_limits(policies[:2])["max_order_notional"].policy_id == 8
@@ -267,7 +272,7 @@ def test_merge_ties_prefer_block_then_lower_policy_id() -> None:
 def test_merge_empty_and_bad_scope() -> None:
     assert merge_limits([]) == {}
     with pytest.raises(ValueError, match="scope"):
-        merge_limits([(1, "ACCOUNT", PolicyConfig(max_leverage="2"))])
+        merge_limits([(1, "ACCOUNT", policy(max_leverage="2"))])
 
 
 def test_scopes_and_actions_match_the_schema() -> None:
@@ -279,9 +284,9 @@ def test_scopes_and_actions_match_the_schema() -> None:
 def test_several_limits_block_wins_over_warn_and_each_breach_is_reported() -> None:
     merged = merge_limits(
         [
-            (1, "USER", PolicyConfig(max_risk_per_trade="0.01", max_leverage="1", mode="warn")),
-            (2, "PORTFOLIO", PolicyConfig(max_order_notional="5000", max_daily_loss="0.05")),
-            (3, "STRATEGY", PolicyConfig(max_exposure_per_asset="0.5", mode="warn")),
+            (1, "USER", policy(max_risk_per_trade="0.01", max_leverage="1", mode="warn")),
+            (2, "PORTFOLIO", policy(max_order_notional="5000", max_daily_loss="0.05")),
+            (3, "STRATEGY", policy(max_exposure_per_asset="0.5", mode="warn")),
         ]
     )
     snapshot = snap(positions={1: "20", 2: "-30"}, marks={1: "100", 2: "50"})
@@ -425,7 +430,7 @@ def test_observed_json_is_json_safe_with_canonical_strings() -> None:
 @pytest.mark.parametrize("field", ["quantity", "price", "stop_price"])
 def test_order_refuses_floats(field: str) -> None:
     values = {"quantity": Decimal(1), "price": Decimal(100), "stop_price": Decimal(95)}
-    values[field] = 1.5
+    values[field] = 1.5  # type: ignore[assignment]  # the float to be refused
     with pytest.raises(TypeError, match="float"):
         OrderIntent(instrument_id=1, side="BUY", **values)
 
@@ -440,11 +445,11 @@ def test_snapshot_and_limits_refuse_floats() -> None:
     }
     for name in ("equity", "day_start_equity", "realized_today"):
         with pytest.raises(TypeError, match="float"):
-            RiskSnapshot(**{**good, name: 0.1})
+            RiskSnapshot(**{**good, name: 0.1})  # type: ignore[arg-type]  # a float: refused
     with pytest.raises(TypeError, match="float"):
-        RiskSnapshot(**{**good, "positions": {1: 0.5}})
+        RiskSnapshot(**{**good, "positions": {1: 0.5}})  # type: ignore[arg-type]  # a float: refused
     with pytest.raises(TypeError, match="float"):
-        RiskSnapshot(**{**good, "marks": {1: 100.0}})
+        RiskSnapshot(**{**good, "marks": {1: 100.0}})  # type: ignore[arg-type]  # a float: refused
     with pytest.raises(TypeError, match="float"):
         EffectiveLimit("max_leverage", 2.0, 1, "USER", "block")  # type: ignore[arg-type]
 
