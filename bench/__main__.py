@@ -56,7 +56,7 @@ async def run_ingest(engines: list[str], scale: float, report: dict[str, Any]) -
                 base = "aiosqlite" if engine == "sqlite" else "asyncpg"
                 for impl in outcome.rates:
                     rate = outcome.median(impl)
-                    row = {
+                    row: dict[str, Any] = {
                         "engine": engine,
                         "case": case.name,
                         "impl": impl,

@@ -7,7 +7,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -142,7 +142,7 @@ def _check_portfolio(tx: Tx, portfolio_id: int, expected_trades: int | None) -> 
     return problems
 
 
-async def check_portfolios(db: Database, expected: dict[int, int | None]) -> None:
+async def check_portfolios(db: Database, expected: Mapping[int, int | None]) -> None:
     """Positions (exactly, via verify) and order fills against the trades; trade counts."""
     async with db.session(Actor.system(), admin=True, readonly=True) as s:
         problems: list[str] = []

@@ -33,6 +33,7 @@ from bench.common import (
     median,
 )
 from dal.database import Database
+from dal.models import Fill
 from dal.position_math import PositionState, apply_fill
 from dal.scope import Actor
 from dal.types import (
@@ -515,7 +516,7 @@ class DalImpl:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def transaction(self, fills: list[dict], user_id: int) -> None:
+    async def transaction(self, fills: list[Fill | dict[str, Any]], user_id: int) -> None:
         trades = self.db.scoped(Actor.user(user_id)).trades
         if len(fills) == 1:
             await trades.ingest_fill(fills[0])
@@ -635,9 +636,11 @@ async def _run_pooled(
         fills = make_fills(
             target, case.fills_per_writer, f"{tag}-w{w}", moving_time=not case.shared_position
         )
+        user_id = target.actor.user_id
+        assert user_id is not None  # make_targets' actors are users
         for i in range(0, len(fills), case.batch):
             try:
-                await conns[w].transaction(fills[i : i + case.batch], target.actor.user_id)
+                await conns[w].transaction(fills[i : i + case.batch], user_id)
             except Exception as exc:
                 errors += 1
                 if errors == 1:

@@ -130,6 +130,7 @@ async def seed(
         pids = [main]
         for k in range(1, portfolios_per_user):
             pids.append(await make_portfolio(db, actor, f"P{k}"))
+        assert actor.user_id is not None  # Actor.user(...) above
         portfolios[actor.user_id] = pids
     rng = random.Random(15)
     total = 0
@@ -505,6 +506,7 @@ def _summary(samples: list[float]) -> dict[str, float]:
 async def latencies(seeded: Seeded, n: int = 50, bot: bool = True) -> dict[str, dict[str, float]]:
     db = seeded.db
     tid, actor = seeded.users[0]
+    assert actor.user_id is not None  # a seeded user, not the system
     pid = seeded.portfolios[actor.user_id][0]
     dal = db.scoped(actor)
     now = dt.datetime.now(dt.UTC)

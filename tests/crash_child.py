@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from dal import schema as t
 from dal.database import Database
+from dal.models import Fill
 from dal.scope import Actor, Tx
 
 T0 = dt.datetime(2024, 5, 1, 9, 0, tzinfo=dt.UTC)
@@ -167,7 +168,8 @@ async def main(cfg: dict[str, Any]) -> None:
                 if not result.replayed:
                     raise AssertionError(f"replay of {replay['broker_trade_id']} was new")
             if size == BATCH:
-                results = await s.trades.ingest_fills(fills)
+                batch: list[Fill | dict[str, Any]] = [*fills]  # the list type ingest_fills takes
+                results = await s.trades.ingest_fills(batch)
             else:
                 results = [await s.trades.ingest_fill(f) for f in fills]
             if any(r.replayed for r in results):

@@ -171,8 +171,12 @@ ORDERS: list[Case] = [
     ("unknown-field", place(qty="1"), "qty.*not permitted"),
     ("portfolio-id-text", place(portfolio_id="main"), "portfolio_id.*integer"),
     ("strategy-id-text", place(strategy_id="sma"), "strategy_id.*integer"),
-    ("not-a-mapping", lambda s, e: s.orders.place("BUY 1 TICKS"), "expected a mapping"),
-    ("none", lambda s, e: s.orders.place(None), "expected a mapping"),
+    ("not-a-mapping",
+     lambda s, e: s.orders.place("BUY 1 TICKS"),  # type: ignore[arg-type]  # text: refused
+     "expected a mapping"),
+    ("none",
+     lambda s, e: s.orders.place(None),  # type: ignore[arg-type]  # None: refused
+     "expected a mapping"),
     ("update-unknown-status", set_status("DONE"), "unknown order status 'DONE'"),
     ("update-to-filled", set_status("FILLED"), "follow from fills"),
     ("list-unknown-status", lambda s, e: s.orders.list(status="OPEN"), "status 'OPEN'"),
@@ -616,11 +620,16 @@ BUGS: list[tuple[str, str, tuple[type[Exception], ...], dict[str, Call]]] = [
     ("marks-unchecked", "marks are not validated: risk.evaluate raises TypeError/ValueError/"
      "AttributeError, cash.equity raises TypeError on a float and values a position at a "
      "negative mark", REFUSED, {
-        "evaluate float": lambda s, e: s.risk.evaluate(e.order(), {e.instrument: 100.0}),
+        # The wrong types below are the point: each must be refused.
+        "evaluate float": lambda s, e: s.risk.evaluate(
+            e.order(), {e.instrument: 100.0}),  # type: ignore[dict-item]  # a float mark
         "evaluate negative": lambda s, e: s.risk.evaluate(e.order(), {e.instrument: -MARK}),
-        "evaluate text": lambda s, e: s.risk.evaluate(e.order(), {e.instrument: "100"}),
-        "evaluate None": lambda s, e: s.risk.evaluate(e.order(), None),
-        "equity float": lambda s, e: s.cash.equity(e.portfolio, {e.instrument: 100.0}),
+        "evaluate text": lambda s, e: s.risk.evaluate(
+            e.order(), {e.instrument: "100"}),  # type: ignore[dict-item]  # a text mark
+        "evaluate None": lambda s, e: s.risk.evaluate(
+            e.order(), None),  # type: ignore[arg-type]  # no marks at all
+        "equity float": lambda s, e: s.cash.equity(
+            e.portfolio, {e.instrument: 100.0}),  # type: ignore[dict-item]  # a float mark
         "equity negative": lambda s, e: s.cash.equity(e.portfolio, {e.instrument: -MARK}),
     }),
 ]  # fmt: skip

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from bot.callbacks import ApproveUser, OrdersPage, PortfolioPick
-from bot.recording import TEXT_LIMIT
+from bot.recording import TEXT_LIMIT, Call
 from dal.database import Database
 from dal.scope import Actor
 from tests.botkit import BotHarness, approved_user, joined, texts
@@ -21,6 +21,12 @@ NOW = dt.datetime.now(dt.UTC)
 _MIDNIGHT = NOW.replace(hour=0, minute=0, second=0, microsecond=0)
 FIRST_FILL = max(NOW - dt.timedelta(hours=2), _MIDNIGHT)
 SECOND_FILL = max(NOW - dt.timedelta(hours=1), FIRST_FILL)
+
+
+def text_of(call: Call) -> str:
+    """The call's text or caption; one without either fails the test."""
+    assert call.text is not None, call
+    return call.text
 
 
 @pytest.fixture
@@ -86,14 +92,14 @@ async def test_unknown_user_registers_and_admin_approves_with_the_button(
     assert "waiting for approval" in joined(to_user)
     assert "@newbie" in joined(to_admin)
     ((label, data),) = to_admin[0].buttons()
-    assert label == "Approve"
+    assert label == "Approve" and data is not None
     # A non-admin pressing the same button gets nothing approved.
     calls = await h.press(ALICE, data)
     assert "not available" in joined(calls)
     assert "waiting" in joined(await h.send(5001, "/help"))
     calls = await h.press(ADMIN, data)
     assert "Approved" in joined(calls)
-    assert any(c.chat_id == 5001 and "approved" in c.text for c in calls)
+    assert any(c.chat_id == 5001 and "approved" in text_of(c) for c in calls)
     assert "Main" in joined(await h.send(5001, "/portfolios"))
 
 
@@ -252,7 +258,8 @@ async def test_admin_callback_from_non_admin_is_refused(h: BotHarness) -> None:
     calls = await h.press(BOB, data)
     assert "not available" in joined(calls)
     async with h.db.session(Actor.system()) as s:
-        assert (await s.users.lookup(PENDING)).approved_at is None
+        pending = await s.users.lookup(PENDING)
+        assert pending is not None and pending.approved_at is None
 
 
 async def test_unexpected_error_gets_a_reference(
@@ -310,7 +317,7 @@ async def test_long_replies_are_split(h: BotHarness, db: Database) -> None:
     assert all(len(c.params["text"]) <= TEXT_LIMIT for c in orders)
     *cancels, (label, data) = orders[-1].buttons()
     assert len(cancels) == 15 and all(text.startswith("Cancel #") for text, _ in cancels)
-    assert label == "Older ▶"
+    assert label == "Older ▶" and data is not None
     page2 = await h.press(ALICE, data)
     assert "16–30" in joined(page2)
     assert all(len(c.params.get("text", "")) <= TEXT_LIMIT for c in page2)

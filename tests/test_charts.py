@@ -37,8 +37,14 @@ def open_png(data: bytes) -> Image.Image:
     return image.convert("RGB")
 
 
-def colours(image: Image.Image) -> set[tuple[int, int, int]]:
-    return {colour for _, colour in image.getcolors(maxcolors=800 * 400)}
+def colours(image: Image.Image) -> set[tuple[int, ...]]:
+    counted = image.getcolors(maxcolors=800 * 400)
+    assert counted is not None  # None only past maxcolors, the number of pixels
+    found: set[tuple[int, ...]] = set()
+    for _, colour in counted:
+        assert isinstance(colour, tuple)  # an RGB image: (r, g, b)
+        found.add(colour)
+    return found
 
 
 @pytest.fixture

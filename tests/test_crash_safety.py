@@ -206,23 +206,23 @@ def _check_positions(positions: list[sa.Row], trades: list[sa.Row]) -> dict[str,
     late, crossings = 0, 0
     newest: dict[tuple[int, int | None], Any] = {}
     for trade in trades:  # id order: was it older than what its position had seen?
-        key = (trade.instrument_id, trade.strategy_id)
-        if key in newest and trade.exec_time < newest[key]:
+        pos_key = (trade.instrument_id, trade.strategy_id)
+        if pos_key in newest and trade.exec_time < newest[pos_key]:
             late += 1
         else:
-            newest[key] = trade.exec_time
+            newest[pos_key] = trade.exec_time
     quantity: dict[tuple[int, int | None], Decimal] = defaultdict(Decimal)
     for trade in canonical:
-        key = (trade.instrument_id, trade.strategy_id)
-        before = quantity[key]
-        quantity[key] += trade.quantity if trade.side == "BUY" else -trade.quantity
-        crossings += before * quantity[key] < 0
+        pos_key = (trade.instrument_id, trade.strategy_id)
+        before = quantity[pos_key]
+        quantity[pos_key] += trade.quantity if trade.side == "BUY" else -trade.quantity
+        crossings += before * quantity[pos_key] < 0
     return {"late fills": late, "zero crossings": crossings}
 
 
 async def _check_database(
     url: str, actor: Actor, portfolio_id: int, reports: list[RunReport]
-) -> dict[str, int]:
+) -> dict[str, Any]:
     async with Database(url) as db:
         async with db.session(actor, readonly=True) as s:
             differences = await s.positions.verify(portfolio_id)

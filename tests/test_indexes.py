@@ -23,6 +23,7 @@ from dal.database import Database
 from dal.engine import create_engine
 from dal.scope import Actor
 from dal.types import register_sqlite_decimal_functions
+from dal.vocabulary import ORDER_STATUSES
 from tests.conftest import captured_statements
 from tests.factories import T0, default_portfolio, fill, make_instrument, make_user
 
@@ -36,12 +37,14 @@ async def _captured(db: Database, calls: Any) -> list[tuple[str, Any]]:
 
 async def _plan(db_url: str, statement: str, parameters: Any) -> str:
     if make_url(db_url).get_backend_name() == "sqlite":
-        conn = sqlite3.connect(make_url(db_url).database)
-        register_sqlite_decimal_functions(conn)
+        path = make_url(db_url).database
+        assert path is not None, db_url
+        lite = sqlite3.connect(path)
+        register_sqlite_decimal_functions(lite)
         try:
-            rows = conn.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
+            rows = lite.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
         finally:
-            conn.close()
+            lite.close()
         return "\n".join(str(r[-1]) for r in rows)
     engine = create_engine(db_url)
     try:
@@ -95,7 +98,7 @@ HOT = {
     ),
     "orders by portfolio + time (all statuses)": (
         "orders",
-        lambda s, pid, iid: s.orders.list(pid, status=list(t.ORDER_STATUSES)),
+        lambda s, pid, iid: s.orders.list(pid, status=list(ORDER_STATUSES)),
     ),
     "trades by portfolio + time (/pnl period)": (
         "trades",

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from dal import schema as t
 from dal.database import Database
 from dal.errors import Conflict
+from dal.models import Fill
 from dal.scope import Actor
 from tests.conftest import captured_statements, table_counts
 from tests.factories import T0, make_instrument, make_portfolio, make_strategy, make_user
@@ -212,7 +213,7 @@ async def test_a_batch_of_fills_runs_as_few_statements_as_one_fill(db: Database)
     pid = await make_portfolio(db, actor)
     buy = (await _orders(db, actor, pid, inst, strategy))[0]
 
-    def fills(tag: str, n: int) -> list[dict[str, Any]]:
+    def fills(tag: str, n: int) -> list[Fill | dict[str, Any]]:
         return [
             {
                 "portfolio_id": pid,

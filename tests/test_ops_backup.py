@@ -62,7 +62,7 @@ async def test_backup_while_writing_restores_consistent(sqlite_db: Path, tmp_pat
                 await asyncio.sleep(0)
 
         task = asyncio.create_task(writer())
-        taken = []
+        taken: list[Path] = []
         for _ in range(3):
             while written < 20 * (len(taken) + 1):
                 await asyncio.sleep(0.01)

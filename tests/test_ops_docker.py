@@ -15,6 +15,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from pydantic import AliasChoices
 from sqlalchemy.engine import make_url
 
 from tradebook.cli import _parser
@@ -37,12 +38,12 @@ def _scalar(text: str) -> Any:
 def parse_yaml_subset(text: str) -> Any:
     """Block mappings, block sequences (of scalars or mappings), JSON-style flow lists,
     quoted and plain scalars, full-line comments. Anything else fails the test."""
-    lines = []
+    lines: list[tuple[int, str]] = []
     for raw in text.splitlines():
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
         assert "\t" not in raw, "tabs in YAML"
-        lines.append([len(raw) - len(raw.lstrip(" ")), raw.strip()])
+        lines.append((len(raw) - len(raw.lstrip(" ")), raw.strip()))
     pos = 0
 
     def block(indent: int) -> Any:
@@ -52,7 +53,7 @@ def parse_yaml_subset(text: str) -> Any:
             while pos < len(lines) and lines[pos][0] == indent and lines[pos][1].startswith("- "):
                 rest = lines[pos][1][2:]
                 if re.match(r"^[\w.-]+:( |$)", rest):
-                    lines[pos] = [indent + 2, rest]
+                    lines[pos] = (indent + 2, rest)
                     items.append(block(indent + 2))
                 else:
                     items.append(_scalar(rest))
@@ -82,10 +83,16 @@ def _interpolate(value: str) -> str:
 
 
 def _env_names() -> set[str]:
-    names = set()
+    names: set[str] = set()
     for name, info in Settings.model_fields.items():
         alias = info.validation_alias
-        names.add(alias.choices[0] if alias is not None else f"TRADEBOOK_{name.upper()}")  # type: ignore[union-attr]
+        if alias is None:
+            names.add(f"TRADEBOOK_{name.upper()}")
+        else:
+            assert isinstance(alias, AliasChoices), alias
+            first = alias.choices[0]
+            assert isinstance(first, str), first
+            names.add(first)
     return names
 
 
@@ -125,8 +132,8 @@ def test_compose_matches_the_cli_and_settings() -> None:
     assert (url.username, url.password, url.database) == (
         pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"], pg_env["POSTGRES_DB"]
     )  # fmt: skip
-    settings = Settings(**{k.removeprefix("TRADEBOOK_").lower(): _interpolate(v)
-                           for k, v in env.items()})  # fmt: skip
+    values = {k.removeprefix("TRADEBOOK_").lower(): _interpolate(v) for k, v in env.items()}
+    settings = Settings(**values)  # type: ignore[arg-type]  # env strings: pydantic coerces them
     assert settings.sqlite_path() is None  # really PostgreSQL
 
     commands = _tradebook_commands(bot["command"])

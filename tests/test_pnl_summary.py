@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from bot.periods import parse_period
 from dal import schema as t
 from dal.database import Database
+from dal.models import Fill
 from dal.pnl_summary import (
     DAY,
     MONTH,
@@ -28,7 +29,7 @@ from dal.pnl_summary import (
     summarize_daily,
     summary_rows,
 )
-from dal.scope import Actor
+from dal.scope import Actor, Tx
 from dal.trades import _pnl_from_trades
 from dal.types import decimal_add, decimal_sum
 from tests.factories import default_portfolio, fill, make_instrument, make_strategy, make_user
@@ -214,7 +215,7 @@ async def test_a_time_zone_change_during_a_fill_waits_for_it(db: Database, singl
 
     async def strategy() -> None:
         async with db.session(actor) as s:
-            fills = [
+            fills: list[Fill | dict[str, Any]] = [
                 fill(pid, iid, "BUY", "1", "100", trade_id="z1", at=late),
                 fill(pid, iid, "SELL", "1", "150", trade_id="z2", at=late),
             ]
@@ -352,7 +353,7 @@ async def test_decimal_add_and_sum_are_exact_in_sql(db: Database, engine_name: s
     ]
     column = sa.literal_column("v", type_=t.pnl_summary.c.fees.type)
 
-    def run(tx):  # type: ignore[no-untyped-def]
+    def run(tx: Tx) -> tuple[Decimal, Decimal]:
         rows = sa.union_all(
             *(sa.select(sa.literal(v, t.pnl_summary.c.fees.type).label("v")) for v in values)
         ).subquery()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from fractions import Fraction
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -249,7 +249,7 @@ def test_matches_exact_reference(fills: list[Fill]) -> None:
         assert abs(Fraction(state.realized_pnl) - ref.realized) <= TOL
         # The cost basis error (a few 1e-18) is divided by |Q| in the average price; with
         # |Q| >= 1 this is the plain 1e-15 bound, smaller positions get it scaled by 1/|Q|.
-        avg_tol = TOL * max(1, 1 / abs(ref.qty)) if ref.qty else 0
+        avg_tol = TOL * max(Fraction(1), 1 / abs(ref.qty)) if ref.qty else 0
         assert abs(Fraction(state.avg_price) - ref.avg) <= avg_tol
 
 
@@ -274,23 +274,34 @@ def test_replay_in_one_context_is_apply_fill_exactly(fills: list[Fill]) -> None:
     assert [digits(r) for r in replayed] == [digits(r) for r in expected]
 
 
+class ReplayedRow(NamedTuple):
+    """A stand-in for a trades Row of ``dal.positions._REPLAYED``'s columns."""
+
+    id: int
+    portfolio_id: int
+    instrument_id: int
+    strategy_id: int | None
+    side: str
+    quantity: Decimal
+    price: Decimal
+    exec_time: dt.datetime
+
+
 def assert_derive_is_apply_fill(merged: list[tuple[int, Fill]]) -> None:
     """``positions.derive`` over (instrument, fill) pairs equals the ``apply_fill`` chain of
     each instrument's fills: states and per-trade PnL, digit for digit."""
-    from collections import namedtuple
-
     from dal.positions import _REPLAYED, derive
 
-    row = namedtuple("row", [c.name for c in _REPLAYED])  # a Row's fields, by position
+    assert ReplayedRow._fields == tuple(c.name for c in _REPLAYED)  # a Row's fields, by position
     rows = [
-        row(trade_id, 7, iid, None, side, quantity, price, at(trade_id))
+        ReplayedRow(trade_id, 7, iid, None, side, quantity, price, at(trade_id))
         for trade_id, (iid, (side, quantity, price)) in enumerate(merged)
     ]
 
     def digits(*amounts: Decimal) -> tuple:
         return tuple(a.as_tuple() for a in amounts)
 
-    derived = derive(rows)
+    derived = derive(rows)  # type: ignore[arg-type]  # stand-ins for Rows: derive reads _fields
     for iid in {iid for iid, _ in merged}:
         state = PositionState()
         for r in rows:
@@ -508,7 +519,7 @@ def test_example_long_crossing_to_short_and_back_to_flat() -> None:
     assert s3.state == PositionState(Decimal(0), Decimal(0), Decimal(5), None)
     assert s3.state.avg_price == 0
 
-    fills = [
+    fills: list[tuple[str, Decimal, Decimal, dt.datetime | None]] = [
         ("BUY", Decimal(2), Decimal(10), at(1)),
         ("SELL", Decimal(3), Decimal(12), at(2)),
         ("BUY", Decimal(1), Decimal(11), at(3)),

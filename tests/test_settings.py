@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from pydantic import AliasChoices
 
 from tradebook.settings import Settings, SettingsError, load_settings
 
@@ -19,7 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def _env_name(field: str) -> str:
     alias = Settings.model_fields[field].validation_alias
     if alias is not None:
-        return alias.choices[0]  # type: ignore[union-attr]
+        assert isinstance(alias, AliasChoices), alias
+        first = alias.choices[0]
+        assert isinstance(first, str), first
+        return first
     return f"TRADEBOOK_{field.upper()}"
 
 
