@@ -15,6 +15,7 @@ COPY tradebook ./tradebook
 COPY dal ./dal
 COPY bot ./bot
 COPY strategies ./strategies
+COPY trading ./trading
 # Versions pinned by requirements.lock. Installed editable (as `make` does): dal/migrations.py
 # finds alembic.ini and migrations/ next to the code.
 RUN pip install -c requirements.lock -e .

@@ -25,7 +25,7 @@ class ApproveUser(CallbackData, prefix="appr"):
 
 class TradeConfirm(CallbackData, prefix="trd"):
     action: Literal["ok", "no"]
-    token: str  # a held order of the runtime, valid once and only for its owner
+    token: str  # a held trade (bot/confirmations.py), valid once and only for its owner
 
 
 class CancelOrder(CallbackData, prefix="cxl"):
@@ -34,3 +34,4 @@ class CancelOrder(CallbackData, prefix="cxl"):
 
 class StopAll(CallbackData, prefix="stopall"):
     action: Literal["ok", "no"]
+    flatten: bool = False

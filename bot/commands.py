@@ -47,13 +47,21 @@ COMMANDS = [
         "sell (or short) in the current portfolio, e.g. /sell BTCUSDT 0.01",
     ),
     Cmd("cancel", "/cancel ORDER_ID", "cancel an open order, e.g. /cancel 12"),
-    Cmd("close", "/close SYMBOL", "flatten your manual position in SYMBOL"),
+    Cmd(
+        "close",
+        "/close SYMBOL [strategy]",
+        "close your manual position in SYMBOL, or a strategy's (stopping it first)",
+    ),
     Cmd(
         "fill",
         "/fill SYMBOL SIDE QTY PRICE [fee CUR AMT] [at TIME]",
         "record a trade done elsewhere, e.g. /fill AAPL BUY 10 189.5 fee USD 1 at 2024-05-01T15:30",
     ),
-    Cmd("stopall", "/stopall", "kill switch: cancel all open orders and stop all strategies"),
+    Cmd(
+        "stopall",
+        "/stopall [flatten]",
+        "kill switch: stop all strategies, cancel all open orders (flatten: close positions)",
+    ),
     Cmd(
         "account",
         "/account [add BROKER NAME [account_uid] [currency]]",

@@ -48,10 +48,15 @@ async def positions_report(dal: ScopedDal, portfolio: Any) -> Reply:
     for row in rows:
         who = f"{row.strategy_name} {row.strategy_version}" if row.strategy_name else "manual"
         # One entry per position, so a page break never separates its lines.
+        close = ""
+        if row.quantity:
+            close = f"\n  close: /close {row.symbol}" + (
+                f" {row.strategy_name}" if row.strategy_name else ""
+            )
         lines.append(
             f"{row.symbol} [{who}]\n"
             f"  qty {num(row.quantity)}  avg {num(row.avg_price)}\n"
-            f"  realized {signed(row.realized_pnl)} {row.currency}"
+            f"  realized {signed(row.realized_pnl)} {row.currency}{close}"
         )
     return Reply(pre_pages(title, lines))
 

@@ -518,3 +518,29 @@ audit_log = sa.Table(
     sa.Index(None, "entity_type", "entity_id"),
     sa.Index(None, "created_at"),
 )
+
+# The latest price the market-data feed gave each instrument, so a restart continues from it.
+marks = sa.Table(
+    "marks",
+    metadata,
+    sa.Column("instrument_id", BigID, fk("instruments.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("price", Money(), nullable=False),
+    sa.Column("as_of", UTCDateTime(), nullable=False),
+)
+
+# Broker events the order desk could not apply after its retries: kept until they apply, so
+# no fill or status change the broker sent is ever lost. ``applied_at`` is set once one does.
+unapplied_events = sa.Table(
+    "unapplied_events",
+    metadata,
+    id_column(),
+    sa.Column("user_id", BigID, fk("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("portfolio_id", BigID, fk("portfolios.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("event_json", JSONDoc(), nullable=False),
+    sa.Column("error", sa.Text(), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    created_at(),
+    sa.Column("last_tried_at", UTCDateTime(), nullable=False),
+    sa.Column("applied_at", UTCDateTime()),
+    sa.Index(None, "user_id", "applied_at"),
+)

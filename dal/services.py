@@ -29,11 +29,13 @@ from dal.audit import AuditLogger
 from dal.brokers import BrokerService
 from dal.cash import CashService
 from dal.instruments import InstrumentService
+from dal.marks import MarkService
 from dal.orders import OrderService
 from dal.positions import PositionService
 from dal.risk import RiskService
 from dal.strategies import StrategyRunService, StrategyService
 from dal.trades import TradeService
+from dal.unapplied_events import UnappliedEventService
 from dal.user_configs import AlertService, ScheduleService, ScreenerService
 from dal.users import UserService
 
@@ -264,6 +266,21 @@ class Screeners(Facade):
     update_config = expose(ScreenerService.update_config)
 
 
+class Marks(Facade):
+    service = MarkService
+    latest = expose(MarkService.latest)
+    save = expose(MarkService.save)
+
+
+class UnappliedEvents(Facade):
+    service = UnappliedEventService
+    applied = expose(UnappliedEventService.applied)
+    failed_again = expose(UnappliedEventService.failed_again)
+    keep = expose(UnappliedEventService.keep)
+    list = expose(UnappliedEventService.list)
+    pending = expose(UnappliedEventService.pending)
+
+
 class Audit(Facade):
     service = AuditLogger
     log = expose(AuditLogger.log)
@@ -346,6 +363,14 @@ class Services:
     @property
     def audit(self) -> Audit:
         return Audit(self)
+
+    @property
+    def marks(self) -> Marks:
+        return Marks(self)
+
+    @property
+    def unapplied_events(self) -> UnappliedEvents:
+        return UnappliedEvents(self)
 
 
 def facades() -> dict[str, type[Facade]]:

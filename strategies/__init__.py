@@ -1,1 +1,1 @@
-"""Strategy runtime, gateways and paper trading."""
+"""Strategies: the Strategy base, its context, the runtime that schedules them, examples."""

@@ -24,8 +24,10 @@ from dal.configs import next_run_after
 from dal.database import Database
 from dal.scope import Actor
 from dal.types import DECIMAL_CONTEXT
-from strategies.events import FillEvent
-from strategies.paper_engine import Bar
+from trading.desk import Notify as Notifier
+from trading.desk import OrderDesk
+from trading.events import FillEvent
+from trading.market import Bar, Market
 
 log = logging.getLogger("tradebook.alerts")
 
@@ -38,13 +40,15 @@ class AlertEngine:
     def __init__(
         self,
         db: Database,
-        runtime: Any,
-        notify: Any,
+        market: Market,
+        desk: OrderDesk,
+        notify: Notifier,
         refresh_every: float = 5.0,
         slow_every: float = 5.0,
     ) -> None:
         self.db = db
-        self.runtime = runtime
+        self.market = market
+        self.desk = desk
         self.notify = notify
         self.refresh_every = refresh_every
         self.slow_every = slow_every
@@ -56,8 +60,8 @@ class AlertEngine:
         self._slow_at = -1e9
 
     def attach(self) -> None:
-        self.runtime.bar_listeners.append(self.on_bar)
-        self.runtime.fill_listeners.append(self.on_fill)
+        self.market.subscribe("alerts", self.on_bar)
+        self.desk.fill_listeners.append(self.on_fill)
 
     async def refresh(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._loaded_at < self.refresh_every:
@@ -119,7 +123,7 @@ class AlertEngine:
 
     async def _evaluate(self, alert: Any) -> tuple[bool | None, str]:
         config = alert.config_json
-        marks = self.runtime.marks
+        marks = self.market.marks
         if alert.type == "PRICE":
             price = marks.by_symbol.get(config["symbol"])
             if price is None:
@@ -225,7 +229,7 @@ class AlertEngine:
                 continue
             if config.get("symbols") and inst.symbol not in config["symbols"]:
                 continue
-            price = self.runtime.marks.marks.get(inst.id)
+            price = self.market.marks.marks.get(inst.id)
             if price is None:
                 continue
             if config.get("min_price") and price < Decimal(config["min_price"]):
@@ -233,7 +237,7 @@ class AlertEngine:
             if config.get("max_price") and price > Decimal(config["max_price"]):
                 continue
             if config.get("min_change_pct") is not None:
-                closes = self.runtime.marks.closes(inst.symbol, 60)
+                closes = self.market.marks.closes(inst.symbol, 60)
                 if len(closes) < 2 or closes[0] == 0:
                     continue
                 change = (closes[-1] - closes[0]) / closes[0] * 100

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from strategies.events import FillEvent
-from strategies.paper_engine import Bar
+from trading.events import FillEvent
+from trading.market import Bar
 
 if TYPE_CHECKING:
     from strategies.runtime import StrategyContext

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 
 from dal.errors import InvalidInput, NotFound
-from strategies.brokers.binance import (
+from trading.brokers.binance import (
     ExecutionReport,
     parse_event,
     payload_to_events,
     to_events,
 )
-from strategies.events import FillEvent, OrderUpdate
+from trading.events import FillEvent, OrderUpdate
 
 PAYLOADS = Path(__file__).parent / "payloads" / "binance"
 KNOWN = {"BTCUSDT": "BTCUSDT", "ETHUSDT": "ETHUSDT"}
@@ -104,6 +104,7 @@ def test_partial_fill_is_a_fill_then_partially_filled() -> None:
 def test_last_fill_uses_l_and_L_not_the_cumulative_z_and_Z() -> None:
     payload = load("limit_buy_3_trade_filled.json")
     fill, update = payload_to_events(payload, KNOWN)
+    assert isinstance(fill, FillEvent) and isinstance(update, OrderUpdate)
     assert (payload["l"], payload["z"]) == ("0.30000000", "0.50000000")
     assert fill.quantity == Decimal("0.3")  # l, not z = 0.5
     assert fill.price == Decimal("27000")  # L
@@ -130,6 +131,7 @@ def test_fill_amounts_add_up_over_the_sequence() -> None:
 def test_fill_without_commission_has_no_fee_currency() -> None:
     payload = load("ioc_1_trade.json") | {"n": "0", "N": None}
     fill, _ = payload_to_events(payload, KNOWN)
+    assert isinstance(fill, FillEvent)
     assert (fill.fee, fill.fee_currency) == (Decimal(0), None)
 
 
@@ -139,6 +141,7 @@ def test_fill_without_commission_has_no_fee_currency() -> None:
 def test_cancel_takes_the_orders_client_id_from_C() -> None:
     payload = load("cancel.json")
     [update] = payload_to_events(payload, KNOWN)
+    assert isinstance(update, OrderUpdate)
     assert update.status == "CANCELED"
     assert update.client_order_id == payload["C"] == "0b9e3c1d-8f27-4c61-a5d4-93e7f0b2c6aa"
     assert update.client_order_id != payload["c"]  # the cancel request's own id
@@ -159,6 +162,7 @@ def test_rejected_carries_the_reason() -> None:
     assert (update.status, update.reason) == ("REJECTED", "INSUFFICIENT_BALANCES")
     no_reason = load("rejected.json") | {"r": "NONE"}
     [update] = payload_to_events(no_reason, KNOWN)
+    assert isinstance(update, OrderUpdate)
     assert update.reason == "rejected by Binance"
 
 
@@ -174,6 +178,7 @@ def test_ioc_partial_fill_then_expired() -> None:
 def test_self_trade_prevention_expires_the_order() -> None:
     payload = load("stp_expired_in_match.json")
     [update] = payload_to_events(payload, KNOWN)
+    assert isinstance(update, OrderUpdate)
     assert update.status == "EXPIRED"
     assert update.reason == "expired by self-trade prevention (prevented match 12)"
     assert update.raw["tradebook"] == {"binance_status": "EXPIRED_IN_MATCH", "status": "EXPIRED"}
@@ -188,6 +193,7 @@ def test_self_trade_prevention_expires_the_order() -> None:
 def test_expired_in_match_on_an_expired_report_is_expired() -> None:
     payload = load("stp_expired_in_match.json") | {"x": "EXPIRED"}
     [update] = payload_to_events(payload, KNOWN)
+    assert isinstance(update, OrderUpdate)
     assert update.status == "EXPIRED" and "self-trade prevention" in (update.reason or "")
 
 
@@ -211,6 +217,7 @@ def test_a_trade_reported_with_pending_cancel_still_gives_its_fill() -> None:
 def test_pending_new_order_list_leg_is_new() -> None:
     payload = load("limit_buy_1_new.json") | {"X": "PENDING_NEW"}
     [update] = payload_to_events(payload, KNOWN)
+    assert isinstance(update, OrderUpdate)
     assert update.status == "NEW"
     assert update.raw["tradebook"] == {"binance_status": "PENDING_NEW", "status": "NEW"}
 
@@ -226,6 +233,7 @@ def test_replaced_reports_the_amended_quantity() -> None:
         "t": -1,
     }
     [update] = payload_to_events(payload, KNOWN)
+    assert isinstance(update, OrderUpdate)
     assert (update.status, update.quantity) == ("PARTIALLY_FILLED", Decimal("0.4"))
 
 
@@ -244,6 +252,7 @@ def test_replaced_reports_the_amended_quantity() -> None:
 def test_order_types(binance_type: str, price: str, stop: str, expected: str, noted: bool) -> None:
     payload = load("limit_buy_1_new.json") | {"o": binance_type, "p": price, "P": stop}
     [update] = payload_to_events(payload, KNOWN)
+    assert isinstance(update, OrderUpdate)
     assert update.order_type == expected
     assert update.price == (Decimal(price) or None)
     assert update.stop_price == (Decimal(stop) or None)

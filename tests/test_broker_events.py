@@ -15,10 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from dal import schema as t
 from dal.database import Database
 from dal.scope import Actor
-from strategies.brokers.binance import payload_to_events
-from strategies.mapping import apply_event
+from dal.vocabulary import ORDER_STATUSES
 from tests.conftest import table_counts
 from tests.factories import make_user
+from trading.brokers.binance import payload_to_events
+from trading.mapping import apply_event
 
 PAYLOADS = Path(__file__).parent / "payloads" / "binance"
 SEQUENCE = [
@@ -94,7 +95,7 @@ async def test_binance_sequence_maps_and_replays_idempotently(
         (btc,) = [p for p in await s.positions.snapshot(portfolio.id)]
         statuses = {
             o.broker_order_id: o.status
-            for o in await s.orders.list(portfolio.id, list(t.ORDER_STATUSES))
+            for o in await s.orders.list(portfolio.id, list(ORDER_STATUSES))
         }
         assert await s.positions.verify(portfolio.id) == []
     assert limit.status == "FILLED" and limit.filled_quantity == limit.quantity

@@ -58,6 +58,7 @@ class RunningConsole:
         )
         self.lines: list[str] = []
         out = self.proc.stdout
+        assert out is not None
         self._reader = threading.Thread(target=lambda: self.lines.extend(out), daemon=True)
         self._reader.start()
 
@@ -151,16 +152,18 @@ async def test_with_a_token_it_long_polls(tmp_path: Path) -> None:
     """The Telegram path offline: getUpdates answered by the recording session."""
     import asyncio
 
-    from bot.main import run_telegram
+    from pydantic import SecretStr
+
     from bot.recording import RecordingSession
     from dal import migrations
     from dal.database import Database
+    from tradebook.app import run_telegram
     from tradebook.settings import Settings
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'tb.db'}"
     await asyncio.to_thread(migrations.upgrade, url)
     settings = Settings(
-        database_url=url, telegram_bot_token="123456:TEST-token", admin_telegram_ids="42"
+        database_url=url, telegram_bot_token=SecretStr("123456:TEST-token"), admin_telegram_ids=[42]
     )
     db = Database.from_settings(settings)
     session = RecordingSession()
@@ -188,7 +191,7 @@ async def test_with_a_token_it_long_polls(tmp_path: Path) -> None:
     names = [c.name for c in session.calls]
     assert "DeleteWebhook" in names and "SetMyCommands" in names
     (reply,) = session.sent("SendMessage")
-    assert reply.chat_id == 42 and "Main" in reply.text
+    assert reply.chat_id == 42 and reply.text is not None and "Main" in reply.text
 
 
 def test_make_run_console_trades_the_example_strategy_on_paper(tmp_path: Path) -> None:
@@ -230,13 +233,14 @@ def test_console_scenario_deposit_buy_fill_positions_pnl_export(tmp_path: Path) 
     fill = next(line for line in out if line.startswith("Filled: BUY 0.01 BTCUSDT at "))
     price = fill.removeprefix("Filled: BUY 0.01 BTCUSDT at ").removesuffix(" (order #1)")
     tail = out[out.index("Positions — Main") :]
-    assert tail[:4] == [
+    assert tail[:5] == [
         "Positions — Main",
         "BTCUSDT [manual]",
         f"  qty 0.01  avg {price}",
         "  realized 0 USDT",
+        "  close: /close BTCUSDT",
     ]
-    assert tail[4:8] == ["PnL — Main, today", "Realized PnL", "  0 USDT", "Fees"]
+    assert tail[5:9] == ["PnL — Main, today", "Realized PnL", "  0 USDT", "Fees"]
     document = next(line for line in tail if line.startswith("[document] "))
     rows = (tmp_path / document.removeprefix("[document] ")).read_text().splitlines()
     assert rows[0].startswith("trade_id,exec_time_utc,exec_time_local,timezone,portfolio")

@@ -164,6 +164,16 @@ class Graph:
                 "details_json": {},
                 "created_at": T0,
             },
+            "marks": {"instrument_id": i.get("instruments"), "price": Decimal(1), "as_of": T0},
+            "unapplied_events": {
+                "user_id": i.get("users"),
+                "portfolio_id": i.get("portfolios"),
+                "event_json": {"kind": "fill"},
+                "error": "boom",
+                "attempts": 1,
+                "created_at": T0,
+                "last_tried_at": T0,
+            },
         }
         return {**uid, **base[table.name], **changes}
 
@@ -185,7 +195,9 @@ class Graph:
             s.screeners,
             s.audit_log,
         ):
-            self.ids[table.name] = await insert(self.engine, table, **self.row(table))
+            new_id = await insert(self.engine, table, **self.row(table))
+            assert new_id is not None, table.name  # each table built here has an id
+            self.ids[table.name] = new_id
         return self
 
 

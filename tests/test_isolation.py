@@ -27,6 +27,7 @@ from dal.cash import CashService
 from dal.database import Database, Session
 from dal.errors import Forbidden, NotApproved, NotFound
 from dal.instruments import InstrumentService
+from dal.marks import MarkService
 from dal.orders import OrderService
 from dal.positions import PositionService
 from dal.risk import RiskService
@@ -36,6 +37,7 @@ from dal.scope import Actor
 from dal.services import facades
 from dal.strategies import StrategyRunService, StrategyService
 from dal.trades import TradeService
+from dal.unapplied_events import UnappliedEventService
 from dal.user_configs import AlertService, ScheduleService, ScreenerService
 from dal.users import UserService
 from dal.vocabulary import ORDER_STATUSES
@@ -67,6 +69,8 @@ SERVICES: dict[str, type] = {
     "schedules": ScheduleService,
     "screeners": ScreenerService,
     "audit": AuditLogger,
+    "marks": MarkService,
+    "unapplied_events": UnappliedEventService,
 }
 
 
@@ -88,6 +92,7 @@ class Ids:
     alert: int
     schedule: int
     screener: int
+    unapplied: int  # a broker event kept because it could not be applied
     instrument: int  # shared reference data, not owned
     verdict: Verdict  # a blocking verdict that names this user's policy
     tag: str
@@ -102,7 +107,7 @@ class Ids:
 
     def missing(self) -> Ids:
         """The same shape with every owned id replaced by one that exists nowhere."""
-        owned = {
+        owned: dict[str, Any] = {
             f.name: MISSING
             for f in dataclasses.fields(self)
             if f.type == "int" and f.name != "instrument"
@@ -147,9 +152,10 @@ async def populate(db: Database, actor: Actor, instrument: int, tag: str) -> Ids
         daily = {"name": f"daily-{tag}", "cron": "0 18 * * *", "config": {"report": "pnl"}}
         schedule = await s.schedules.create(daily)
         screener = await s.screeners.create({"name": f"cheap-{tag}", "config": {"max_price": "1"}})
+        kept = await s.unapplied_events.keep(main.id, {"kind": "fill"}, f"kept {tag}")
     return Ids(actor, me.telegram_user_id, me.id, main.account_id, spare_account.id, main.id,
                spare.id, strategy.id, order.id, trade.id, policy.id, alert.id, schedule.id,
-               screener.id, instrument, verdict, tag)  # fmt: skip
+               screener.id, kept.id, instrument, verdict, tag)  # fmt: skip
 
 
 @pytest.fixture
@@ -324,6 +330,13 @@ ID_OPS: dict[str, Op] = {
     ),
     "strategy_runs.stop": lambda s, o, m: s.strategy_runs.stop(o.strategy, o.portfolio),
     "accounts.default_portfolio": lambda s, o, m: s.accounts.default_portfolio(o.account),
+    "unapplied_events.keep": lambda s, o, m: s.unapplied_events.keep(
+        o.portfolio, {"kind": "fill"}, "not yours"
+    ),
+    "unapplied_events.failed_again": lambda s, o, m: s.unapplied_events.failed_again(
+        o.unapplied, "again"
+    ),
+    "unapplied_events.applied": lambda s, o, m: s.unapplied_events.applied(o.unapplied),
 }
 
 # Everything else a session offers (called with the caller's own ids).
@@ -380,6 +393,10 @@ OTHER_OPS: dict[str, Op] = {
     "strategy_runs.list": lambda s, o, m: s.strategy_runs.list(),
     "strategy_runs.running": lambda s, o, m: s.strategy_runs.running(),
     "audit.log": lambda s, o, m: s.audit.log("USER", None, "UPDATE", {"note": "x"}),
+    "unapplied_events.list": lambda s, o, m: s.unapplied_events.list(include_applied=True),
+    "unapplied_events.pending": lambda s, o, m: s.unapplied_events.pending(),
+    "marks.latest": lambda s, o, m: s.marks.latest(),
+    "marks.save": lambda s, o, m: s.marks.save({m.instrument: MARK}, T0),
 }
 ALL_OPS = {**ID_OPS, **OTHER_OPS}
 ADMIN_ONLY = {
@@ -387,6 +404,7 @@ ADMIN_ONLY = {
     *("users.lookup", "users.find", "users.find_by_id", "users.admins", "brokers.create"),
     "users.set_reachable",
     *("accounts.list_for_user", "instruments.create", "instruments.ensure"),
+    *("unapplied_events.pending", "marks.save"),
 }
 
 # Not in ALL_OPS, on purpose: register and me work for anyone (asserted below),
@@ -456,6 +474,7 @@ async def test_listings_show_only_the_callers_rows(db: Database, world: tuple[Id
             schedules = await s.schedules.list()
             due = await s.schedules.due(FAR_FUTURE)
             screeners = await s.screeners.list()
+            kept = await s.unapplied_events.list(include_applied=True)
             audit = await s.audit.recent(limit=1000)
             trades = await s.trades.list(me.portfolio)
             versions = await s.strategies.versions(f"sma-{other.tag}")
@@ -476,6 +495,7 @@ async def test_listings_show_only_the_callers_rows(db: Database, world: tuple[Id
         assert {r.id for r in alerts} == {me.alert}
         assert {r.id for r in schedules} == {r.id for r in due} == {me.schedule}
         assert {r.id for r in screeners} == {me.screener}
+        assert {r.id for r in kept} == {me.unapplied}
         assert audit and {r.user_id for r in audit} == {me.user}
         assert {r.id for r in trades} == {me.trade}
         assert versions == []

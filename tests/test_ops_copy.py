@@ -122,6 +122,9 @@ async def seed_everything(db: Database) -> dict[str, Any]:
             {"name": "daily", "cron": "0 18 * * *", "config": {"report": "pnl"}}
         )
         await s.screeners.create({"name": "cheap", "config": {"max_price": "1"}})
+        await s.unapplied_events.keep(main.id, {"kind": "fill", "price": str(PRICE)}, "dépôt ✓")
+    async with db.session(Actor.system()) as s:
+        await s.marks.save({instrument: PRICE}, AT)
     engine = create_engine(db.url)
     try:
         counts = await table_counts(engine)
@@ -200,7 +203,7 @@ async def test_copy_to_postgres_is_equal_and_validated(seeded_sqlite: str, pg_ta
     engine = create_engine(pg_target)
     try:
         async with engine.connect() as conn:
-            kinds = dict(
+            kinds: dict[str, str] = dict(
                 (await conn.execute(sa.text(
                     "SELECT column_name, data_type FROM information_schema.columns "
                     "WHERE table_name = 'trades'"

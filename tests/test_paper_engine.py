@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from strategies.events import FillEvent, OrderUpdate
-from strategies.paper_engine import (
+from trading.events import FillEvent, OrderUpdate
+from trading.market import Bar
+from trading.paper_engine import (
     TRAILING_REFUSED,
-    Bar,
     PaperConfig,
     PaperEngine,
     PaperOrder,

@@ -15,10 +15,12 @@ from dal import schema as t
 from dal.database import Database
 from strategies.base import Strategy
 from strategies.examples import REGISTRY
-from strategies.feeds import RandomWalkFeed
-from strategies.paper_engine import Bar, PaperConfig
-from strategies.runtime import Runtime, StrategyContext
+from strategies.runtime import StrategyContext
 from tests.factories import make_user
+from tradebook.app import Trading, build_trading
+from trading.feeds import RandomWalkFeed
+from trading.market import Bar
+from trading.paper_engine import PaperConfig
 
 START = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
 
@@ -49,26 +51,28 @@ class Harness:
     def __init__(self, db: Database, length: int = 400) -> None:
         self.notes: list[tuple[int, str]] = []
         self.db = db
-        self.runtime = self.make(length)
+        self.trading = self.make(length)
 
-    def make(self, length: int) -> Runtime:
+    def make(self, length: int) -> Trading:
         async def notify(user_id: int, text: str) -> None:
             self.notes.append((user_id, text))
 
         feed = RandomWalkFeed(seed=3, length=length, start=START, warmup=0)
         registry = {**REGISTRY, "crasher": Crasher, "spender": Spender}
-        return Runtime(self.db, feed, registry, notify, PaperConfig(), pace=None, lockstep=True)
+        return build_trading(
+            self.db, notify, feed, registry, PaperConfig(), paced=False, lockstep=True
+        )
 
     async def run_to_end(self) -> None:
-        self.runtime.start_feed()
-        await asyncio.wait_for(self.runtime.feed_done.wait(), 60)
+        self.trading.start_feed()
+        await asyncio.wait_for(self.trading.market.ended.wait(), 60)
         for _ in range(500):  # let the strategies see the end and the gateways drain
-            await self.runtime.idle()
-            if not self.runtime.runs:
+            await self.trading.desk.idle()
+            if not self.trading.strategies.runs:
                 break
             await asyncio.sleep(0.01)
-        await self.runtime.idle()
-        await self.runtime.stop()
+        await self.trading.desk.idle()
+        await self.trading.stop()
 
 
 async def test_sma_strategy_trades_on_paper_and_positions_reconcile(
@@ -76,8 +80,8 @@ async def test_sma_strategy_trades_on_paper_and_positions_reconcile(
 ) -> None:
     user = await make_user(db)
     h = Harness(db)
-    await h.runtime.start(feed=False)
-    row = await h.runtime.start_strategy(user, "sma_cross")
+    await h.trading.start(feed=False)
+    row = await h.trading.strategies.start_strategy(user, "sma_cross")
     assert (row.name, row.version) == ("sma_cross", "1.0")
     await h.run_to_end()
     async with db.session(user) as s:
@@ -111,8 +115,8 @@ async def test_blocked_order_is_stored_rejected_with_breach_and_notice(
             {"name": "cap", "scope_type": "USER", "config": {"max_order_notional": "1000"}}
         )
     h = Harness(db, length=5)
-    await h.runtime.start(feed=False)
-    await h.runtime.start_strategy(user, "spender")
+    await h.trading.start(feed=False)
+    await h.trading.strategies.start_strategy(user, "spender")
     await h.run_to_end()
     async with db.session(user) as s:
         pid = (await s.portfolios.default()).id
@@ -128,9 +132,9 @@ async def test_a_crashing_strategy_stops_alone(db: Database) -> None:
     alice = await make_user(db)
     bob = await make_user(db)
     h = Harness(db, length=300)
-    await h.runtime.start(feed=False)
-    await h.runtime.start_strategy(alice, "crasher")
-    await h.runtime.start_strategy(bob, "sma_cross")
+    await h.trading.start(feed=False)
+    await h.trading.strategies.start_strategy(alice, "crasher")
+    await h.trading.strategies.start_strategy(bob, "sma_cross")
     await h.run_to_end()
     async with db.session(alice) as s:
         (crashed,) = await s.strategy_runs.list()
@@ -148,27 +152,27 @@ async def test_a_crashing_strategy_stops_alone(db: Database) -> None:
 async def test_running_strategies_resume_after_a_restart(db: Database) -> None:
     user = await make_user(db)
     first = Harness(db, length=50)
-    await first.runtime.start(feed=False)
-    row = await first.runtime.start_strategy(user, "sma_cross")
-    await first.runtime.stop()  # the bot goes down; the run stays RUNNING
+    await first.trading.start(feed=False)
+    row = await first.trading.strategies.start_strategy(user, "sma_cross")
+    await first.trading.stop()  # the bot goes down; the run stays RUNNING
 
     second = Harness(db, length=50)
-    await second.runtime.start(feed=False)
+    await second.trading.start(feed=False)
     async with db.session(user) as s:
         pid = (await s.portfolios.default()).id
-    assert (row.id, pid) in second.runtime.runs
-    await second.runtime.stop_strategy(user, "sma_cross")
+    assert (row.id, pid) in second.trading.strategies.runs
+    await second.trading.strategies.stop_strategy(user, "sma_cross")
     async with db.session(user) as s:
         (run,) = await s.strategy_runs.list()
     assert run.status == "STOPPED"
-    await second.runtime.stop()
+    await second.trading.stop()
 
 
 async def test_starting_another_version_with_open_positions_is_refused(db: Database) -> None:
     user = await make_user(db)
     h = Harness(db)
-    await h.runtime.start(feed=False)
-    v1 = await h.runtime.start_strategy(user, "sma_cross")
+    await h.trading.start(feed=False)
+    v1 = await h.trading.strategies.start_strategy(user, "sma_cross")
     await h.run_to_end()
     async with db.session(user) as s:
         pid = (await s.portfolios.default()).id
@@ -177,10 +181,10 @@ async def test_starting_another_version_with_open_positions_is_refused(db: Datab
             {"name": "sma_cross", "version": "1.1", "params": {"fast": 3, "slow": 10}}
         )
     h2 = Harness(db)
-    await h2.runtime.start(feed=False)
+    await h2.trading.start(feed=False)
     if held:
         with pytest.raises(Exception, match="hold positions"):
-            await h2.runtime.start_strategy(user, "sma_cross")
+            await h2.trading.strategies.start_strategy(user, "sma_cross")
     else:
-        assert (await h2.runtime.start_strategy(user, "sma_cross")).version == "1.1"
-    await h2.runtime.stop()
+        assert (await h2.trading.strategies.start_strategy(user, "sma_cross")).version == "1.1"
+    await h2.trading.stop()

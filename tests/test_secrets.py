@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from dal import schema as t
 from dal.database import Database
 from dal.errors import NotFound
-from strategies.brokers.credentials import load_credentials
 from tests.botkit import BotHarness, approved_user, joined
+from trading.brokers.credentials import load_credentials
 
 KEY = "binance-key-5b7c0e7e9d"
 SECRET = "binance-secret-31f1d2aa7c"

@@ -13,44 +13,45 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.notify import Notifier
 from dal.database import Database
 from dal.scope import Actor
-from strategies.alerts import AlertEngine
 from strategies.examples import REGISTRY
-from strategies.feeds import RandomWalkFeed
-from strategies.paper_engine import Bar, PaperConfig
-from strategies.runtime import Runtime
 from tests.botkit import BotHarness, approved_user, joined, texts
 from tests.conftest import table_counts
+from tradebook.app import build_trading, handler_data
+from trading.feeds import RandomWalkFeed
+from trading.market import Bar
+from trading.paper import PaperGateway
+from trading.paper_engine import PaperConfig
 
 ALICE, BOB = 2001, 3001
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 
 
 class Trading(BotHarness):
-    """The bot plus a runtime whose bars the test hands in one by one."""
+    """The bot plus the trading side, whose bars the test hands in one by one."""
 
     async def setup(self) -> None:
         self.notifier = Notifier(self.db, self.bot)
         feed = RandomWalkFeed(length=0, start=T0, warmup=0)
-        self.runtime = Runtime(self.db, feed, REGISTRY, self.notifier, PaperConfig(), lockstep=True)
-        self.alerts = AlertEngine(
-            self.db, self.runtime, self.notifier, refresh_every=0, slow_every=0
+        self.trading = build_trading(
+            self.db, self.notifier, feed, REGISTRY, PaperConfig(), paced=False, lockstep=True
         )
-        self.alerts.attach()
-        self.dp["runtime"] = self.runtime
-        await self.runtime.start(feed=False)
+        self.alerts = self.trading.alerts
+        self.alerts.refresh_every = self.alerts.slow_every = 0
+        self.dp.workflow_data.update(handler_data(self.trading))
+        await self.trading.start(feed=False)
         self.minute = 0
         self.alice = await approved_user(self.db, ALICE, username="alice")
         self.bob = await approved_user(self.db, BOB, username="bob")
 
     async def bar(self, close: str, symbol: str = "BTCUSDT") -> list:
-        """One bar (open = high = low = close) through the runtime; the calls it caused."""
+        """One bar (open = high = low = close) through trading; the calls it caused."""
         self.minute += 1
         price = Decimal(close)
         before = len(self.session.calls)
-        await self.runtime.on_bar(
+        await self.trading.on_bar(
             Bar(symbol, T0 + dt.timedelta(minutes=self.minute), price, price, price, price)
         )
-        await self.runtime.settle()
+        await self.trading.settle()
         return self.session.calls[before:]
 
     async def confirm(self, telegram_id: int, calls: list) -> list:
@@ -86,6 +87,7 @@ async def test_cancel_button_and_foreign_token(h: Trading, engine: AsyncEngine) 
     calls = await h.send(ALICE, "/buy BTCUSDT 0.01 @59000")
     (_ok, no) = calls[-1].buttons()
     (ok, _) = calls[-1].buttons()
+    assert ok[1] is not None and no[1] is not None  # callback buttons
     assert "already handled" in joined(await h.press(BOB, ok[1]))  # not Bob's to confirm
     assert "Order not placed." in joined(await h.press(ALICE, no[1]))
     assert "already handled" in joined(await h.press(ALICE, ok[1]))  # a token works once
@@ -110,11 +112,12 @@ async def test_cancel_command_and_other_users_orders(h: Trading) -> None:
     async with h.db.session(h.alice) as s:
         (order,) = await s.orders.list()
     assert f"no order #{order.id}" in joined(await h.send(BOB, f"/cancel {order.id}"))
-    assert "Cancel requested" in joined(await h.send(ALICE, f"/cancel {order.id}"))
-    await h.bar("60000")
+    # The answer waits for the broker's: the order is canceled when the reply says so.
+    assert f"Order #{order.id}: canceled." in joined(await h.send(ALICE, f"/cancel {order.id}"))
     async with h.db.session(h.alice) as s:
         assert (await s.orders.get(order.id)).status == "CANCELED"
-    assert "only open orders" in joined(await h.send(ALICE, f"/cancel {order.id}"))
+    again = joined(await h.send(ALICE, f"/cancel {order.id}"))
+    assert f"Order #{order.id}: already ended (CANCELED)." in again
     assert "Usage: /cancel" in joined(await h.send(ALICE, "/cancel soon"))
 
 
@@ -225,13 +228,15 @@ async def test_mute_and_unreachable_and_rate_limits(h: Trading) -> None:
     h.session.fail_next("SendMessage", 403, "Forbidden: bot was blocked by the user")
     await h.bar("60000")
     async with h.db.session(Actor.system()) as s:
-        assert (await s.users.lookup(ALICE)).unreachable_at is not None
+        alice = await s.users.lookup(ALICE)
+        assert alice is not None and alice.unreachable_at is not None
     await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01"))
     calls = await h.bar("60000")
     assert [c for c in calls if c.name == "SendMessage"] == []  # not tried again
     await h.send(ALICE, "/start")  # the user is back: their chat works again
     async with h.db.session(Actor.system()) as s:
-        assert (await s.users.lookup(ALICE)).unreachable_at is None
+        alice = await s.users.lookup(ALICE)
+        assert alice is not None and alice.unreachable_at is None
 
 
 async def test_export_trades_csv_is_exact_and_own(h: Trading) -> None:
@@ -256,9 +261,9 @@ async def test_stopall_cancels_and_stops(h: Trading) -> None:
     assert "Started sma_cross 1.0" in joined(await h.send(ALICE, "/strategy start sma_cross"))
     calls = await h.send(ALICE, "/stopall")
     (yes, _no) = calls[-1].buttons()
+    assert yes[1] is not None  # a callback button
     text = joined(await h.press(ALICE, yes[1]))
-    assert "cancel requested for 1 open order(s), 1 strategy run(s) stopped" in text
-    await h.bar("60000")
+    assert "Strategies stopped: sma_cross 1.0" in text and "#1: canceled" in text
     async with h.db.session(h.alice) as s:
         assert await s.orders.list() == []
         (run,) = await s.strategy_runs.list()
@@ -276,10 +281,9 @@ async def test_cancel_button_under_orders_and_edits(h: Trading) -> None:
     await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01 @50000"))
     calls = await h.send(ALICE, "/orders")
     (label, data), *_ = calls[-1].buttons()
-    assert label.startswith("Cancel #")
+    assert label.startswith("Cancel #") and data is not None
     assert "no order #" in joined(await h.press(BOB, data))  # Bob cannot press Alice's
-    assert "Cancel requested" in joined(await h.press(ALICE, data))
-    await h.bar("60000")
+    assert "Order #1: canceled." in joined(await h.press(ALICE, data))
     assert "None." in joined(await h.send(ALICE, "/orders"))
     await h.send(ALICE, "/alert add price BTCUSDT above 70000")
     await h.send(ALICE, '/schedule add "0 18 * * *" report pnl today')
@@ -304,24 +308,25 @@ async def test_cancel_button_under_orders_and_edits(h: Trading) -> None:
 async def test_open_paper_orders_survive_a_restart(h: Trading, db: Database) -> None:
     await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01 @59000"))
     await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.02 @58000"))
-    await h.runtime.stop()  # the bot goes down with both orders open
+    await h.trading.stop()  # the bot goes down with both orders open
 
     again = Trading(db)
     again.notifier = Notifier(db, again.bot)
-    again.runtime = Runtime(
+    again.trading = build_trading(
         db,
+        again.notifier,
         RandomWalkFeed(length=0, start=T0, warmup=0),
         REGISTRY,
-        again.notifier,
         PaperConfig(),
+        paced=False,
         lockstep=True,
     )
-    again.dp["runtime"] = again.runtime
+    again.dp.workflow_data.update(handler_data(again.trading))
     again.alice = h.alice
     again.minute = 10
-    await again.runtime.start(feed=False)
+    await again.trading.start(feed=False)
     await again.bar("60000")  # the feed runs before anyone touches the portfolio
-    assert "Cancel requested" in joined(await again.send(ALICE, "/cancel 2"))
+    assert "Order #2: canceled." in joined(await again.send(ALICE, "/cancel 2"))
     await again.bar("58900")  # the first order, handed back to the new book, fills
     async with db.session(h.alice) as s:
         first, second = await s.orders.get(1), await s.orders.get(2)
@@ -354,8 +359,49 @@ async def test_day_orders_end_at_the_owners_current_local_midnight(h: Trading) -
     await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01 @2 tif=DAY"))
     async with h.db.session(h.alice) as s:
         pid = (await s.portfolios.current()).id
-    (day_order,) = [
-        o for o in h.runtime.gateways[pid].engine.open_orders() if o.time_in_force == "DAY"
-    ]
+    gateway = h.trading.desk.gateways[pid]
+    assert isinstance(gateway, PaperGateway)
+    (day_order,) = [o for o in gateway.engine.open_orders() if o.time_in_force == "DAY"]
     # Bars are at 2024-05-01 12:0x UTC = 21:0x in Tokyo: the day ends at 15:00 UTC.
     assert day_order.day_ends_at == dt.datetime(2024, 5, 1, 15, 0, tzinfo=dt.UTC)
+
+
+async def test_close_a_strategys_position_stops_the_strategy_first(h: Trading) -> None:
+    assert "Started sma_cross 1.0" in joined(await h.send(ALICE, "/strategy start sma_cross"))
+    dal = h.db.scoped(h.alice)
+    strategy = await dal.strategies.latest("sma_cross")
+    pid = (await dal.portfolios.current()).id
+    order = {"portfolio_id": pid, "symbol": "BTCUSDT", "side": "BUY", "quantity": Decimal("0.03")}
+    await h.trading.desk.place(dal, {**order, "strategy_id": strategy.id})
+    await h.bar("60000")
+    shown = joined(await h.send(ALICE, "/positions"))
+    assert "close: /close BTCUSDT sma_cross" in shown
+    assert "No manual BTCUSDT position" in joined(await h.send(ALICE, "/close BTCUSDT"))
+    calls = await h.send(ALICE, "/close BTCUSDT sma_cross")
+    assert "SELL 0.03 BTCUSDT MARKET in Main" in joined(calls)
+    assert "Confirm stops sma_cross 1.0 first." in joined(calls)
+    done = joined(await h.confirm(ALICE, calls))
+    assert "Stopped strategy sma_cross 1.0." in done and "placed (NEW)" in done
+    await h.bar("60100")
+    (position,) = [p for p in await dal.positions.snapshot(pid, include_flat=True)]
+    assert (position.strategy_id, position.quantity) == (strategy.id, 0)
+    (run,) = await dal.strategy_runs.list()
+    assert run.status == "STOPPED"
+
+
+async def test_stopall_flatten_closes_every_position(h: Trading) -> None:
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.02"))
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01 @1"))
+    await h.bar("60000")
+    calls = await h.send(ALICE, "/stopall flatten")
+    assert "then close every position" in joined(calls)
+    (yes, _no) = calls[-1].buttons()
+    assert yes[1] is not None
+    text = joined(await h.press(ALICE, yes[1]))
+    assert "#2: canceled" in text
+    assert "BTCUSDT [manual] in Main: order #3 NEW" in text
+    await h.bar("60100")
+    dal = h.db.scoped(h.alice)
+    pid = (await dal.portfolios.current()).id
+    assert await dal.positions.snapshot(pid) == []
+    assert "Usage: /stopall" in joined(await h.send(ALICE, "/stopall everything"))

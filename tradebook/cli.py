@@ -243,7 +243,7 @@ def _run(settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    from bot.main import run
+    from tradebook.app import run
     from tradebook.ops.backup import AlreadyRunning, RunLock
 
     try:

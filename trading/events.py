@@ -1,10 +1,10 @@
 """Broker events and the order-gateway protocol, broker-neutral.
 
-A gateway (paper, Binance, …) turns what its broker says into these events; the runtime maps
-every event onto ``orders`` and ``trades`` through the user-scoped DAL, idempotently (broker
+A gateway (paper, Binance, …) turns what its broker says into these events; the order desk
+maps every event onto ``orders`` and ``trades`` through the user-scoped DAL, idempotently (broker
 order and trade ids), so replayed or out-of-order events never double-count.
 
-Events name the instrument by symbol and exchange (what brokers send); the runtime resolves
+Events name the instrument by symbol and exchange (what brokers send); the desk resolves
 them. ``client_order_id`` is tradebook's order uid for orders tradebook placed; an event whose
 order tradebook does not know (placed on the exchange by hand) lands in the account's default
 portfolio as a manual order.
@@ -59,25 +59,74 @@ class FillEvent:
     exec_time: dt.datetime
     raw: dict[str, Any] = field(default_factory=dict)
     # The order as the broker describes it, when the broker sends that with each fill: lets
-    # the runtime create an order it has not seen yet before linking the fill to it.
+    # the desk create an order it has not seen yet before linking the fill to it.
     order: OrderUpdate | None = None
+
+    def __post_init__(self) -> None:
+        # The trade id is what makes a fill sent twice one trade: no id, no fill.
+        trade_id = self.broker_trade_id
+        if not isinstance(trade_id, str) or not trade_id.strip() or trade_id.strip() == "-1":
+            raise ValueError(
+                f"a fill of {self.symbol} (order {self.broker_order_id}) has no broker trade "
+                "id; it cannot be stored without one (it could be counted twice)"
+            )
 
 
 BrokerEvent = OrderUpdate | FillEvent
 
 
 class OrderGateway(Protocol):
-    """What a broker adapter offers the runtime. ``place`` and ``cancel`` only submit; the
-    outcome (accepted, rejected, fills, cancel confirmed) arrives on ``events()``."""
+    """What a broker adapter offers the order desk. ``place`` and ``cancel`` only submit; the
+    outcome (accepted, rejected, fills, cancel confirmed) arrives on ``events()``. Orders come
+    as ``trading.desk.GatewayOrder``."""
 
     broker: str  # the brokers.code it serves, e.g. "PAPER", "BINANCE"
 
-    async def place(self, order: Any) -> None:
-        """Submit an order (an ``orders`` row: uid, side, type, quantity, price, …)."""
+    async def adopt(self, orders: list[Any]) -> None:
+        """Take back the portfolio's orders still open from before a restart (oldest first)."""
 
-    async def cancel(self, order: Any) -> None:
-        """Ask the broker to cancel an order."""
+    async def place(self, order: Any) -> None:
+        """Submit an order."""
+
+    async def cancel(self, order: Any) -> bool:
+        """Ask the broker to cancel an order; False when the broker does not hold it."""
 
     def events(self) -> AsyncIterator[BrokerEvent]:
-        """The stream of broker events, in the order the broker sent them."""
-        ...
+        """The broker's events, in the order it sent them."""
+
+    def event_done(self) -> None:
+        """The desk has applied one event taken from ``events()``."""
+
+    async def drained(self) -> None:
+        """Every event emitted so far has been taken and applied."""
+
+    async def close(self) -> None:
+        """Stop: no more events, no more bars."""
+
+
+def event_from_json(data: dict[str, Any]) -> BrokerEvent:
+    """The inverse of ``trading.desk.event_to_json``."""
+    fields = dict(data)
+    kind = fields.pop("kind")
+    if kind == "fill":
+        order = fields.pop("order", None)
+        return FillEvent(
+            **_typed(fields, FillEvent),
+            order=OrderUpdate(**_typed(order, OrderUpdate)) if order else None,
+        )
+    return OrderUpdate(**_typed(fields, OrderUpdate))
+
+
+_DECIMALS = {"quantity", "price", "stop_price", "fee"}
+_TIMES = {"event_time", "exec_time"}
+
+
+def _typed(fields: dict[str, Any], cls: type) -> dict[str, Any]:
+    out = {}
+    for name, value in fields.items():
+        if value is not None and name in _DECIMALS:
+            value = Decimal(value)
+        elif value is not None and name in _TIMES:
+            value = dt.datetime.fromisoformat(value)
+        out[name] = value
+    return out

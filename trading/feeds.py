@@ -1,14 +1,17 @@
-"""Price feeds (no OHLCV in the database): bars in, latest marks and recent bars in memory.
+"""Price feeds (no OHLCV in the database): where the bars come from.
 
-* ``RandomWalkFeed``: a seeded random walk (deterministic for a seed) — the default paper feed.
-  No permissively licensed historical price series could be verified offline when this was
-  built, so tradebook does not ship one; ``CsvReplayFeed`` replays any CSV you provide.
+* ``RandomWalkFeed``: a seeded random walk, endless by default — the default paper feed. It
+  starts from given prices (after a restart: the last stored marks) so prices continue instead
+  of replaying the same walk. No permissively licensed historical price series could be
+  verified offline when this was built, so tradebook does not ship one.
 * ``CsvReplayFeed``: replays a CSV with the header ``time,symbol,open,high,low,close``
-  (ISO-8601 times with a zone, decimal text prices), in file order.
+  (ISO-8601 times with a zone, decimal text prices), one step per distinct time, in file order.
 
-A feed yields ``Bar``s; ``pace`` (bars per second) throttles the replay. ``MarkBook`` keeps the
-latest close per instrument (the marks for unrealized PnL and risk) and a window of recent bars
-(for indicators).
+Feed time is the wall clock: a step is one bar per symbol, every step is stamped with the time
+it is handed out and the next comes ``interval`` later, however many symbols there are (the
+warm-up steps, handed out at once for indicator history, lie just before now). Tests and
+backtests give ``start`` instead: step ``n`` is then stamped ``start + n × interval`` and the
+steps come as fast as they are taken.
 """
 
 from __future__ import annotations
@@ -17,16 +20,15 @@ import asyncio
 import csv
 import datetime as dt
 import random
-from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
 from dal.types import check_amount
-from strategies.paper_engine import Bar
+from trading.market import Bar
 
-__all__ = ["Bar", "CsvReplayFeed", "FeedInstrument", "MarkBook", "RandomWalkFeed"]
+__all__ = ["Candle", "CsvReplayFeed", "FeedInstrument", "PriceFeed", "RandomWalkFeed"]
 
 
 @dataclass(frozen=True)
@@ -41,19 +43,49 @@ class FeedInstrument:
     lot_size: Decimal
 
 
+@dataclass(frozen=True)
+class Candle:
+    """One step's prices of one symbol, before the feed stamps its time."""
+
+    symbol: str
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+
+
 class PriceFeed:
     instruments: list[FeedInstrument]
-    warmup: int = 0  # bars handed out at once before pacing starts (indicator history)
+    warmup: int = 0  # steps handed out at once before pacing starts (indicator history)
+    interval: dt.timedelta = dt.timedelta(seconds=1)
+    start: dt.datetime | None = None  # None: the wall clock
 
-    def bars(self) -> Iterator[Bar]:
+    def steps(self) -> Iterator[list[Candle]]:
+        """One list of candles (one per symbol) per step; ends when the prices end."""
         raise NotImplementedError
 
-    async def stream(self, pace: Decimal | None = None) -> AsyncIterator[Bar]:
-        """The bars, at ``pace`` bars per second (as fast as possible when None)."""
-        delay = float(1 / pace) if pace else 0.0
-        for n, bar in enumerate(self.bars()):
-            yield bar
-            await asyncio.sleep(delay if n >= self.warmup * len(self.instruments) else 0)
+    async def stream(self, paced: bool = True) -> AsyncIterator[Bar]:
+        """The bars, stamped (see the module docstring); ``paced`` waits ``interval`` between
+        steps after the warm-up."""
+        wait = self.interval.total_seconds() if paced else 0.0
+        first = self.start or _now() - self.warmup * self.interval
+        last: dt.datetime | None = None
+        for n, candles in enumerate(self.steps()):
+            if self.start is not None or n < self.warmup:
+                time = first + n * self.interval
+            else:  # the wall clock, strictly after the previous step
+                time = _now()
+                if last is not None and time <= last:
+                    time = last + dt.timedelta(microseconds=1)
+            last = time
+            for c in candles:
+                yield Bar(c.symbol, time, c.open, c.high, c.low, c.close)
+            if n + 1 >= self.warmup and wait:
+                await asyncio.sleep(wait)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 DEFAULT_INSTRUMENTS = [
@@ -64,34 +96,39 @@ _START_PRICES = {"BTCUSDT": Decimal("60000"), "ETHUSDT": Decimal("3000")}
 
 
 class RandomWalkFeed(PriceFeed):
-    """Seeded random walk; ``length`` bars per symbol, ``interval`` apart. By default the bars
-    keep pace with the wall clock when replayed at 1 / interval bars per second (the warm-up
-    bars lie just before now), so paper fills carry real times."""
+    """Seeded random walk: ``length`` steps (None: endless), from ``start_prices`` (by symbol;
+    defaults for the rest)."""
 
     def __init__(
         self,
         instruments: list[FeedInstrument] | None = None,
-        seed: int = 7,
-        length: int = 10_000,
+        seed: int | None = 7,
+        length: int | None = None,
         start: dt.datetime | None = None,
         volatility_bps: int = 20,
         warmup: int = 60,
         interval: dt.timedelta = dt.timedelta(minutes=1),
+        start_prices: Mapping[str, Decimal] | None = None,
     ) -> None:
         self.instruments = instruments or DEFAULT_INSTRUMENTS
         self.warmup = warmup
         self.seed = seed
         self.length = length
         self.interval = interval
-        self.start = start  # None: the warm-up ends "now", when the replay starts
+        self.start = start
         self.volatility_bps = volatility_bps
+        self.start_prices = dict(start_prices or {})
 
-    def bars(self) -> Iterator[Bar]:
+    def steps(self) -> Iterator[list[Candle]]:
         rng = random.Random(self.seed)
-        start = self.start or dt.datetime.now(dt.UTC) - self.warmup * self.interval
-        prices = {i.symbol: _START_PRICES.get(i.symbol, Decimal("100")) for i in self.instruments}
-        for n in range(self.length):
-            time = start + n * self.interval
+        prices = {
+            i.symbol: self.start_prices.get(i.symbol) or _START_PRICES.get(i.symbol, Decimal(100))
+            for i in self.instruments
+        }
+        n = 0
+        while self.length is None or n < self.length:
+            n += 1
+            step = []
             for inst in self.instruments:
                 open_ = prices[inst.symbol]
                 moves = [
@@ -99,11 +136,17 @@ class RandomWalkFeed(PriceFeed):
                     for _ in range(3)
                 ]
                 path = [open_ * (1 + m / 10_000) for m in moves]
-                close = _tick(path[-1], inst.tick_size)
+                # Never below one tick: an endless walk must not reach zero.
+                close = max(_tick(path[-1], inst.tick_size), inst.tick_size)
                 high = _tick(max([open_, *path]), inst.tick_size)
-                low = _tick(min([open_, *path]), inst.tick_size)
+                low = max(_tick(min([open_, *path]), inst.tick_size), inst.tick_size)
                 prices[inst.symbol] = close
-                yield Bar(inst.symbol, time, open_, high, low, close)
+                step.append(
+                    Candle(
+                        inst.symbol, open_, max(high, open_, close), min(low, open_, close), close
+                    )
+                )
+            yield step
 
 
 def _tick(value: Decimal, tick: Decimal) -> Decimal:
@@ -111,11 +154,22 @@ def _tick(value: Decimal, tick: Decimal) -> Decimal:
 
 
 class CsvReplayFeed(PriceFeed):
-    def __init__(self, path: Path, exchange: str = "PAPER", currency: str = "USDT") -> None:
+    """The rows of a CSV, one step per distinct time (in file order). Restamped to the wall
+    clock (or to ``start``) like every feed; the file's own times only order the rows."""
+
+    def __init__(
+        self,
+        path: Path,
+        exchange: str = "PAPER",
+        currency: str = "USDT",
+        interval: dt.timedelta = dt.timedelta(seconds=1),
+        start: dt.datetime | None = None,
+    ) -> None:
         self.path = Path(path)
-        rows = list(self._read())
-        symbols = sorted({bar.symbol for bar in rows})
-        self._rows = rows
+        self.interval = interval
+        self.start = start
+        self._steps = self._read()
+        symbols = sorted({c.symbol for step in self._steps for c in step})
         self.instruments = [
             FeedInstrument(
                 s, exchange, "CRYPTO", currency, Decimal("0.00000001"), Decimal("0.00000001")
@@ -123,7 +177,9 @@ class CsvReplayFeed(PriceFeed):
             for s in symbols
         ]
 
-    def _read(self) -> Iterable[Bar]:
+    def _read(self) -> list[list[Candle]]:
+        steps: list[list[Candle]] = []
+        previous: dt.datetime | None = None
         with self.path.open(newline="") as handle:
             reader = csv.DictReader(handle)
             missing = {"time", "symbol", "open", "high", "low", "close"} - set(
@@ -136,31 +192,16 @@ class CsvReplayFeed(PriceFeed):
                     time = dt.datetime.fromisoformat(row["time"].replace("Z", "+00:00"))
                     if time.tzinfo is None:
                         raise ValueError("time has no zone")
-                    yield Bar(
-                        row["symbol"].strip().upper(),
-                        time.astimezone(dt.UTC),
-                        *(check_amount(row[k]) for k in ("open", "high", "low", "close")),
-                    )
+                    prices = [check_amount(row[k]) for k in ("open", "high", "low", "close")]
+                    candle = Candle(row["symbol"].strip().upper(), *prices)
+                    Bar(candle.symbol, time, *prices)  # the same checks as every bar
                 except Exception as exc:
                     raise ValueError(f"{self.path}:{line}: {exc}") from None
+                if time != previous:
+                    steps.append([])
+                    previous = time
+                steps[-1].append(candle)
+        return steps
 
-    def bars(self) -> Iterator[Bar]:
-        return iter(self._rows)
-
-
-class MarkBook:
-    """Latest marks per instrument id and the last ``window`` bars per symbol."""
-
-    def __init__(self, window: int = 500) -> None:
-        self.marks: dict[int, Decimal] = {}
-        self.by_symbol: dict[str, Decimal] = {}
-        self.recent: dict[str, deque[Bar]] = defaultdict(lambda: deque(maxlen=window))
-
-    def update(self, bar: Bar, instrument_id: int | None) -> None:
-        self.by_symbol[bar.symbol] = bar.close
-        if instrument_id is not None:
-            self.marks[instrument_id] = bar.close
-        self.recent[bar.symbol].append(bar)
-
-    def closes(self, symbol: str, n: int) -> list[Decimal]:
-        return [b.close for b in list(self.recent[symbol])[-n:]]
+    def steps(self) -> Iterator[list[Candle]]:
+        return iter(self._steps)

@@ -23,7 +23,7 @@ from typing import Any
 from dal.database import ScopedDal
 from dal.errors import NotFound
 from dal.vocabulary import ENDED_STATUSES, FINAL_STATUSES
-from strategies.events import BrokerEvent, FillEvent, OrderUpdate
+from trading.events import BrokerEvent, FillEvent, OrderUpdate
 
 log = logging.getLogger("tradebook.gateway")
 

@@ -2,7 +2,7 @@
 
 No database, no asyncio, no I/O. A gateway feeds it orders (``submit``, ``cancel``) and bars
 (``on_bar``) and forwards the broker events it returns (``OrderUpdate``, ``FillEvent`` from
-``strategies.events``) to the runtime. The same calls in the same order always return the same
+``trading.events``) to the runtime. The same calls in the same order always return the same
 events: broker order ids are ``P-1``, ``P-2``, … and trade ids ``PT-1``, ``PT-2``, …, from
 counters of the engine instance (one counter per kind, starting at 1, used in call order).
 
@@ -97,7 +97,8 @@ from dal.vocabulary import (
     SideName,
     TimeInForceName,
 )
-from strategies.events import FillEvent, OrderUpdate
+from trading.events import FillEvent, OrderUpdate
+from trading.market import Bar, aware, exact_decimal
 
 TRAILING_REFUSED = "TRAILING orders are not supported by the paper gateway"
 
@@ -105,52 +106,9 @@ _BPS = Decimal(10000)
 _ZERO = Decimal(0)
 
 
-def _aware(value: object, name: str) -> dt.datetime:
-    if not isinstance(value, dt.datetime):
-        raise TypeError(f"{name} must be a datetime, not {type(value).__name__}")
-    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
-        raise ValueError(f"{name} {value.isoformat()} is naive; give an aware datetime")
-    return value
-
-
-def _decimal(value: object, name: str) -> Decimal:
-    if not isinstance(value, Decimal) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a Decimal, not {type(value).__name__}")
-    if not value.is_finite():
-        raise ValueError(f"{name} must be finite, not {value}")
-    return value
-
-
 def _canonical(value: Decimal) -> Decimal:
     """Round half-even to 18 fractional digits; plain value without trailing zeros."""
     return Decimal(canonical_decimal(quantize18(value)))
-
-
-@dataclass(frozen=True)
-class Bar:
-    """One OHLC bar of ``symbol`` starting at ``time`` (aware). Checked on creation."""
-
-    symbol: str
-    time: dt.datetime
-    open: Decimal
-    high: Decimal
-    low: Decimal
-    close: Decimal
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.symbol, str) or not self.symbol:
-            raise ValueError("a bar needs a symbol")
-        _aware(self.time, "bar time")
-        for name in ("open", "high", "low", "close"):
-            value = _decimal(getattr(self, name), f"bar {name}")
-            if value <= 0:
-                raise ValueError(f"bar {name} must be positive, not {value}")
-            check_amount(value)
-        if not (self.low <= min(self.open, self.close) and self.high >= max(self.open, self.close)):
-            raise ValueError(
-                f"bar of {self.symbol} at {self.time.isoformat()} is inconsistent: "
-                f"open {self.open}, high {self.high}, low {self.low}, close {self.close}"
-            )
 
 
 @dataclass(frozen=True)
@@ -164,13 +122,13 @@ class PaperConfig:
     fee_currency: str | None = None
 
     def __post_init__(self) -> None:
-        if _decimal(self.fee_bps, "fee_bps") < 0:
+        if exact_decimal(self.fee_bps, "fee_bps") < 0:
             raise ValueError(f"fee_bps must not be negative, not {self.fee_bps}")
-        slippage = _decimal(self.slippage_bps, "slippage_bps")
+        slippage = exact_decimal(self.slippage_bps, "slippage_bps")
         if not 0 <= slippage < _BPS:
             raise ValueError(f"slippage_bps must be in [0, 10000), not {slippage}")
         if self.max_fill_quantity is not None:
-            cap = _decimal(self.max_fill_quantity, "max_fill_quantity")
+            cap = exact_decimal(self.max_fill_quantity, "max_fill_quantity")
             if cap <= 0:
                 raise ValueError(f"max_fill_quantity must be positive, not {cap}")
             check_amount(cap)
@@ -232,7 +190,7 @@ class PaperEngine:
     # --- orders ---------------------------------------------------------------------------
     def submit(self, order: PaperOrder, now: dt.datetime) -> list[OrderUpdate]:
         """Accept (NEW) or refuse (REJECTED with a reason) an order, as of ``now``."""
-        _aware(now, "now")
+        aware(now, "now")
         self._order_seq += 1
         broker_order_id = f"{self.id_prefix}P-{self._order_seq}"
         reason = self._rejection(order, now)
@@ -244,9 +202,22 @@ class PaperEngine:
         self._accepted_ids.add(order.client_order_id)
         return [self._update(state, "NEW", now)]
 
+    def adopt(
+        self, order: PaperOrder, broker_order_id: str, filled: Decimal, accepted_at: dt.datetime
+    ) -> None:
+        """Take back an order this broker accepted earlier (before a restart) as it stands:
+        same broker order id, ``filled`` of ``order.quantity`` already filled. No event: the
+        order is open already; it matches from the next bar on."""
+        aware(accepted_at, "accepted_at")
+        fee_currency = order.fee_currency or self.config.fee_currency
+        state = _OpenOrder(order, broker_order_id, accepted_at, fee_currency, filled=filled)
+        state.triggered = filled > 0  # a stop order that has filled had triggered
+        self._open[order.client_order_id] = state
+        self._accepted_ids.add(order.client_order_id)
+
     def cancel(self, client_order_id: str, now: dt.datetime) -> list[OrderUpdate]:
         """CANCELED for an open order; ``[]`` for an unknown or already closed one."""
-        _aware(now, "now")
+        aware(now, "now")
         state = self._open.pop(client_order_id, None)
         if state is None:
             return []
@@ -438,12 +409,12 @@ class PaperEngine:
             return f"a {kind} order needs a stop price"
         if not needs_stop and order.stop_price is not None:
             return f"a {kind} order takes no stop price"
-        if not _is_aware(order.placed_at):
+        if not _isaware(order.placed_at):
             return "placed_at must be an aware datetime"
         if tif == "DAY":
             if order.day_ends_at is None:
                 return "a DAY order needs day_ends_at (the end of the user's trading day)"
-            if not _is_aware(order.day_ends_at):
+            if not _isaware(order.day_ends_at):
                 return "day_ends_at must be an aware datetime"
             if order.day_ends_at <= now:
                 return f"the day of this DAY order ended at {order.day_ends_at.isoformat()}"
@@ -495,7 +466,7 @@ class PaperEngine:
         )
 
 
-def _is_aware(value: object) -> bool:
+def _isaware(value: object) -> bool:
     return (
         isinstance(value, dt.datetime)
         and value.tzinfo is not None

@@ -1,28 +1,35 @@
-"""Trading by hand: /buy, /sell (confirm first), /cancel, /close, /fill, /stopall.
+"""Trading by hand: /buy, /sell, /close (confirm first), /cancel, /fill, /stopall.
 
-Orders take the same path as a strategy's: pre-trade risk, the DAL, the portfolio's gateway
-(strategy NULL: manual). /fill records a trade done elsewhere, for portfolios without a
-gateway."""
+Orders go through the order desk like a strategy's: pre-trade risk, the DAL, the portfolio's
+gateway (strategy NULL: manual; /close of a strategy's position: that strategy's, after it is
+stopped). Every request ends in an outcome the user sees: a cancel says whether it was done,
+is still pending, or why not; the kill switch reports per order. /fill records a trade done
+elsewhere, for portfolios without a gateway."""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import sqlalchemy as sa
 from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from bot.callbacks import CancelOrder, StopAll, TradeConfirm
+from bot.confirmations import Confirmations
 from bot.routers.common import UsageError, args_of
 from bot.text import num, q
 from dal.database import ScopedDal
 from dal.errors import InvalidInput, TradebookError
 from dal.types import AmountError, check_amount
 from dal.vocabulary import SIDES
+from strategies.runtime import StrategyRuntime
+from trading.desk import CancelOutcome, OrderDesk
 
 TIFS = ("GTC", "IOC", "FOK", "DAY")
 
@@ -92,107 +99,158 @@ def verdict_text(verdict: Any) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class HeldTrade:
+    """What a Confirm button stands for: orders to place, after stopping strategy runs."""
+
+    orders: list[dict[str, Any]]
+    stop_runs: list[tuple[str, str, int]] = field(default_factory=list)  # name, version, pid
+
+
 async def ask_to_confirm(
-    message: Message, dal: ScopedDal, runtime: Any, order: dict[str, Any], portfolio: Any
+    message: Message,
+    dal: ScopedDal,
+    desk: OrderDesk,
+    confirmations: Confirmations,
+    held: HeldTrade,
+    portfolio: Any,
+    note: str = "",
 ) -> None:
     """Show the order with its risk verdict and Confirm / Cancel buttons (none on a BLOCK)."""
+    (order,) = held.orders
     await dal.instruments.get(symbol=order["symbol"])  # unknown symbol: a clear error now
-    await runtime.gateway_for(order["portfolio_id"], dal)  # no gateway: say so before asking
-    verdict = await runtime.preview(dal, order)
-    text = f"{q(describe(order, portfolio.name))}\n{q(verdict_text(verdict))}"
+    verdict = await desk.preview(dal, order)  # no gateway: says so before asking
+    text = f"{q(describe(order, portfolio.name))}\n{q(verdict_text(verdict))}{note}"
     if verdict.decision == "block":
         await message.answer(text + "\nNot placed: change the order or the policy (/risk).")
         return
-    token = runtime.hold(dal.actor.user_id, order)
+    token = confirmations.hold(dal.actor.user_id or 0, {"held": held})
     keyboard = InlineKeyboardBuilder()
     keyboard.button(text="Confirm", callback_data=TradeConfirm(action="ok", token=token))
     keyboard.button(text="Cancel", callback_data=TradeConfirm(action="no", token=token))
     await message.answer(text, reply_markup=keyboard.as_markup())
 
 
+def placed_text(row: sa.Row[Any]) -> str:
+    if row.status == "REJECTED":
+        reason = (row.meta_json or {}).get("reject_reason", "")
+        return f"Order #{row.id} blocked by risk: {q(reason)}"
+    return f"Order #{row.id} placed ({row.status})."
+
+
 def router() -> Router:
     r = Router(name="trade")
 
     async def buy_or_sell(
-        side: str, message: Message, command: CommandObject, dal: ScopedDal, runtime: Any
+        side: str,
+        message: Message,
+        command: CommandObject,
+        dal: ScopedDal,
+        desk: OrderDesk,
+        confirmations: Confirmations,
     ) -> None:
         portfolio = await dal.portfolios.current()
         order = parse_order(side, args_of(command), portfolio.id)
-        await ask_to_confirm(message, dal, runtime, order, portfolio)
+        await ask_to_confirm(message, dal, desk, confirmations, HeldTrade([order]), portfolio)
 
     @r.message(Command("buy"))
-    async def buy(message: Message, command: CommandObject, dal: ScopedDal, runtime: Any) -> None:
-        await buy_or_sell("BUY", message, command, dal, runtime)
+    async def buy(
+        message: Message,
+        command: CommandObject,
+        dal: ScopedDal,
+        desk: OrderDesk,
+        confirmations: Confirmations,
+    ) -> None:
+        await buy_or_sell("BUY", message, command, dal, desk, confirmations)
 
     @r.message(Command("sell"))
-    async def sell(message: Message, command: CommandObject, dal: ScopedDal, runtime: Any) -> None:
-        await buy_or_sell("SELL", message, command, dal, runtime)
+    async def sell(
+        message: Message,
+        command: CommandObject,
+        dal: ScopedDal,
+        desk: OrderDesk,
+        confirmations: Confirmations,
+    ) -> None:
+        await buy_or_sell("SELL", message, command, dal, desk, confirmations)
 
     @r.callback_query(TradeConfirm.filter())
     async def confirm(
-        query: CallbackQuery, callback_data: TradeConfirm, dal: ScopedDal, runtime: Any
+        query: CallbackQuery,
+        callback_data: TradeConfirm,
+        dal: ScopedDal,
+        desk: OrderDesk,
+        confirmations: Confirmations,
+        strategies: StrategyRuntime | None = None,
     ) -> None:
-        order = runtime.release(dal.actor.user_id, callback_data.token)
-        if order is None:
+        released = confirmations.release(dal.actor.user_id or 0, callback_data.token)
+        if released is None:
             await query.answer("This order was already handled or has expired.")
             return
+        held: HeldTrade = released["held"]
         if callback_data.action == "no":
             await query.answer("Not placed.")
             if isinstance(query.message, Message):
                 await query.message.edit_text("Order not placed.")
             return
-        row = await runtime.place_checked(dal, order)
+        lines = []
+        for name, version, portfolio_id in held.stop_runs:
+            if strategies is not None:
+                await strategies.stop_strategy(dal.actor, name, version, portfolio_id)
+                lines.append(f"Stopped strategy {q(name)} {q(version)}.")
+        for order in held.orders:
+            lines.append(placed_text(await desk.place(dal, order)))
         await query.answer()
-        if not isinstance(query.message, Message):
-            return
-        if row.status == "REJECTED":
-            reason = (row.meta_json or {}).get("reject_reason", "")
-            await query.message.edit_text(f"Order #{row.id} blocked by risk: {q(reason)}")
-        else:
-            await query.message.edit_text(f"Order #{row.id} placed ({row.status}).")
+        if isinstance(query.message, Message):
+            await query.message.edit_text("\n".join(lines))
 
     @r.message(Command("cancel"))
     async def cancel(
-        message: Message, command: CommandObject, dal: ScopedDal, runtime: Any
+        message: Message, command: CommandObject, dal: ScopedDal, desk: OrderDesk
     ) -> None:
         args = args_of(command)
         if len(args) != 1 or not args[0].lstrip("#").isdigit():
             raise UsageError("cancel")
-        order_id = int(args[0].lstrip("#"))
-        await runtime.cancel_order(dal, order_id)
-        await message.answer(f"Cancel requested for order #{order_id}.")
+        outcome = await desk.cancel(dal, int(args[0].lstrip("#")))
+        await message.answer(f"Order {outcome.line()}.")
 
     @r.callback_query(CancelOrder.filter())
     async def cancel_button(
-        query: CallbackQuery, callback_data: CancelOrder, dal: ScopedDal, runtime: Any
+        query: CallbackQuery, callback_data: CancelOrder, dal: ScopedDal, desk: OrderDesk
     ) -> None:
-        await runtime.cancel_order(dal, callback_data.order_id)  # owner-checked
-        await query.answer(f"Cancel requested for order #{callback_data.order_id}.")
+        outcome = await desk.cancel(dal, callback_data.order_id)  # owner-checked
+        await query.answer(f"Order {outcome.line()}.")
 
     @r.message(Command("close"))
-    async def close(message: Message, command: CommandObject, dal: ScopedDal, runtime: Any) -> None:
+    async def close(
+        message: Message,
+        command: CommandObject,
+        dal: ScopedDal,
+        desk: OrderDesk,
+        confirmations: Confirmations,
+    ) -> None:
         args = args_of(command)
-        if len(args) != 1:
+        if len(args) not in (1, 2):
             raise UsageError("close")
         portfolio = await dal.portfolios.current()
-        symbol = args[0].upper()
+        symbol, strategy = args[0].upper(), (args[1] if len(args) == 2 else None)
+        rows = await dal.positions.snapshot(portfolio.id)
         held = [
             p
-            for p in await dal.positions.snapshot(portfolio.id)
-            if p.symbol == symbol and p.strategy_id is None
+            for p in rows
+            if p.symbol == symbol and p.quantity and (p.strategy_name or None) == strategy
         ]
-        if not held or not held[0].quantity:
-            await message.answer(f"No manual {q(symbol)} position in {q(portfolio.name)}.")
+        if not held:
+            whose = f"{q(strategy)}'s" if strategy else "manual"
+            await message.answer(f"No {whose} {q(symbol)} position in {q(portfolio.name)}.")
             return
-        quantity = held[0].quantity
-        order = {
-            "portfolio_id": portfolio.id,
-            "symbol": symbol,
-            "side": "SELL" if quantity > 0 else "BUY",
-            "type": "MARKET",
-            "quantity": abs(quantity),
-        }
-        await ask_to_confirm(message, dal, runtime, order, portfolio)
+        (position,) = held
+        trade = HeldTrade([closing_order(position, portfolio.id)])
+        note = ""
+        if position.strategy_id is not None:
+            version = position.strategy_version
+            trade.stop_runs.append((position.strategy_name, version, portfolio.id))
+            note = f"\nConfirm stops {q(position.strategy_name)} {q(version)} first."
+        await ask_to_confirm(message, dal, desk, confirmations, trade, portfolio, note)
 
     @r.message(Command("fill"))
     async def fill(message: Message, command: CommandObject, dal: ScopedDal, user: Any) -> None:
@@ -244,55 +302,103 @@ def router() -> Router:
         )
 
     @r.message(Command("stopall"))
-    async def stopall(message: Message) -> None:
+    async def stopall(message: Message, command: CommandObject) -> None:
+        args = args_of(command)
+        if args not in ([], ["flatten"]):
+            raise UsageError("stopall")
+        flatten = bool(args)
         keyboard = InlineKeyboardBuilder()
-        keyboard.button(text="Yes, stop everything", callback_data=StopAll(action="ok"))
-        keyboard.button(text="No", callback_data=StopAll(action="no"))
-        await message.answer(
-            "Cancel all your open orders and stop all your strategies?",
-            reply_markup=keyboard.as_markup(),
+        keyboard.button(
+            text="Yes, stop everything", callback_data=StopAll(action="ok", flatten=flatten)
         )
+        keyboard.button(text="No", callback_data=StopAll(action="no", flatten=flatten))
+        what = "Cancel all your open orders and stop all your strategies"
+        if flatten:
+            what += ", then close every position (manual and strategy) with market orders"
+        await message.answer(f"{what}?", reply_markup=keyboard.as_markup())
 
     @r.callback_query(StopAll.filter())
     async def stopall_confirm(
-        query: CallbackQuery, callback_data: StopAll, dal: ScopedDal, runtime: Any
+        query: CallbackQuery,
+        callback_data: StopAll,
+        dal: ScopedDal,
+        desk: OrderDesk,
+        strategies: StrategyRuntime | None = None,
     ) -> None:
         if callback_data.action == "no":
             await query.answer("Nothing changed.")
             return
-        canceled, stopped = await kill_switch(dal, runtime)
-        await query.answer("Done.")
+        await query.answer("Working on it…")
+        report = await kill_switch(dal, desk, strategies, flatten=callback_data.flatten)
         if isinstance(query.message, Message):
-            await query.message.edit_text(
-                f"Kill switch: cancel requested for {canceled} open order(s), "
-                f"{stopped} strategy run(s) stopped."
-            )
+            await query.message.edit_text(q(report.text()))
 
     return r
 
 
-async def kill_switch(dal: ScopedDal, runtime: Any) -> tuple[int, int]:
-    """Stop every running strategy, then cancel every open order; one that filled or closed
-    meanwhile is skipped, never the rest."""
-    stopped = 0
+def closing_order(position: sa.Row[Any], portfolio_id: int) -> dict[str, Any]:
+    """The market order that takes a position to flat (for a strategy's: in its name)."""
+    return {
+        "portfolio_id": portfolio_id,
+        "symbol": position.symbol,
+        "side": "SELL" if position.quantity > 0 else "BUY",
+        "type": "MARKET",
+        "quantity": abs(position.quantity),
+        "strategy_id": position.strategy_id,
+    }
+
+
+@dataclass
+class KillSwitchReport:
+    stopped: list[str] = field(default_factory=list)
+    cancels: list[CancelOutcome] = field(default_factory=list)
+    closes: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        lines = ["Kill switch"]
+        lines.append(
+            "Strategies stopped: " + (", ".join(self.stopped) if self.stopped else "none running")
+        )
+        if self.cancels:
+            lines.append("Open orders:")
+            lines += [f"  {c.line()}" for c in self.cancels]
+        else:
+            lines.append("Open orders: none")
+        if self.closes:
+            lines.append("Positions closed:")
+            lines += [f"  {c}" for c in self.closes]
+        return "\n".join(lines)
+
+
+async def kill_switch(
+    dal: ScopedDal, desk: OrderDesk, strategies: StrategyRuntime | None, *, flatten: bool = False
+) -> KillSwitchReport:
+    """Stop every running strategy, cancel every open order (each with its outcome) and, with
+    ``flatten``, close every position with a market order."""
+    report = KillSwitchReport()
     for run in await dal.strategy_runs.list():
         if run.status == "RUNNING":
-            await runtime.stop_strategy(dal.actor, run.name, run.version, run.portfolio_id)
-            stopped += 1
-    canceled = 0
-    tried: set[int] = set()
-    while True:
-        batch = [o for o in await dal.orders.list(limit=500) if o.id not in tried]
-        if not batch:
-            break
-        for order in batch:
-            tried.add(order.id)
-            try:
-                await runtime.cancel_order(dal, order.id)
-                canceled += 1
-            except TradebookError:
-                pass  # it filled or was canceled in between
-    return canceled, stopped
+            if strategies is not None:
+                await strategies.stop_strategy(dal.actor, run.name, run.version, run.portfolio_id)
+            else:
+                await dal.strategy_runs.stop(run.strategy_id, run.portfolio_id, "STOPPED")
+            report.stopped.append(f"{run.name} {run.version}")
+    report.cancels = await desk.kill_switch(dal)
+    if flatten:
+        for portfolio in await dal.portfolios.list():
+            if not await desk.has_gateway(portfolio.id, dal):
+                continue
+            for position in await dal.positions.snapshot(portfolio.id):
+                if not position.quantity:
+                    continue
+                who = position.strategy_name or "manual"
+                what = f"{position.symbol} [{who}] in {portfolio.name}"
+                try:
+                    row = await desk.place(dal, closing_order(position, portfolio.id))
+                    report.closes.append(f"{what}: order #{row.id} {row.status}")
+                except TradebookError as exc:
+                    report.closes.append(f"{what}: not closed ({exc})")
+    return report
 
 
 def _parse_time(text: str, zone: str) -> dt.datetime:

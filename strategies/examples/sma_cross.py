@@ -7,8 +7,8 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 from strategies.base import Strategy
-from strategies.paper_engine import Bar
 from strategies.runtime import StrategyContext
+from trading.market import Bar
 
 
 class SmaCross(Strategy):

@@ -2,7 +2,7 @@
 
 Pure functions: no network, no database, no clock. ``parse_event`` validates one user-data
 message into an ``ExecutionReport`` (or ``None`` for the other event types, which are ignored);
-``to_events`` maps a report onto the broker-neutral events of ``strategies.events``, which the
+``to_events`` maps a report onto the broker-neutral events of ``trading.events``, which the
 runtime applies idempotently (broker order id ``i``, broker trade id ``t``). A refused message
 raises before any event exists, so nothing is written for it.
 
@@ -108,7 +108,7 @@ from pydantic import (
 from dal.errors import InvalidInput, NotFound
 from dal.types import AmountError, check_amount
 from dal.vocabulary import OPEN_STATUSES, OrderStatusName
-from strategies.events import BrokerEvent, FillEvent, OrderUpdate
+from trading.events import BrokerEvent, FillEvent, OrderUpdate
 
 EXCHANGE: Final = "BINANCE"
 EVENT_TYPE: Final = "executionReport"

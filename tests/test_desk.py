@@ -1,0 +1,281 @@
+"""The order desk: restarts keep open orders alive, every cancel has an outcome, no broker
+event is ever dropped, and paper time is the market's (a fill never precedes its order)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dal.database import Database
+from dal.scope import Actor
+from strategies.examples import REGISTRY
+from tests.factories import default_portfolio, make_user
+from tradebook.app import Trading, build_trading, stored_prices
+from trading.desk import OrderDesk, event_to_json
+from trading.events import BrokerEvent, FillEvent, OrderUpdate, event_from_json
+from trading.feeds import RandomWalkFeed
+from trading.market import Bar, Market
+from trading.paper_engine import PaperConfig
+
+T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+
+
+class Notes:
+    def __init__(self) -> None:
+        self.texts: list[tuple[int, str]] = []
+
+    async def __call__(self, user_id: int, text: str) -> None:
+        self.texts.append((user_id, text))
+
+    def joined(self) -> str:
+        return "\n".join(text for _, text in self.texts)
+
+
+def trading(db: Database, notes: Notes) -> Trading:
+    feed = RandomWalkFeed(length=0, start=T0, warmup=0)
+    return build_trading(db, notes, feed, REGISTRY, PaperConfig(), paced=False, lockstep=True)
+
+
+def bar(minute: int, price: str, symbol: str = "BTCUSDT") -> Bar:
+    p = Decimal(price)
+    return Bar(symbol, T0 + dt.timedelta(minutes=minute), p, p, p, p)
+
+
+def limit_buy(portfolio_id: int, price: str, quantity: str = "0.01") -> dict[str, Any]:
+    return {
+        "portfolio_id": portfolio_id,
+        "symbol": "BTCUSDT",
+        "side": "BUY",
+        "type": "LIMIT",
+        "quantity": Decimal(quantity),
+        "price": Decimal(price),
+    }
+
+
+async def test_open_orders_are_adopted_at_start_up_and_the_kill_switch_cancels_them(
+    db: Database,
+) -> None:
+    user = await make_user(db)
+    pid = await default_portfolio(db, user)
+    first = trading(db, Notes())
+    await first.start(feed=False)
+    await first.on_bar(bar(1, "60000"))
+    dal = db.scoped(user)
+    resting = await first.desk.place(dal, limit_buy(pid, "59000"))
+    other = await first.desk.place(dal, limit_buy(pid, "50000"))
+    await first.settle()
+    await first.stop()  # tradebook goes down with both orders open
+
+    notes = Notes()
+    second = trading(db, notes)
+    await second.start(feed=False)
+    assert pid in second.desk.gateways  # at once, before anyone touches the portfolio
+    await second.on_bar(bar(2, "58900"))  # the resting order fills on the next bar
+    async with db.session(user) as s:
+        assert (await s.orders.get(resting.id)).status == "FILLED"
+    outcomes = await second.desk.kill_switch(dal)
+    assert [(o.order_id, o.outcome) for o in outcomes] == [(other.id, "canceled")]
+    async with db.session(user) as s:
+        assert (await s.orders.get(other.id)).status == "CANCELED"
+    # The broker order id survived the restart: no conflict was logged or kept.
+    assert "could not be applied" not in notes.joined()
+    assert await dal.unapplied_events.list() == []
+    await second.stop()
+
+
+async def test_cancel_outcomes_canceled_closed_and_not_found(db: Database) -> None:
+    user = await make_user(db)
+    pid = await default_portfolio(db, user)
+    t = trading(db, Notes())
+    await t.start(feed=False)
+    await t.on_bar(bar(1, "60000"))
+    dal = db.scoped(user)
+    order = await t.desk.place(dal, limit_buy(pid, "100"))
+    await t.settle()
+    assert (await t.desk.cancel(dal, order.id)).line() == f"#{order.id}: canceled"
+    closed = await t.desk.cancel(dal, order.id)
+    assert (closed.outcome, closed.detail) == ("closed", "CANCELED")
+    stranger = db.scoped(await make_user(db))
+    with pytest.raises(Exception, match=f"no order #{order.id}"):
+        await t.desk.cancel(stranger, order.id)
+    await t.stop()
+
+
+class SilentGateway:
+    """A broker that takes orders and cancels but never answers."""
+
+    broker = "PAPER"
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[BrokerEvent] = asyncio.Queue()
+
+    async def adopt(self, orders: list[Any]) -> None: ...
+
+    async def place(self, order: Any) -> None: ...
+
+    async def cancel(self, order: Any) -> bool:
+        return True
+
+    async def events(self) -> AsyncIterator[BrokerEvent]:
+        while True:
+            yield await self.queue.get()
+
+    def event_done(self) -> None:
+        self.queue.task_done()
+
+    async def drained(self) -> None:
+        await self.queue.join()
+
+    async def close(self) -> None: ...
+
+
+async def test_a_cancel_without_an_answer_is_reported_pending(db: Database) -> None:
+    user = await make_user(db)
+    pid = await default_portfolio(db, user)
+    desk = OrderDesk(
+        db, Market(), Notes(), {"PAPER": lambda p, a: SilentGateway()}, cancel_answer_s=0.05
+    )
+    dal = db.scoped(user)
+    async with db.session(Actor.system()) as s:
+        await s.instruments.ensure(
+            {"symbol": "BTCUSDT", "exchange": "PAPER", "asset_type": "CRYPTO", "currency": "USDT"}
+        )
+    order = await desk.place(dal, limit_buy(pid, "100"))
+    (outcome,) = await desk.kill_switch(dal)
+    assert outcome.line() == f"#{order.id}: cancel sent, no answer from the broker yet"
+    async with db.session(user) as s:
+        assert (await s.orders.get(order.id)).status == "NEW"  # nothing assumed
+    await desk.stop()
+
+
+async def test_an_event_that_cannot_be_applied_is_kept_told_and_applied_later(
+    db: Database,
+) -> None:
+    user = await make_user(db)
+    pid = await default_portfolio(db, user)
+    notes = Notes()
+    desk = OrderDesk(db, Market(), notes, {}, apply_pause_s=0)
+    fill = FillEvent(
+        symbol="NEWCOIN",  # not an instrument yet: applying fails until it is
+        exchange="PAPER",
+        broker_order_id="X-1",
+        client_order_id=None,
+        broker_trade_id="XT-1",
+        side="BUY",
+        quantity=Decimal("2"),
+        price=Decimal("1.000000000000000001"),
+        fee=Decimal(0),
+        fee_currency=None,
+        exec_time=T0,
+    )
+    dal = db.scoped(user)
+    await desk.apply(dal, pid, fill)
+    (kept,) = await dal.unapplied_events.list()
+    assert kept.portfolio_id == pid and "NEWCOIN" in kept.error
+    assert f"could not be applied and is kept (#{kept.id})" in notes.joined()
+    assert await desk.retry_kept() == 0  # still failing: kept, tried again
+    (again,) = await dal.unapplied_events.list()
+    assert again.attempts == 2
+
+    async with db.session(Actor.system()) as s:
+        await s.instruments.ensure(
+            {"symbol": "NEWCOIN", "exchange": "PAPER", "asset_type": "CRYPTO", "currency": "USDT"}
+        )
+    assert await desk.retry_kept() == 1
+    assert await desk.retry_kept() == 0  # exactly once
+    assert await dal.unapplied_events.list() == []
+    (trade,) = await dal.trades.list(pid)
+    assert (trade.broker_trade_id, trade.price) == ("XT-1", Decimal("1.000000000000000001"))
+    assert "Filled: BUY 2 NEWCOIN" in notes.joined()
+
+
+def test_a_fill_without_a_broker_trade_id_is_refused() -> None:
+    for missing in ("", "  ", "-1"):
+        with pytest.raises(ValueError, match="no broker trade id"):
+            FillEvent("BTCUSDT", None, "1", None, missing, "BUY", Decimal(1), Decimal(1),
+                      Decimal(0), None, T0)  # fmt: skip
+
+
+decimals = st.decimals(min_value=Decimal("0.000000000000000001"), max_value=Decimal(10**12))
+
+
+@given(
+    quantity=decimals,
+    price=decimals,
+    reason=st.none() | st.text(max_size=20),
+    with_order=st.booleans(),
+)
+def test_a_kept_event_reads_back_exactly(
+    quantity: Decimal, price: Decimal, reason: str | None, with_order: bool
+) -> None:
+    update = OrderUpdate(
+        "BTCUSDT", "PAPER", "P-1", "c-1", "PARTIALLY_FILLED", "SELL", "LIMIT", quantity,
+        price, None, "GTC", T0, reason,
+    )  # fmt: skip
+    fill = FillEvent(
+        "BTCUSDT", "PAPER", "P-1", "c-1", "PT-1", "SELL", quantity, price, Decimal("0.1"),
+        "USDT", T0 + dt.timedelta(microseconds=1), order=update if with_order else None,
+    )  # fmt: skip
+    for event in (update, fill):
+        assert event_from_json(event_to_json(event)) == event
+
+
+async def test_feed_time_is_the_wall_clock_one_bar_per_symbol_per_interval() -> None:
+    interval = dt.timedelta(milliseconds=50)
+    feed = RandomWalkFeed(interval=interval, warmup=2, seed=1)  # endless, two symbols
+    before = dt.datetime.now(dt.UTC)
+    bars: list[Bar] = []
+    async for one in feed.stream():
+        bars.append(one)
+        if len(bars) == 2 * 6:
+            break
+    after = dt.datetime.now(dt.UTC)
+    times = sorted({b.time for b in bars})
+    assert len(times) == 6  # both symbols share each step's time
+    assert times[0] == times[1] - interval and times[1] <= before  # warm-up: just before now
+    live = times[2:]
+    assert all(before <= t <= after for t in live)
+    gaps = [b - a for a, b in itertools.pairwise(live)]
+    assert all(gap >= interval * 0.8 for gap in gaps)  # one step per interval, not per bar
+
+
+async def test_the_random_walk_continues_from_the_stored_marks(db: Database) -> None:
+    t = trading(db, Notes())
+    await t.start(feed=False)
+    await t.on_bar(bar(1, "12345.67"))
+    await t.stop()  # saves the latest marks
+    prices = await stored_prices(db)
+    assert prices["BTCUSDT"] == Decimal("12345.67")
+    feed = RandomWalkFeed(start_prices=prices, warmup=0, start=T0)
+    first_btc = next(c for c in next(iter(feed.steps())) if c.symbol == "BTCUSDT")
+    assert first_btc.open == Decimal("12345.67")
+
+
+async def test_a_paper_fill_is_never_stamped_before_its_order(db: Database) -> None:
+    user = await make_user(db)
+    pid = await default_portfolio(db, user)
+    feed = RandomWalkFeed(interval=dt.timedelta(milliseconds=20), warmup=1, seed=5)
+    t = build_trading(db, Notes(), feed, REGISTRY, PaperConfig())
+    await t.start()
+    while t.market.last_bar_time is None or t.market.last_bar_time < dt.datetime.now(dt.UTC) - (
+        dt.timedelta(seconds=1)
+    ):
+        await asyncio.sleep(0.01)
+    dal = db.scoped(user)
+    order = await t.desk.place(dal, {**limit_buy(pid, "1"), "type": "MARKET", "price": None})
+    for _ in range(200):
+        await asyncio.sleep(0.02)
+        if (await dal.orders.get(order.id)).status == "FILLED":
+            break
+    await t.stop()
+    (trade,) = await dal.trades.list(pid)
+    placed = (await dal.orders.get(order.id)).placed_at
+    assert trade.exec_time >= placed

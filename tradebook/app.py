@@ -1,0 +1,279 @@
+"""The composition root: everything a running tradebook is made of, wired in one place.
+
+``build_trading`` puts the trading side together — market data (the feed and its marks), the
+order desk with a gateway per broker, the strategy runtime and the alert engine — for either
+front; ``run`` (what `tradebook run` calls) starts the scheduled database jobs, the trading
+side and the front the settings ask for: Telegram when a bot token is set, else the console.
+Nothing else constructs these pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from aiogram import Bot
+from aiogram.client.session.base import BaseSession
+
+from bot.app import announce_commands, build_bot, build_dispatcher
+from bot.confirmations import Confirmations
+from bot.console import Console
+from bot.notify import Notifier as ChatNotifier
+from bot.scheduler import Scheduler
+from dal.database import Database
+from dal.scope import Actor
+from strategies.alerts import AlertEngine
+from strategies.base import Strategy
+from strategies.examples import REGISTRY
+from strategies.runtime import Notifier, StrategyRuntime
+from tradebook.ops.jobs import run_scheduled_jobs
+from tradebook.settings import Settings
+from trading.desk import GatewayFactory, OrderDesk
+from trading.events import OrderGateway
+from trading.feeds import CsvReplayFeed, PriceFeed, RandomWalkFeed
+from trading.market import Bar, Market
+from trading.paper import PaperGateway
+from trading.paper_engine import PaperConfig
+
+log = logging.getLogger("tradebook")
+SAVE_MARKS_EVERY_S = 10.0
+DEFAULT_STRATEGY = "sma_cross"  # what `make run` starts for the local user in console mode
+
+
+@dataclass
+class Trading:
+    """The trading side of a running tradebook."""
+
+    db: Database
+    feed: PriceFeed
+    market: Market
+    desk: OrderDesk
+    strategies: StrategyRuntime
+    alerts: AlertEngine
+    # Paced: steps come ``feed.interval`` apart (running); unpaced: as fast as they are taken.
+    paced: bool = True
+    # Lockstep: the next bar waits until every strategy has handled this one and every broker
+    # event is applied (tests and backtests).
+    lockstep: bool = False
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self, feed: bool = True) -> None:
+        """The feed's instruments (created if new), the desk (gateways for open orders), the
+        strategies that were running, then (unless ``feed=False``) the feed."""
+        async with self.db.session(Actor.system()) as s:
+            for inst in self.feed.instruments:
+                row = await s.instruments.ensure(inst.__dict__)
+                self.market.instrument_ids[inst.symbol] = row.id
+        await self.desk.start()
+        await self.strategies.start()
+        self.alerts.attach()
+        if feed:
+            self.start_feed()
+
+    def start_feed(self) -> None:
+        self._tasks.append(asyncio.create_task(self._pump(), name="feed"))
+        if self.paced:
+            self._tasks.append(asyncio.create_task(self._keep_marks(), name="marks"))
+
+    async def stop(self) -> None:
+        """Stop the feed, the strategies and the desk; the latest marks are saved."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.strategies.stop()
+        await self.desk.stop()
+        await self.save_marks()
+
+    async def on_bar(self, bar: Bar) -> None:
+        """One bar through everything (the feed does this; tests hand bars in)."""
+        await self.market.on_bar(bar)
+        if self.lockstep:
+            await self.settle()
+
+    async def settle(self) -> None:
+        await self.strategies.settle()
+
+    async def _pump(self) -> None:
+        async for bar in self.feed.stream(self.paced):
+            await self.on_bar(bar)
+        log.info("price feed ended")
+        self.market.ended.set()
+        self.strategies.price_data_ended()
+
+    async def _keep_marks(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_MARKS_EVERY_S)
+            await self.save_marks()
+
+    async def save_marks(self) -> None:
+        marks = self.market.marks.marks
+        if not marks or self.market.last_bar_time is None:
+            return
+        try:
+            async with self.db.session(Actor.system()) as s:
+                await s.marks.save(dict(marks), self.market.last_bar_time)
+        except Exception:  # the marks are a convenience for the next start, never fatal
+            log.warning("could not save the latest marks", exc_info=True)
+
+
+def build_trading(
+    db: Database,
+    notify: Notifier,
+    feed: PriceFeed,
+    registry: Mapping[str, type[Strategy]],
+    paper: PaperConfig,
+    *,
+    paced: bool = True,
+    lockstep: bool = False,
+) -> Trading:
+    market = Market()
+    desk = OrderDesk(db, market, notify, gateway_factories(paper, market))
+    strategies = StrategyRuntime(db, market, desk, registry, notify)
+    alerts = AlertEngine(db, market, desk, notify)
+    return Trading(db, feed, market, desk, strategies, alerts, paced, lockstep)
+
+
+def gateway_factories(paper: PaperConfig, market: Market) -> dict[str, GatewayFactory]:
+    """A gateway per broker this tradebook can trade at (brokers.code → factory)."""
+
+    def paper_gateway(portfolio: sa.Row[Any], account: sa.Row[Any]) -> OrderGateway:
+        return PaperGateway(paper, market, currency=account.base_currency)
+
+    return {"PAPER": paper_gateway}
+
+
+def paper_config(settings: Settings) -> PaperConfig:
+    return PaperConfig(
+        fee_bps=settings.paper_fee_bps,
+        slippage_bps=settings.paper_slippage_bps,
+        max_fill_quantity=settings.paper_max_fill_quantity,
+    )
+
+
+async def build_feed(settings: Settings, db: Database) -> PriceFeed:
+    """The configured feed; the random walk continues from the last stored marks."""
+    interval = dt.timedelta(seconds=float(1 / settings.paper_speed))
+    if settings.paper_feed != "random":
+        return CsvReplayFeed(Path(settings.paper_feed), interval=interval)
+    return RandomWalkFeed(interval=interval, seed=None, start_prices=await stored_prices(db))
+
+
+async def stored_prices(db: Database) -> dict[str, Decimal]:
+    async with db.session(Actor.system(), readonly=True) as s:
+        return {row.symbol: row.price for row in await s.marks.latest()}
+
+
+# --- the fronts ---------------------------------------------------------------------------------
+async def trading_for(settings: Settings, db: Database, bot: Bot) -> Trading:
+    return build_trading(
+        db,
+        ChatNotifier(db, bot),
+        await build_feed(settings, db),
+        REGISTRY,
+        paper_config(settings),
+    )
+
+
+def handler_data(trading: Trading) -> dict[str, Any]:
+    """What the bot's handlers get injected besides their user-scoped DAL."""
+    return {
+        "desk": trading.desk,
+        "strategies": trading.strategies,
+        "confirmations": Confirmations(),
+    }
+
+
+async def _read_stdin_line() -> str:
+    return await asyncio.to_thread(sys.stdin.readline)
+
+
+async def run_console(settings: Settings, db: Database) -> int:
+    console = Console(db, sys.stdout, Path("var") / "console", tuple(settings.admin_telegram_ids))
+    trading = await trading_for(settings, db, console.bot)
+    console.dp.workflow_data.update(handler_data(trading))
+    print(
+        "tradebook console: type commands (/help); #n presses button n; Ctrl-D quits.", flush=True
+    )
+
+    async def scheduler(bot: Bot) -> None:
+        await Scheduler(db, bot).run()
+
+    async def run_trading(bot: Bot) -> None:
+        await trading.start(feed=False)
+        if settings.strategies == "on":
+            try:
+                await trading.strategies.start_strategy(console.local_actor(), DEFAULT_STRATEGY)
+            except Exception as exc:
+                print(f"could not start {DEFAULT_STRATEGY}: {exc}", flush=True)
+        trading.start_feed()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await trading.stop()
+
+    return await console.run(_read_stdin_line, background=[scheduler, run_trading])
+
+
+async def run_telegram(
+    settings: Settings,
+    db: Database,
+    session: BaseSession | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Long-poll Telegram until interrupted (or until ``stop`` is set: tests, embedding)."""
+    assert settings.telegram_bot_token is not None
+    bot = build_bot(settings.telegram_bot_token.get_secret_value(), session)
+    trading = await trading_for(settings, db, bot)
+    dp = build_dispatcher(db, **handler_data(trading))
+    tasks: list[asyncio.Task[None]] = []
+
+    async def on_startup() -> None:
+        async with db.session(Actor.system()) as s:
+            await s.users.bootstrap_admins(list(settings.admin_telegram_ids))
+        await bot.delete_webhook(drop_pending_updates=False)
+        await announce_commands(bot)
+        tasks.append(asyncio.create_task(Scheduler(db, bot).run()))
+        await trading.start()
+        log.info("bot started")
+
+    async def on_shutdown() -> None:
+        await trading.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    dp.startup.register(on_startup)
+    dp.shutdown.register(on_shutdown)
+    if stop is None:
+        await dp.start_polling(bot)
+        return 0
+    polling = asyncio.create_task(dp.start_polling(bot, handle_signals=False))
+    await stop.wait()
+    await dp.stop_polling()
+    await polling
+    return 0
+
+
+async def run(settings: Settings) -> int:
+    """`tradebook run`: long-poll Telegram when a token is set, else console mode; trading
+    runs in the same event loop, and so do backups and maintenance on their schedules."""
+    db = Database.from_settings(settings)
+    jobs = asyncio.create_task(run_scheduled_jobs(settings, db))
+    try:
+        token = settings.telegram_bot_token
+        if token is not None and token.get_secret_value():
+            return await run_telegram(settings, db)
+        return await run_console(settings, db)
+    finally:
+        jobs.cancel()
+        await asyncio.gather(jobs, return_exceptions=True)
+        await db.dispose()

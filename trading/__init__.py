@@ -1,0 +1,1 @@
+"""Trading: the order desk, broker gateways and events, market data and the paper broker."""

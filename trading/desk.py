@@ -1,0 +1,419 @@
+"""The order desk: the one order path, for strategies and for the chat alike.
+
+    risk check → order row (NEW, or REJECTED with the reason) → the portfolio's gateway
+    → broker events → the DAL (trades, orders, positions) → fill listeners
+
+* Gateways are kept per portfolio over the ``OrderGateway`` protocol (trading/events.py); the
+  desk creates one per broker (``gateway_factories``: today PAPER) and never reaches into a
+  gateway beyond the protocol.
+* At start-up every portfolio with open orders gets its gateway at once, and the gateway takes
+  those orders back as they stand (``adopt``), so a resting order placed before a restart keeps
+  matching and can be canceled.
+* Each broker event is applied in one transaction, retried with a growing pause when it fails;
+  one that still fails is kept in ``unapplied_events`` (never only in a log), its owner is
+  told, and it is tried again later (``retry_kept``) until it applies.
+* A cancel has an outcome the caller can show: canceled, still pending (no answer from the
+  broker in time) or refused with the reason. The kill switch reports per order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from dal.database import Database, ScopedDal
+from dal.errors import Conflict, TradebookError
+from dal.risk_rules import Verdict
+from dal.scope import Actor
+from dal.types import local_midnight, new_uid
+from dal.vocabulary import OPEN_STATUSES
+from trading.events import BrokerEvent, FillEvent, OrderGateway, OrderUpdate, event_from_json
+from trading.mapping import apply_event
+from trading.market import Market
+
+log = logging.getLogger("tradebook.desk")
+Notify = Callable[[int, str], Awaitable[None]]  # (user id, text)
+FillListener = Callable[[int, int, FillEvent], Awaitable[None]]  # (user, portfolio, fill)
+APPLY_ATTEMPTS = 4  # tries of one broker event before it is kept for later
+APPLY_PAUSE_S = 0.05  # first pause between tries; doubles each time
+CANCEL_ANSWER_S = 5.0  # how long a cancel waits for the broker's answer
+
+
+class GatewayFactory(Protocol):
+    def __call__(self, portfolio: sa.Row[Any], account: sa.Row[Any]) -> OrderGateway: ...
+
+
+@dataclass(frozen=True)
+class GatewayOrder:
+    """An orders row plus its symbol, as gateways take it."""
+
+    id: int
+    uid: str
+    client_order_id: str
+    symbol: str
+    side: str
+    type: str
+    quantity: Decimal
+    filled_quantity: Decimal
+    price: Decimal | None
+    stop_price: Decimal | None
+    time_in_force: str | None
+    broker_order_id: str | None
+    placed_at: dt.datetime
+    day_ends_at: dt.datetime | None  # DAY orders: the owner's next local midnight
+
+    @classmethod
+    def of(cls, row: sa.Row[Any], symbol: str, owner_zone: str, as_of: dt.datetime) -> GatewayOrder:
+        """``as_of``: the market's time when the order was placed (DAY orders end at the
+        owner's next local midnight after it)."""
+        return cls(
+            id=row.id,
+            uid=row.uid,
+            client_order_id=row.client_order_id or row.uid,
+            symbol=symbol,
+            side=row.side,
+            type=row.type,
+            quantity=row.quantity,
+            filled_quantity=row.filled_quantity or Decimal(0),
+            price=row.price,
+            stop_price=row.stop_price,
+            time_in_force=row.time_in_force,
+            broker_order_id=row.broker_order_id,
+            placed_at=row.placed_at,
+            day_ends_at=local_midnight(min(as_of, row.placed_at), owner_zone, days=1)
+            if row.time_in_force == "DAY"
+            else None,
+        )
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    order_id: int
+    outcome: str  # "canceled" | "pending" | "failed" | "closed" (it had ended already)
+    detail: str = ""
+
+    def line(self) -> str:
+        words = {
+            "canceled": "canceled",
+            "pending": "cancel sent, no answer from the broker yet",
+            "failed": "could not be canceled",
+            "closed": "already ended",
+        }[self.outcome]
+        return f"#{self.order_id}: {words}" + (f" ({self.detail})" if self.detail else "")
+
+
+class OrderDesk:
+    def __init__(
+        self,
+        db: Database,
+        market: Market,
+        notify: Notify,
+        gateway_factories: dict[str, GatewayFactory],
+        *,
+        cancel_answer_s: float = CANCEL_ANSWER_S,
+        apply_pause_s: float = APPLY_PAUSE_S,
+    ) -> None:
+        self.db = db
+        self.market = market
+        self.notify = notify
+        self.factories = gateway_factories
+        self.cancel_answer_s = cancel_answer_s
+        self.apply_pause_s = apply_pause_s
+        self.gateways: dict[int, OrderGateway] = {}  # portfolio id → gateway
+        self.fill_listeners: list[FillListener] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._gateway_lock = asyncio.Lock()
+        self._answers: dict[int, asyncio.Future[str]] = {}  # order id → its final status
+
+    # --- life cycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Gateways for every portfolio with open orders, which they take back; broker
+        events kept from an earlier run are tried again."""
+        async with self.db.session(Actor.system(), readonly=True) as s:
+            open_orders = await s.orders.open_orders(limit=1000)
+            owners = {o.portfolio_id: await s.portfolios.get(o.portfolio_id) for o in open_orders}
+        for portfolio_id in sorted(owners):
+            user = Actor.user(owners[portfolio_id].user_id)
+            try:
+                await self.gateway_for(portfolio_id, self.db.scoped(user))
+            except TradebookError as exc:
+                log.warning("no gateway for portfolio #%s at start-up: %s", portfolio_id, exc)
+        await self.retry_kept()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for gateway in self.gateways.values():
+            await gateway.close()
+        self.gateways.clear()
+
+    def _now(self) -> dt.datetime:
+        """The market's time (paper fills follow it), else the wall clock."""
+        return self.market.last_bar_time or dt.datetime.now(dt.UTC)
+
+    # --- gateways -------------------------------------------------------------------------
+    async def gateway_for(self, portfolio_id: int, dal: ScopedDal) -> OrderGateway:
+        """The portfolio's gateway, created on first use (owner-checked); TradebookError
+        when its broker has none here."""
+        gateway = self.gateways.get(portfolio_id)
+        if gateway is not None:
+            await dal.portfolios.get(portfolio_id)  # the caller must own it all the same
+            return gateway
+        async with self._gateway_lock:
+            gateway = self.gateways.get(portfolio_id)
+            if gateway is not None:
+                return gateway
+            async with dal.session(readonly=True) as s:
+                portfolio = await s.portfolios.get(portfolio_id)
+                account = await s.accounts.get(portfolio.account_id)
+                broker = await s.portfolios.broker_code(portfolio_id)
+                user = await s.users.me()
+                open_orders = await s.orders.open_orders(portfolio_id, limit=1000)
+            factory = self.factories.get(broker)
+            if factory is None:
+                raise TradebookError(
+                    f"no gateway for {broker} accounts in this tradebook; record their "
+                    "trades with /fill"
+                )
+            gateway = factory(portfolio, account)
+            adopted = [
+                GatewayOrder.of(o, o.symbol, user.timezone, self._now())
+                for o in reversed(open_orders)
+            ]
+            await gateway.adopt(adopted)
+            self.gateways[portfolio_id] = gateway
+            self._tasks.append(
+                asyncio.create_task(
+                    self._pump_events(portfolio_id, dal, gateway), name=f"gateway-{portfolio_id}"
+                )
+            )
+            return gateway
+
+    async def has_gateway(self, portfolio_id: int, dal: ScopedDal) -> bool:
+        broker = await dal.portfolios.broker_code(portfolio_id)
+        return broker in self.factories
+
+    # --- placing --------------------------------------------------------------------------
+    async def preview(self, dal: ScopedDal, order: dict[str, Any]) -> Verdict:
+        """The risk verdict an order would get now (nothing is written); TradebookError when
+        its portfolio has no gateway."""
+        await self.gateway_for(order["portfolio_id"], dal)
+        async with dal.session(readonly=True) as s:
+            return await s.risk.evaluate(order, self.market.marks.marks)
+
+    async def place(self, dal: ScopedDal, order: dict[str, Any]) -> sa.Row[Any]:
+        """Pre-trade risk, then the order row, then the gateway. A BLOCK stores the order
+        REJECTED with the reason; BLOCK and WARN both write breaches and tell the owner."""
+        order = {"type": "MARKET", **order}
+        order.setdefault("client_order_id", f"tb-{new_uid()}")
+        gateway = await self.gateway_for(order["portfolio_id"], dal)  # no gateway, no order
+        async with dal.session() as s:
+            verdict = await s.risk.evaluate(order, self.market.marks.marks)
+            blocked = verdict.decision == "block"
+            reason = "; ".join(b.message for b in verdict.breaches) or None
+            row = await s.orders.place(
+                order, status="REJECTED" if blocked else "NEW", reason=reason if blocked else None
+            )
+            if verdict.breaches:
+                await s.risk.record_breach(verdict, row.portfolio_id, row.instrument_id, row.id)
+            symbol = (await s.instruments.get(row.instrument_id)).symbol
+            owner_zone = (await s.users.me()).timezone
+        if verdict.breaches:
+            word = "blocked" if blocked else "warning"
+            await self.notify(
+                dal.actor.user_id or 0,
+                f"Risk {word} on order #{row.id} ({row.side} {row.quantity} {symbol}): {reason}",
+            )
+        if blocked:
+            return row
+        await gateway.place(GatewayOrder.of(row, symbol, owner_zone, self._now()))
+        return row
+
+    # --- canceling ------------------------------------------------------------------------
+    async def cancel(self, dal: ScopedDal, order_id: int) -> CancelOutcome:
+        """Ask the order's gateway to cancel it and wait (a while) for the answer. An order of
+        a portfolio without a gateway (trades recorded by hand) is canceled at once."""
+        async with dal.session() as s:
+            row = await s.orders.get(order_id)  # owner-checked
+            symbol = (await s.instruments.get(row.instrument_id)).symbol
+            owner_zone = (await s.users.me()).timezone
+            if row.status not in OPEN_STATUSES:
+                return CancelOutcome(row.id, "closed", row.status)
+            broker = await s.portfolios.broker_code(row.portfolio_id)
+            if broker not in self.factories:
+                await s.orders.cancel(row.id, reason="canceled by its owner")
+                return CancelOutcome(row.id, "canceled")
+        gateway = await self.gateway_for(row.portfolio_id, dal)
+        answer = self._answers.setdefault(row.id, asyncio.get_running_loop().create_future())
+        try:
+            try:
+                order = GatewayOrder.of(row, symbol, owner_zone, self._now())
+                held = await gateway.cancel(order)
+            except TradebookError as exc:
+                return CancelOutcome(row.id, "failed", str(exc))
+            if not held:
+                return await self._settle_unheld(dal, row.id)
+            try:
+                status = await asyncio.wait_for(asyncio.shield(answer), self.cancel_answer_s)
+            except TimeoutError:
+                return CancelOutcome(row.id, "pending")
+        finally:
+            self._answers.pop(row.id, None)
+        if status == "CANCELED":
+            return CancelOutcome(row.id, "canceled")
+        return CancelOutcome(row.id, "closed", status)
+
+    async def _settle_unheld(self, dal: ScopedDal, order_id: int) -> CancelOutcome:
+        """The gateway does not hold the order: it ended meanwhile, or the broker never had
+        it. Settle it here unless a fill or a final status got there first."""
+        async with dal.session() as s:
+            row = await s.orders.get(order_id)
+            if row.status not in OPEN_STATUSES:
+                return CancelOutcome(row.id, "closed", row.status)
+            await s.orders.cancel(row.id, reason="canceled by its owner")
+        return CancelOutcome(order_id, "canceled")
+
+    async def kill_switch(self, dal: ScopedDal) -> list[CancelOutcome]:
+        """Cancel every open order of the user, each with its outcome (the cancels run
+        together, so the wait for answers is one wait)."""
+        outcomes: dict[int, CancelOutcome] = {}
+        while True:
+            batch = [o for o in await dal.orders.open_orders(limit=1000) if o.id not in outcomes]
+            if not batch:
+                break
+            results = await asyncio.gather(
+                *(self.cancel(dal, o.id) for o in batch), return_exceptions=True
+            )
+            for order, result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    if not isinstance(result, Exception):
+                        raise result
+                    detail = str(result) if isinstance(result, TradebookError) else "error"
+                    if not isinstance(result, TradebookError):
+                        log.error("cancel of order #%s failed", order.id, exc_info=result)
+                    outcomes[order.id] = CancelOutcome(order.id, "failed", detail)
+                else:
+                    outcomes[order.id] = result
+        return [outcomes[k] for k in sorted(outcomes)]
+
+    # --- broker events --------------------------------------------------------------------
+    async def _pump_events(self, portfolio_id: int, dal: ScopedDal, gateway: OrderGateway) -> None:
+        async for event in gateway.events():
+            try:
+                await self.apply(dal, portfolio_id, event)
+            except Exception:  # keep the stream alive whatever one event does
+                log.exception("broker event %s failed", event)
+            finally:
+                gateway.event_done()
+
+    async def apply(self, dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> None:
+        """Apply one broker event, retried; kept durably (and its owner told) when it still
+        fails. Then the notices and listeners that follow from it."""
+        user_id = dal.actor.user_id or 0
+        row = None
+        error: Exception | None = None
+        for attempt in range(APPLY_ATTEMPTS):
+            try:
+                row = await apply_event(dal, portfolio_id, event)
+                break
+            except Exception as exc:  # a bug or an outage must not lose the event
+                error = exc
+                log.warning("broker event not applied (try %d): %s", attempt + 1, exc)
+                if isinstance(exc, Conflict):
+                    break  # it contradicts what is stored: trying again cannot help
+                await asyncio.sleep(self.apply_pause_s * 2**attempt)
+        if row is None:
+            assert error is not None
+            await self._keep(dal, portfolio_id, event, error)
+            return
+        await self._after(user_id, portfolio_id, event, row)
+
+    async def _after(self, user_id: int, portfolio_id: int, event: BrokerEvent, row: Any) -> None:
+        if isinstance(event, FillEvent):
+            what = f"{event.side} {event.quantity} {event.symbol} at {event.price}"
+            order = f" (order #{row.order_id})" if row.order_id else ""
+            await self.notify(user_id, f"Filled: {what}{order}")
+            for listener in self.fill_listeners:
+                try:
+                    await listener(user_id, portfolio_id, event)
+                except Exception:  # a listener must never stop the event stream
+                    log.exception("fill listener failed")
+            return
+        answer = self._answers.get(row.id)
+        if answer is not None and not answer.done() and row.status not in OPEN_STATUSES:
+            answer.set_result(row.status)
+        if event.status in ("REJECTED", "EXPIRED"):
+            reason = f": {event.reason}" if event.reason else ""
+            await self.notify(user_id, f"Order #{row.id} {event.status.lower()}{reason}")
+
+    async def _keep(
+        self, dal: ScopedDal, portfolio_id: int, event: BrokerEvent, error: Exception
+    ) -> None:
+        text = f"{type(error).__name__}: {error}"[:500]
+        try:
+            kept = await dal.unapplied_events.keep(portfolio_id, event_to_json(event), text)
+        except Exception:
+            log.critical("broker event could not even be kept: %s", event, exc_info=True)
+            raise
+        log.error("broker event kept as unapplied #%s: %s", kept.id, text)
+        await self.notify(
+            dal.actor.user_id or 0,
+            f"A broker event for portfolio #{portfolio_id} could not be applied and is kept "
+            f"(#{kept.id}); tradebook tries it again. Reason: {text}",
+        )
+
+    async def retry_kept(self) -> int:
+        """Apply the broker events kept earlier (oldest first); returns how many applied."""
+        async with self.db.session(Actor.system(), readonly=True) as s:
+            kept = await s.unapplied_events.pending()
+        applied = 0
+        for row in kept:
+            dal = self.db.scoped(Actor.user(row.user_id))
+            event = event_from_json(row.event_json)
+            try:
+                result = await apply_event(dal, row.portfolio_id, event)
+            except Exception as exc:
+                await dal.unapplied_events.failed_again(row.id, f"{type(exc).__name__}: {exc}")
+                continue
+            await dal.unapplied_events.applied(row.id)
+            applied += 1
+            await self._after(row.user_id, row.portfolio_id, event, result)
+        return applied
+
+    # --- waiting (tests, shutdown) --------------------------------------------------------
+    async def idle(self) -> None:
+        """Wait until every gateway's events so far are applied."""
+        for gateway in list(self.gateways.values()):
+            await gateway.drained()
+
+
+def event_to_json(event: BrokerEvent) -> dict[str, Any]:
+    """A broker event as JSON (decimals and times as text): what ``unapplied_events`` keeps."""
+    data: dict[str, Any] = _jsonable(dataclasses.asdict(event))
+    data["kind"] = "fill" if isinstance(event, FillEvent) else "order"
+    return data
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value
+
+
+__all__ = ["CancelOutcome", "GatewayOrder", "OrderDesk", "OrderUpdate", "event_to_json"]
