@@ -67,7 +67,7 @@ from dal.positions import (
 )
 from dal.scope import Tx
 from dal.strategies import owned_strategy
-from dal.types import DECIMAL_CONTEXT, new_uid, quantize18
+from dal.types import DECIMAL_CONTEXT, NOTIONAL_CONTEXT, average_price, new_uid
 
 trades = t.trades
 orders = t.orders
@@ -124,7 +124,7 @@ class _OrderFill:
     """An order's fill state as this batch advances it."""
 
     filled: Decimal
-    avg_price: Decimal | None
+    notional: Decimal  # Σ quantity × price of the fills so far, exact
     status: str
 
 
@@ -388,9 +388,10 @@ def _order_after_fill(
                 f"fill of {quantity} overfills order #{order.id}: "
                 f"{state.filled} of {order.quantity} already filled"
             )
-        previous = state.avg_price or Decimal(0)
-        state.avg_price = quantize18((previous * state.filled + quantity * price) / filled)
-        state.filled = filled
+    state.notional = NOTIONAL_CONTEXT.add(
+        state.notional, NOTIONAL_CONTEXT.multiply(quantity, price)
+    )
+    state.filled = filled
     if filled == order.quantity:
         state.status = "FILLED"
     elif order.status not in ("CANCELED", "EXPIRED"):
@@ -408,7 +409,7 @@ def _order_updates(tx: Tx, new: list[_Planned]) -> list[dict[str, Any]]:
         state = states.get(order.id)
         if state is None:
             state = states[order.id] = _OrderFill(
-                order.filled_quantity, order.avg_fill_price, order.status
+                order.filled_quantity, order.fill_notional, order.status
             )
         _order_after_fill(state, order, p.fill.quantity, p.fill.price)
     now = tx.now()
@@ -416,7 +417,9 @@ def _order_updates(tx: Tx, new: list[_Planned]) -> list[dict[str, Any]]:
         {
             "order_id": order_id,
             "filled_quantity": state.filled,
-            "avg_fill_price": state.avg_price,
+            # Derived from all the order's fills at once: the same whatever their order.
+            "avg_fill_price": average_price(state.notional, state.filled),
+            "fill_notional": state.notional,
             "status": state.status,
             "updated_at": now,
         }
@@ -576,7 +579,13 @@ def _fused_statement(with_order: bool) -> sa.Select[Any]:
             .values(
                 {
                     name: sa.bindparam(f"o_{name}")
-                    for name in ("filled_quantity", "avg_fill_price", "status", "updated_at")
+                    for name in (
+                        "filled_quantity",
+                        "avg_fill_price",
+                        "fill_notional",
+                        "status",
+                        "updated_at",
+                    )
                 }
             )
             .cte("order_update")

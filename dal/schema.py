@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from dal.types import BigID, JSONDoc, Money, UTCDateTime
+from dal.types import BigID, JSONDoc, Money, Notional, UTCDateTime
 from dal.vocabulary import OPEN_STATUSES, ORDER_STATUSES, ORDER_TYPES, SIDES, TIME_IN_FORCE
 
 NAMING_CONVENTION = {
@@ -240,6 +240,9 @@ orders = sa.Table(
     sa.Column("stop_price", Money()),
     sa.Column("filled_quantity", Money(), nullable=False, server_default="0"),
     sa.Column("avg_fill_price", Money()),
+    # Σ quantity × price of the order's fills, exact: avg_fill_price is this over
+    # filled_quantity, rounded once (so it does not depend on the order the fills came in).
+    sa.Column("fill_notional", Notional(), nullable=False, server_default="0"),
     sa.Column("client_order_id", sa.String(64)),
     sa.Column("broker_order_id", sa.String(64)),
     sa.Column("placed_at", UTCDateTime(), nullable=False),

@@ -134,6 +134,79 @@ class Money(sa.types.TypeDecorator[decimal.Decimal]):
         return decimal.Decimal
 
 
+NOTIONAL_SCALE = 2 * SCALE  # a quantity times a price, exactly
+NOTIONAL_DIGITS = 2 * (INTEGER_DIGITS + SCALE)
+# Enough digits for a sum of many products of two amounts, each at most 76 digits.
+NOTIONAL_CONTEXT = decimal.Context(prec=120, rounding=decimal.ROUND_HALF_EVEN, Emax=999, Emin=-999)
+
+
+def check_notional(value: object) -> decimal.Decimal:
+    """A sum of quantity × price products, exact: at most 36 fractional digits."""
+    if not isinstance(value, decimal.Decimal | int) or isinstance(value, bool):
+        raise AmountError(f"a notional must be a Decimal, not {type(value).__name__}")
+    value = decimal.Decimal(value)
+    if not value.is_finite():
+        raise AmountError(f"a notional must be finite, not {value}")
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite
+    if exponent < -NOTIONAL_SCALE and value != value.quantize(
+        decimal.Decimal(1).scaleb(-NOTIONAL_SCALE), context=NOTIONAL_CONTEXT
+    ):
+        raise AmountError(f"notional {value} has more than {NOTIONAL_SCALE} fractional digits")
+    if value and value.adjusted() >= NOTIONAL_DIGITS - NOTIONAL_SCALE:
+        raise AmountError(f"notional {value} is too large")
+    return value
+
+
+class Notional(sa.types.TypeDecorator[decimal.Decimal]):
+    """An exact sum of quantity × price products (36 fractional digits): an order's filled
+    notional, from which its average fill price is derived."""
+
+    impl = sa.Numeric(NOTIONAL_DIGITS, NOTIONAL_SCALE)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.Text())
+        return dialect.type_descriptor(sa.Numeric(NOTIONAL_DIGITS, NOTIONAL_SCALE, asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        value = check_notional(value)
+        return notional_text(value) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> decimal.Decimal | None:
+        if value is None:
+            return None
+        if isinstance(value, float):
+            raise AmountError(f"float {value!r} found in a decimal column")
+        return decimal.Decimal(notional_text(decimal.Decimal(value)))
+
+    @property
+    def python_type(self) -> type:
+        return decimal.Decimal
+
+
+def notional_text(value: decimal.Decimal) -> str:
+    if not value:
+        return "0"
+    return format(value.normalize(NOTIONAL_CONTEXT), "f")
+
+
+def average_price(notional: decimal.Decimal, quantity: decimal.Decimal) -> decimal.Decimal:
+    """``notional / quantity`` rounded once, half-even, to 18 fractional digits (exact
+    rational arithmetic: no intermediate rounding)."""
+    from fractions import Fraction
+
+    ratio = Fraction(notional) / Fraction(quantity) * 10**SCALE
+    whole, rest = divmod(ratio.numerator, ratio.denominator)
+    twice = 2 * rest
+    if twice > ratio.denominator or (twice == ratio.denominator and whole % 2):
+        whole += 1
+    return decimal.Decimal(canonical_decimal(decimal.Decimal(whole).scaleb(-SCALE)))
+
+
 def trimmed_on_postgresql(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
     """A Money column for a read of many rows: on PostgreSQL the server trims the trailing
     zeros of the NUMERIC (``trim_scale``), which gives the canonical value itself and is

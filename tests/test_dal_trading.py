@@ -456,3 +456,28 @@ async def test_replays_read_amounts_in_canonical_form(
         ("2", "300", "0"),
     ]
     assert (str(state.quantity), str(state.cost_basis)) == ("3.5", "750.15")
+
+
+async def test_an_orders_average_fill_price_does_not_depend_on_arrival_order(
+    db: Database, trader: tuple[Actor, int, int]
+) -> None:
+    """Σ qty·price / Σ qty rounded once: the incremental average (rounded after each fill)
+    gave …810 for these fills in order and …809 reversed; the exact average is …8095625."""
+    actor, pid, inst = trader
+    fills = [("3", "73"), ("5", "5.333333333333333333"), ("8", "8.714285714285714286")]
+    averages = []
+    for name, sequence in (("in order", fills), ("reversed", fills[::-1])):
+        async with db.session(actor) as s:
+            order = await s.orders.place(
+                {"portfolio_id": pid, "instrument_id": inst, "side": "BUY", "quantity": "16"}
+            )
+            for n, (quantity, price) in enumerate(sequence):
+                await s.trades.ingest_fill(
+                    fill(pid, inst, "BUY", quantity, price, trade_id=f"{name}-{n}",
+                         order_id=order.id, at=at(n))
+                )  # fmt: skip
+            averages.append(await s.orders.get(order.id))
+    first, second = averages
+    assert first.avg_fill_price == second.avg_fill_price == Decimal("19.71130952380952381")
+    assert first.fill_notional == second.fill_notional == Decimal("315.380952380952380953")
+    assert first.status == second.status == "FILLED"

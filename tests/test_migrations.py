@@ -164,3 +164,52 @@ async def test_summary_migrations_build_from_existing_trades(
     assert everything.trade_count == 3
     assert everything.realized == {"USDT": Decimal(30)}
     assert len(everything.daily) == 2  # 09:00 and 20:00 UTC on one Berlin day, then the next
+
+
+async def test_0010_derives_order_notionals_and_averages_from_existing_fills(
+    empty_db_url: str,
+) -> None:
+    """Orders filled before 0010 get their exact notional and an average derived from it
+    (the incremental average stored before could be off in the last place); verify is clean."""
+    from dal import schema as t
+    from dal.database import Database
+    from tests.factories import T0, default_portfolio, fill, make_instrument, make_user
+    from tradebook.ops.verify import verify_database
+
+    await _in_thread(migrations.upgrade, empty_db_url, "head")
+    db = Database(empty_db_url)
+    try:
+        actor = await make_user(db)
+        pid = await default_portfolio(db, actor)
+        iid = await make_instrument(db, "BTCUSDT")
+        fills = [("3", "73"), ("5", "5.333333333333333333"), ("8", "8.714285714285714286")]
+        async with db.session(actor) as s:
+            order = await s.orders.place(
+                {"portfolio_id": pid, "instrument_id": iid, "side": "BUY", "quantity": "16"}
+            )
+            for n, (quantity, price) in enumerate(fills):
+                await s.trades.ingest_fill(
+                    fill(pid, iid, "BUY", quantity, price, trade_id=str(n), order_id=order.id,
+                         at=T0 + dt.timedelta(minutes=n))
+                )  # fmt: skip
+    finally:
+        await db.dispose()
+    await _in_thread(migrations.downgrade, empty_db_url, "0009")
+    engine = create_engine(empty_db_url)
+    try:
+        async with engine.begin() as conn:  # what the incremental average stored
+            await conn.execute(
+                sa.update(t.orders).values(avg_fill_price=Decimal("19.711309523809523809"))
+            )
+    finally:
+        await engine.dispose()
+    await _in_thread(migrations.upgrade, empty_db_url, "head")
+    db = Database(empty_db_url)
+    try:
+        async with db.session(actor) as s:
+            migrated = await s.orders.get(order.id)
+    finally:
+        await db.dispose()
+    assert migrated.fill_notional == Decimal("315.380952380952380953")
+    assert migrated.avg_fill_price == Decimal("19.71130952380952381")
+    assert (await verify_database(empty_db_url)).ok

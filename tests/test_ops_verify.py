@@ -54,6 +54,13 @@ async def test_verify_detects_a_hand_corrupted_position(
     assert any("quantity is 999, trades say 1" in p for p in report.positions)
     assert len(report.orders) == 1 and "filled_quantity is 3, trades say 2" in report.orders[0]
     assert "positions: 1 portfolio(s)" in "\n".join(report.lines())
+    async with engine.begin() as conn:
+        await conn.execute(t.orders.update().values(filled_quantity=Decimal("2")))
+        await conn.execute(
+            t.orders.update().values(avg_fill_price=Decimal("10.000000000000000001"))
+        )
+    report = await verify_database(db_url)
+    assert report.orders == ["order #1: avg_fill_price is 10.000000000000000001, trades say 10"]
     if engine_name == "sqlite":
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRADEBOOK_")}
         env.update({"TRADEBOOK_DATABASE_URL": db_url, "PYTHONPATH": str(ROOT)})

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from dal import schema as t
 from dal.engine import create_engine
 from dal.positions import verify_portfolio
-from dal.types import DECIMAL_CONTEXT
+from dal.types import NOTIONAL_CONTEXT, average_price
 from tradebook.ops.sqlite_access import integrity_problems, readonly_engine, sqlite_path
 
 
@@ -111,20 +111,33 @@ def positions_sync(conn: sa.Connection) -> tuple[int, list[str]]:
 
 
 def order_fills_sync(conn: sa.Connection) -> list[str]:
-    sums: dict[int, Decimal] = {}
-    query = sa.select(t.trades.c.order_id, t.trades.c.quantity).where(
+    """Each order's filled quantity, notional and average fill price against its trades."""
+    sums: dict[int, tuple[Decimal, Decimal]] = {}
+    query = sa.select(t.trades.c.order_id, t.trades.c.quantity, t.trades.c.price).where(
         t.trades.c.order_id.is_not(None)
     )
-    for order_id, quantity in conn.execute(query):
-        sums[order_id] = DECIMAL_CONTEXT.add(sums.get(order_id, Decimal(0)), quantity)
+    for order_id, quantity, price in conn.execute(query):
+        filled, notional = sums.get(order_id, (Decimal(0), Decimal(0)))
+        sums[order_id] = (
+            NOTIONAL_CONTEXT.add(filled, quantity),
+            NOTIONAL_CONTEXT.add(notional, NOTIONAL_CONTEXT.multiply(quantity, price)),
+        )
     problems = []
-    orders = sa.select(t.orders.c.id, t.orders.c.filled_quantity).order_by(t.orders.c.id)
-    for order_id, filled in conn.execute(orders):
-        expected = sums.get(order_id, Decimal(0))
-        if filled != expected:
-            problems.append(
-                f"order #{order_id}: filled_quantity is {filled}, trades say {expected}"
-            )
+    orders = t.orders
+    query = sa.select(
+        orders.c.id, orders.c.filled_quantity, orders.c.fill_notional, orders.c.avg_fill_price
+    ).order_by(orders.c.id)
+    for row in conn.execute(query):
+        want_filled, want_notional = sums.get(row.id, (Decimal(0), Decimal(0)))
+        wanted = {
+            "filled_quantity": want_filled,
+            "fill_notional": want_notional,
+            "avg_fill_price": average_price(want_notional, want_filled) if want_filled else None,
+        }
+        for name, want in wanted.items():
+            if getattr(row, name) != want:
+                have = getattr(row, name)
+                problems.append(f"order #{row.id}: {name} is {have}, trades say {want}")
     return problems
 
 
