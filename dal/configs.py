@@ -1,7 +1,7 @@
 """Typed JSON configs: one pydantic schema per policy, alert type, schedule and screener.
 
 Unknown keys are refused; amounts are exact Decimals given as text or integers (never floats).
-Each schema carries an example (``model_config["json_schema_extra"]``) that the README shows.
+Each schema carries an example (``model_config["json_schema_extra"]``) that docs/risk-rules.md shows.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def validate_cron(expression: str) -> str:
 
 
 def next_run_after(cron: str, after: dt.datetime) -> dt.datetime:
-    """The next time ``cron`` fires strictly after ``after``; cron is read in UTC (the seed)."""
+    """The next time ``cron`` fires strictly after ``after``; cron is read in UTC (as specified)."""
     return croniter(cron, after.astimezone(dt.UTC)).get_next(dt.datetime)
 
 

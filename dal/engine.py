@@ -3,8 +3,8 @@
 SQLite: WAL, foreign keys on, a busy timeout, synchronous=NORMAL, and write transactions that
 start with ``BEGIN IMMEDIATE`` (SQLAlchemy's documented recipe: the driver's own transaction
 handling is switched off and the ``begin`` event emits BEGIN itself). Without it, concurrent
-read-modify-write transactions lose updates or fail with "database is locked" (see
-shared/notes/database-pitfalls.md). A connection given the execution option
+read-modify-write transactions lose updates or fail with "database is locked"
+(docs/performance.md, "Correctness facts"). A connection given the execution option
 ``sqlite_begin="DEFERRED"`` starts a read transaction instead.
 """
 
@@ -89,7 +89,7 @@ def create_sync_sqlite_engine(url: str | URL, **kwargs: Any) -> Engine:
 
     The DAL runs SQLite transactions through this engine on the event loop's thread or on
     its writer thread, never through the aiosqlite adapter's several thread hops per
-    statement (see the README, "DAL design").
+    statement (docs/architecture.md, "How a transaction executes").
     """
     url = make_url(url).set(drivername="sqlite+pysqlite")
     path = _sqlite_file(url)

@@ -3,7 +3,7 @@ transaction, idempotent on the broker's trade id.
 
 One code path serves one fill (``ingest_fill``) and a batch (``ingest_fills``), and its
 statements are set-based, so a batch of 100 fills costs about as many statements as one fill
-(README, "DAL design"). For fills of known orders on one position the plan is: check the
+(docs/architecture.md, "Fills"). For fills of known orders on one position the plan is: check the
 portfolio, lock the orders, lock the position, insert the trades (``ON CONFLICT DO NOTHING``
 on the idempotency key, ``RETURNING`` what was inserted), add them to the PnL summary and the
 daily series, update the orders, update the position, insert the audit rows — 9 statements,

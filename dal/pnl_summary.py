@@ -6,8 +6,8 @@ transaction adds each new trade to its day row and its month row (one upsert), a
 realized PnL to the ``pnl_daily`` row of its day and quote currency (the chart's daily
 series); a late fill that re-derives earlier trades' PnL adds the differences. Reads take whole
 months from the MONTH rows and the ragged ends from DAY rows, and sum exactly in SQL
-(``decimal_sum``), so ``/pnl ytd`` reads ≈ 120 summary rows and ≈ 340 daily rows where the
-trades are ≈ 70,000.
+(``decimal_sum``), so ``/pnl ytd`` reads a few hundred summary and daily rows where a busy
+portfolio has tens of thousands of trades.
 
 Days are the owner's local days because the bot's periods start at local midnight; changing
 the time zone (``UserService.set_timezone``) rebuilds the user's summaries in the same

@@ -2,7 +2,7 @@
 
 A position keeps a signed ``quantity`` and ``cost_basis``, the exact total cost of the open
 quantity (always >= 0). ``avg_price`` is derived (cost_basis / |quantity|, 18 places) and stored
-for display only. Rules (README, "Position rules"):
+for display only. Rules (docs/position-rules.md):
 
 * adding to a position (or opening one) adds ``qty × price`` to the cost basis;
 * reducing by q of |Q| removes ``cost_basis × q / |Q|`` (all of it when q = |Q|) and realizes
@@ -103,8 +103,8 @@ def step_in_context(
     form never changes a value (every operation here is exact or rounds by value), so replays
     (``dal.positions.derive``) step through a portfolio's trades this way and make the form
     canonical once per position instead of per fill, which is about a third of a replay's
-    arithmetic. Replays also enter the decimal context once for all fills (≈ 15 % of a fill's
-    cost) rather than per fill as ``apply_fill`` does."""
+    arithmetic. Replays also enter the decimal context once for all fills rather than per fill
+    as ``apply_fill`` does."""
     if getcontext().prec != DECIMAL_CONTEXT.prec:
         raise RuntimeError("position arithmetic needs localcontext(DECIMAL_CONTEXT)")
     if side not in SIDES:

@@ -152,7 +152,7 @@ def write_position(
 
 # What a replay reads of each trade, and what checking a trade's stored PnL (and the PnL
 # summary) adds. recompute reads only the first: each Money column costs a Decimal
-# conversion per row, ≈ 15% of a portfolio-year's recompute.
+# conversion per row.
 _REPLAYED = (
     trades.c.id,
     trades.c.portfolio_id,

@@ -1,7 +1,7 @@
 """The whole schema as SQLAlchemy Core tables on one MetaData.
 
-Columns follow design.md §2 of the seed; additions and changes are listed in the README under
-"Schema" and "Deviations from the seed". Enumerations are CHECK constraints (portable); every
+Columns follow the original specification's data model; the additions and changes, and why,
+are in docs/schema.md and docs/decisions.md. Enumerations are CHECK constraints (portable); every
 amount is ``Money`` and every timestamp ``UTCDateTime`` (see dal/types.py).
 """
 
@@ -108,7 +108,7 @@ users = sa.Table(
     "users",
     metadata,
     id_column(),
-    uid_column(nullable=True),  # as in design.md, so an existing users table can be stamped
+    uid_column(nullable=True),  # as specified, so an existing users table can be stamped
     sa.Column("telegram_user_id", sa.Text(), nullable=False, unique=True),
     sa.Column("username", sa.Text()),
     sa.Column("is_admin", sa.Boolean(), nullable=False, server_default=sa.false()),
@@ -116,7 +116,7 @@ users = sa.Table(
     sa.Column("approved_by_user_id", BigID, fk("users.id", ondelete="SET NULL")),
     sa.Column("approved_at", UTCDateTime()),
     created_at(),
-    # Additions (revision 0002): delivery address, the user's time zone, the bot's context.
+    # Beyond the specification: delivery address, the user's time zone, the bot's context.
     sa.Column("telegram_chat_id", sa.BigInteger()),
     sa.Column("timezone", sa.String(64), nullable=False, server_default="UTC"),
     sa.Column(
@@ -124,7 +124,7 @@ users = sa.Table(
         BigID,
         fk("portfolios.id", ondelete="SET NULL", use_alter=True),
     ),
-    # Added in revision 0005: /mute, and chats that blocked the bot (403) are not retried.
+    # /mute, and chats that blocked the bot (403) are not retried.
     sa.Column("notifications_muted", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column("unreachable_at", UTCDateTime()),
     sa.Index(None, "is_active"),
@@ -276,8 +276,8 @@ orders = sa.Table(
     sa.Index(None, "strategy_id"),
 )
 
-# Open orders are a handful among a portfolio's thousands of finished ones (≈ 18,000 a year at
-# 200 fills a day). This partial index holds only them, in /orders' order (newest first per
+# Open orders are a handful among a portfolio's thousands of finished ones (tens of thousands
+# a year for a busy strategy). This partial index holds only them, in /orders' order (newest first per
 # portfolio), so listing them never walks the finished ones. A query uses it only when it
 # repeats the predicate with literal values (``OPEN_ORDER``): neither SQLite nor PostgreSQL
 # can prove the index's WHERE from bound parameters.
@@ -488,7 +488,7 @@ screeners = sa.Table(
 
 RUN_STATUSES = ("RUNNING", "STOPPED", "CRASHED", "FINISHED")
 
-# Added in revision 0004: which strategy version runs on which portfolio, so running
+# Which strategy version runs on which portfolio, so running
 # strategies resume after a restart.
 strategy_runs = sa.Table(
     "strategy_runs",

@@ -113,7 +113,7 @@ class AlertService(_UserConfigService):
 
 
 class ScheduleService(_UserConfigService):
-    """Schedules fire on a 5-field cron read in UTC (as the seed says)."""
+    """Schedules fire on a 5-field cron read in UTC (as the specification says)."""
 
     table = t.schedules
     entity = "SCHEDULE"

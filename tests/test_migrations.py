@@ -71,7 +71,7 @@ async def test_drift_is_detected(empty_db_url: str) -> None:
 
 
 async def test_existing_users_table_can_be_stamped(empty_db_url: str, engine_name: str) -> None:
-    # A bot database that already has design.md's users table (made by hand, not by us).
+    # A bot database that already has the specified users table (made by hand, not by us).
     engine = create_engine(empty_db_url)
     pk = (
         "INTEGER PRIMARY KEY"

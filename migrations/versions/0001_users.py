@@ -1,4 +1,4 @@
-"""users, exactly as design.md §2 (an existing bot database with this table can be stamped)
+"""users, exactly as the original specification (an existing bot database with this table can be stamped)
 
 Revision ID: 0001
 Revises:

@@ -1,4 +1,4 @@
-"""the rest of design.md §2 with the additions listed in the README
+"""the rest of the specified schema with the additions listed in docs/schema.md
 
 Revision ID: 0002
 Revises: 0001

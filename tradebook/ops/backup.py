@@ -1,8 +1,8 @@
 """SQLite backups, retention, restore, and the run lock that keeps restore away from a live bot.
 
 * ``backup_sqlite``: an online, consistent copy through SQLite's backup API in one step
-  (``pages=-1``) on a dedicated read-only connection — writers keep going (measured in
-  shared/notes/database-pitfalls.md). Written as ``tradebook-YYYYMMDDTHHMMSSffffffZ.db`` next
+  (``pages=-1``) on a dedicated read-only connection — writers keep going (docs/performance.md,
+  "Backups"). Written as ``tradebook-YYYYMMDDTHHMMSSffffffZ.db`` next
   to a ``.partial`` name, integrity-checked, switched to a self-contained rollback journal
   (no -wal needed), then renamed: a file with the final name is always a complete backup.
 * ``prune``: keeps the newest backup of each of the last N hours and of the last N days that
