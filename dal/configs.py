@@ -1,7 +1,8 @@
 """Typed JSON configs: one pydantic schema per policy, alert type, schedule and screener.
 
 Unknown keys are refused; amounts are exact Decimals given as text or integers (never floats).
-Each schema carries an example (``model_config["json_schema_extra"]``) that docs/risk-rules.md shows.
+Each schema carries an example (``model_config["json_schema_extra"]``) that
+docs/risk-rules.md shows.
 """
 
 from __future__ import annotations

@@ -70,12 +70,13 @@ class _Writer:
 
     A write transaction runs on the event loop's own thread when its ``BEGIN IMMEDIATE`` gets
     the lock at once (the connection's busy timeout is 0): SQLAlchemy's Python holds the GIL
-    either way, so a thread would only add the hand-offs (docs/performance.md). It runs on the writer thread, with the normal busy
-    timeout, when another connection holds the lock (another process, another Database on the
-    same file), and a call marked ``long_running`` runs there too (the loop keeps its share of
-    the GIL). The write lock (an asyncio lock) gives the connection to one transaction at a
-    time wherever it runs, and a transaction keeps it until its last thread job is over, even
-    when its task is cancelled: a thread cannot be stopped halfway.
+    either way, so a thread would only add the hand-offs (docs/performance.md). It runs on the
+    writer thread, with the normal busy timeout, when another connection holds the lock
+    (another process, another Database on the same file), and a call marked ``long_running``
+    runs there too (the loop keeps its share of the GIL). The write lock (an asyncio lock)
+    gives the connection to one transaction at a time wherever it runs, and a transaction
+    keeps it until its last thread job is over, even when its task is cancelled: a thread
+    cannot be stopped halfway.
     """
 
     def __init__(self, engine: sa.Engine) -> None:

@@ -277,8 +277,8 @@ orders = sa.Table(
 )
 
 # Open orders are a handful among a portfolio's thousands of finished ones (tens of thousands
-# a year for a busy strategy). This partial index holds only them, in /orders' order (newest first per
-# portfolio), so listing them never walks the finished ones. A query uses it only when it
+# a year for a busy strategy). This partial index holds only them, in /orders' order (newest
+# first per portfolio), so listing them never walks the finished ones. A query uses it only when it
 # repeats the predicate with literal values (``OPEN_ORDER``): neither SQLite nor PostgreSQL
 # can prove the index's WHERE from bound parameters.
 OPEN_ORDER = orders.c.status.in_([sa.literal_column(f"'{s}'") for s in OPEN_STATUSES])

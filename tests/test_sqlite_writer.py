@@ -1,6 +1,7 @@
 """Where a SQLite write transaction runs: on the event loop's thread when the write lock is
 free, on the writer thread when it must wait for it or is marked long-running, and never with
-two transactions on the writer connection at once (docs/architecture.md, "How a transaction executes")."""
+two transactions on the writer connection at once (docs/architecture.md, "How a transaction
+executes")."""
 
 from __future__ import annotations
 
