@@ -4,7 +4,6 @@ only, for a limited time (a stale Confirm must not place an order at today's pri
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from dal.types import new_uid
 
@@ -14,17 +13,18 @@ CONFIRM_WITHIN = 600.0  # seconds a held order waits for its owner's Confirm
 class Confirmations:
     def __init__(self, within: float = CONFIRM_WITHIN) -> None:
         self.within = within
-        self._pending: dict[str, tuple[int, dict[str, Any], float]] = {}
+        self._pending: dict[str, tuple[int, object, float]] = {}
 
-    def hold(self, user_id: int, order: dict[str, Any]) -> str:
-        """Keep an order waiting for its owner's confirmation; returns its token."""
+    def hold(self, user_id: int, held: object) -> str:
+        """Keep something (the orders a Confirm button stands for) waiting for its owner's
+        confirmation; returns its token."""
         self._forget_stale()
         token = new_uid().replace("-", "")[:16]
-        self._pending[token] = (user_id, order, time.monotonic())
+        self._pending[token] = (user_id, held, time.monotonic())
         return token
 
-    def release(self, user_id: int, token: str) -> dict[str, Any] | None:
-        """The held order for ``token`` if it is this user's and still fresh (once only)."""
+    def release(self, user_id: int, token: str) -> object | None:
+        """What is held for ``token`` if it is this user's and still fresh (once only)."""
         held = self._pending.get(token)
         if held is None or held[0] != user_id:
             return None

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import sqlalchemy as sa
 from aiogram import BaseMiddleware
 from aiogram.types import CallbackQuery, Message, TelegramObject, Update
 
@@ -19,6 +20,8 @@ from dal.database import Database
 from dal.scope import Actor
 
 log = logging.getLogger("tradebook.bot")
+# The sender's ``users`` row, injected as ``user`` (None only for /start by a new sender).
+UserRow = sa.Row[Any]
 
 WAITING = (
     "Your account is waiting for approval by an admin. You will get a message here once approved."

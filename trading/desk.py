@@ -137,9 +137,17 @@ class OrderDesk:
     async def start(self) -> None:
         """Gateways for every portfolio with open orders, which they take back; broker
         events kept from an earlier run are tried again."""
+        owners: dict[int, sa.Row[Any]] = {}
         async with self.db.session(Actor.system(), readonly=True) as s:
-            open_orders = await s.orders.open_orders(limit=1000)
-            owners = {o.portfolio_id: await s.portfolios.get(o.portfolio_id) for o in open_orders}
+            seen = 0
+            while True:  # every open order of every user, a page at a time
+                page = await s.orders.list(limit=1000, offset=seen)
+                for order in page:
+                    if order.portfolio_id not in owners:
+                        owners[order.portfolio_id] = await s.portfolios.get(order.portfolio_id)
+                seen += len(page)
+                if len(page) < 1000:
+                    break
         for portfolio_id in sorted(owners):
             user = Actor.user(owners[portfolio_id].user_id)
             try:

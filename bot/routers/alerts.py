@@ -9,6 +9,7 @@ from aiogram import Router
 from aiogram.filters import Command
 from aiogram.types import Message
 
+from bot.middleware import UserRow
 from bot.text import join_blocks, local_time, q
 from dal.database import ScopedDal
 
@@ -39,7 +40,7 @@ def router() -> Router:
         await _answer_list(message, "<b>Your alerts</b>", lines)
 
     @r.message(Command("schedules"))
-    async def schedules(message: Message, dal: ScopedDal, user: Any) -> None:
+    async def schedules(message: Message, dal: ScopedDal, user: UserRow) -> None:
         lines = [
             f"#{s.id} {q(s.name)} — <code>{q(s.cron)}</code>, {_state(s)}, next "
             f"{local_time(s.next_run_at, user.timezone)}\n<code>{_config(s)}</code>"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import BufferedInputFile, Message
 
+from bot.middleware import UserRow
 from bot.periods import PeriodError, parse_period
 from bot.routers.common import UsageError, args_of
 from bot.text import q
@@ -20,7 +20,9 @@ def router() -> Router:
     r = Router(name="exports")
 
     @r.message(Command("export"))
-    async def export(message: Message, command: CommandObject, dal: ScopedDal, user: Any) -> None:
+    async def export(
+        message: Message, command: CommandObject, dal: ScopedDal, user: UserRow
+    ) -> None:
         args = args_of(command)
         if not 1 <= len(args) <= 2 or args[0].lower() not in KINDS:
             raise UsageError("export")

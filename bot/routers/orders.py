@@ -10,6 +10,7 @@ from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, Message
 
 from bot.callbacks import OrdersPage
+from bot.middleware import UserRow
 from bot.reports import orders_report, send_reply
 from bot.routers.common import UsageError, args_of, resolve_portfolio
 from dal.database import ScopedDal
@@ -23,7 +24,7 @@ def router() -> Router:
 
     @r.message(Command("orders"))
     async def orders(
-        message: Message, command: CommandObject, dal: ScopedDal, user: Any, bot: Bot
+        message: Message, command: CommandObject, dal: ScopedDal, user: UserRow, bot: Bot
     ) -> None:
         args = args_of(command)
         status = "OPEN"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
+from bot.middleware import UserRow
 from bot.periods import PeriodError, parse_period
 from bot.reports import pnl_report, send_reply
 from bot.routers.common import UsageError, args_of, resolve_portfolio
@@ -29,7 +29,7 @@ def router() -> Router:
 
     @r.message(Command("pnl"))
     async def pnl(
-        message: Message, command: CommandObject, dal: ScopedDal, user: Any, bot: Bot
+        message: Message, command: CommandObject, dal: ScopedDal, user: UserRow, bot: Bot
     ) -> None:
         args = args_of(command)
         now = dt.datetime.now(dt.UTC)

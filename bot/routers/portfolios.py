@@ -11,6 +11,7 @@ from aiogram.types import CallbackQuery, Message
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from bot.callbacks import PortfolioPick
+from bot.middleware import UserRow
 from bot.routers.common import UsageError
 from bot.text import q
 from dal.database import ScopedDal
@@ -71,7 +72,7 @@ def router() -> Router:
             await query.message.edit_text(f"Current portfolio: <b>{q(chosen.name)}</b>")
 
     @r.message(Command("tz"))
-    async def tz(message: Message, command: CommandObject, dal: ScopedDal, user: Any) -> None:
+    async def tz(message: Message, command: CommandObject, dal: ScopedDal, user: UserRow) -> None:
         zone = (command.args or "").strip()
         if not zone:
             raise UsageError("tz", f"Your time zone is {user.timezone}.")

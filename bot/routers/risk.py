@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
+from bot.middleware import UserRow
 from bot.reports import risk_report, send_reply
 from bot.routers.common import resolve_portfolio
 from dal.database import ScopedDal
@@ -18,7 +17,7 @@ def router() -> Router:
 
     @r.message(Command("risk"))
     async def risk(
-        message: Message, command: CommandObject, dal: ScopedDal, user: Any, bot: Bot
+        message: Message, command: CommandObject, dal: ScopedDal, user: UserRow, bot: Bot
     ) -> None:
         portfolio = await resolve_portfolio(dal, (command.args or "").strip() or None)
         await send_reply(bot, message.chat.id, await risk_report(dal, portfolio, user.timezone))

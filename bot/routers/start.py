@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from aiogram import Bot, Router
 from aiogram.exceptions import TelegramAPIError
@@ -12,7 +11,7 @@ from aiogram.types import Message
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from bot.callbacks import ApproveUser
-from bot.middleware import WAITING
+from bot.middleware import WAITING, UserRow
 from bot.text import q
 from dal.database import Database
 from dal.scope import Actor
@@ -24,7 +23,7 @@ def router() -> Router:
     r = Router(name="start")
 
     @r.message(CommandStart())
-    async def start(message: Message, bot: Bot, db: Database, user: Any) -> None:
+    async def start(message: Message, bot: Bot, db: Database, user: UserRow | None) -> None:
         sender = message.from_user
         assert sender is not None
         async with db.session(Actor.system()) as s:

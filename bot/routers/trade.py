@@ -22,6 +22,7 @@ from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from bot.callbacks import CancelOrder, StopAll, TradeConfirm
 from bot.confirmations import Confirmations
+from bot.middleware import UserRow
 from bot.routers.common import UsageError, args_of
 from bot.text import num, q
 from dal.database import ScopedDal
@@ -124,7 +125,7 @@ async def ask_to_confirm(
     if verdict.decision == "block":
         await message.answer(text + "\nNot placed: change the order or the policy (/risk).")
         return
-    token = confirmations.hold(dal.actor.user_id or 0, {"held": held})
+    token = confirmations.hold(dal.actor.user_id or 0, held)
     keyboard = InlineKeyboardBuilder()
     keyboard.button(text="Confirm", callback_data=TradeConfirm(action="ok", token=token))
     keyboard.button(text="Cancel", callback_data=TradeConfirm(action="no", token=token))
@@ -141,8 +142,8 @@ def placed_text(row: sa.Row[Any]) -> str:
 def router() -> Router:
     r = Router(name="trade")
 
+    @r.message(Command("buy", "sell"))
     async def buy_or_sell(
-        side: str,
         message: Message,
         command: CommandObject,
         dal: ScopedDal,
@@ -150,28 +151,8 @@ def router() -> Router:
         confirmations: Confirmations,
     ) -> None:
         portfolio = await dal.portfolios.current()
-        order = parse_order(side, args_of(command), portfolio.id)
+        order = parse_order(command.command.upper(), args_of(command), portfolio.id)
         await ask_to_confirm(message, dal, desk, confirmations, HeldTrade([order]), portfolio)
-
-    @r.message(Command("buy"))
-    async def buy(
-        message: Message,
-        command: CommandObject,
-        dal: ScopedDal,
-        desk: OrderDesk,
-        confirmations: Confirmations,
-    ) -> None:
-        await buy_or_sell("BUY", message, command, dal, desk, confirmations)
-
-    @r.message(Command("sell"))
-    async def sell(
-        message: Message,
-        command: CommandObject,
-        dal: ScopedDal,
-        desk: OrderDesk,
-        confirmations: Confirmations,
-    ) -> None:
-        await buy_or_sell("SELL", message, command, dal, desk, confirmations)
 
     @r.callback_query(TradeConfirm.filter())
     async def confirm(
@@ -182,11 +163,10 @@ def router() -> Router:
         confirmations: Confirmations,
         strategies: StrategyRuntime | None = None,
     ) -> None:
-        released = confirmations.release(dal.actor.user_id or 0, callback_data.token)
-        if released is None:
+        held = confirmations.release(dal.actor.user_id or 0, callback_data.token)
+        if not isinstance(held, HeldTrade):
             await query.answer("This order was already handled or has expired.")
             return
-        held: HeldTrade = released["held"]
         if callback_data.action == "no":
             await query.answer("Not placed.")
             if isinstance(query.message, Message):
@@ -246,14 +226,19 @@ def router() -> Router:
         (position,) = held
         trade = HeldTrade([closing_order(position, portfolio.id)])
         note = ""
-        if position.strategy_id is not None:
+        running = {
+            (run.strategy_id, run.portfolio_id)
+            for run in await dal.strategy_runs.list()
+            if run.status == "RUNNING"
+        }
+        if (position.strategy_id, portfolio.id) in running:
             version = position.strategy_version
             trade.stop_runs.append((position.strategy_name, version, portfolio.id))
             note = f"\nConfirm stops {q(position.strategy_name)} {q(version)} first."
         await ask_to_confirm(message, dal, desk, confirmations, trade, portfolio, note)
 
     @r.message(Command("fill"))
-    async def fill(message: Message, command: CommandObject, dal: ScopedDal, user: Any) -> None:
+    async def fill(message: Message, command: CommandObject, dal: ScopedDal, user: UserRow) -> None:
         args = args_of(command)
         if len(args) < 4:
             raise UsageError("fill")
