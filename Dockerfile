@@ -9,16 +9,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-COPY pyproject.toml requirements.lock README.md alembic.ini ./
-COPY migrations ./migrations
+COPY pyproject.toml requirements.lock README.md ./
 COPY tradebook ./tradebook
 COPY dal ./dal
 COPY bot ./bot
 COPY strategies ./strategies
 COPY trading ./trading
-# Versions pinned by requirements.lock. Installed editable (as `make` does): dal/migrations.py
-# finds alembic.ini and migrations/ next to the code.
-RUN pip install -c requirements.lock -e .
+# A plain install at the versions requirements.lock pins; the migrations travel inside the
+# dal package.
+RUN pip install -c requirements.lock . && rm -rf /app/tradebook /app/dal /app/bot /app/strategies /app/trading
 
 RUN useradd --create-home --uid 1000 tradebook \
     && mkdir -p /app/var /app/secrets \

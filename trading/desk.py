@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from dal.database import Database, ScopedDal
+from dal.database import Database, ScopedDal, Session
 from dal.errors import Conflict, TradebookError
 from dal.risk_rules import Verdict
 from dal.scope import Actor
@@ -225,17 +225,25 @@ class OrderDesk:
         order = {"type": "MARKET", **order}
         order.setdefault("client_order_id", f"tb-{new_uid()}")
         gateway = await self.gateway_for(order["portfolio_id"], dal)  # no gateway, no order
-        async with dal.session() as s:
-            verdict = await s.risk.evaluate(order, self.market.marks.marks)
+        marks = dict(self.market.marks.marks)
+
+        async def store(s: Session) -> tuple[Verdict, sa.Row[Any], str, str]:
+            verdict = await s.risk.evaluate(order, marks)
             blocked = verdict.decision == "block"
-            reason = "; ".join(b.message for b in verdict.breaches) or None
             row = await s.orders.place(
-                order, status="REJECTED" if blocked else "NEW", reason=reason if blocked else None
+                order,
+                status="REJECTED" if blocked else "NEW",
+                reason=_breaches(verdict) if blocked else None,
             )
             if verdict.breaches:
                 await s.risk.record_breach(verdict, row.portfolio_id, row.instrument_id, row.id)
             symbol = (await s.instruments.get(row.instrument_id)).symbol
-            owner_zone = (await s.users.me()).timezone
+            return verdict, row, symbol, (await s.users.me()).timezone
+
+        # One transaction, run again if PostgreSQL aborts it for a deadlock (no side effects).
+        verdict, row, symbol, owner_zone = await dal.transaction(store)
+        blocked = verdict.decision == "block"
+        reason = _breaches(verdict)
         if verdict.breaches:
             word = "blocked" if blocked else "warning"
             await self.notify(
@@ -403,6 +411,10 @@ class OrderDesk:
         """Wait until every gateway's events so far are applied."""
         for gateway in list(self.gateways.values()):
             await gateway.drained()
+
+
+def _breaches(verdict: Verdict) -> str | None:
+    return "; ".join(b.message for b in verdict.breaches) or None
 
 
 def event_to_json(event: BrokerEvent) -> dict[str, Any]:

@@ -1,24 +1,25 @@
-"""Run Alembic from code: the `tradebook db` commands and the tests use these."""
+"""The schema's migrations (Alembic: ``env.py`` and ``versions/`` in this package, so an
+installed tradebook carries them) and the functions that run them from code: the
+`tradebook db` commands and the tests use these."""
 
 from __future__ import annotations
 
 import io
 import sys
 import warnings
-from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
+SCRIPT_LOCATION = "dal:migrations"  # this package, wherever it is installed
 
 
 def alembic_config(url: str, stdout: io.StringIO | None = None) -> Config:
-    cfg = Config(str(ALEMBIC_INI), stdout=stdout or sys.stdout)
-    cfg.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    cfg = Config(stdout=stdout or sys.stdout)
+    cfg.set_main_option("script_location", SCRIPT_LOCATION)
+    cfg.set_main_option("path_separator", "os")
     # configparser treats % as interpolation; URLs may contain %-escapes.
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["configure_logging"] = False
