@@ -32,21 +32,19 @@ from bench.common import (
     make_users,
     median,
 )
+from dal.clock import utc_now
 from dal.database import Database
+from dal.decimals import DECIMAL_CONTEXT, canonical_decimal, quantize18
 from dal.models import Fill
 from dal.position_math import PositionState, apply_fill
 from dal.scope import Actor
 from dal.types import (
-    DECIMAL_CONTEXT,
-    canonical_decimal,
     canonical_json,
     format_utc,
     new_uid,
     parse_utc,
-    quantize18,
     register_sqlite_decimal_functions,
     sqlite_decimal_add,
-    utc_now,
 )
 
 BASE_TIME = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)

@@ -22,10 +22,11 @@ from zoneinfo import ZoneInfo
 from bench.common import BenchDb, check_portfolios, make_instrument, make_portfolio, percentile
 from bot.periods import parse_period
 from dal.database import Database
+from dal.decimals import canonical_decimal
 from dal.pnl_summary import Entry, summarize, summarize_daily
 from dal.position_math import PositionState, apply_fill
 from dal.scope import Actor
-from dal.types import canonical_decimal, canonical_json, format_utc, new_uid
+from dal.types import canonical_json, format_utc, new_uid
 
 SYMBOLS = [f"S{i:02d}USDT" for i in range(10)]
 FILLS_PER_ORDER = 4

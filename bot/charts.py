@@ -17,7 +17,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
 from PIL import Image, ImageDraw, ImageFont
 
-from dal.types import DECIMAL_CONTEXT
+from dal.decimals import DECIMAL_CONTEXT
 
 WIDTH, HEIGHT = 800, 400
 LABEL_PLACES = 8  # as in the text reply (bot.text.num): at most 8 decimals, no trailing zeros

@@ -8,7 +8,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from html import escape
 from zoneinfo import ZoneInfo
 
-from dal.types import canonical_decimal
+from dal.decimals import canonical_decimal
 
 TEXT_LIMIT = 4096
 DISPLAY_PLACES = 8

@@ -22,7 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-from dal.types import AmountError, canonical_json, check_amount
+from dal.decimals import AmountError, check_amount
+from dal.types import canonical_json
 
 MAX_NAME = 64
 MAX_CONFIG_BYTES = 16 * 1024

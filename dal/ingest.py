@@ -40,6 +40,7 @@ from dal.accounts import (
     owned_portfolio_fast,
     owner_params,
 )
+from dal.decimals import DECIMAL_CONTEXT, NOTIONAL_CONTEXT, average_price
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import resolve_instrument
 from dal.models import Fill, valid_id
@@ -67,7 +68,7 @@ from dal.positions import (
 )
 from dal.scope import Tx
 from dal.strategies import owned_strategy
-from dal.types import DECIMAL_CONTEXT, NOTIONAL_CONTEXT, average_price, new_uid
+from dal.types import new_uid
 
 trades = t.trades
 orders = t.orders

@@ -8,10 +8,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from dal import schema as t
+from dal.decimals import DECIMAL_CONTEXT
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.models import NewInstrument, parse, valid_id
 from dal.scope import Tx
-from dal.types import DECIMAL_CONTEXT, new_uid
+from dal.types import new_uid
 
 instruments = t.instruments
 _INSTRUMENT = sa.select(instruments).where(instruments.c.id == sa.bindparam("instrument_id"))

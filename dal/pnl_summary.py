@@ -28,8 +28,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
+from dal.decimals import DECIMAL_CONTEXT
 from dal.scope import Tx
-from dal.types import DECIMAL_CONTEXT, Money, decimal_add, decimal_sum
+from dal.types import Money, decimal_add, decimal_sum
 
 summary = t.pnl_summary
 daily = t.pnl_daily

@@ -22,7 +22,7 @@ import datetime as dt
 from dataclasses import dataclass, replace
 from decimal import Decimal, getcontext, localcontext
 
-from dal.types import DECIMAL_CONTEXT, canonical_decimal, quantize18
+from dal.decimals import DECIMAL_CONTEXT, canonical_decimal, quantize18
 from dal.vocabulary import SIDES
 
 ZERO = Decimal(0)

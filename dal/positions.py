@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
 from dal.accounts import owned_portfolio
+from dal.decimals import DECIMAL_CONTEXT
 from dal.pnl_summary import (
     DailyDifference,
     Entry,
@@ -35,7 +36,7 @@ from dal.position_math import (
     step_in_context,
 )
 from dal.scope import Tx, long_running, read_only
-from dal.types import DECIMAL_CONTEXT, Money, new_uid, trimmed_on_postgresql
+from dal.types import Money, new_uid, trimmed_on_postgresql
 
 positions = t.positions
 trades = t.trades

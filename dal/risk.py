@@ -16,7 +16,9 @@ import sqlalchemy as sa
 from dal import schema as t
 from dal.accounts import owned_portfolio
 from dal.cash import compute_equity
+from dal.clock import local_midnight
 from dal.configs import PolicyConfig
+from dal.decimals import DECIMAL_CONTEXT
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import resolve_instrument
 from dal.models import (
@@ -39,7 +41,7 @@ from dal.risk_rules import (
 )
 from dal.scope import Tx
 from dal.strategies import owned_strategy
-from dal.types import DECIMAL_CONTEXT, local_midnight, new_uid
+from dal.types import new_uid
 
 policies = t.risk_policies
 breaches = t.risk_breaches

@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from dal.configs import POLICY_LIMITS, PolicyConfig
-from dal.types import DECIMAL_CONTEXT, canonical_decimal, quantize18
+from dal.decimals import DECIMAL_CONTEXT, canonical_decimal, quantize18
 from dal.vocabulary import SIDES
 
 ZERO = Decimal(0)

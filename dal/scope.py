@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from dal import schema as t
+from dal.clock import utc_now
 from dal.errors import Forbidden, NotApproved, NotFound
-from dal.types import utc_now
 
 F = TypeVar("F", bound=Callable[..., Any])
 

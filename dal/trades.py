@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from dal import schema as t
 from dal.accounts import owned_portfolio
+from dal.decimals import DECIMAL_CONTEXT
 from dal.errors import NotFound
 from dal.ingest import IngestResult, ingest
 from dal.models import Fill, aware_arg, parse, valid_id
@@ -22,7 +23,6 @@ from dal.pnl_summary import (
     totals_by_instrument,
 )
 from dal.scope import Tx, read_only
-from dal.types import DECIMAL_CONTEXT
 
 trades = t.trades
 

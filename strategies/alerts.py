@@ -22,8 +22,8 @@ from typing import Any
 
 from dal.configs import next_run_after
 from dal.database import Database
+from dal.decimals import DECIMAL_CONTEXT
 from dal.scope import Actor
-from dal.types import DECIMAL_CONTEXT
 from trading.desk import Notify as Notifier
 from trading.desk import OrderDesk
 from trading.events import FillEvent

@@ -31,9 +31,9 @@ import sqlalchemy as sa
 
 from dal import schema as t
 from dal.database import Database
+from dal.decimals import DECIMAL_CONTEXT, quantize18
 from dal.positions import derive
 from dal.scope import Actor, Tx
-from dal.types import DECIMAL_CONTEXT, quantize18
 from tests.factories import default_portfolio, make_instrument, make_strategy, make_user
 
 KILLS = 20

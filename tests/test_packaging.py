@@ -4,6 +4,7 @@ inside the ``dal`` package, so `tradebook db upgrade` works from an installed wh
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -22,9 +23,18 @@ print(migrations.current(sys.argv[2]))
 
 
 def test_an_installed_wheel_carries_and_runs_the_migrations(tmp_path: Path) -> None:
+    # Built from a copy of what git tracks: a build writes build/ next to its sources.
+    source = tmp_path / "source"
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split("\0")
+    for name in filter(None, tracked):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     dist = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(source)],
         check=True,
         timeout=600,
         capture_output=True,

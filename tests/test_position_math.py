@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dal.decimals import DECIMAL_CONTEXT, quantize18
 from dal.position_math import (
     FillResult,
     PositionState,
@@ -29,7 +30,6 @@ from dal.position_math import (
     replay,
     unrealized_pnl,
 )
-from dal.types import DECIMAL_CONTEXT, quantize18
 
 T0 = dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.UTC)
 TOL = Fraction(1, 10**15)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dal.configs import POLICY_LIMITS, PolicyConfig
+from dal.decimals import quantize18
 from dal.risk_rules import (
     SCOPES,
     Breach,
@@ -20,7 +21,6 @@ from dal.risk_rules import (
     merge_limits,
 )
 from dal.schema import BREACH_ACTIONS, POLICY_SCOPES
-from dal.types import quantize18
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "risk-rules.md"
 HEADING = "# Risk rules"

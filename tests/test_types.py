@@ -13,20 +13,9 @@ from hypothesis import strategies as st
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dal.types import (
-    AmountError,
-    BigID,
-    JSONDoc,
-    Money,
-    UTCDateTime,
-    amount_text,
-    canonical_decimal,
-    check_amount,
-    format_utc,
-    new_uid,
-    parse_utc,
-    utc_now,
-)
+from dal.clock import utc_now
+from dal.decimals import AmountError, amount_text, canonical_decimal, check_amount
+from dal.types import BigID, JSONDoc, Money, UTCDateTime, format_utc, new_uid, parse_utc
 from tests.conftest import count_rows
 
 probe_md = sa.MetaData()

@@ -13,7 +13,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from dal.database import ScopedDal
-from dal.types import canonical_decimal, format_utc
+from dal.decimals import canonical_decimal
+from dal.types import format_utc
 
 KINDS = ("trades", "orders", "pnl")
 

@@ -29,11 +29,12 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from dal.clock import local_midnight
 from dal.database import Database, ScopedDal, Session
 from dal.errors import Conflict, TradebookError
 from dal.risk_rules import Verdict
 from dal.scope import Actor
-from dal.types import local_midnight, new_uid
+from dal.types import new_uid
 from dal.vocabulary import OPEN_STATUSES
 from trading.events import BrokerEvent, FillEvent, OrderGateway, OrderUpdate, event_from_json
 from trading.mapping import apply_event

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from dal.types import check_amount
+from dal.decimals import check_amount
 from trading.market import Bar
 
 __all__ = ["Candle", "CsvReplayFeed", "FeedInstrument", "PriceFeed", "RandomWalkFeed"]

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from dal.types import check_amount
+from dal.decimals import check_amount
 
 log = logging.getLogger("tradebook.market")
 

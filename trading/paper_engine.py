@@ -87,7 +87,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from dal.types import DECIMAL_CONTEXT, AmountError, canonical_decimal, check_amount, quantize18
+from dal.decimals import DECIMAL_CONTEXT, AmountError, canonical_decimal, check_amount, quantize18
 from dal.vocabulary import (
     ORDER_TYPES,
     SIDES,

@@ -26,8 +26,8 @@ from bot.middleware import UserRow
 from bot.routers.common import UsageError, args_of
 from bot.text import num, q
 from dal.database import ScopedDal
+from dal.decimals import AmountError, check_amount
 from dal.errors import InvalidInput, TradebookError
-from dal.types import AmountError, check_amount
 from dal.vocabulary import SIDES
 from strategies.runtime import StrategyRuntime
 from trading.desk import CancelOutcome, OrderDesk

@@ -37,8 +37,9 @@ from sqlalchemy.engine import make_url
 
 from dal import migrations
 from dal import schema as t
+from dal.decimals import canonical_decimal
 from dal.engine import create_engine
-from dal.types import canonical_decimal, canonical_json, to_utc
+from dal.types import canonical_json, to_utc
 from tradebook.ops import OpsError
 from tradebook.ops.sqlite_access import readonly_engine, sqlite_path
 from tradebook.ops.verify import VerifyReport, verify_sync

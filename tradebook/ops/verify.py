@@ -21,9 +21,9 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from dal import schema as t
+from dal.decimals import NOTIONAL_CONTEXT, average_price
 from dal.engine import create_engine
 from dal.positions import verify_portfolio
-from dal.types import NOTIONAL_CONTEXT, average_price
 from tradebook.ops.sqlite_access import integrity_problems, readonly_engine, sqlite_path
 
 

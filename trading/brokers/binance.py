@@ -105,8 +105,8 @@ from pydantic import (
     model_validator,
 )
 
+from dal.decimals import AmountError, check_amount
 from dal.errors import InvalidInput, NotFound
-from dal.types import AmountError, check_amount
 from dal.vocabulary import OPEN_STATUSES, OrderStatusName
 from trading.events import BrokerEvent, FillEvent, OrderUpdate
 

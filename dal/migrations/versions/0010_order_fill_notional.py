@@ -12,6 +12,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from alembic import op
 
+import dal.decimals
 import dal.types
 
 revision: str = "0010"
@@ -44,7 +45,7 @@ def upgrade() -> None:
     query = sa.select(trades.c.order_id, trades.c.quantity, trades.c.price).where(
         trades.c.order_id.is_not(None)
     )
-    context = dal.types.NOTIONAL_CONTEXT
+    context = dal.decimals.NOTIONAL_CONTEXT
     for order_id, quantity, price in conn.execute(query):
         filled, notional = totals.get(order_id, (Decimal(0), Decimal(0)))
         totals[order_id] = (
@@ -57,7 +58,7 @@ def upgrade() -> None:
             .where(orders.c.id == order_id)
             .values(
                 fill_notional=notional,
-                avg_fill_price=dal.types.average_price(notional, filled) if filled else None,
+                avg_fill_price=dal.decimals.average_price(notional, filled) if filled else None,
             )
         )
 
