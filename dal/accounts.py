@@ -9,116 +9,13 @@ import sqlalchemy as sa
 
 from dal import schema as t
 from dal.errors import Conflict, InvalidInput, NotFound
-from dal.models import NewAccount, NewPortfolio, check_text, parse, valid_id
-from dal.ownership import owned_row
+from dal.models import NewAccount, NewPortfolio, check_text, parse
+from dal.ownership import owned_portfolio, owned_row
 from dal.scope import Tx, read_only
 from dal.types import new_uid
 
 accounts = t.accounts
 portfolios = t.portfolios
-
-
-# --- query functions (used by every service that takes a portfolio id) --------------------------
-# Hot-path statements are built once: building a statement per call costs more than running it.
-_PORTFOLIO = sa.select(portfolios).where(portfolios.c.id == sa.bindparam("portfolio_id"))
-_OWNED_PORTFOLIO = _PORTFOLIO.where(portfolios.c.user_id == sa.bindparam("owner_id"))
-
-
-# The same check in one statement: the portfolio, owned by the actor, who is approved and
-# active. As a query of the portfolio, and as a condition for a query of its rows (never
-# correlated to the tables of that query).
-OF_APPROVED_OWNER = (
-    portfolios.c.id == sa.bindparam("portfolio_id"),
-    portfolios.c.user_id == sa.bindparam("owner_id"),
-    t.users.c.id == portfolios.c.user_id,
-    t.users.c.is_active == sa.true(),
-    t.users.c.approved_at.is_not(None),
-)
-_PORTFOLIO_OF_APPROVED_OWNER = sa.select(portfolios).where(*OF_APPROVED_OWNER)
-_APPROVED_OWNER_OF_PORTFOLIO = sa.exists().where(*OF_APPROVED_OWNER).correlate(None)
-# The fill path's variant: the owner's time zone rides along for the fill's PnL summary
-# (dal/pnl_summary.py).
-_PORTFOLIO_OF_APPROVED_OWNER_WITH_ZONE = _PORTFOLIO_OF_APPROVED_OWNER.add_columns(
-    t.users.c.timezone.label("owner_timezone")
-)
-
-
-def owned_portfolio(tx: Tx, portfolio_id: int, *, writable: bool = False) -> sa.Row[Any]:
-    """The portfolio if the actor owns it (or in admin scope), else NotFound; NotApproved
-    first when the acting user is not approved and active.
-
-    ``writable`` also refuses archived portfolios: their history stays but nothing new lands.
-    """
-    return _owned_portfolio(tx, portfolio_id, writable, _PORTFOLIO_OF_APPROVED_OWNER)
-
-
-def owned_portfolio_fast(tx: Tx, portfolio_id: int, *, writable: bool = False) -> sa.Row[Any]:
-    """``owned_portfolio`` for the hot path of ``ingest_fill`` (one session per fill): when
-    the one-statement check answers, the row also carries ``owner_timezone``."""
-    return _owned_portfolio(tx, portfolio_id, writable, _PORTFOLIO_OF_APPROVED_OWNER_WITH_ZONE)
-
-
-def owned_portfolio_rows(tx: Tx, portfolio_id: int, query: sa.Select[Any]) -> list[sa.Row[Any]]:
-    """The rows of ``query``, which reads rows of this one portfolio, after the check of
-    ``owned_portfolio`` (the portfolio row itself is not returned).
-
-    On a fresh session the check rides in the query as a condition: one statement instead of
-    two. Rows prove the check passed; no rows prove nothing, so the precise check runs then
-    (NotApproved before NotFound), and the query again.
-    """
-    if one_statement_check(tx, portfolio_id):
-        checked = query.where(_APPROVED_OWNER_OF_PORTFOLIO)
-        rows = list(tx.conn.execute(checked, owner_params(tx, portfolio_id)))
-        if rows:
-            return rows
-    owned_portfolio(tx, portfolio_id)
-    return list(tx.conn.execute(query))
-
-
-def one_statement_check(tx: Tx, portfolio_id: int) -> bool:
-    """Whether the actor's approval and ownership can be checked in one statement: while the
-    session has not read the user row (every short bot call starts so; on PostgreSQL each
-    statement is a round trip), for a user outside the admin scope. A miss of that statement
-    proves nothing: the two-step check then raises the precise error."""
-    return (
-        not tx.admin_scope
-        and tx.actor.user_id is not None
-        and "user" not in tx.state
-        and valid_id(portfolio_id)
-    )
-
-
-def owner_params(tx: Tx, portfolio_id: int) -> dict[str, Any]:
-    return {"portfolio_id": portfolio_id, "owner_id": tx.actor.user_id}
-
-
-def _owned_portfolio(
-    tx: Tx, portfolio_id: int, writable: bool, one_statement: sa.Select[Any]
-) -> sa.Row[Any]:
-    if not valid_id(portfolio_id):
-        raise NotFound(f"no portfolio #{portfolio_id}")
-    row = None
-    if one_statement_check(tx, portfolio_id):
-        row = tx.conn.execute(one_statement, owner_params(tx, portfolio_id)).one_or_none()
-    if row is None:
-        row = _portfolio_in_scope(tx, portfolio_id)
-    if writable and row.archived_at is not None:
-        raise Conflict(f"portfolio {row.name!r} is archived")
-    return row
-
-
-def _portfolio_in_scope(tx: Tx, portfolio_id: int) -> sa.Row[Any]:
-    """The acting user's approval (its row, read once per session), then the portfolio."""
-    owner = tx.owner_id()
-    if owner is None:
-        row = tx.conn.execute(_PORTFOLIO, {"portfolio_id": portfolio_id}).one_or_none()
-    else:
-        row = tx.conn.execute(
-            _OWNED_PORTFOLIO, {"portfolio_id": portfolio_id, "owner_id": owner}
-        ).one_or_none()
-    if row is None:
-        raise NotFound(f"no portfolio #{portfolio_id}")
-    return row
 
 
 def portfolio_by_name(tx: Tx, name: str) -> sa.Row[Any]:

@@ -10,10 +10,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from dal import schema as t
-from dal.accounts import owned_portfolio
 from dal.decimals import DECIMAL_CONTEXT
 from dal.errors import InvalidInput
 from dal.models import NewCashMovement, check_marks, parse
+from dal.ownership import owned_portfolio
 from dal.position_math import PositionState, unrealized_pnl
 from dal.scope import Tx
 from dal.types import new_uid

@@ -34,16 +34,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
-from dal.accounts import (
-    OF_APPROVED_OWNER,
-    one_statement_check,
-    owned_portfolio_fast,
-    owner_params,
-)
 from dal.decimals import DECIMAL_CONTEXT, NOTIONAL_CONTEXT, average_price
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import resolve_instrument
 from dal.models import Fill, valid_id
+from dal.ownership import OF_APPROVED_OWNER, one_statement_check, owned_portfolio_fast, owner_params
 from dal.pnl_summary import (
     Entry,
     add_to_summary,

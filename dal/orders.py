@@ -9,11 +9,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from dal import schema as t
-from dal.accounts import owned_portfolio, owned_portfolio_rows
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import check_increments, resolve_instrument
 from dal.models import NewOrder, check_json_arg, check_text, parse
-from dal.ownership import owned_row
+from dal.ownership import owned_portfolio, owned_portfolio_rows, owned_row
 from dal.scope import Tx, read_only
 from dal.strategies import owned_strategy
 from dal.types import new_uid

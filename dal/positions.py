@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
-from dal.accounts import owned_portfolio
 from dal.decimals import DECIMAL_CONTEXT
+from dal.ownership import owned_portfolio
 from dal.pnl_summary import (
     DailyDifference,
     Entry,

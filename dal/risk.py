@@ -14,7 +14,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from dal import schema as t
-from dal.accounts import owned_portfolio
 from dal.cash import compute_equity
 from dal.clock import local_midnight
 from dal.configs import PolicyConfig
@@ -30,7 +29,7 @@ from dal.models import (
     parse_config,
 )
 from dal.orders import owned_order
-from dal.ownership import owned_row
+from dal.ownership import owned_portfolio, owned_row
 from dal.risk_rules import (
     EffectiveLimit,
     OrderIntent,

@@ -14,10 +14,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from dal import schema as t
-from dal.accounts import owned_portfolio
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.models import NewStrategy, parse
-from dal.ownership import owned_row
+from dal.ownership import owned_portfolio, owned_row
 from dal.scope import Tx
 from dal.types import new_uid
 

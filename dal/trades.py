@@ -12,11 +12,11 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from dal import schema as t
-from dal.accounts import owned_portfolio
 from dal.decimals import DECIMAL_CONTEXT
 from dal.errors import NotFound
 from dal.ingest import IngestResult, ingest
 from dal.models import Fill, aware_arg, parse, valid_id
+from dal.ownership import owned_portfolio
 from dal.pnl_summary import (
     daily_totals,
     owner_zone,

@@ -12,9 +12,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from dal import schema as t
-from dal.accounts import owned_portfolio
 from dal.models import check_json_arg, check_text
-from dal.ownership import owned_row
+from dal.ownership import owned_portfolio, owned_row
 from dal.scope import Tx
 
 events = t.unapplied_events

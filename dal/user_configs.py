@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 
 from dal import schema as t
-from dal.accounts import owned_portfolio
 from dal.configs import ALERT_CONFIGS, ScheduleConfig, ScreenerConfig, next_run_after
 from dal.errors import Conflict
 from dal.models import (
@@ -19,7 +18,7 @@ from dal.models import (
     parse,
     parse_config,
 )
-from dal.ownership import owned_row
+from dal.ownership import owned_portfolio, owned_row
 from dal.scope import Tx
 from dal.types import new_uid
 
