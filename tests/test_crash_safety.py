@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 from dal import schema as t
 from dal.database import Database
-from dal.decimals import DECIMAL_CONTEXT, quantize18
+from dal.decimals import NOTIONAL_CONTEXT, average_price
 from dal.positions import derive
 from dal.scope import Actor, Tx
 from tests.factories import default_portfolio, make_instrument, make_strategy, make_user
@@ -167,18 +167,16 @@ def _check_orders(orders: list[sa.Row], trades: list[sa.Row]) -> None:
             by_order[trade.order_id].append(trade)
     assert set(by_order) <= {o.id for o in orders}
     for order in orders:
-        filled, avg = Decimal(0), None
-        with localcontext(DECIMAL_CONTEXT):
+        filled, notional = Decimal(0), Decimal(0)
+        with localcontext(NOTIONAL_CONTEXT):
             for trade in by_order[order.id]:
                 assert (trade.instrument_id, trade.side) == (order.instrument_id, order.side)
-                new = filled + trade.quantity
-                avg = quantize18(
-                    ((avg or Decimal(0)) * filled + trade.quantity * trade.price) / new
-                )
-                filled = new
+                filled += trade.quantity
+                notional += trade.quantity * trade.price
         where = f"order #{order.id} ({len(by_order[order.id])} trades)"
         assert order.filled_quantity == filled, where
-        assert order.avg_fill_price == avg, where
+        assert order.fill_notional == notional, where
+        assert order.avg_fill_price == (average_price(notional, filled) if filled else None), where
         assert filled <= order.quantity, where
         if filled == order.quantity:
             assert order.status == "FILLED", where
