@@ -26,7 +26,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import namedtuple
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -99,20 +100,40 @@ _LOCK_ORDERS = (
 _UPDATE_ORDER = orders.update().where(orders.c.id == sa.bindparam("order_id"))
 
 
-@dataclass
+# A fill on its way in, one stage at a time: what it refers to (planned), its position math
+# (priced), then its stored trade (written). Each stage is a new value, never assigned to
+# after it is made (not frozen: a frozen dataclass costs several times more to build, per fill).
+@dataclass(slots=True)
 class _Planned:
-    """One fill on its way in: what it refers to, and what it became."""
-
     fill: Fill
     portfolio: sa.Row[Any]
     instrument: sa.Row[Any]
     order: sa.Row[Any] | None
     strategy_id: int | None
-    uid: str
+    uid: str  # the new trade's uid: also this fill's identity within the batch
     key: PositionKey
-    result: FillResult | None = None
-    trade: sa.Row[Any] | None = None
-    replayed: bool = False
+
+
+@dataclass(slots=True)
+class _Priced(_Planned):
+    result: FillResult  # applied to the position as if every fill of the batch were new
+
+    @classmethod
+    def of(cls, p: _Planned, result: FillResult) -> _Priced:
+        return cls(p.fill, p.portfolio, p.instrument, p.order, p.strategy_id, p.uid, p.key, result)
+
+
+@dataclass(slots=True)
+class _Written(_Priced):
+    trade: sa.Row[Any]  # as stored now
+    replayed: bool  # the broker trade id was stored before: this fill changed nothing
+
+    @classmethod
+    def of_priced(cls, p: _Priced, trade: sa.Row[Any], replayed: bool) -> _Written:
+        return cls(
+            p.fill, p.portfolio, p.instrument, p.order, p.strategy_id, p.uid, p.key, p.result,
+            trade, replayed,
+        )  # fmt: skip
 
 
 @dataclass
@@ -132,18 +153,18 @@ def ingest(tx: Tx, fills: list[Fill]) -> list[IngestResult]:
     positions = {
         key: known.position if known is not None else lock_position(tx, key) for key in keys
     }
-    _progress(planned, positions)
-    if len(planned) == 1 and tx.conn.dialect.name == "postgresql":
-        result = _write_one_fill_at_once(tx, planned[0], positions[keys[0]])
+    priced = _progress(planned, positions)
+    if len(priced) == 1 and tx.conn.dialect.name == "postgresql":
+        result = _write_one_fill_at_once(tx, priced[0], positions[keys[0]])
         if result is not None:
             return [result]
-    _insert_trades(tx, planned)
-    new = [p for p in planned if not p.replayed]
+    written = _insert_trades(tx, priced)
+    new = [w for w in written if not w.replayed]
     if not new:
-        return [IngestResult(p.trade, True) for p in planned]  # type: ignore[arg-type]  # trade is set once the plan is written
+        return [IngestResult(w.trade, True) for w in written]
 
     _advance_orders(tx, new)
-    rederived, late, corrections = _write_positions(tx, planned, positions)
+    rederived, late, corrections = _write_positions(tx, written, positions)
     # Summary and daily rows last, portfolio by portfolio in id order: the global lock order.
     currencies = {p.instrument.id: p.instrument.currency for p in new}
     entries = _summary_entries(new)
@@ -153,14 +174,14 @@ def ingest(tx: Tx, fills: list[Fill]) -> list[IngestResult]:
         add_to_summary(tx, portfolio_id, entries[portfolio_id], currencies)
     if rederived:
         # Their realized PnL may have changed: hand back (and audit) the rows as stored now.
-        fixed = {
-            row.id: row
-            for row in tx.conn.execute(_TRADES_BY_ID, {"ids": [p.trade.id for p in rederived]})  # type: ignore[union-attr]  # trade/result are set once the plan is written
-        }
-        for p in rederived:
-            p.trade = fixed[p.trade.id]  # type: ignore[union-attr]  # trade/result are set once the plan is written
+        ids = [w.trade.id for w in new if w.uid in rederived]
+        fixed = {row.id: row for row in tx.conn.execute(_TRADES_BY_ID, {"ids": ids})}
+        written = [
+            replace(w, trade=fixed[w.trade.id]) if w.uid in rederived else w for w in written
+        ]
+        new = [w for w in written if not w.replayed]
     _audit_and_log(tx, new, late)
-    return [IngestResult(p.trade, p.replayed) for p in planned]  # type: ignore[arg-type]  # trade is set once the plan is written
+    return [IngestResult(w.trade, w.replayed) for w in written]
 
 
 @dataclass(frozen=True)
@@ -288,20 +309,23 @@ def _lock_orders(conn: sa.Connection, order_ids: list[int]) -> list[sa.Row[Any]]
     return list(conn.execute(_LOCK_ORDERS, {"ids": order_ids}))
 
 
-def _progress(planned: list[_Planned], positions: dict[PositionKey, sa.Row[Any]]) -> None:
+def _progress(planned: list[_Planned], positions: dict[PositionKey, sa.Row[Any]]) -> list[_Priced]:
     """Each fill's position math, in batch order per position, assuming all are new."""
     states: dict[PositionKey, PositionState] = {}
+    priced = []
     for p in planned:
         key = p.key
         state = states.get(key)
         if state is None:
             state = state_of(positions[key])
         f = p.fill
-        p.result = apply_fill(state, f.side, f.quantity, f.price, f.exec_time)
-        states[key] = p.result.state
+        result = apply_fill(state, f.side, f.quantity, f.price, f.exec_time)
+        states[key] = result.state
+        priced.append(_Priced.of(p, result))
+    return priced
 
 
-def _trade_params(p: _Planned) -> dict[str, Any]:
+def _trade_params(p: _Priced) -> dict[str, Any]:
     return {
         "uid": p.uid,
         "portfolio_id": p.portfolio.id,
@@ -313,25 +337,28 @@ def _trade_params(p: _Planned) -> dict[str, Any]:
         "price": p.fill.price,
         "fee": p.fill.fee,
         "fee_currency": p.fill.fee_currency,
-        "realized_pnl": p.result.realized,  # type: ignore[union-attr]  # trade/result are set once the plan is written
+        "realized_pnl": p.result.realized,
         "exec_time": p.fill.exec_time,
         "broker_trade_id": p.fill.broker_trade_id,
         "meta_json": p.fill.meta,
     }
 
 
-def _insert_trades(tx: Tx, planned: list[_Planned]) -> None:
+def _insert_trades(tx: Tx, priced: list[_Priced]) -> list[_Written]:
     """One multi-row insert; a fill it skipped (its broker trade id exists) is a replay."""
     conn = tx.conn
-    params = [_trade_params(p) for p in planned]
+    params = [_trade_params(p) for p in priced]
     statement = _INSERT_TRADES[conn.dialect.name]
     rows = conn.execute(statement, params if len(params) > 1 else params[0])
     inserted = {row.uid: row for row in rows}
-    for p in planned:
-        p.trade = inserted.get(p.uid)
-        if p.trade is None:
-            p.trade = _replayed(conn, p)
-            p.replayed = True
+    written = []
+    for p in priced:
+        trade = inserted.get(p.uid)
+        replayed = trade is None
+        if trade is None:
+            trade = _replayed(conn, p)
+        written.append(_Written.of_priced(p, trade, replayed))
+    return written
 
 
 def _replayed(conn: sa.Connection, p: _Planned) -> sa.Row[Any]:
@@ -361,12 +388,12 @@ def _replayed(conn: sa.Connection, p: _Planned) -> sa.Row[Any]:
     return existing
 
 
-def _summary_entries(new: list[_Planned]) -> dict[int, list[Entry]]:
+def _summary_entries(new: list[_Written]) -> dict[int, list[Entry]]:
     entries: dict[int, list[Entry]] = {}
     for p in new:
         f = p.fill
         entries.setdefault(p.portfolio.id, []).append(
-            Entry(p.instrument.id, f.exec_time, f.fee_currency, p.result.realized, f.fee, 1)  # type: ignore[union-attr]  # trade/result are set once the plan is written
+            Entry(p.instrument.id, f.exec_time, f.fee_currency, p.result.realized, f.fee, 1)
         )
     return entries
 
@@ -395,7 +422,7 @@ def _order_after_fill(
     # else: a fill that happened before the cancel but arrived after it keeps the status.
 
 
-def _order_updates(tx: Tx, new: list[_Planned]) -> list[dict[str, Any]]:
+def _order_updates(tx: Tx, new: Sequence[_Planned]) -> list[dict[str, Any]]:
     """The orders' new fill state after the new fills (Conflict if one cannot take them)."""
     states: dict[int, _OrderFill] = {}
     for p in new:
@@ -423,24 +450,24 @@ def _order_updates(tx: Tx, new: list[_Planned]) -> list[dict[str, Any]]:
     ]
 
 
-def _advance_orders(tx: Tx, new: list[_Planned]) -> None:
+def _advance_orders(tx: Tx, new: list[_Written]) -> None:
     params = _order_updates(tx, new)
     if params:
         tx.conn.execute(_UPDATE_ORDER, params if len(params) > 1 else params[0])
 
 
 def _write_positions(
-    tx: Tx, planned: list[_Planned], positions: dict[PositionKey, sa.Row[Any]]
-) -> tuple[list[_Planned], set[int], dict[int, list[Entry]]]:
-    """Write each position the batch changed. Returns the fills whose position was re-derived
-    from its trades instead (late fills, replays mixed with new fills, ids out of order), the
-    ``id()`` of the late fills (older than one their position had already seen) and, per
+    tx: Tx, written: list[_Written], positions: dict[PositionKey, sa.Row[Any]]
+) -> tuple[set[str], set[str], dict[int, list[Entry]]]:
+    """Write each position the batch changed. Returns the fills (uids) whose position was
+    re-derived from its trades instead (late fills, replays mixed with new fills, ids out of
+    order), the late fills (older than one their position had already seen) and, per
     portfolio, the summary corrections the re-derivations found (the caller adds them)."""
-    by_key: dict[PositionKey, list[_Planned]] = {}
-    for p in planned:
-        by_key.setdefault(p.key, []).append(p)
-    rederived: list[_Planned] = []
-    late: set[int] = set()
+    by_key: dict[PositionKey, list[_Written]] = {}
+    for w in written:
+        by_key.setdefault(w.key, []).append(w)
+    rederived: set[str] = set()
+    late: set[str] = set()
     corrections: dict[int, list[Entry]] = {}
     for key, group in by_key.items():
         new = [p for p in group if not p.replayed]
@@ -448,36 +475,30 @@ def _write_positions(
             continue
         position = positions[key]
         seen = position.last_exec_time
-        for p in new:
-            if seen is not None and p.fill.exec_time < seen:
-                late.add(id(p))
+        for w in new:
+            if seen is not None and w.fill.exec_time < seen:
+                late.add(w.uid)
             else:
-                seen = p.fill.exec_time
-        if not late.intersection(map(id, new)) and _applied_in_order(position, group):
+                seen = w.fill.exec_time
+        if not late.intersection(w.uid for w in new) and _applied_in_order(position, group):
             last = new[-1]
-            write_position(
-                tx,
-                position.id,
-                last.result.state,  # type: ignore[union-attr]  # trade/result are set once the plan is written
-                last.fill.exec_time,
-                last.trade.id,  # type: ignore[union-attr]  # trade/result are set once the plan is written
-            )
+            write_position(tx, position.id, last.result.state, last.fill.exec_time, last.trade.id)
         else:
             # Replay the position's trades in canonical order (exec_time, id), fixing per-trade
             # realized PnL and the summary on the way.
             corrections.setdefault(key[0], []).extend(rederive_position(tx, key, position.id))
-            rederived.extend(new)
+            rederived.update(w.uid for w in new)
     return rederived, late, corrections
 
 
-def _applied_in_order(position: sa.Row[Any], group: list[_Planned]) -> bool:
+def _applied_in_order(position: sa.Row[Any], group: list[_Written]) -> bool:
     """True when applying ``group`` (no late fill in it) in batch order is what re-deriving
     would do: no replay among new fills, trade ids ascending in batch order."""
     last_id = position.last_trade_id or 0
-    for p in group:
-        if p.replayed or p.trade.id <= last_id:  # type: ignore[union-attr]  # trade/result are set once the plan is written
+    for w in group:
+        if w.replayed or w.trade.id <= last_id:
             return False
-        last_id = p.trade.id  # type: ignore[union-attr]  # trade/result are set once the plan is written
+        last_id = w.trade.id
     return True
 
 
@@ -495,21 +516,24 @@ def _audit_details(p: _Planned, realized: Decimal, late: bool) -> dict[str, Any]
     }
 
 
-def _audit_and_log(tx: Tx, new: list[_Planned], late: set[int]) -> None:
+def _audit_and_log(tx: Tx, new: list[_Written], late: set[str]) -> None:
     tx.audit_many(
         "TRADE",
         "FILL",
         [
-            (trade.id, _audit_details(p, trade.realized_pnl, id(p) in late), p.portfolio.user_id)
-            for p in new
-            if (trade := p.trade) is not None
+            (
+                w.trade.id,
+                _audit_details(w, w.trade.realized_pnl, w.uid in late),
+                w.portfolio.user_id,
+            )
+            for w in new
         ],
     )
-    for p in new:
-        _log_fill(p, id(p) in late)
+    for w in new:
+        _log_fill(w, w.trade.id, w.uid in late)
 
 
-def _log_fill(p: _Planned, late: bool) -> None:
+def _log_fill(p: _Planned, trade_id: int, late: bool) -> None:
     log.info(
         "fill applied (in transaction) %s %s %s at %s",
         p.fill.side,
@@ -521,7 +545,7 @@ def _log_fill(p: _Planned, late: bool) -> None:
             # strategies' and the bot's), else its uid; a fill without an order uses its
             # own broker trade id.
             "correlation_id": _correlation_id(p.order, p.fill),
-            "trade_id": p.trade.id,  # type: ignore[union-attr]  # trade/result are set once the plan is written
+            "trade_id": trade_id,
             "portfolio_id": p.portfolio.id,
             "late": late,
         },
@@ -624,7 +648,7 @@ def _wrote(cte: Any) -> sa.Exists:
 _FUSED = {with_order: _fused_statement(with_order) for with_order in (False, True)}
 
 
-def _write_one_fill_at_once(tx: Tx, p: _Planned, position: sa.Row[Any]) -> IngestResult | None:
+def _write_one_fill_at_once(tx: Tx, p: _Priced, position: sa.Row[Any]) -> IngestResult | None:
     """One fill's writes as one statement; None when the general path must do it (a late fill
     re-derives its position; an order that refuses the fill may be a replay's)."""
     f = p.fill
@@ -635,7 +659,6 @@ def _write_one_fill_at_once(tx: Tx, p: _Planned, position: sa.Row[Any]) -> Inges
     except Conflict:
         return None
     result = p.result
-    assert result is not None
     now = tx.now()
     entry = Entry(p.instrument.id, f.exec_time, f.fee_currency, result.realized, f.fee, 1)
     params = _prefixed("t_", _trade_params(p))
@@ -658,11 +681,11 @@ def _write_one_fill_at_once(tx: Tx, p: _Planned, position: sa.Row[Any]) -> Inges
             "a_created_at": now,
         }
     )
-    p.trade = tx.conn.execute(_FUSED[bool(order_updates)], params).one_or_none()
-    if p.trade is None:
+    trade = tx.conn.execute(_FUSED[bool(order_updates)], params).one_or_none()
+    if trade is None:
         return IngestResult(_replayed(tx.conn, p), True)
-    _log_fill(p, False)
-    return IngestResult(p.trade, False)
+    _log_fill(p, trade.id, False)
+    return IngestResult(trade, False)
 
 
 def _correlation_id(order: sa.Row[Any] | None, fill: Fill) -> str:
