@@ -23,7 +23,7 @@ from bench.common import BenchDb, check_portfolios, make_instrument, make_portfo
 from bot.periods import parse_period
 from dal.database import Database
 from dal.decimals import canonical_decimal
-from dal.pnl_summary import Entry, summarize, summarize_daily
+from dal.pnl_summary import Entry, Totals, summarize, summarize_daily
 from dal.position_math import PositionState, apply_fill
 from dal.scope import Actor
 from dal.types import canonical_json, format_utc, new_uid
@@ -150,11 +150,57 @@ async def seed(
     return Seeded(db, seeded_users, portfolios, total, time.perf_counter() - started, per_portfolio)
 
 
+SUMMARY_COLUMNS = (
+    "portfolio_id",
+    "period",
+    "period_start",
+    "instrument_id",
+    "fee_currency",
+    "realized_pnl",
+    "fees",
+    "trade_count",
+    "win_count",
+    "loss_count",
+    "gross_profit",
+    "gross_loss",
+    "net_quantity",
+    "net_proceeds",
+)
+
+
+def _amounts(v: Totals) -> tuple:
+    """A summary row's amounts in SUMMARY_COLUMNS' order."""
+    return (
+        v.realized,
+        v.fees,
+        v.count,
+        v.wins,
+        v.losses,
+        v.gross_profit,
+        v.gross_loss,
+        v.net_quantity,
+        v.net_proceeds,
+    )
+
+
+def _sqlite_value(value: object) -> object:
+    return canonical_decimal(value) if isinstance(value, Decimal) else value
+
+
 def _pnl_summary_rows(trades: list[dict]) -> dict:
     """The PnL summary rows of a portfolio's trades (seed users keep the default UTC zone),
     computed by the DAL's own function so ``verify`` passes on the load."""
     entries = (
-        Entry(tr["instrument_id"], tr["exec_time"], "USDT", tr["realized_pnl"], tr["fee"], 1)
+        Entry.of_trade(
+            tr["instrument_id"],
+            tr["exec_time"],
+            "USDT",
+            tr["side"],
+            tr["quantity"],
+            tr["price"],
+            tr["realized_pnl"],
+            tr["fee"],
+        )
         for tr in trades
     )
     return summarize(entries, "UTC")
@@ -163,7 +209,16 @@ def _pnl_summary_rows(trades: list[dict]) -> dict:
 def _pnl_daily_rows(trades: list[dict]) -> dict:
     """The daily series of a portfolio's trades (every seed instrument is quoted in USDT)."""
     entries = [
-        Entry(tr["instrument_id"], tr["exec_time"], None, tr["realized_pnl"], tr["fee"], 1)
+        Entry.of_trade(
+            tr["instrument_id"],
+            tr["exec_time"],
+            None,
+            tr["side"],
+            tr["quantity"],
+            tr["price"],
+            tr["realized_pnl"],
+            tr["fee"],
+        )
         for tr in trades
     ]
     return summarize_daily(
@@ -267,10 +322,10 @@ class _SqliteLoader:
             ],
         )
         c.executemany(
-            "INSERT INTO pnl_summary (portfolio_id, period, period_start, instrument_id, "
-            "fee_currency, realized_pnl, fees, trade_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO pnl_summary ({', '.join(SUMMARY_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(SUMMARY_COLUMNS))})",
             [
-                (pid, period, start.isoformat(), iid, fee_ccy, D(v.realized), D(v.fees), v.count)
+                (pid, period, start.isoformat(), iid, fee_ccy, *map(_sqlite_value, _amounts(v)))
                 for (period, start, iid, fee_ccy), v in _pnl_summary_rows(trades).items()
             ],
         )
@@ -463,18 +518,9 @@ class _PgLoader:
             )
             await c.copy_records_to_table(
                 "pnl_summary",
-                columns=[
-                    "portfolio_id",
-                    "period",
-                    "period_start",
-                    "instrument_id",
-                    "fee_currency",
-                    "realized_pnl",
-                    "fees",
-                    "trade_count",
-                ],
+                columns=list(SUMMARY_COLUMNS),
                 records=[
-                    (pid, period, start, iid, fee_ccy, v.realized, v.fees, v.count)
+                    (pid, period, start, iid, fee_ccy, *_amounts(v))
                     for (period, start, iid, fee_ccy), v in _pnl_summary_rows(trades).items()
                 ],
             )

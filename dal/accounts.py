@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -50,6 +51,15 @@ def _has_history(tx: Tx, portfolio_id: int) -> bool:
         ).first():
             return True
     return False
+
+
+MAX_LEVERAGE = Decimal(100)
+
+
+def _checked_leverage(leverage: Decimal | None) -> Decimal | None:
+    if leverage is not None and not Decimal(0) < leverage <= MAX_LEVERAGE:
+        raise InvalidInput(f"leverage must be above 0 and at most {MAX_LEVERAGE}")
+    return leverage
 
 
 class AccountService:
@@ -133,11 +143,24 @@ class AccountService:
                 name=new.name,
                 account_uid=new.account_uid,
                 base_currency=new.base_currency,
+                margin_leverage=_checked_leverage(new.margin_leverage),
                 created_at=self.tx.now(),
             )
             .returning(accounts.c.id)
         ).scalar_one()
         self.tx.audit("ACCOUNT", account_id, "CREATE", new.model_dump(mode="json"))
+        return owned_account(self.tx, account_id)
+
+    def set_margin(self, account_id: int, leverage: Decimal | None) -> sa.Row[Any]:
+        """Make the account a margin account with this leverage limit, or (None) spot."""
+        row = owned_account(self.tx, account_id)
+        leverage = _checked_leverage(leverage)
+        self.tx.conn.execute(
+            accounts.update().where(accounts.c.id == row.id).values(margin_leverage=leverage)
+        )
+        self.tx.audit(
+            "ACCOUNT", row.id, "UPDATE", {"margin_leverage": leverage}, user_id=row.user_id
+        )
         return owned_account(self.tx, account_id)
 
     def delete(self, account_id: int) -> None:

@@ -388,13 +388,17 @@ def _replayed(conn: sa.Connection, p: _Planned) -> sa.Row[Any]:
     return existing
 
 
+def _entry(p: _Priced | _Written, realized: Decimal) -> Entry:
+    f = p.fill
+    return Entry.of_trade(
+        p.instrument.id, f.exec_time, f.fee_currency, f.side, f.quantity, f.price, realized, f.fee
+    )
+
+
 def _summary_entries(new: list[_Written]) -> dict[int, list[Entry]]:
     entries: dict[int, list[Entry]] = {}
     for p in new:
-        f = p.fill
-        entries.setdefault(p.portfolio.id, []).append(
-            Entry(p.instrument.id, f.exec_time, f.fee_currency, p.result.realized, f.fee, 1)
-        )
+        entries.setdefault(p.portfolio.id, []).append(_entry(p, p.result.realized))
     return entries
 
 
@@ -660,7 +664,7 @@ def _write_one_fill_at_once(tx: Tx, p: _Priced, position: sa.Row[Any]) -> Ingest
         return None
     result = p.result
     now = tx.now()
-    entry = Entry(p.instrument.id, f.exec_time, f.fee_currency, result.realized, f.fee, 1)
+    entry = _entry(p, result.realized)
     params = _prefixed("t_", _trade_params(p))
     zone = owner_zone(tx, p.portfolio.id)
     totals = summarize([entry], zone)  # its DAY row, then its MONTH row

@@ -31,6 +31,11 @@ _UPSERT = {
 }
 
 
+def stored_marks(conn: sa.Connection) -> dict[int, Decimal]:
+    """Every stored mark: instrument id → price."""
+    return {row.instrument_id: row.price for row in conn.execute(sa.select(marks))}
+
+
 class MarkService:
     def __init__(self, tx: Tx) -> None:
         self.tx = tx

@@ -250,6 +250,7 @@ def _upper(value: Any) -> Any:
 
 
 Upper = BeforeValidator(_upper)
+AssetText = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Z0-9._-]+$")]
 SymbolText = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Z0-9._:/-]+$")]
 ExchangeText = Annotated[str, Field(min_length=1, max_length=32)]
 
@@ -267,8 +268,29 @@ class NewInstrument(Input):
     exchange: Annotated[ExchangeText | None, Upper] = None
     asset_type: Annotated[Literal[ASSET_TYPES], Upper]  # type: ignore[valid-type]  # Literal over the schema tuple; pydantic reads it at runtime
     currency: Annotated[Currency, Upper]
+    base_asset: Annotated[AssetText | None, Upper] = None  # derived from the symbol if absent
     tick_size: PositiveDecimal | None = None
     lot_size: PositiveDecimal | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _base_asset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("base_asset") is None:
+            symbol, currency = data.get("symbol"), data.get("currency")
+            if isinstance(symbol, str) and isinstance(currency, str):
+                return {**data, "base_asset": base_asset_of(symbol.upper(), currency.upper())}
+        return data
+
+
+def base_asset_of(symbol: str, currency: str) -> str:
+    """What one unit of ``symbol`` is when nobody said: the symbol less its quote currency
+    (BTCUSDT, BTC/USDT and BTC-USDT → BTC), else the symbol itself (AAPL quoted in USD)."""
+    for separator in ("/", "-", ":"):
+        if separator in symbol:
+            return symbol.split(separator, 1)[0]
+    if symbol.endswith(currency) and len(symbol) > len(currency):
+        return symbol[: -len(currency)]
+    return symbol
 
 
 class NewAccount(Input):
@@ -276,6 +298,8 @@ class NewAccount(Input):
     name: Name
     account_uid: Annotated[str | None, Field(max_length=128)] = None
     base_currency: Annotated[Currency, Upper] = "USD"
+    # A margin account's leverage limit; absent: a spot account.
+    margin_leverage: PositiveDecimal | None = None
 
 
 class NewPortfolio(Input):

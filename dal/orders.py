@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import builtins
 import logging
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 
 from dal import schema as t
+from dal.decimals import check_amount
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import check_increments, resolve_instrument
 from dal.models import NewOrder, check_json_arg, check_text, parse
@@ -76,13 +78,19 @@ class OrderService:
         self.tx = tx
 
     def place(
-        self, data: NewOrder | dict[str, Any], *, status: str = "NEW", reason: str | None = None
+        self,
+        data: NewOrder | dict[str, Any],
+        *,
+        status: str = "NEW",
+        reason: str | None = None,
+        reserve_price: Decimal | None = None,
     ) -> sa.Row[Any]:
         """Store a new order (status NEW). The same client/broker id with the same fields
         returns the existing order; with different fields it raises Conflict.
 
         ``status="REJECTED"`` with a ``reason`` stores an order refused before it reached a
-        gateway (e.g. by pre-trade risk), so the refusal stays on record.
+        gateway (by pre-trade risk or the account's balance), so the refusal stays on record.
+        ``reserve_price`` is what a BUY holds back per unit while it is open (dal/balances.py).
         """
         new = parse(NewOrder, data)
         reason = check_text(reason, "reason")
@@ -124,6 +132,7 @@ class OrderService:
                 placed_at=new.placed_at or now,
                 updated_at=now,
                 meta_json=meta,
+                reserve_price=None if reserve_price is None else check_amount(reserve_price),
                 **values,
             )
             .returning(orders.c.id)

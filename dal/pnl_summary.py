@@ -18,7 +18,7 @@ rewrites them (repair, the migration that introduced them, bulk loads).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from typing import Any, NamedTuple
@@ -28,7 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
-from dal.decimals import DECIMAL_CONTEXT
+from dal.decimals import DECIMAL_CONTEXT, quantize18
+from dal.position_math import ZERO, canonical_amount
 from dal.scope import Tx
 from dal.types import Money, decimal_add, decimal_sum
 
@@ -40,7 +41,11 @@ _FIRST_DAY, _LAST_DAY = dt.date(1, 1, 1), dt.date(9999, 12, 31)
 
 
 class Entry(NamedTuple):
-    """A change to one trade's contribution: its PnL, fee and count (deltas)."""
+    """A change to one trade's contribution (deltas): its realized PnL, fee and count, whether
+    it won or lost (realized > 0 or < 0) and by how much, and what it moved between the base
+    and the quote asset (``net_quantity``: + bought, − sold; ``net_proceeds``: the notional
+    rounded to 18 places, − paid, + received) — the balances are these summed with the cash
+    ledger (dal/balances.py). Made by ``of_trade`` and ``correction``."""
 
     instrument_id: int
     exec_time: dt.datetime
@@ -48,6 +53,74 @@ class Entry(NamedTuple):
     realized: Decimal
     fee: Decimal
     trades: int
+    wins: int
+    losses: int
+    gross_profit: Decimal
+    gross_loss: Decimal  # >= 0
+    net_quantity: Decimal
+    net_proceeds: Decimal
+
+    @classmethod
+    def of_trade(
+        cls,
+        instrument_id: int,
+        exec_time: dt.datetime,
+        fee_currency: str | None,
+        side: str,
+        quantity: Decimal,
+        price: Decimal,
+        realized: Decimal,
+        fee: Decimal,
+    ) -> Entry:
+        """One new trade's contribution (inside ``localcontext(DECIMAL_CONTEXT)`` or not)."""
+        notional = trade_notional(quantity, price)
+        buy = side == "BUY"
+        return cls(
+            instrument_id,
+            exec_time,
+            fee_currency,
+            realized,
+            fee,
+            1,
+            1 if realized > 0 else 0,
+            1 if realized < 0 else 0,
+            realized if realized > 0 else ZERO,
+            -realized if realized < 0 else ZERO,
+            quantity if buy else -quantity,
+            -notional if buy else notional,
+        )
+
+    @classmethod
+    def correction(
+        cls,
+        instrument_id: int,
+        exec_time: dt.datetime,
+        fee_currency: str | None,
+        old: Decimal,
+        new: Decimal,
+    ) -> Entry:
+        """A re-derivation changed a trade's realized PnL from ``old`` to ``new``."""
+        sub = DECIMAL_CONTEXT.subtract
+        return cls(
+            instrument_id,
+            exec_time,
+            fee_currency,
+            sub(new, old),
+            ZERO,
+            0,
+            (new > 0) - (old > 0),
+            (new < 0) - (old < 0),
+            sub(max(new, ZERO), max(old, ZERO)),
+            sub(max(-new, ZERO), max(-old, ZERO)),
+            ZERO,
+            ZERO,
+        )
+
+
+def trade_notional(quantity: Decimal, price: Decimal) -> Decimal:
+    """What a trade moves in its quote asset: quantity × price, rounded half-even to 18
+    places as every stored amount is (the same rounding the position's cost basis gets)."""
+    return canonical_amount(quantize18(DECIMAL_CONTEXT.multiply(quantity, price)))
 
 
 SummaryKey = tuple[str, dt.date, int, str]  # (period, period_start, instrument_id, fee_currency)
@@ -56,9 +129,43 @@ DailyKey = tuple[dt.date, str]  # (local day, quote currency)
 
 @dataclass
 class Totals:
+    """One summary row's amounts (the columns after its key)."""
+
     realized: Decimal
     fees: Decimal
     count: int
+    wins: int = 0
+    losses: int = 0
+    gross_profit: Decimal = ZERO
+    gross_loss: Decimal = ZERO
+    net_quantity: Decimal = ZERO
+    net_proceeds: Decimal = ZERO
+
+    @classmethod
+    def of(cls, e: Entry) -> Totals:
+        return cls(
+            e.realized,
+            e.fee,
+            e.trades,
+            e.wins,
+            e.losses,
+            e.gross_profit,
+            e.gross_loss,
+            e.net_quantity,
+            e.net_proceeds,
+        )
+
+    def add(self, e: Entry) -> None:
+        """In ``localcontext(DECIMAL_CONTEXT)``."""
+        self.realized += e.realized
+        self.fees += e.fee
+        self.count += e.trades
+        self.wins += e.wins
+        self.losses += e.losses
+        self.gross_profit += e.gross_profit
+        self.gross_loss += e.gross_loss
+        self.net_quantity += e.net_quantity
+        self.net_proceeds += e.net_proceeds
 
 
 def local_buckets(exec_time: dt.datetime, zone: str) -> tuple[dt.date, dt.date]:
@@ -123,11 +230,9 @@ def summarize(entries: Iterable[Entry], zone: str) -> dict[SummaryKey, Totals]:
             ):
                 totals = merged.get(key)
                 if totals is None:
-                    merged[key] = Totals(e.realized, e.fee, e.trades)
+                    merged[key] = Totals.of(e)
                 else:
-                    totals.realized += e.realized
-                    totals.fees += e.fee
-                    totals.count += e.trades
+                    totals.add(e)
     return merged
 
 
@@ -177,6 +282,12 @@ def summary_rows(portfolio_id: int, totals: dict[SummaryKey, Totals]) -> list[di
             "realized_pnl": row.realized,
             "fees": row.fees,
             "trade_count": row.count,
+            "win_count": row.wins,
+            "loss_count": row.losses,
+            "gross_profit": row.gross_profit,
+            "gross_loss": row.gross_loss,
+            "net_quantity": row.net_quantity,
+            "net_proceeds": row.net_proceeds,
         }
         for (period, start, instrument_id, fee_currency), row in sorted(totals.items())
     ]
@@ -242,7 +353,16 @@ def summarize_trades(trade_rows: Iterable[sa.Row[Any]], zone: str) -> dict[Summa
     fee) add up to."""
     return summarize(
         (
-            Entry(r.instrument_id, r.exec_time, r.fee_currency, r.realized_pnl, r.fee, 1)
+            Entry.of_trade(
+                r.instrument_id,
+                r.exec_time,
+                r.fee_currency,
+                r.side,
+                r.quantity,
+                r.price,
+                r.realized_pnl,
+                r.fee,
+            )
             for r in trade_rows
         ),
         zone,
@@ -253,6 +373,9 @@ _SUMMARY_INPUTS = sa.select(
     trades.c.instrument_id,
     trades.c.exec_time,
     trades.c.fee_currency,
+    trades.c.side,
+    trades.c.quantity,
+    trades.c.price,
     trades.c.realized_pnl,
     trades.c.fee,
 ).where(trades.c.portfolio_id == sa.bindparam("portfolio_id"))
@@ -274,7 +397,20 @@ def expected_daily(
     """The daily series that trade rows (instrument_id, exec_time, realized_pnl) add up to."""
     return summarize_daily(
         (
-            Entry(r.instrument_id, r.exec_time, None, r.realized_pnl, Decimal(0), 1)
+            Entry(
+                r.instrument_id,
+                r.exec_time,
+                None,
+                r.realized_pnl,
+                ZERO,
+                1,
+                0,
+                0,
+                ZERO,
+                ZERO,
+                ZERO,
+                ZERO,
+            )
             for r in trade_rows
         ),
         zone,
@@ -291,7 +427,15 @@ def stored_summary(conn: sa.Connection, portfolio_id: int) -> dict[SummaryKey, T
     rows = conn.execute(sa.select(summary).where(summary.c.portfolio_id == portfolio_id))
     return {
         (r.period, r.period_start, r.instrument_id, r.fee_currency): Totals(
-            r.realized_pnl, r.fees, r.trade_count
+            r.realized_pnl,
+            r.fees,
+            r.trade_count,
+            r.win_count,
+            r.loss_count,
+            r.gross_profit,
+            r.gross_loss,
+            r.net_quantity,
+            r.net_proceeds,
         )
         for r in rows
     }
@@ -334,7 +478,11 @@ class DailyDifference:
 def _show(totals: Totals | None) -> str:
     if totals is None:
         return "missing"
-    return f"realized {totals.realized}, fees {totals.fees}, {totals.count} trade(s)"
+    return (
+        f"realized {totals.realized}, fees {totals.fees}, {totals.count} trade(s) "
+        f"({totals.wins} won {totals.gross_profit}, {totals.losses} lost {totals.gross_loss}), "
+        f"net quantity {totals.net_quantity}, net proceeds {totals.net_proceeds}"
+    )
 
 
 def verify_summary(
@@ -362,16 +510,22 @@ def verify_summary(
 
 
 def rebuild_summary(
-    conn: sa.Connection, portfolio_id: int, zone: str | None = None, *, daily_too: bool = True
+    conn: sa.Connection,
+    portfolio_id: int,
+    zone: str | None = None,
+    *,
+    daily_too: bool = True,
+    columns: Collection[str] | None = None,
 ) -> int:
     """Rewrite a portfolio's summary (and daily series) from its trades, read once; returns
-    the number of rows written. ``daily_too=False`` is for migration 0006, which predates
-    pnl_daily."""
+    the number of rows written. ``daily_too=False`` and ``columns`` (the summary's columns
+    at the time) are for the migrations that predate pnl_daily and later columns."""
     zone = zone or zone_of_portfolio(conn, portfolio_id)
     rows = summary_inputs(conn, portfolio_id)
-    written = _rewrite(
-        conn, summary, portfolio_id, summary_rows(portfolio_id, summarize_trades(rows, zone))
-    )
+    new_rows = summary_rows(portfolio_id, summarize_trades(rows, zone))
+    if columns is not None:
+        new_rows = [{k: v for k, v in row.items() if k in columns} for row in new_rows]
+    written = _rewrite(conn, summary, portfolio_id, new_rows)
     if daily_too:
         written += _rewrite_daily(conn, portfolio_id, rows, zone)
     return written

@@ -247,13 +247,8 @@ def rederive_position(tx: Tx, key: PositionKey, position_id: int) -> list[Entry]
                 trades.update().where(trades.c.id == row.id).values(realized_pnl=realized)
             )
             corrections.append(
-                Entry(
-                    row.instrument_id,
-                    row.exec_time,
-                    row.fee_currency,
-                    DECIMAL_CONTEXT.subtract(realized, row.realized_pnl),
-                    Decimal(0),
-                    0,
+                Entry.correction(
+                    row.instrument_id, row.exec_time, row.fee_currency, row.realized_pnl, realized
                 )
             )
     write_position(tx, position_id, derived.state, derived.last_exec_time, derived.last_trade_id)

@@ -14,7 +14,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from dal import schema as t
-from dal.cash import compute_equity
 from dal.clock import local_midnight
 from dal.configs import PolicyConfig
 from dal.decimals import DECIMAL_CONTEXT
@@ -41,6 +40,7 @@ from dal.risk_rules import (
 from dal.scope import Tx
 from dal.strategies import owned_strategy
 from dal.types import new_uid
+from dal.valuation import value_portfolio
 
 policies = t.risk_policies
 breaches = t.risk_breaches
@@ -169,9 +169,10 @@ class RiskService:
         currency: str,
         now: dt.datetime | None = None,
     ) -> RiskSnapshot:
-        """Equity in ``currency`` at ``marks``, today's realized PnL (user's local day) and the
-        net position per instrument. Equity at day start is equity minus today's realized
-        PnL (unrealized moves during the day are not separated)."""
+        """Equity in ``currency`` at ``marks`` (``dal.valuation``, the one valuation), today's
+        realized PnL (user's local day) and the net position per instrument. Equity at day
+        start is equity minus today's realized PnL (unrealized moves during the day are not
+        separated)."""
         portfolio = owned_portfolio(self.tx, portfolio_id)
         marks = check_marks(marks)
         conn = self.tx.conn
@@ -179,7 +180,7 @@ class RiskService:
         zone = conn.execute(
             sa.select(t.users.c.timezone).where(t.users.c.id == portfolio.user_id)
         ).scalar_one()
-        equity = compute_equity(conn, portfolio_id, marks).get(currency)
+        equity = value_portfolio(conn, portfolio_id, currency, marks).equity
         since = local_midnight(now, zone)
         with localcontext(DECIMAL_CONTEXT):
             realized_today = sum(

@@ -13,7 +13,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from dal.types import BigID, JSONDoc, Money, Notional, UTCDateTime
-from dal.vocabulary import OPEN_STATUSES, ORDER_STATUSES, ORDER_TYPES, SIDES, TIME_IN_FORCE
+from dal.vocabulary import (
+    NOTIFICATION_KINDS,
+    OPEN_STATUSES,
+    ORDER_STATUSES,
+    ORDER_TYPES,
+    SIDES,
+    TIME_IN_FORCE,
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -126,6 +133,11 @@ users = sa.Table(
     ),
     # /mute, and chats that blocked the bot (403) are not retried.
     sa.Column("notifications_muted", sa.Boolean(), nullable=False, server_default=sa.false()),
+    # /notify: each kind of notification on or off.
+    *(
+        sa.Column(f"notify_{kind}", sa.Boolean(), nullable=False, server_default=sa.true())
+        for kind in NOTIFICATION_KINDS
+    ),
     sa.Column("unreachable_at", UTCDateTime()),
     sa.Index(None, "is_active"),
 )
@@ -148,7 +160,11 @@ accounts = sa.Table(
     sa.Column("name", sa.String(64), nullable=False),
     sa.Column("account_uid", sa.Text()),
     sa.Column("base_currency", sa.String(16), nullable=False, server_default="USD"),
+    # NULL: a spot account (orders need the free balance; no selling what is not held). A
+    # number: a margin account that may go short and hold up to this many times its equity.
+    sa.Column("margin_leverage", Money()),
     created_at(),
+    positive("margin_leverage", nullable=True),
     sa.UniqueConstraint("user_id", "name"),
     # Target of portfolios' composite FK: a portfolio's account belongs to the same user.
     sa.UniqueConstraint("id", "user_id"),
@@ -207,7 +223,9 @@ instruments = sa.Table(
     sa.Column("symbol", sa.String(32), nullable=False),
     sa.Column("exchange", sa.String(32)),
     sa.Column("asset_type", sa.String(16), nullable=False),
-    sa.Column("currency", sa.String(16), nullable=False),
+    sa.Column("currency", sa.String(16), nullable=False),  # the quote asset
+    # What one unit of the instrument is: BTC for BTCUSDT, the share itself (AAPL) for a stock.
+    sa.Column("base_asset", sa.String(32), nullable=False),
     sa.Column("tick_size", Money()),
     sa.Column("lot_size", Money()),
     one_of("asset_type", ASSET_TYPES),
@@ -243,6 +261,9 @@ orders = sa.Table(
     # Σ quantity × price of the order's fills, exact: avg_fill_price is this over
     # filled_quantity, rounded once (so it does not depend on the order the fills came in).
     sa.Column("fill_notional", Notional(), nullable=False, server_default="0"),
+    # What a BUY holds back per unit of its open quantity (limit or mark with slippage, plus
+    # the fee), fixed when it is placed (dal/balances.py). NULL: a SELL, or nothing priced it.
+    sa.Column("reserve_price", Money()),
     sa.Column("client_order_id", sa.String(64)),
     sa.Column("broker_order_id", sa.String(64)),
     sa.Column("placed_at", UTCDateTime(), nullable=False),
@@ -333,6 +354,17 @@ pnl_summary = sa.Table(
     sa.Column("realized_pnl", Money(), nullable=False),
     sa.Column("fees", Money(), nullable=False),
     sa.Column("trade_count", sa.Integer(), nullable=False),
+    # Trades whose realized PnL is > 0 / < 0, and those PnLs' sums (gross_loss >= 0): win rate,
+    # profit factor and average win / loss without reading the trades.
+    sa.Column("win_count", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("loss_count", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("gross_profit", Money(), nullable=False, server_default="0"),
+    sa.Column("gross_loss", Money(), nullable=False, server_default="0"),
+    # What the trades moved: base quantity (+ bought, − sold) and quote amount (− paid,
+    # + received; quantity × price rounded to 18 places). With the cash ledger and the fees
+    # these are the portfolio's balances per asset (dal/balances.py).
+    sa.Column("net_quantity", Money(), nullable=False, server_default="0"),
+    sa.Column("net_proceeds", Money(), nullable=False, server_default="0"),
     one_of("period", PNL_PERIODS),
     sa.CheckConstraint("trade_count >= 0", name="trade_count_nonneg"),
     sa.Index(None, "instrument_id"),
@@ -528,6 +560,24 @@ marks = sa.Table(
     metadata,
     sa.Column("instrument_id", BigID, fk("instruments.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("price", Money(), nullable=False),
+    sa.Column("as_of", UTCDateTime(), nullable=False),
+)
+
+# Each portfolio's equity at the end of each local day of its owner, in the portfolio's
+# currency: the equity curve and its drawdown. ``marks_json`` holds the prices it was valued at
+# (instrument id → price), so a snapshot can be re-derived from the trades and cash up to
+# ``as_of`` (dal/equity.py); ``unconverted_json`` what could not be valued in that currency.
+equity_snapshots = sa.Table(
+    "equity_snapshots",
+    metadata,
+    sa.Column("portfolio_id", BigID, fk("portfolios.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("day", sa.Date(), primary_key=True),
+    sa.Column("currency", sa.String(16), nullable=False),
+    sa.Column("equity", Money(), nullable=False),
+    sa.Column("net_deposits", Money(), nullable=False),
+    sa.Column("marks_json", JSONDoc(), nullable=False),
+    sa.Column("balances_json", JSONDoc(), nullable=False),
+    sa.Column("unconverted_json", JSONDoc(), nullable=False),
     sa.Column("as_of", UTCDateTime(), nullable=False),
 )
 

@@ -28,6 +28,7 @@ from dal.accounts import AccountService, PortfolioService
 from dal.audit import AuditLogger
 from dal.brokers import BrokerService
 from dal.cash import CashService
+from dal.equity import EquityService
 from dal.instruments import InstrumentService
 from dal.marks import MarkService
 from dal.orders import OrderService
@@ -38,6 +39,7 @@ from dal.trades import TradeService
 from dal.unapplied_events import UnappliedEventService
 from dal.user_configs import AlertService, ScheduleService, ScreenerService
 from dal.users import UserService
+from dal.valuation import ValuationService
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -132,6 +134,7 @@ class Accounts(Facade):
     get = expose(AccountService.get)
     list = expose(AccountService.list)
     list_for_user = expose(AccountService.list_for_user)
+    set_margin = expose(AccountService.set_margin)
 
 
 class Portfolios(Facade):
@@ -213,7 +216,6 @@ class Cash(Facade):
     adjust = expose(CashService.adjust)
     balances = expose(CashService.balances)
     deposit = expose(CashService.deposit)
-    equity = expose(CashService.equity)
     movements = expose(CashService.movements)
     record = expose(CashService.record)
     withdraw = expose(CashService.withdraw)
@@ -279,6 +281,21 @@ class UnappliedEvents(Facade):
     keep = expose(UnappliedEventService.keep)
     list = expose(UnappliedEventService.list)
     pending = expose(UnappliedEventService.pending)
+
+
+class Equity(Facade):
+    service = EquityService
+    history = expose(EquityService.history)
+    snapshot = expose(EquityService.snapshot)
+    snapshot_all = expose(EquityService.snapshot_all)
+
+
+class Valuation(Facade):
+    service = ValuationService
+    balances = expose(ValuationService.balances)
+    check_order = expose(ValuationService.check_order)
+    totals = expose(ValuationService.totals)
+    value = expose(ValuationService.value)
 
 
 class Audit(Facade):
@@ -371,6 +388,14 @@ class Services:
     @property
     def unapplied_events(self) -> UnappliedEvents:
         return UnappliedEvents(self)
+
+    @property
+    def equity(self) -> Equity:
+        return Equity(self)
+
+    @property
+    def valuation(self) -> Valuation:
+        return Valuation(self)
 
 
 def facades() -> dict[str, type[Facade]]:

@@ -40,6 +40,15 @@ class OrderStatus(StrEnum):
     EXPIRED = "EXPIRED"
 
 
+class NotificationKind(StrEnum):
+    """What the bot tells a user unasked; each can be turned off with /notify."""
+
+    FILLS = "fills"
+    ALERTS = "alerts"
+    REPORTS = "reports"
+    RISK = "risk"
+
+
 def _values(*members: StrEnum) -> tuple[str, ...]:
     return tuple(m.value for m in members)
 
@@ -48,6 +57,7 @@ SIDES = _values(*Side)
 ORDER_TYPES = _values(*OrderType)
 TIME_IN_FORCE = _values(*TimeInForce)
 ORDER_STATUSES = _values(*OrderStatus)
+NOTIFICATION_KINDS = _values(*NotificationKind)
 # An open order can still fill; a final one never changes again.
 OPEN_STATUSES = _values(OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED)
 ENDED_STATUSES = _values(OrderStatus.CANCELED, OrderStatus.REJECTED, OrderStatus.EXPIRED)

@@ -60,6 +60,7 @@ class Graph:
             "strategies": {"user_id": i.get("users"), "name": f"st{n}", "created_at": T0},
             "instruments": {
                 "symbol": f"SYM{n}",
+                "base_asset": f"SYM{n}",
                 "exchange": "X",
                 "asset_type": "CRYPTO",
                 "currency": "USDT",
@@ -165,6 +166,17 @@ class Graph:
                 "created_at": T0,
             },
             "marks": {"instrument_id": i.get("instruments"), "price": Decimal(1), "as_of": T0},
+            "equity_snapshots": {
+                "portfolio_id": i.get("portfolios"),
+                "day": T0.date() + dt.timedelta(days=self.seq),
+                "currency": "USDT",
+                "equity": Decimal("10000"),
+                "net_deposits": Decimal("10000"),
+                "marks_json": {},
+                "balances_json": {"USDT": "10000"},
+                "unconverted_json": {},
+                "as_of": T0,
+            },
             "unapplied_events": {
                 "user_id": i.get("users"),
                 "portfolio_id": i.get("portfolios"),

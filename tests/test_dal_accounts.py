@@ -161,7 +161,7 @@ async def test_cash_and_equity(db: Database) -> None:
     async with db.session(actor) as s:
         await s.cash.deposit(pid, "500", "USDT")
         await s.cash.withdraw(pid, "200.5", "USDT")
-        with pytest.raises(InvalidInput, match="cash balance"):
+        with pytest.raises(InvalidInput, match=r"free balance 10,299\.5 USDT"):
             await s.cash.withdraw(pid, "1000000", "USDT")
         await s.cash.adjust(pid, "-0.5", "USDT", note="fee rebate correction")
         assert await s.cash.balances(pid) == {"USDT": Decimal("10299")}
@@ -171,12 +171,13 @@ async def test_cash_and_equity(db: Database) -> None:
         await s.trades.ingest_fill(
             fill(pid, inst, "SELL", "1", "150", exec_time=T0 + dt.timedelta(minutes=1))
         )
-        equity = await s.cash.equity(pid, {inst: Decimal("120")})
-        no_mark = await s.cash.equity(pid, {})
-    # cash 10299 + realized 50 − fee 0.2 + unrealized (120 − 100) × 1
-    assert equity.by_currency == {"USDT": Decimal("10368.8")}
-    assert no_mark.missing_marks == ["BTCUSDT"]
-    assert no_mark.by_currency == {"USDT": Decimal("10348.8")}
+        equity = await s.valuation.value(pid, {inst: Decimal("120")})
+        no_mark = await s.valuation.value(pid, {})
+    # USDT: 10299 − 2 × 100 − fee 0.2 + 1 × 150 = 10248.8; BTC: 1, at 120
+    assert equity.equity == Decimal("10368.8") and equity.currency == "USDT"
+    assert equity.values == {"USDT": Decimal("10248.8"), "BTC": Decimal("120")}
+    assert no_mark.unconverted == {"BTC": Decimal("1")}
+    assert no_mark.equity == Decimal("10248.8")
 
 
 async def test_policies_precedence_evaluate_and_breach(db: Database, engine: AsyncEngine) -> None:

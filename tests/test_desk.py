@@ -279,3 +279,31 @@ async def test_a_paper_fill_is_never_stamped_before_its_order(db: Database) -> N
     (trade,) = await dal.trades.list(pid)
     placed = (await dal.orders.get(order.id)).placed_at
     assert trade.exec_time >= placed
+
+
+async def test_orders_beyond_the_free_balance_are_stored_rejected_and_told(
+    db: Database,
+) -> None:
+    user = await make_user(db)
+    pid = await default_portfolio(db, user)
+    notes = Notes()
+    t = trading(db, notes)
+    await t.start(feed=False)
+    await t.on_bar(bar(1, "60000"))
+    dal = db.scoped(user)
+    # 0.1 at 59,000 with the paper fee (10 bps) reserves 5,905.9 of the 10,000 USDT.
+    first = await t.desk.place(dal, limit_buy(pid, "59000", "0.1"))
+    preview = await t.desk.preview(dal, limit_buy(pid, "59000", "0.1"))
+    second = await t.desk.place(dal, limit_buy(pid, "59000", "0.1"))
+    oversell = await t.desk.place(dal, {**limit_buy(pid, "70000"), "side": "SELL"})
+    await t.settle()
+    await t.stop()
+    assert (first.status, first.reserve_price) == ("NEW", Decimal("59059"))
+    needs = "insufficient balance: needs 5,905.9 USDT, free 4,094.1 USDT"
+    assert preview.refusal == needs and preview.refused
+    assert (second.status, second.meta_json["reject_reason"]) == ("REJECTED", needs)
+    assert oversell.meta_json["reject_reason"] == "insufficient balance: needs 0.01 BTC, free 0 BTC"
+    assert f"Rejected order #{second.id} (BUY 0.1 BTCUSDT): {needs}" in notes.joined()
+    async with db.session(user) as s:
+        (usdt,) = await s.valuation.balances(pid)
+    assert (usdt.total, usdt.reserved) == (Decimal("10000"), Decimal("5905.9"))

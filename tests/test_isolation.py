@@ -25,6 +25,7 @@ from dal.audit import AuditLogger
 from dal.brokers import BrokerService
 from dal.cash import CashService
 from dal.database import Database, Session
+from dal.equity import EquityService
 from dal.errors import Forbidden, NotApproved, NotFound
 from dal.instruments import InstrumentService
 from dal.marks import MarkService
@@ -40,6 +41,7 @@ from dal.trades import TradeService
 from dal.unapplied_events import UnappliedEventService
 from dal.user_configs import AlertService, ScheduleService, ScreenerService
 from dal.users import UserService
+from dal.valuation import ValuationService
 from dal.vocabulary import ORDER_STATUSES
 from tests.conftest import captured_statements, table_counts
 from tests.factories import T0, fill, make_instrument, make_user
@@ -71,6 +73,8 @@ SERVICES: dict[str, type] = {
     "audit": AuditLogger,
     "marks": MarkService,
     "unapplied_events": UnappliedEventService,
+    "valuation": ValuationService,
+    "equity": EquityService,
 }
 
 
@@ -212,6 +216,7 @@ def shape(exc: BaseException) -> str:
 ID_OPS: dict[str, Op] = {
     "accounts.get": lambda s, o, m: s.accounts.get(o.account),
     "accounts.delete": lambda s, o, m: s.accounts.delete(o.spare_account),
+    "accounts.set_margin": lambda s, o, m: s.accounts.set_margin(o.account, Decimal(3)),
     "portfolios.get": lambda s, o, m: s.portfolios.get(o.portfolio),
     "portfolios.broker_code": lambda s, o, m: s.portfolios.broker_code(o.portfolio),
     "portfolios.update[name]": lambda s, o, m: s.portfolios.update(o.portfolio, name="Mine"),
@@ -278,7 +283,20 @@ ID_OPS: dict[str, Op] = {
     ),
     "cash.balances": lambda s, o, m: s.cash.balances(o.portfolio),
     "cash.movements": lambda s, o, m: s.cash.movements(o.portfolio),
-    "cash.equity": lambda s, o, m: s.cash.equity(o.portfolio, {m.instrument: MARK}),
+    "valuation.value": lambda s, o, m: s.valuation.value(o.portfolio, {m.instrument: MARK}),
+    "valuation.balances": lambda s, o, m: s.valuation.balances(o.portfolio),
+    "valuation.totals": lambda s, o, m: s.valuation.totals(o.portfolio),
+    "equity.snapshot": lambda s, o, m: s.equity.snapshot(o.portfolio, T0, {m.instrument: MARK}),
+    "equity.history": lambda s, o, m: s.equity.history(o.portfolio),
+    "valuation.check_order": lambda s, o, m: s.valuation.check_order(
+        {
+            "portfolio_id": o.portfolio,
+            "instrument_id": m.instrument,
+            "side": "BUY",
+            "quantity": "1",
+        },
+        {m.instrument: MARK},
+    ),
     "risk.create_policy[portfolio]": lambda s, o, m: s.risk.create_policy(
         policy_on("PORTFOLIO", o.portfolio)
     ),
@@ -397,6 +415,7 @@ OTHER_OPS: dict[str, Op] = {
     "unapplied_events.pending": lambda s, o, m: s.unapplied_events.pending(),
     "marks.latest": lambda s, o, m: s.marks.latest(),
     "marks.save": lambda s, o, m: s.marks.save({m.instrument: MARK}, T0),
+    "equity.snapshot_all": lambda s, o, m: s.equity.snapshot_all(T0, {m.instrument: MARK}),
 }
 ALL_OPS = {**ID_OPS, **OTHER_OPS}
 ADMIN_ONLY = {
@@ -404,7 +423,7 @@ ADMIN_ONLY = {
     *("users.lookup", "users.find", "users.find_by_id", "users.admins", "brokers.create"),
     "users.set_reachable",
     *("accounts.list_for_user", "instruments.create", "instruments.ensure"),
-    *("unapplied_events.pending", "marks.save"),
+    *("unapplied_events.pending", "marks.save", "equity.snapshot_all"),
 }
 
 # Not in ALL_OPS, on purpose: register and me work for anyone (asserted below),

@@ -125,6 +125,7 @@ async def seed_everything(db: Database) -> dict[str, Any]:
         await s.unapplied_events.keep(main.id, {"kind": "fill", "price": str(PRICE)}, "dépôt ✓")
     async with db.session(Actor.system()) as s:
         await s.marks.save({instrument: PRICE}, AT)
+        await s.equity.snapshot_all(AT + dt.timedelta(seconds=2), {instrument: PRICE})
     engine = create_engine(db.url)
     try:
         counts = await table_counts(engine)

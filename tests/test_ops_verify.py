@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dal import schema as t
 from dal.database import Database
+from dal.scope import Actor
 from tests.factories import T0, default_portfolio, fill, make_instrument, make_user
 from tradebook.ops.jobs import Job, run_due, run_scheduled_jobs
 from tradebook.ops.maintain import maintain_database
@@ -71,6 +72,30 @@ async def test_verify_detects_a_hand_corrupted_position(
         assert result.returncode == 1
         assert "quantity is 999, trades say 1" in result.stdout
         assert result.stderr.strip() == "tradebook: verify found differences (listed above)"
+
+
+async def test_verify_checks_balances_and_equity_snapshots(
+    db: Database, db_url: str, engine: AsyncEngine
+) -> None:
+    await _trade(db)
+    async with db.session(Actor.system()) as s:
+        await s.equity.snapshot_all(T0, {})
+    report = await verify_database(db_url)
+    assert report.ok, report.lines()
+    async with engine.begin() as conn:
+        await conn.execute(
+            t.pnl_summary.update()
+            .where(t.pnl_summary.c.period == "MONTH")
+            .values(net_proceeds=Decimal("-9"))
+        )
+        await conn.execute(t.equity_snapshots.update().values(equity=Decimal("1")))
+    report = await verify_database(db_url)
+    # 10,000 deposited − 2 × 10 + 1 × 12 = 9,992; the summary now says −9 instead of −8.
+    assert report.balances == [
+        "portfolio #1: USDT balance is 9991, trades and cash say 9992",
+        f"portfolio #1: equity on {T0.date()} is 1, its trades and marks say 9992",
+    ]
+    assert "balances and equity snapshots: 2 difference(s)" in "\n".join(report.lines())
 
 
 async def test_maintain(db: Database, db_url: str, engine: AsyncEngine, engine_name: str) -> None:

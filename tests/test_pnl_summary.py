@@ -332,9 +332,27 @@ def test_summary_rows_come_in_key_order_whatever_order_the_fills_came_in() -> No
     order of these parameters: key order for everyone means no lock-order deadlock."""
     at = dt.datetime(2026, 3, 10, 12, tzinfo=dt.UTC)
     entries = [
-        Entry(2, at, "USDT", Decimal(1), Decimal(0), 1),
-        Entry(1, at - dt.timedelta(days=40), "USDT", Decimal(2), Decimal(0), 1),
-        Entry(1, at - dt.timedelta(days=1), None, Decimal(3), Decimal(0), 1),
+        Entry.of_trade(2, at, "USDT", "SELL", Decimal(1), Decimal(5), Decimal(1), Decimal(0)),
+        Entry.of_trade(
+            1,
+            at - dt.timedelta(days=40),
+            "USDT",
+            "BUY",
+            Decimal(1),
+            Decimal(5),
+            Decimal(2),
+            Decimal(0),
+        ),
+        Entry.of_trade(
+            1,
+            at - dt.timedelta(days=1),
+            None,
+            "SELL",
+            Decimal(1),
+            Decimal(5),
+            Decimal(3),
+            Decimal(0),
+        ),
     ]
     rows = summary_rows(7, summarize(entries, "UTC"))
     keys = [(r["period"], r["period_start"], r["instrument_id"], r["fee_currency"]) for r in rows]

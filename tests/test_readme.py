@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import textwrap
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -27,4 +28,5 @@ def test_readme_dal_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert result["result"].replayed is False
     (position,) = result["positions"]
     assert str(position.quantity) == "0.5"
-    assert result["equity"].by_currency["USDT"] == 10000 + 500
+    # 10,000 USDT − 0.5 × 60,000 + (0.5 − 0.0005) BTC × 61,000
+    assert result["value"].equity == 10000 - 30000 + Decimal("0.4995") * 61000

@@ -22,7 +22,7 @@ def test_every_public_service_method_is_exposed_as_itself() -> None:
 
 def test_sessions_and_scoped_handles_offer_the_same_services() -> None:
     assert issubclass(Session, Services) and issubclass(ScopedDal, Services)
-    assert len(facades()) == 18
+    assert len(facades()) == 20
 
 
 async def test_facade_calls_run_in_the_session_or_as_their_own_transaction(

@@ -158,7 +158,7 @@ async def test_cash_commands(h: Trading, engine: AsyncEngine) -> None:
     assert "cash 10200 USDT" in joined(await h.send(ALICE, "/withdraw 50"))
     before = await table_counts(engine)
     text = joined(await h.send(ALICE, "/withdraw 1000000"))
-    assert "cash balance is 10200" in text and "Usage: /withdraw" in text
+    assert "free balance 10,200 USDT" in text and "Usage: /withdraw" in text
     assert "Usage: /deposit" in joined(await h.send(ALICE, "/deposit 0.1.2"))
     assert await table_counts(engine) == before
 
@@ -242,7 +242,7 @@ async def test_mute_and_unreachable_and_rate_limits(h: Trading) -> None:
 async def test_export_trades_csv_is_exact_and_own(h: Trading) -> None:
     await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01"))
     await h.bar("60000.123456789")
-    await h.confirm(BOB, await h.send(BOB, "/buy BTCUSDT 0.5"))
+    await h.confirm(BOB, await h.send(BOB, "/buy BTCUSDT 0.1"))
     await h.bar("60000")
     await h.send(ALICE, "/tz Asia/Tokyo")
     calls = await h.send(ALICE, "/export trades")

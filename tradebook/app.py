@@ -28,6 +28,7 @@ from bot.confirmations import Confirmations
 from bot.console import Console
 from bot.notify import Notifier as ChatNotifier
 from bot.scheduler import Scheduler
+from dal.balances import Terms
 from dal.database import Database
 from dal.scope import Actor
 from strategies.alerts import AlertEngine
@@ -136,7 +137,7 @@ def build_trading(
     lockstep: bool = False,
 ) -> Trading:
     market = Market()
-    desk = OrderDesk(db, market, notify, gateway_factories(paper, market))
+    desk = OrderDesk(db, market, notify, gateway_factories(paper, market), terms=paper_terms(paper))
     strategies = StrategyRuntime(db, market, desk, registry, notify)
     alerts = AlertEngine(db, market, desk, notify)
     return Trading(db, feed, market, desk, strategies, alerts, paced, lockstep)
@@ -149,6 +150,11 @@ def gateway_factories(paper: PaperConfig, market: Market) -> dict[str, GatewayFa
         return PaperGateway(paper, market, currency=account.base_currency)
 
     return {"PAPER": paper_gateway}
+
+
+def paper_terms(paper: PaperConfig) -> Terms:
+    """What a paper BUY reserves beyond its price: the paper broker's fee and slippage."""
+    return Terms(fee_rate=paper.fee_bps / 10000, slippage=paper.slippage_bps / 10000)
 
 
 def paper_config(settings: Settings) -> PaperConfig:

@@ -1,6 +1,7 @@
 """The order desk: the one order path, for strategies and for the chat alike.
 
-    risk check → order row (NEW, or REJECTED with the reason) → the portfolio's gateway
+    risk check and balance check → order row (NEW, or REJECTED with the reason) → the
+    portfolio's gateway
     → broker events → the DAL (trades, orders, positions) → fill listeners
 
 * Gateways are kept per portfolio over the ``OrderGateway`` protocol (trading/events.py); the
@@ -12,6 +13,10 @@
 * Each broker event is applied in one transaction, retried with a growing pause when it fails;
   one that still fails is kept in ``unapplied_events`` (never only in a log), its owner is
   told, and it is tried again later (``retry_kept``) until it applies.
+* The balance check is the account's (dal/valuation.py ``check_order``): a spot account
+  refuses an order that needs more than is free, a margin account one beyond its buying
+  power. The desk only places orders for portfolios it has a gateway for, so portfolios whose
+  trades are recorded with /fill are never refused anything.
 * A cancel has an outcome the caller can show: canceled, still pending (no answer from the
   broker in time) or refused with the reason. The kill switch reports per order.
 """
@@ -29,6 +34,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from dal.balances import NO_TERMS, Terms
 from dal.clock import local_midnight
 from dal.database import Database, ScopedDal, Session
 from dal.errors import Conflict, TradebookError
@@ -111,6 +117,18 @@ class CancelOutcome:
         return f"#{self.order_id}: {words}" + (f" ({self.detail})" if self.detail else "")
 
 
+@dataclass(frozen=True)
+class Preview:
+    """What placing an order would meet now: the risk verdict and the account's refusal."""
+
+    verdict: Verdict
+    refusal: str | None
+
+    @property
+    def refused(self) -> bool:
+        return self.refusal is not None or self.verdict.decision == "block"
+
+
 class OrderDesk:
     def __init__(
         self,
@@ -121,6 +139,7 @@ class OrderDesk:
         *,
         cancel_answer_s: float = CANCEL_ANSWER_S,
         apply_pause_s: float = APPLY_PAUSE_S,
+        terms: Terms = NO_TERMS,
     ) -> None:
         self.db = db
         self.market = market
@@ -128,6 +147,7 @@ class OrderDesk:
         self.factories = gateway_factories
         self.cancel_answer_s = cancel_answer_s
         self.apply_pause_s = apply_pause_s
+        self.terms = terms  # the fee and slippage a BUY reserves for (the paper broker's)
         self.gateways: dict[int, OrderGateway] = {}  # portfolio id → gateway
         self.fill_listeners: list[FillListener] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -213,12 +233,16 @@ class OrderDesk:
         return broker in self.factories
 
     # --- placing --------------------------------------------------------------------------
-    async def preview(self, dal: ScopedDal, order: dict[str, Any]) -> Verdict:
-        """The risk verdict an order would get now (nothing is written); TradebookError when
-        its portfolio has no gateway."""
+    async def preview(self, dal: ScopedDal, order: dict[str, Any]) -> Preview:
+        """The risk verdict and balance check an order would get now (nothing is written);
+        TradebookError when its portfolio has no gateway."""
+        order = {"type": "MARKET", **order}
         await self.gateway_for(order["portfolio_id"], dal)
-        async with dal.session(readonly=True) as s:
-            return await s.risk.evaluate(order, self.market.marks.marks)
+        marks = dict(self.market.marks.marks)
+        async with dal.session() as s:
+            verdict = await s.risk.evaluate(order, marks)
+            check = await s.valuation.check_order(order, marks, self.terms)
+        return Preview(verdict, check.refusal)
 
     async def place(self, dal: ScopedDal, order: dict[str, Any]) -> sa.Row[Any]:
         """Pre-trade risk, then the order row, then the gateway. A BLOCK stores the order
@@ -228,30 +252,36 @@ class OrderDesk:
         gateway = await self.gateway_for(order["portfolio_id"], dal)  # no gateway, no order
         marks = dict(self.market.marks.marks)
 
-        async def store(s: Session) -> tuple[Verdict, sa.Row[Any], str, str]:
+        async def store(s: Session) -> tuple[Verdict, str | None, sa.Row[Any], str, str]:
             verdict = await s.risk.evaluate(order, marks)
+            check = await s.valuation.check_order(order, marks, self.terms)
             blocked = verdict.decision == "block"
+            refusals = [check.refusal] if check.refusal else []
+            if blocked:
+                refusals.append(f"risk: {_breaches(verdict)}")
             row = await s.orders.place(
                 order,
-                status="REJECTED" if blocked else "NEW",
-                reason=_breaches(verdict) if blocked else None,
+                status="REJECTED" if refusals else "NEW",
+                reason="; ".join(refusals) or None,
+                reserve_price=check.reserve_price,
             )
             if verdict.breaches:
                 await s.risk.record_breach(verdict, row.portfolio_id, row.instrument_id, row.id)
             symbol = (await s.instruments.get(row.instrument_id)).symbol
-            return verdict, row, symbol, (await s.users.me()).timezone
+            return verdict, check.refusal, row, symbol, (await s.users.me()).timezone
 
         # One transaction, run again if PostgreSQL aborts it for a deadlock (no side effects).
-        verdict, row, symbol, owner_zone = await dal.transaction(store)
+        verdict, refusal, row, symbol, owner_zone = await dal.transaction(store)
         blocked = verdict.decision == "block"
-        reason = _breaches(verdict)
+        what = f"order #{row.id} ({row.side} {row.quantity} {symbol})"
         if verdict.breaches:
             word = "blocked" if blocked else "warning"
             await self.notify(
-                dal.actor.user_id or 0,
-                f"Risk {word} on order #{row.id} ({row.side} {row.quantity} {symbol}): {reason}",
+                dal.actor.user_id or 0, f"Risk {word} on {what}: {_breaches(verdict)}"
             )
-        if blocked:
+        if refusal is not None:
+            await self.notify(dal.actor.user_id or 0, f"Rejected {what}: {refusal}")
+        if row.status == "REJECTED":
             return row
         await gateway.place(GatewayOrder.of(row, symbol, owner_zone, self._now()))
         return row

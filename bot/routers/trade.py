@@ -120,9 +120,12 @@ async def ask_to_confirm(
     """Show the order with its risk verdict and Confirm / Cancel buttons (none on a BLOCK)."""
     (order,) = held.orders
     await dal.instruments.get(symbol=order["symbol"])  # unknown symbol: a clear error now
-    verdict = await desk.preview(dal, order)  # no gateway: says so before asking
-    text = f"{q(describe(order, portfolio.name))}\n{q(verdict_text(verdict))}{note}"
-    if verdict.decision == "block":
+    preview = await desk.preview(dal, order)  # no gateway: says so before asking
+    text = f"{q(describe(order, portfolio.name))}\n{q(verdict_text(preview.verdict))}{note}"
+    if preview.refusal is not None:
+        await message.answer(f"{text}\nRejected: {q(preview.refusal)}. See /balance.")
+        return
+    if preview.verdict.decision == "block":
         await message.answer(text + "\nNot placed: change the order or the policy (/risk).")
         return
     token = confirmations.hold(dal.actor.user_id or 0, held)
@@ -135,7 +138,7 @@ async def ask_to_confirm(
 def placed_text(row: sa.Row[Any]) -> str:
     if row.status == "REJECTED":
         reason = (row.meta_json or {}).get("reject_reason", "")
-        return f"Order #{row.id} blocked by risk: {q(reason)}"
+        return f"Order #{row.id} rejected: {q(reason)}"
     return f"Order #{row.id} placed ({row.status})."
 
 

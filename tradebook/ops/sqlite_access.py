@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from dal.engine import BUSY_TIMEOUT_MS
+from dal.types import register_sqlite_decimal_functions
 from tradebook.ops import OpsError
 
 
@@ -41,9 +42,13 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
 def readonly_engine(path: Path) -> sa.Engine:
     """A SQLAlchemy engine on ``path`` that can only read; every transaction is one snapshot
     (``BEGIN DEFERRED``), so a multi-table read is consistent while other processes write."""
-    engine = sa.create_engine(
-        "sqlite+pysqlite://", creator=lambda: connect_readonly(path), poolclass=sa.pool.NullPool
-    )
+
+    def connect() -> sqlite3.Connection:
+        conn = connect_readonly(path)
+        register_sqlite_decimal_functions(conn)  # the DAL's exact sums (balances)
+        return conn
+
+    engine = sa.create_engine("sqlite+pysqlite://", creator=connect, poolclass=sa.pool.NullPool)
 
     @event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:

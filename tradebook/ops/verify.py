@@ -7,6 +7,9 @@
   (day and month rows) equal the replay of its trades (``dal.positions.verify_portfolio``).
 * Order fills (the other summary the DAL keeps): an order's ``filled_quantity`` equals the sum
   of its trades' quantities.
+* Balances: every portfolio's balance per asset (kept in its PnL summary) equals the sum of
+  its cash movements, trades and fees; every equity snapshot equals the valuation of the
+  trades and cash up to its moment at its stored marks.
 
 SQLite is opened read-only; PostgreSQL is read in one transaction that is rolled back. Nothing
 is ever written.
@@ -21,8 +24,10 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from dal import schema as t
+from dal.balances import totals, totals_from_trades
 from dal.decimals import NOTIONAL_CONTEXT, average_price
 from dal.engine import create_engine
+from dal.equity import rederive
 from dal.positions import verify_portfolio
 from tradebook.ops.sqlite_access import integrity_problems, readonly_engine, sqlite_path
 
@@ -32,11 +37,12 @@ class VerifyReport:
     integrity: list[str] = field(default_factory=list)
     positions: list[str] = field(default_factory=list)
     orders: list[str] = field(default_factory=list)
+    balances: list[str] = field(default_factory=list)
     portfolios: int = 0
 
     @property
     def ok(self) -> bool:
-        return not (self.integrity or self.positions or self.orders)
+        return not (self.integrity or self.positions or self.orders or self.balances)
 
     def lines(self) -> list[str]:
         positions = (
@@ -52,6 +58,13 @@ class VerifyReport:
             "order fills: "
             + ("equal to their trades" if not self.orders else f"{len(self.orders)} difference(s)"),
             *(f"  {p}" for p in self.orders),
+            "balances and equity snapshots: "
+            + (
+                "equal to their trades"
+                if not self.balances
+                else f"{len(self.balances)} difference(s)"
+            ),
+            *(f"  {p}" for p in self.balances),
         ]
         return out
 
@@ -141,10 +154,33 @@ def order_fills_sync(conn: sa.Connection) -> list[str]:
     return problems
 
 
+def balances_sync(conn: sa.Connection) -> list[str]:
+    """Each portfolio's balances and equity snapshots against its cash and trades."""
+    problems = []
+    ids = list(conn.execute(sa.select(t.portfolios.c.id).order_by(t.portfolios.c.id)).scalars())
+    for pid in ids:
+        kept, derived = totals(conn, pid), totals_from_trades(conn, pid)
+        for asset in sorted(set(kept) | set(derived)):
+            have, want = kept.get(asset, Decimal(0)), derived.get(asset, Decimal(0))
+            if have != want:
+                problems.append(
+                    f"portfolio #{pid}: {asset} balance is {have}, trades and cash say {want}"
+                )
+    for snapshot in conn.execute(sa.select(t.equity_snapshots).order_by("portfolio_id", "day")):
+        want = rederive(conn, snapshot)
+        if snapshot.equity != want:
+            problems.append(
+                f"portfolio #{snapshot.portfolio_id}: equity on {snapshot.day} is "
+                f"{snapshot.equity}, its trades and marks say {want}"
+            )
+    return problems
+
+
 def verify_sync(conn: sa.Connection) -> VerifyReport:
     report = VerifyReport(integrity=integrity_sync(conn))
     report.portfolios, report.positions = positions_sync(conn)
     report.orders = order_fills_sync(conn)
+    report.balances = balances_sync(conn)
     return report
 
 

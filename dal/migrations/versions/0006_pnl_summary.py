@@ -20,6 +20,18 @@ depends_on: str | Sequence[str] | None = None
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
+_COLUMNS_AT_0006 = (
+    "portfolio_id",
+    "period",
+    "period_start",
+    "instrument_id",
+    "fee_currency",
+    "realized_pnl",
+    "fees",
+    "trade_count",
+)
+
+
 def upgrade() -> None:
     op.create_table(
         "pnl_summary",
@@ -62,7 +74,9 @@ def upgrade() -> None:
 
     conn = op.get_bind()
     for (portfolio_id,) in conn.execute(sa.text("SELECT id FROM portfolios ORDER BY id")):
-        rebuild_summary(conn, portfolio_id, daily_too=False)  # pnl_daily comes with 0008
+        rebuild_summary(  # pnl_daily comes with 0008, the other columns with 0011
+            conn, portfolio_id, daily_too=False, columns=_COLUMNS_AT_0006
+        )
 
 
 def downgrade() -> None:

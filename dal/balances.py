@@ -1,0 +1,251 @@
+"""Balances per asset: what a portfolio holds, what its open orders reserve, what is free.
+
+    total(asset) = the cash ledger in that asset
+                 + Σ quantity bought − sold of instruments whose base asset it is
+                 + Σ notional received − paid of instruments quoted in it
+                 − Σ fees charged in it (a fee without a currency is charged in the quote)
+
+The trade terms come from ``pnl_summary``'s MONTH rows (``net_quantity``, ``net_proceeds``,
+``fees``), which the fill transaction keeps, so balances are exact, move with every fill in
+that transaction and cannot drift; ``totals_from_trades`` adds the same up from the trades
+themselves, which ``db verify`` compares (and equity snapshots use for a past moment).
+
+An open order reserves what it may still take: a BUY its remaining quantity × its
+``reserve_price`` in the quote asset (the limit price, or the mark with slippage for a market
+order, plus the fee; fixed when it is placed), a SELL its remaining quantity of the base asset.
+Free = total − reserved. Spot accounts refuse an order that needs more than is free and never
+sell what they do not hold; margin accounts (``accounts.margin_leverage``) may go short and
+hold positions worth up to that many times their equity (dal/valuation.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, localcontext
+from typing import Any
+
+import sqlalchemy as sa
+
+from dal import schema as t
+from dal.decimals import DECIMAL_CONTEXT, quantize18
+from dal.position_math import ZERO, canonical_amount
+from dal.types import decimal_sum
+from dal.vocabulary import OPEN_STATUSES
+
+summary = t.pnl_summary
+instruments = t.instruments
+orders = t.orders
+
+_FLOWS = (
+    sa.select(
+        instruments.c.base_asset,
+        instruments.c.currency,
+        summary.c.fee_currency,
+        decimal_sum(summary.c.net_quantity).label("net_quantity"),
+        decimal_sum(summary.c.net_proceeds).label("net_proceeds"),
+        decimal_sum(summary.c.fees).label("fees"),
+    )
+    .join(instruments, instruments.c.id == summary.c.instrument_id)
+    .where(summary.c.portfolio_id == sa.bindparam("portfolio_id"), summary.c.period == "MONTH")
+    .group_by(instruments.c.base_asset, instruments.c.currency, summary.c.fee_currency)
+)
+_CASH = (
+    sa.select(t.cash_movements.c.currency, decimal_sum(t.cash_movements.c.amount))
+    .where(t.cash_movements.c.portfolio_id == sa.bindparam("portfolio_id"))
+    .group_by(t.cash_movements.c.currency)
+)
+_OPEN_ORDERS = (
+    sa.select(
+        orders.c.side,
+        orders.c.type,
+        orders.c.quantity,
+        orders.c.filled_quantity,
+        orders.c.price,
+        orders.c.stop_price,
+        orders.c.reserve_price,
+        orders.c.instrument_id,
+        instruments.c.base_asset,
+        instruments.c.currency,
+    )
+    .join(instruments, instruments.c.id == orders.c.instrument_id)
+    .where(
+        orders.c.portfolio_id == sa.bindparam("portfolio_id"),
+        orders.c.status.in_([sa.literal_column(f"'{s}'") for s in OPEN_STATUSES]),
+    )
+)
+
+
+@dataclass(frozen=True)
+class Terms:
+    """What a BUY reserves beyond its price: the broker's fee and, for a market order, its
+    slippage, as fractions (10 bps = 0.001)."""
+
+    fee_rate: Decimal = ZERO
+    slippage: Decimal = ZERO
+
+
+NO_TERMS = Terms()
+
+
+@dataclass(frozen=True)
+class Balance:
+    asset: str
+    total: Decimal
+    reserved: Decimal
+
+    @property
+    def free(self) -> Decimal:
+        return DECIMAL_CONTEXT.subtract(self.total, self.reserved)
+
+
+def totals(conn: sa.Connection, portfolio_id: int) -> dict[str, Decimal]:
+    """Each asset's total balance (assets that were never touched are absent)."""
+    result: dict[str, Decimal] = defaultdict(Decimal)
+    params = {"portfolio_id": portfolio_id}
+    with localcontext(DECIMAL_CONTEXT):
+        for currency, amount in conn.execute(_CASH, params):
+            result[currency] += amount
+        for base, quote, fee_currency, quantity, proceeds, fees in conn.execute(_FLOWS, params):
+            result[base] += quantity
+            result[quote] += proceeds
+            result[fee_currency or quote] -= fees
+    return _canonical(result)
+
+
+def totals_from_trades(
+    conn: sa.Connection, portfolio_id: int, until: dt.datetime | None = None
+) -> dict[str, Decimal]:
+    """``totals`` added up from the cash movements and trades themselves, optionally only
+    those up to ``until`` (inclusive): what verify compares and a past equity is valued on."""
+    from dal.pnl_summary import trade_notional
+
+    cash, trades = t.cash_movements, t.trades
+    cash_query = sa.select(cash.c.currency, cash.c.amount).where(
+        cash.c.portfolio_id == portfolio_id
+    )
+    trade_query = (
+        sa.select(
+            trades.c.side,
+            trades.c.quantity,
+            trades.c.price,
+            trades.c.fee,
+            trades.c.fee_currency,
+            instruments.c.base_asset,
+            instruments.c.currency,
+        )
+        .join(instruments, instruments.c.id == trades.c.instrument_id)
+        .where(trades.c.portfolio_id == portfolio_id)
+    )
+    if until is not None:
+        cash_query = cash_query.where(cash.c.created_at <= until)
+        trade_query = trade_query.where(trades.c.exec_time <= until)
+    result: dict[str, Decimal] = defaultdict(Decimal)
+    with localcontext(DECIMAL_CONTEXT):
+        for currency, amount in conn.execute(cash_query):
+            result[currency] += amount
+        for side, quantity, price, fee, fee_currency, base, quote in conn.execute(trade_query):
+            notional = trade_notional(quantity, price)
+            if side == "BUY":
+                result[base] += quantity
+                result[quote] -= notional
+            else:
+                result[base] -= quantity
+                result[quote] += notional
+            result[fee_currency or quote] -= fee
+    return _canonical(result)
+
+
+def _canonical(amounts: Mapping[str, Decimal]) -> dict[str, Decimal]:
+    return {asset: canonical_amount(amounts[asset]) for asset in sorted(amounts)}
+
+
+def reserve_price(
+    side: str,
+    order_type: str,
+    price: Decimal | None,
+    stop_price: Decimal | None,
+    mark: Decimal | None,
+    terms: Terms,
+) -> Decimal | None:
+    """What a BUY reserves per unit (None for a SELL, or when nothing prices it yet): the
+    limit price, else the stop or mark with slippage, each plus the fee."""
+    if side != "BUY":
+        return None
+    with localcontext(DECIMAL_CONTEXT):
+        if price is not None:
+            per_unit = price
+        else:
+            reference = stop_price if stop_price is not None else mark
+            if reference is None:
+                return None
+            per_unit = reference * (1 + terms.slippage)
+        return canonical_amount(quantize18(per_unit * (1 + terms.fee_rate)))
+
+
+def open_order_reservation(
+    row: Any, marks: Mapping[int, Decimal], terms: Terms = NO_TERMS
+) -> tuple[str, Decimal]:
+    """(asset, amount) an open order holds back."""
+    with localcontext(DECIMAL_CONTEXT):
+        remaining = row.quantity - row.filled_quantity
+        if row.side == "SELL":
+            return row.base_asset, remaining
+        per_unit = row.reserve_price or reserve_price(
+            "BUY", row.type, row.price, row.stop_price, marks.get(row.instrument_id), terms
+        )
+        return row.currency, quantize18(remaining * per_unit) if per_unit else ZERO
+
+
+def reserved(
+    conn: sa.Connection, portfolio_id: int, marks: Mapping[int, Decimal]
+) -> dict[str, Decimal]:
+    """What the portfolio's open orders reserve, per asset."""
+    result: dict[str, Decimal] = defaultdict(Decimal)
+    with localcontext(DECIMAL_CONTEXT):
+        for row in conn.execute(_OPEN_ORDERS, {"portfolio_id": portfolio_id}):
+            asset, amount = open_order_reservation(row, marks)
+            result[asset] += amount
+    return _canonical(result)
+
+
+def balances(conn: sa.Connection, portfolio_id: int, marks: Mapping[int, Decimal]) -> list[Balance]:
+    """Every asset the portfolio holds or reserves, by name."""
+    held = totals(conn, portfolio_id)
+    held_back = reserved(conn, portfolio_id, marks)
+    return [
+        Balance(asset, held.get(asset, ZERO), held_back.get(asset, ZERO))
+        for asset in sorted(set(held) | set(held_back))
+        if held.get(asset) or held_back.get(asset)
+    ]
+
+
+def free(
+    conn: sa.Connection, portfolio_id: int, asset: str, marks: Mapping[int, Decimal]
+) -> Decimal:
+    """The free balance of one asset."""
+    with localcontext(DECIMAL_CONTEXT):
+        return totals(conn, portfolio_id).get(asset, ZERO) - reserved(
+            conn, portfolio_id, marks
+        ).get(asset, ZERO)
+
+
+def lock_portfolio_balances(conn: sa.Connection, portfolio_id: int) -> None:
+    """Hold the portfolio's balance checks one at a time (PostgreSQL): two orders or a
+    withdrawal checked at once could each see the same free balance. The portfolios row is
+    locked FOR NO KEY UPDATE, which fills (whose inserts only take KEY SHARE on it) never wait
+    for. SQLite runs one write transaction at a time anyway."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.select(t.portfolios.c.id)
+            .where(t.portfolios.c.id == portfolio_id)
+            .with_for_update(key_share=True)
+        )
+
+
+def amount_text(value: Decimal, asset: str) -> str:
+    """An amount as refusals show it: grouped thousands, no trailing zeros."""
+    text = f"{canonical_amount(value):,f}"
+    return f"{text} {asset}"

@@ -1,0 +1,150 @@
+"""Equity history: one snapshot per portfolio and local day of its owner.
+
+A snapshot is the portfolio's equity (``value_portfolio``) in its account's currency at the
+marks of that moment, with the net deposits so far. The day's row is rewritten by every
+snapshot taken that day, so it holds the equity at the day's last snapshot: its close. The
+balances and marks it was valued on are stored with it, so its equity can be derived again
+(``rederive``; ``db verify`` does). A fill that arrives late, dated before a snapshot, does
+not rewrite that past day: the snapshot stays what the portfolio was worth when it was taken.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from decimal import Decimal, localcontext
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from dal import schema as t
+from dal.balances import Balance
+from dal.decimals import DECIMAL_CONTEXT
+from dal.errors import Forbidden
+from dal.marks import stored_marks
+from dal.models import check_marks
+from dal.ownership import owned_portfolio
+from dal.position_math import ZERO, canonical_amount
+from dal.scope import Tx, read_only
+from dal.valuation import prices, value_portfolio
+
+snapshots = t.equity_snapshots
+
+_PORTFOLIO = (
+    sa.select(t.portfolios.c.id, t.accounts.c.base_currency, t.users.c.timezone)
+    .join(t.accounts, t.accounts.c.id == t.portfolios.c.account_id)
+    .join(t.users, t.users.c.id == t.portfolios.c.user_id)
+)
+_NET_DEPOSITS = sa.select(t.cash_movements.c.currency, t.cash_movements.c.amount).where(
+    t.cash_movements.c.portfolio_id == sa.bindparam("portfolio_id"),
+    t.cash_movements.c.created_at <= sa.bindparam("until"),
+)
+
+
+def net_deposits(
+    conn: sa.Connection,
+    portfolio_id: int,
+    currency: str,
+    marks: Mapping[int, Decimal],
+    until: dt.datetime,
+) -> Decimal:
+    """Deposits minus withdrawals up to ``until``, in ``currency`` (other currencies at the
+    marks; one that cannot be converted is left out of this sum)."""
+    rates = prices(conn, marks)
+    total = ZERO
+    with localcontext(DECIMAL_CONTEXT):
+        for asset, amount in conn.execute(
+            _NET_DEPOSITS, {"portfolio_id": portfolio_id, "until": until}
+        ):
+            rate = rates.price(asset, currency)
+            if rate is not None:
+                total += amount * rate
+    return canonical_amount(total)
+
+
+def _text_map(values: Mapping[Any, Decimal]) -> dict[str, str]:
+    return {str(key): str(value) for key, value in sorted(values.items())}
+
+
+def take_snapshot(
+    conn: sa.Connection,
+    portfolio_id: int,
+    currency: str,
+    zone: str,
+    marks: Mapping[int, Decimal],
+    at: dt.datetime,
+) -> sa.Row[Any]:
+    """Write the portfolio's snapshot for ``at``'s local day (replacing that day's row)."""
+    day = at.astimezone(ZoneInfo(zone)).date()
+    valuation = value_portfolio(conn, portfolio_id, currency, marks)
+    row = {
+        "portfolio_id": portfolio_id,
+        "day": day,
+        "currency": currency,
+        "equity": valuation.equity,
+        "net_deposits": net_deposits(conn, portfolio_id, currency, marks, at),
+        "marks_json": _text_map(marks),
+        "balances_json": _text_map({b.asset: b.total for b in valuation.balances}),
+        "unconverted_json": _text_map(valuation.unconverted),
+        "as_of": at,
+    }
+    conn.execute(
+        snapshots.delete().where(snapshots.c.portfolio_id == portfolio_id, snapshots.c.day == day)
+    )
+    conn.execute(snapshots.insert(), row)
+    return conn.execute(
+        sa.select(snapshots).where(snapshots.c.portfolio_id == portfolio_id, snapshots.c.day == day)
+    ).one()
+
+
+def rederive(conn: sa.Connection, snapshot: Any) -> Decimal:
+    """A stored snapshot's equity again, from its stored balances and marks."""
+    marks = {int(key): Decimal(value) for key, value in snapshot.marks_json.items()}
+    held = [Balance(a, Decimal(total), ZERO) for a, total in snapshot.balances_json.items()]
+    return value_portfolio(conn, snapshot.portfolio_id, snapshot.currency, marks, held).equity
+
+
+class EquityService:
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+
+    def snapshot(
+        self,
+        portfolio_id: int,
+        at: dt.datetime,
+        marks: Mapping[int, Decimal] | None = None,
+    ) -> sa.Row[Any]:
+        """Record the portfolio's equity now (its owner's local day of ``at``)."""
+        owned_portfolio(self.tx, portfolio_id)
+        row = self.tx.conn.execute(_PORTFOLIO.where(t.portfolios.c.id == portfolio_id)).one()
+        checked = stored_marks(self.tx.conn) if marks is None else check_marks(dict(marks))
+        return take_snapshot(
+            self.tx.conn, portfolio_id, row.base_currency, row.timezone, checked, at
+        )
+
+    def snapshot_all(self, at: dt.datetime, marks: Mapping[int, Decimal]) -> int:
+        """Record every live portfolio's equity (tradebook's daily job; the system only)."""
+        self.tx.require_user()
+        if not self.tx.actor.is_system:
+            raise Forbidden("equity snapshots of every portfolio are taken by tradebook itself")
+        checked = check_marks(dict(marks))
+        rows = list(
+            self.tx.conn.execute(
+                _PORTFOLIO.where(
+                    t.portfolios.c.archived_at.is_(None), t.users.c.is_active.is_(True)
+                ).order_by(t.portfolios.c.id)
+            )
+        )
+        for row in rows:
+            take_snapshot(self.tx.conn, row.id, row.base_currency, row.timezone, checked, at)
+        return len(rows)
+
+    @read_only
+    def history(self, portfolio_id: int, since: dt.date | None = None) -> list[sa.Row[Any]]:
+        """The portfolio's daily snapshots, oldest first."""
+        owned_portfolio(self.tx, portfolio_id)
+        query = sa.select(snapshots).where(snapshots.c.portfolio_id == portfolio_id)
+        if since is not None:
+            query = query.where(snapshots.c.day >= since)
+        return list(self.tx.conn.execute(query.order_by(snapshots.c.day)))

@@ -1,0 +1,237 @@
+"""Paper accounts: the worked examples of docs/accounts.md, each a test, then the rules behind
+them (reservations, refusals, equity snapshots, verify).
+
+Every example starts from a new user's paper portfolio (10,000 USDT) and BTCUSDT; the fee is
+10 bps, the market-order slippage 5 bps.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from dal.balances import Balance, Terms
+from dal.database import Database
+from dal.errors import InvalidInput
+from dal.scope import Actor
+from tests.factories import T0, default_portfolio, fill, make_instrument, make_user
+
+TERMS = Terms(fee_rate=Decimal("0.001"), slippage=Decimal("0.0005"))
+MARK = Decimal("61000")
+
+
+def table(balances: list[Balance]) -> dict[str, tuple[str, str, str]]:
+    """asset → (total, reserved, free) as text."""
+    return {b.asset: (str(b.total), str(b.reserved), str(b.free)) for b in balances}
+
+
+async def paper_account(db: Database) -> tuple[Actor, int, int]:
+    user = await make_user(db)
+    btc = await make_instrument(db, "BTCUSDT")
+    return user, await default_portfolio(db, user), btc
+
+
+async def bought(db: Database) -> tuple[Actor, int, int]:
+    """Example 2's state: 0.1 BTC bought at 60,000 with a 6 USDT fee."""
+    user, pid, btc = await paper_account(db)
+    async with db.session(user) as s:
+        await s.trades.ingest_fill(
+            fill(pid, btc, "BUY", "0.1", "60000", fee=Decimal("6"), fee_currency="USDT")
+        )
+    return user, pid, btc
+
+
+def order(pid: int, btc: int, side: str, quantity: str, **kw: Any) -> dict[str, Any]:
+    return {"portfolio_id": pid, "instrument_id": btc, "side": side, "quantity": quantity, **kw}
+
+
+async def test_example_1_deposit(db: Database) -> None:
+    user, pid, btc = await paper_account(db)
+    async with db.session(user) as s:
+        value = await s.valuation.value(pid, {btc: MARK})
+    assert table(value.balances) == {"USDT": ("10000", "0", "10000")}
+    assert value.equity == Decimal("10000")
+
+
+async def test_example_2_buy_with_the_fee_in_the_quote_and_a_mark(db: Database) -> None:
+    user, pid, btc = await bought(db)
+    async with db.session(user) as s:
+        value = await s.valuation.value(pid, {btc: MARK})
+    # USDT: 10,000 − 0.1 × 60,000 − 6; BTC: 0.1, worth 6,100 at the mark.
+    assert table(value.balances) == {
+        "BTC": ("0.1", "0", "0.1"),
+        "USDT": ("3994", "0", "3994"),
+    }
+    assert value.values == {"BTC": Decimal("6100"), "USDT": Decimal("3994")}
+    assert value.equity == Decimal("10094")
+    (position,) = value.positions
+    # Positions cost their price (6,000; the fee is its own line): 6,100 at the mark.
+    assert (position.unrealized, round(position.unrealized_pct or 0, 4)) == (
+        Decimal("100"),
+        Decimal("1.6667"),
+    )
+
+
+async def test_example_3_an_open_buy_reserves_its_cost_and_fee(db: Database) -> None:
+    user, pid, btc = await bought(db)
+    async with db.session(user) as s:
+        limit = order(pid, btc, "BUY", "0.05", type="LIMIT", price="59000")
+        check = await s.valuation.check_order(limit, {btc: MARK}, TERMS)
+        assert (check.refusal, check.reserve_price) == (None, Decimal("59059"))
+        await s.orders.place(limit, reserve_price=check.reserve_price)
+        value = await s.valuation.value(pid, {btc: MARK})
+    # 0.05 × 59,000 × 1.001 = 2,952.95 reserved; equity does not change.
+    assert table(value.balances)["USDT"] == ("3994", "2952.95", "1041.05")
+    assert value.equity == Decimal("10094")
+
+
+async def test_example_4_an_oversize_order_is_refused(db: Database) -> None:
+    user, pid, btc = await bought(db)
+    async with db.session(user) as s:
+        check = await s.valuation.check_order(order(pid, btc, "BUY", "1"), {btc: MARK}, TERMS)
+    # A market BUY reserves the mark with slippage and fee: 61,000 × 1.0005 × 1.001.
+    assert check.refusal == "insufficient balance: needs 61,091.5305 USDT, free 3,994 USDT"
+
+
+async def test_example_5_a_sell_with_the_fee_in_the_base_asset(db: Database) -> None:
+    user, pid, btc = await bought(db)
+    async with db.session(user) as s:
+        too_much = await s.valuation.check_order(order(pid, btc, "SELL", "0.2"), {btc: MARK})
+        await s.trades.ingest_fill(
+            fill(pid, btc, "SELL", "0.05", "61000", fee=Decimal("0.00005"), fee_currency="BTC")
+        )
+        value = await s.valuation.value(pid, {btc: MARK})
+    assert too_much.refusal == "insufficient balance: needs 0.2 BTC, free 0.1 BTC"
+    # BTC: 0.1 − 0.05 − 0.00005; USDT: 3,994 + 0.05 × 61,000.
+    assert table(value.balances) == {
+        "BTC": ("0.04995", "0", "0.04995"),
+        "USDT": ("7044", "0", "7044"),
+    }
+    assert value.equity == Decimal("10090.95")
+
+
+async def test_example_6_a_withdrawal_above_the_free_balance_is_refused(db: Database) -> None:
+    user, pid, btc = await bought(db)
+    async with db.session(user) as s:
+        with pytest.raises(InvalidInput) as refused:
+            await s.cash.withdraw(pid, "4000", "USDT")
+        await s.cash.withdraw(pid, "3994", "USDT")
+        assert table(await s.valuation.balances(pid, {btc: MARK})) == {"BTC": ("0.1", "0", "0.1")}
+    assert str(refused.value) == "cannot withdraw 4,000 USDT: free balance 3,994 USDT"
+
+
+async def test_example_7_a_margin_account_may_go_short_within_its_leverage(
+    db: Database,
+) -> None:
+    user, pid, btc = await paper_account(db)
+    async with db.session(user) as s:
+        spot = await s.valuation.check_order(order(pid, btc, "SELL", "0.1"), {btc: MARK})
+        account = (await s.accounts.list())[0]
+        await s.accounts.set_margin(account.id, Decimal(2))
+        short = await s.valuation.check_order(order(pid, btc, "SELL", "0.1"), {btc: MARK})
+        too_big = await s.valuation.check_order(order(pid, btc, "SELL", "0.4"), {btc: MARK})
+        await s.trades.ingest_fill(fill(pid, btc, "SELL", "0.1", "61000"))
+        at_entry = await s.valuation.value(pid, {btc: MARK})
+        lower = await s.valuation.value(pid, {btc: Decimal("60000")})
+    assert spot.refusal == "insufficient balance: needs 0.1 BTC, free 0 BTC"
+    assert short.refusal is None
+    # Buying power: equity 10,000 × 2 − 0 of positions = 20,000; 0.4 × 61,000 is 24,400.
+    assert too_big.refusal == (
+        "insufficient margin: needs 24,400 USDT of buying power, free 20,000 USDT (2x leverage)"
+    )
+    assert table(at_entry.balances) == {
+        "BTC": ("-0.1", "0", "-0.1"),
+        "USDT": ("16100", "0", "16100"),
+    }
+    assert (at_entry.equity, at_entry.gross_exposure) == (Decimal("10000"), Decimal("6100"))
+    assert lower.equity == Decimal("10100")
+    assert lower.positions[0].unrealized == Decimal("100")
+
+
+# --- the rules behind the examples ---------------------------------------------------------
+
+
+async def test_a_sell_order_reserves_the_base_and_fills_release_it(db: Database) -> None:
+    user, pid, btc = await bought(db)
+    async with db.session(user) as s:
+        placed = await s.orders.place(
+            order(pid, btc, "SELL", "0.08", type="LIMIT", price="70000", client_order_id="s1")
+        )
+        again = await s.valuation.check_order(order(pid, btc, "SELL", "0.03"), {btc: MARK})
+        await s.trades.ingest_fill(
+            fill(pid, btc, "SELL", "0.05", "70000", order_id=placed.id, trade_id="p1")
+        )
+        after = table(await s.valuation.balances(pid, {btc: MARK}))
+    assert again.refusal == "insufficient balance: needs 0.03 BTC, free 0.02 BTC"
+    # 0.05 of 0.08 filled: 0.03 stays reserved of the 0.05 left.
+    assert after["BTC"] == ("0.05", "0.03", "0.02")
+
+
+async def test_an_order_cannot_be_checked_without_any_price(db: Database) -> None:
+    user, pid, btc = await paper_account(db)
+    async with db.session(user) as s:
+        check = await s.valuation.check_order(order(pid, btc, "BUY", "1"), {}, TERMS)
+    assert check.refusal == "no price for BTCUSDT yet: cannot reserve the order"
+
+
+async def test_an_asset_without_a_price_stays_in_its_own_units(db: Database) -> None:
+    user, pid, btc = await paper_account(db)
+    odd = await make_instrument(db, "ODDEUR", currency="EUR")
+    async with db.session(user) as s:
+        await s.trades.ingest_fill(fill(pid, odd, "BUY", "3", "2"))
+        value = await s.valuation.value(pid, {btc: MARK, odd: Decimal("2.5")})
+    # ODD is priced in EUR, and nothing prices EUR in USDT: both stay unconverted.
+    assert value.unconverted == {"EUR": Decimal("-6"), "ODD": Decimal("3")}
+    assert value.equity == Decimal("10000")
+    assert value.positions[0].unrealized == Decimal("1.5")
+
+
+async def test_prices_convert_inverse_and_through_one_asset(db: Database) -> None:
+    user, pid, btc = await paper_account(db)
+    eth = await make_instrument(db, "ETHBTC", currency="BTC", base_asset="ETH")
+    eur = await make_instrument(db, "USDTEUR", currency="EUR", base_asset="USDT")
+    async with db.session(user) as s:
+        await s.cash.deposit(pid, "1", "ETH")
+        await s.cash.deposit(pid, "10", "EUR")
+        marks = {btc: MARK, eth: Decimal("0.05"), eur: Decimal("0.8")}
+        value = await s.valuation.value(pid, marks)
+    # ETH via BTC: 0.05 × 61,000; EUR as the inverse of USDTEUR: 10 / 0.8.
+    assert value.values == {
+        "ETH": Decimal("3050"),
+        "EUR": Decimal("12.5"),
+        "USDT": Decimal("10000"),
+    }
+    assert value.unconverted == {}
+
+
+async def test_equity_snapshots_keep_one_row_per_local_day_and_rederive(
+    db: Database,
+) -> None:
+    user, pid, btc = await bought(db)
+    async with db.session(user) as s:
+        await s.users.set_timezone("Asia/Tokyo")
+    tomorrow = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)  # after the deposit
+    late_evening = dt.datetime.combine(tomorrow, dt.time(14, 30), dt.UTC)  # 23:30 in Tokyo
+    async with db.session(Actor.system()) as s:
+        assert await s.equity.snapshot_all(late_evening, {btc: Decimal("60000")}) >= 1
+        await s.equity.snapshot_all(late_evening + dt.timedelta(minutes=20), {btc: MARK})
+        await s.equity.snapshot_all(late_evening + dt.timedelta(minutes=40), {btc: MARK})
+    async with db.session(user) as s:
+        first, second = await s.equity.history(pid)
+    # 23:50 was still the same day in Tokyo and replaced 23:30; 00:10 is the next day.
+    assert [(r.day, r.equity, r.net_deposits) for r in (first, second)] == [
+        (tomorrow, Decimal("10094"), Decimal("10000")),
+        (tomorrow + dt.timedelta(days=1), Decimal("10094"), Decimal("10000")),
+    ]
+    assert first.balances_json == {"BTC": "0.1", "USDT": "3994"}
+    assert first.marks_json == {str(btc): "61000"}
+
+
+async def test_a_user_snapshots_only_their_own_portfolio(db: Database) -> None:
+    user, pid, btc = await bought(db)
+    async with db.session(user) as s:
+        row = await s.equity.snapshot(pid, T0, {btc: MARK})
+    assert (row.equity, row.currency) == (Decimal("10094"), "USDT")
