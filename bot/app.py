@@ -15,6 +15,7 @@ from aiogram.types import ErrorEvent
 from bot.commands import bot_commands
 from bot.middleware import UserScopeMiddleware
 from bot.routers import (
+    account,
     admin,
     alerts,
     configure,
@@ -50,6 +51,7 @@ def build_dispatcher(db: Database, **workflow_data: Any) -> Dispatcher:
         orders,
         positions,
         pnl,
+        account,
         risk,
         alerts,
         trade,

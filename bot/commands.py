@@ -32,6 +32,25 @@ COMMANDS = [
         "/pnl [period] [portfolio]",
         "realized PnL, fees and a chart; period: today, 7d, 30d, mtd, ytd, all, A..B",
     ),
+    Cmd("balance", "/balance [portfolio]", "per asset: free, reserved, total, value; equity"),
+    Cmd(
+        "status",
+        "/status [portfolio]",
+        "open positions with mark, unrealized PnL, holding time and how to close each",
+    ),
+    Cmd(
+        "profit",
+        "/profit [period] [portfolio]",
+        "realized and unrealized PnL, return, win rate, profit factor, max drawdown",
+    ),
+    Cmd("daily", "/daily [n]", "realized PnL, trades and equity per day (last n, default 7)"),
+    Cmd("weekly", "/weekly [n]", "the same per week (default 4)"),
+    Cmd("monthly", "/monthly [n]", "the same per month (default 6)"),
+    Cmd(
+        "performance",
+        "/performance [period] [portfolio]",
+        "per instrument: realized PnL, trades, win rate",
+    ),
     Cmd("risk", "/risk [portfolio]", "risk policies in effect and the latest breaches"),
     Cmd("alerts", "/alerts", "your alerts"),
     Cmd("schedules", "/schedules", "your scheduled reports"),
@@ -98,6 +117,11 @@ COMMANDS = [
     ),
     Cmd("mute", "/mute", "stop notifications (fills, breaches, alerts)"),
     Cmd("unmute", "/unmute", "notifications back on"),
+    Cmd(
+        "notify",
+        "/notify [fills|alerts|reports|risk on|off]",
+        "each kind of notification on or off, e.g. /notify reports off",
+    ),
     Cmd("strategies", "/strategies", "your strategies and whether they run"),
     Cmd(
         "strategy",

@@ -13,6 +13,7 @@ from aiogram.exceptions import TelegramForbiddenError, TelegramRetryAfter
 from bot.text import q
 from dal.database import Database
 from dal.scope import Actor
+from dal.vocabulary import NotificationKind
 
 log = logging.getLogger("tradebook.notify")
 MAX_RETRY_AFTER = 60  # seconds; longer waits drop the message (logged) instead of piling up
@@ -44,6 +45,11 @@ async def send_text(
     return False
 
 
+def wants(user: Any, kind: NotificationKind) -> bool:
+    """Whether the user keeps this kind of notification on (/notify)."""
+    return bool(getattr(user, f"notify_{kind.value}"))
+
+
 class Notifier:
     """``await notifier(user_id, text)``: tell a user something (a fill, a breach, an alert)."""
 
@@ -51,10 +57,11 @@ class Notifier:
         self.db = db
         self.bot = bot
 
-    async def __call__(self, user_id: int, text: str) -> None:
+    async def __call__(self, user_id: int, text: str, kind: NotificationKind) -> None:
         try:
             async with self.db.session(Actor.system(), readonly=True) as s:
                 user = await s.users.find_by_id(user_id)
-            await send_text(self.bot, self.db, user, text)
+            if wants(user, kind):
+                await send_text(self.bot, self.db, user, text)
         except Exception:
             log.warning("could not notify user #%s", user_id, exc_info=True)

@@ -80,9 +80,7 @@ async def pnl_report(
     lines.append(f"Trades: {summary.trade_count}")
     lines.append("By instrument")
     for symbol, entry in sorted(summary.by_instrument.items()):
-        lines.append(
-            f"  {symbol}: {signed(entry['realized'])} {entry['currency']} ({entry['trades']})"
-        )
+        lines.append(f"  {symbol}: {signed(entry.realized)} {entry.currency} ({entry.trades})")
     photo = None
     if chart and summary.daily:
         png = cumulative_pnl_png(summary.daily, f"{portfolio.name}: {period.label}")

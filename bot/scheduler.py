@@ -15,11 +15,15 @@ from typing import Any
 
 from aiogram import Bot
 
+from bot.notify import wants
 from bot.periods import parse_period
 from bot.reports import Reply, orders_report, pnl_report, positions_report, risk_report, send_reply
 from bot.routers.common import resolve_portfolio
 from dal.database import Database
 from dal.scope import Actor
+from dal.vocabulary import NotificationKind
+
+REPORTS = NotificationKind.REPORTS
 
 log = logging.getLogger("tradebook.scheduler")
 
@@ -64,7 +68,7 @@ class Scheduler:
         try:
             async with self.db.session(Actor.system(), readonly=True) as s:
                 owner = await s.users.find_by_id(schedule.user_id)
-            if owner.is_active and owner.approved_at is not None:
+            if owner.is_active and owner.approved_at is not None and wants(owner, REPORTS):
                 reply = await build_report(self.db, owner, schedule.config_json, now)
                 chat = owner.telegram_chat_id or int(owner.telegram_user_id)
                 await send_reply(self.bot, chat, reply)

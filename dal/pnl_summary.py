@@ -613,6 +613,10 @@ _BY_INSTRUMENT = (
         decimal_sum(summary.c.realized_pnl).label("realized_pnl"),
         decimal_sum(summary.c.fees).label("fees"),
         sa.func.sum(summary.c.trade_count).label("trade_count"),
+        sa.func.sum(summary.c.win_count).label("win_count"),
+        sa.func.sum(summary.c.loss_count).label("loss_count"),
+        decimal_sum(summary.c.gross_profit).label("gross_profit"),
+        decimal_sum(summary.c.gross_loss).label("gross_loss"),
     )
     .join(t.instruments, t.instruments.c.id == summary.c.instrument_id)
     .where(_IN_RANGES)

@@ -115,6 +115,7 @@ class Users(Facade):
     register = expose(UserService.register)
     revoke = expose(UserService.revoke)
     set_muted = expose(UserService.set_muted)
+    set_notify = expose(UserService.set_notify)
     set_reachable = expose(UserService.set_reachable)
     set_timezone = expose(UserService.set_timezone)
 

@@ -28,13 +28,27 @@ trades = t.trades
 
 
 @dataclass
+class InstrumentPnl:
+    """One instrument's realized PnL (in its currency) and its winning and losing trades
+    (those that realized a profit or a loss)."""
+
+    currency: str
+    realized: Decimal = Decimal(0)
+    trades: int = 0
+    wins: int = 0
+    losses: int = 0
+    gross_profit: Decimal = Decimal(0)
+    gross_loss: Decimal = Decimal(0)  # ≥ 0
+
+
+@dataclass
 class PnlSummary:
     """Realized PnL per currency (never summed across currencies), fees per fee currency."""
 
     realized: dict[str, Decimal] = field(default_factory=dict)
     fees: dict[str, Decimal] = field(default_factory=dict)
     trade_count: int = 0
-    by_instrument: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_instrument: dict[str, InstrumentPnl] = field(default_factory=dict)
     daily: list[tuple[dt.date, str, Decimal]] = field(default_factory=list)
 
     def add(
@@ -45,17 +59,23 @@ class PnlSummary:
         fee: Decimal,
         fee_currency: str | None,
         trades: int,
+        wins: int = 0,
+        losses: int = 0,
+        gross_profit: Decimal = Decimal(0),
+        gross_loss: Decimal = Decimal(0),
     ) -> None:
         """Count trades of one instrument (call inside ``localcontext(DECIMAL_CONTEXT)``)."""
         self.trade_count += trades
         self.realized[currency] = self.realized.get(currency, Decimal(0)) + realized
         if fee and fee_currency:
             self.fees[fee_currency] = self.fees.get(fee_currency, Decimal(0)) + fee
-        entry = self.by_instrument.setdefault(
-            symbol, {"currency": currency, "realized": Decimal(0), "trades": 0}
-        )
-        entry["realized"] += realized
-        entry["trades"] += trades
+        entry = self.by_instrument.setdefault(symbol, InstrumentPnl(currency))
+        entry.realized += realized
+        entry.trades += trades
+        entry.wins += wins
+        entry.losses += losses
+        entry.gross_profit += gross_profit
+        entry.gross_loss += gross_loss
 
 
 class TradeService:
@@ -141,6 +161,10 @@ class TradeService:
                     row.fees,
                     row.fee_currency,
                     row.trade_count,
+                    row.win_count,
+                    row.loss_count,
+                    row.gross_profit,
+                    row.gross_loss,
                 )
         summary.daily = daily_totals(conn, portfolio_id, *days)
         return summary
@@ -192,7 +216,19 @@ def _pnl_from_trades(
     daily: dict[tuple[dt.date, str], Decimal] = defaultdict(Decimal)
     with localcontext(DECIMAL_CONTEXT):
         for row in conn.execute(query):
-            summary.add(row.symbol, row.currency, row.realized_pnl, row.fee, row.fee_currency, 1)
+            pnl = row.realized_pnl
+            summary.add(
+                row.symbol,
+                row.currency,
+                pnl,
+                row.fee,
+                row.fee_currency,
+                1,
+                int(pnl > 0),
+                int(pnl < 0),
+                max(pnl, Decimal(0)),
+                max(-pnl, Decimal(0)),
+            )
             daily[(row.exec_time.astimezone(tz).date(), row.currency)] += row.realized_pnl
     summary.daily = [(day, cur, v) for (day, cur), v in sorted(daily.items())]
     return summary

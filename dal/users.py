@@ -14,6 +14,7 @@ from dal.models import valid_id
 from dal.pnl_summary import rebuild_summary
 from dal.scope import Tx, long_running
 from dal.types import new_uid
+from dal.vocabulary import NOTIFICATION_KINDS
 
 users = t.users
 
@@ -118,6 +119,17 @@ class UserService:
             users.update().where(users.c.id == user_id).values(notifications_muted=bool(muted))
         )
         self.tx.audit("USER", user_id, "UPDATE", {"notifications_muted": bool(muted)})
+        self.tx.forget_user()
+        return self.tx.user_row()
+
+    def set_notify(self, kind: str, on: bool) -> sa.Row[Any]:
+        """/notify: one kind of notification (fills, alerts, reports, risk) on or off."""
+        if kind not in NOTIFICATION_KINDS:
+            raise InvalidInput(f"notifications are {', '.join(NOTIFICATION_KINDS)}, not {kind!r}")
+        user_id = self.tx.user_id
+        column = f"notify_{kind}"
+        self.tx.conn.execute(users.update().where(users.c.id == user_id).values({column: on}))
+        self.tx.audit("USER", user_id, "UPDATE", {column: bool(on)})
         self.tx.forget_user()
         return self.tx.user_row()
 

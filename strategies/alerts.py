@@ -24,6 +24,7 @@ from dal.configs import next_run_after
 from dal.database import Database
 from dal.decimals import DECIMAL_CONTEXT
 from dal.scope import Actor
+from dal.vocabulary import NotificationKind
 from trading.desk import Notify as Notifier
 from trading.desk import OrderDesk
 from trading.events import FillEvent
@@ -114,7 +115,9 @@ class AlertEngine:
             else (before is not None and condition != before)
         )
         if fire:
-            await self.notify(alert.user_id, f"Alert #{alert.id} {alert.name}: {text}")
+            await self.notify(
+                alert.user_id, f"Alert #{alert.id} {alert.name}: {text}", NotificationKind.ALERTS
+            )
 
     async def evaluate(self, alert: Any) -> tuple[bool | None, str]:
         """(condition, description) of one alert now; None when it cannot be judged yet."""
@@ -213,7 +216,9 @@ class AlertEngine:
                 log.exception("screener #%s failed", screener.id)
                 continue
             listing = ", ".join(f"{s} {p}" for s, p in matches) or "no matches"
-            await self.notify(screener.user_id, f"Screener {screener.name}: {listing}")
+            await self.notify(
+                screener.user_id, f"Screener {screener.name}: {listing}", NotificationKind.ALERTS
+            )
 
     async def screen(self, screener: Any) -> list[tuple[str, Decimal]]:
         """Instruments passing the screener's filters at the latest marks."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -21,13 +21,14 @@ import sqlalchemy as sa
 from dal.database import Database, ScopedDal, Session
 from dal.errors import TradebookError
 from dal.scope import Actor
+from dal.vocabulary import NotificationKind
 from strategies.base import Strategy
+from trading.desk import Notify as Notifier
 from trading.desk import OrderDesk
 from trading.events import FillEvent
 from trading.market import Bar, MarkBook, Market
 
 log = logging.getLogger("tradebook.strategies")
-Notifier = Callable[[int, str], Awaitable[None]]  # (user id, text)
 _END = object()
 
 
@@ -214,7 +215,11 @@ class StrategyRuntime:
                 extra={"correlation_id": f"strategy-{ctx.strategy_id}"},
             )
             error = f"{type(exc).__name__}: {exc}"
-            await self.notify(ctx.user_id, f"Strategy {run.name} crashed and was stopped: {error}")
+            await self.notify(
+                ctx.user_id,
+                f"Strategy {run.name} crashed and was stopped: {error}",
+                NotificationKind.RISK,
+            )
             await self._end(ctx.strategy_id, ctx.portfolio_id, ctx.user_id, "CRASHED", error)
             _drain(run.queue)
 
@@ -222,7 +227,9 @@ class StrategyRuntime:
         ctx = run.ctx
         if item is _END:
             await self.notify(
-                ctx.user_id, f"Strategy {run.name}: the price data ended; it stopped."
+                ctx.user_id,
+                f"Strategy {run.name}: the price data ended; it stopped.",
+                NotificationKind.RISK,
             )
             await self._end(ctx.strategy_id, ctx.portfolio_id, ctx.user_id, "FINISHED")
         elif isinstance(item, FillEvent):

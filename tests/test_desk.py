@@ -32,7 +32,7 @@ class Notes:
     def __init__(self) -> None:
         self.texts: list[tuple[int, str]] = []
 
-    async def __call__(self, user_id: int, text: str) -> None:
+    async def __call__(self, user_id: int, text: str, kind: str = "") -> None:
         self.texts.append((user_id, text))
 
     def joined(self) -> str:

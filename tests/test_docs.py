@@ -212,6 +212,7 @@ def test_links_point_at_existing_files_and_headings(path: Path) -> None:
 def test_docs_folder_has_the_expected_pages() -> None:
     expected = {
         "architecture.md",
+        "accounts.md",
         "position-rules.md",
         "risk-rules.md",
         "schema.md",

@@ -361,6 +361,7 @@ ID_OPS: dict[str, Op] = {
 OTHER_OPS: dict[str, Op] = {
     "users.set_timezone": lambda s, o, m: s.users.set_timezone("Europe/Berlin"),
     "users.set_muted": lambda s, o, m: s.users.set_muted(True),
+    "users.set_notify": lambda s, o, m: s.users.set_notify("fills", False),
     "users.set_reachable": lambda s, o, m: s.users.set_reachable(o.user, False),
     "users.pending": lambda s, o, m: s.users.pending(),
     "users.list_all": lambda s, o, m: s.users.list_all(),

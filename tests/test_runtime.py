@@ -54,7 +54,7 @@ class Harness:
         self.trading = self.make(length)
 
     def make(self, length: int) -> Trading:
-        async def notify(user_id: int, text: str) -> None:
+        async def notify(user_id: int, text: str, kind: str = "") -> None:
             self.notes.append((user_id, text))
 
         feed = RandomWalkFeed(seed=3, length=length, start=START, warmup=0)

@@ -405,3 +405,54 @@ async def test_stopall_flatten_closes_every_position(h: Trading) -> None:
     pid = (await dal.portfolios.current()).id
     assert await dal.positions.snapshot(pid) == []
     assert "Usage: /stopall" in joined(await h.send(ALICE, "/stopall everything"))
+
+
+async def test_balance_status_profit_and_an_oversize_order_before_confirm(h: Trading) -> None:
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.1"))
+    await h.bar("60000")  # fills at 60,030 (5 bps slippage), fee 6.003 USDT
+    await h.bar("61000")
+    text = joined(await h.send(ALICE, "/balance"))
+    assert "asset      free  reserved     total  value USDT" in text
+    assert "BTC         0.1         0       0.1        6100" in text
+    assert "USDT   3990.997         0  3990.997    3990.997" in text
+    assert "equity 10090.997 USDT" in text
+    calls = await h.send(ALICE, "/buy BTCUSDT 1")
+    assert calls[-1].buttons() == []  # no Confirm: the account refuses it
+    assert "Rejected: insufficient balance: needs 61,091.5305 USDT, free 3,990.997 USDT" in joined(
+        calls
+    )
+    text = joined(await h.send(ALICE, "/status"))
+    assert "BTCUSDT [manual] long" in text
+    assert "mark 61000  uPnL +97 USDT (+1.62%)" in text
+    assert "close: /close BTCUSDT" in text
+    text = joined(await h.send(ALICE, "/profit"))
+    assert "return on net deposits +90.997 USDT (+0.91%)" in text
+    assert "trades 1" in text
+    await h.confirm(ALICE, await h.send(ALICE, "/sell BTCUSDT 0.05"))
+    filled = joined(await h.bar("62000"))  # 61,969 after slippage
+    assert "Filled: SELL 0.05 BTCUSDT at 61969 (order #2), realized +96.95 (+3.23%)" in filled
+    text = joined(await h.send(ALICE, "/performance"))
+    assert "BTCUSDT     +96.95 USDT       2      100%" in text
+    text = joined(await h.send(ALICE, "/profit all"))
+    assert "USDT: 1 won / 0 lost, win rate 100%" in text
+    assert "best BTCUSDT +96.95 USDT" in text
+    # Bob sees his own, untouched account.
+    assert "USDT   10000         0  10000       10000" in joined(await h.send(BOB, "/balance"))
+
+
+async def test_periodic_tables_and_notify_switches(h: Trading) -> None:
+    lines = joined(await h.send(ALICE, "/daily 3")).splitlines()
+    assert lines[1].split() == ["day", "realized", "trades", "equity"]
+    today = dt.datetime.now(dt.UTC).date()  # Alice's zone is UTC; nothing traded lately
+    assert [line.split()[:3] for line in lines[2:]] == [
+        [str(today - dt.timedelta(days=n)), "0", "0"] for n in (2, 1, 0)
+    ]
+    assert "Usage: /weekly" in joined(await h.send(ALICE, "/weekly x"))
+    assert "give between 1 and 60" in joined(await h.send(ALICE, "/monthly 61"))
+    text = joined(await h.send(ALICE, "/notify fills off"))
+    assert text == "Notifications: fills off, alerts on, reports on, risk on."
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01"))
+    filled = await h.bar("60000")
+    assert not [c for c in filled if c.name == "SendMessage" and c.chat_id == ALICE]
+    assert "Usage: /notify" in joined(await h.send(ALICE, "/notify fills maybe"))
+    assert "notifications are fills" in joined(await h.send(ALICE, "/notify trades on"))

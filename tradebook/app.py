@@ -34,10 +34,11 @@ from dal.scope import Actor
 from strategies.alerts import AlertEngine
 from strategies.base import Strategy
 from strategies.examples import REGISTRY
-from strategies.runtime import Notifier, StrategyRuntime
+from strategies.runtime import StrategyRuntime
 from tradebook.ops.jobs import run_scheduled_jobs
 from tradebook.settings import Settings
 from trading.desk import GatewayFactory, OrderDesk
+from trading.desk import Notify as Notifier
 from trading.events import OrderGateway
 from trading.feeds import CsvReplayFeed, PriceFeed, RandomWalkFeed
 from trading.market import Bar, Market
@@ -46,6 +47,8 @@ from trading.paper_engine import PaperConfig
 
 log = logging.getLogger("tradebook")
 SAVE_MARKS_EVERY_S = 10.0
+# Each snapshot rewrites the owner's current day, so the day keeps its last one: its close.
+EQUITY_SNAPSHOT_EVERY_S = 900.0
 DEFAULT_STRATEGY = "sma_cross"  # what `make run` starts for the local user in console mode
 
 
@@ -93,6 +96,7 @@ class Trading:
         await self.strategies.stop()
         await self.desk.stop()
         await self.save_marks()
+        await self.snapshot_equity()
 
     async def on_bar(self, bar: Bar) -> None:
         """One bar through everything (the feed does this; tests hand bars in)."""
@@ -111,9 +115,26 @@ class Trading:
         self.strategies.price_data_ended()
 
     async def _keep_marks(self) -> None:
+        loop = asyncio.get_running_loop()
+        snapshot_at = loop.time()  # the first equity snapshot once marks have settled
         while True:
             await asyncio.sleep(SAVE_MARKS_EVERY_S)
             await self.save_marks()
+            if loop.time() >= snapshot_at:
+                await self.snapshot_equity()
+                snapshot_at = loop.time() + EQUITY_SNAPSHOT_EVERY_S
+
+    async def snapshot_equity(self) -> None:
+        """Every live portfolio's equity at the feed's marks, for today (owners' days)."""
+        marks = self.market.marks.marks
+        if not marks:
+            return
+        try:
+            async with self.db.session(Actor.system()) as s:
+                count = await s.equity.snapshot_all(dt.datetime.now(dt.UTC), dict(marks))
+            log.info("equity snapshot of %s portfolio(s)", count)
+        except Exception:  # retried at the next interval; a missing day only thins the curve
+            log.warning("could not take the equity snapshot", exc_info=True)
 
     async def save_marks(self) -> None:
         marks = self.market.marks.marks

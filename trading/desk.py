@@ -29,7 +29,7 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -37,17 +37,25 @@ import sqlalchemy as sa
 from dal.balances import NO_TERMS, Terms
 from dal.clock import local_midnight
 from dal.database import Database, ScopedDal, Session
+from dal.decimals import DECIMAL_CONTEXT
 from dal.errors import Conflict, TradebookError
 from dal.risk_rules import Verdict
 from dal.scope import Actor
 from dal.types import new_uid
-from dal.vocabulary import OPEN_STATUSES
+from dal.vocabulary import OPEN_STATUSES, NotificationKind
 from trading.events import BrokerEvent, FillEvent, OrderGateway, OrderUpdate, event_from_json
 from trading.mapping import apply_event
 from trading.market import Market
 
 log = logging.getLogger("tradebook.desk")
-Notify = Callable[[int, str], Awaitable[None]]  # (user id, text)
+
+
+class Notify(Protocol):
+    """Tell a user something unasked; ``kind`` is what /notify switches on or off."""
+
+    def __call__(self, user_id: int, text: str, kind: NotificationKind) -> Awaitable[None]: ...
+
+
 FillListener = Callable[[int, int, FillEvent], Awaitable[None]]  # (user, portfolio, fill)
 APPLY_ATTEMPTS = 4  # tries of one broker event before it is kept for later
 APPLY_PAUSE_S = 0.05  # first pause between tries; doubles each time
@@ -277,10 +285,14 @@ class OrderDesk:
         if verdict.breaches:
             word = "blocked" if blocked else "warning"
             await self.notify(
-                dal.actor.user_id or 0, f"Risk {word} on {what}: {_breaches(verdict)}"
+                dal.actor.user_id or 0,
+                f"Risk {word} on {what}: {_breaches(verdict)}",
+                NotificationKind.RISK,
             )
         if refusal is not None:
-            await self.notify(dal.actor.user_id or 0, f"Rejected {what}: {refusal}")
+            await self.notify(
+                dal.actor.user_id or 0, f"Rejected {what}: {refusal}", NotificationKind.FILLS
+            )
         if row.status == "REJECTED":
             return row
         await gateway.place(GatewayOrder.of(row, symbol, owner_zone, self._now()))
@@ -389,7 +401,9 @@ class OrderDesk:
         if isinstance(event, FillEvent):
             what = f"{event.side} {event.quantity} {event.symbol} at {event.price}"
             order = f" (order #{row.order_id})" if row.order_id else ""
-            await self.notify(user_id, f"Filled: {what}{order}")
+            await self.notify(
+                user_id, f"Filled: {what}{order}{realized_text(row)}", NotificationKind.FILLS
+            )
             for listener in self.fill_listeners:
                 try:
                     await listener(user_id, portfolio_id, event)
@@ -401,7 +415,9 @@ class OrderDesk:
             answer.set_result(row.status)
         if event.status in ("REJECTED", "EXPIRED"):
             reason = f": {event.reason}" if event.reason else ""
-            await self.notify(user_id, f"Order #{row.id} {event.status.lower()}{reason}")
+            await self.notify(
+                user_id, f"Order #{row.id} {event.status.lower()}{reason}", NotificationKind.FILLS
+            )
 
     async def _keep(
         self, dal: ScopedDal, portfolio_id: int, event: BrokerEvent, error: Exception
@@ -417,6 +433,7 @@ class OrderDesk:
             dal.actor.user_id or 0,
             f"A broker event for portfolio #{portfolio_id} could not be applied and is kept "
             f"(#{kept.id}); tradebook tries it again. Reason: {text}",
+            NotificationKind.RISK,
         )
 
     async def retry_kept(self) -> int:
@@ -442,6 +459,19 @@ class OrderDesk:
         """Wait until every gateway's events so far are applied."""
         for gateway in list(self.gateways.values()):
             await gateway.drained()
+
+
+def realized_text(trade: Any) -> str:
+    """ ", realized +96.95 (+3.23%)" for a fill that reduced a position, else "". The % is of
+    what the closed quantity cost: the fill's notional less (long) or plus (short) the PnL."""
+    realized = trade.realized_pnl
+    if not realized:
+        return ""
+    with localcontext(DECIMAL_CONTEXT):
+        notional = trade.quantity * trade.price
+        cost = notional - realized if trade.side == "SELL" else notional + realized
+        pct = f" ({realized / cost * 100:+.2f}%)" if cost > 0 else ""
+    return f", realized {realized:+f}{pct}"
 
 
 def _breaches(verdict: Verdict) -> str | None:

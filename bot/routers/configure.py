@@ -16,6 +16,7 @@ from bot.routers.common import UsageError, args_of
 from bot.text import num, q
 from dal.database import ScopedDal
 from dal.errors import InvalidInput
+from dal.vocabulary import NOTIFICATION_KINDS
 
 SCOPES = {"user": "USER", "portfolio": "PORTFOLIO", "strategy": "STRATEGY"}
 
@@ -250,6 +251,21 @@ def router() -> Router:
     async def mute(message: Message, dal: ScopedDal) -> None:
         await dal.users.set_muted(True)
         await message.answer("Notifications muted. /unmute turns them back on.")
+
+    @r.message(Command("notify"))
+    async def notify(message: Message, command: CommandObject, dal: ScopedDal) -> None:
+        args = [a.lower() for a in args_of(command)]
+        if args and (len(args) != 2 or args[1] not in ("on", "off")):
+            raise UsageError("notify")
+        user = (
+            await dal.users.set_notify(args[0], args[1] == "on") if args else await dal.users.me()
+        )
+        states = ", ".join(
+            f"{kind} {'on' if getattr(user, f'notify_{kind}') else 'off'}"
+            for kind in NOTIFICATION_KINDS
+        )
+        muted = " (all muted: /unmute)" if user.notifications_muted else ""
+        await message.answer(f"Notifications: {states}{muted}.")
 
     @r.message(Command("unmute"))
     async def unmute(message: Message, dal: ScopedDal) -> None:

@@ -16,7 +16,7 @@ from dal.database import ScopedDal
 from dal.errors import NotFound
 
 
-async def _has_portfolio(dal: ScopedDal, name: str) -> bool:
+async def has_portfolio(dal: ScopedDal, name: str) -> bool:
     try:
         await dal.portfolios.by_name(name)
     except NotFound:
@@ -38,7 +38,7 @@ def router() -> Router:
         except PeriodError as exc:
             # "/pnl Main": no period given, the whole argument is a portfolio name.
             period, name = parse_period(None, user.timezone, now), args
-            if not await _has_portfolio(dal, " ".join(args)):
+            if not await has_portfolio(dal, " ".join(args)):
                 raise UsageError("pnl", str(exc)) from None
         portfolio = await resolve_portfolio(dal, " ".join(name) or None)
         reply = await pnl_report(dal, portfolio, period, user.timezone)

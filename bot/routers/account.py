@@ -1,0 +1,107 @@
+"""/balance, /status, /profit, /daily, /weekly, /monthly and /performance."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from aiogram import Bot, Router
+from aiogram.filters import Command, CommandObject
+from aiogram.types import Message
+
+from bot.account_reports import (
+    MAX_PERIODS,
+    PERIOD_UNITS,
+    balance_report,
+    performance_report,
+    periodic_report,
+    profit_report,
+    status_report,
+)
+from bot.middleware import UserRow
+from bot.periods import PeriodError, parse_period
+from bot.reports import send_reply
+from bot.routers.common import UsageError, args_of, resolve_portfolio
+from bot.routers.pnl import has_portfolio
+from dal.database import ScopedDal
+from trading.desk import OrderDesk
+
+
+def live_marks(desk: OrderDesk | None) -> dict[int, Decimal] | None:
+    """The market-data feed's marks when it runs here, else (None) the last stored ones."""
+    return dict(desk.market.marks.marks) if desk is not None else None
+
+
+def router() -> Router:
+    r = Router(name="account")
+
+    @r.message(Command("balance"))
+    async def balance(
+        message: Message,
+        command: CommandObject,
+        dal: ScopedDal,
+        bot: Bot,
+        desk: OrderDesk | None = None,
+    ) -> None:
+        portfolio = await resolve_portfolio(dal, (command.args or "").strip() or None)
+        reply = await balance_report(dal, portfolio, live_marks(desk))
+        await send_reply(bot, message.chat.id, reply)
+
+    @r.message(Command("status"))
+    async def status(
+        message: Message,
+        command: CommandObject,
+        dal: ScopedDal,
+        bot: Bot,
+        desk: OrderDesk | None = None,
+    ) -> None:
+        portfolio = await resolve_portfolio(dal, (command.args or "").strip() or None)
+        now = dt.datetime.now(dt.UTC)
+        await send_reply(
+            bot, message.chat.id, await status_report(dal, portfolio, now, live_marks(desk))
+        )
+
+    @r.message(Command("profit", "performance"))
+    async def profit(
+        message: Message,
+        command: CommandObject,
+        dal: ScopedDal,
+        user: UserRow,
+        bot: Bot,
+        desk: OrderDesk | None = None,
+    ) -> None:
+        name = command.command
+        args = args_of(command)
+        now = dt.datetime.now(dt.UTC)
+        try:
+            period, rest = parse_period(args[0] if args else "all", user.timezone, now), args[1:]
+        except PeriodError as exc:
+            # "/profit Main": no period given, the whole argument is a portfolio name.
+            period, rest = parse_period("all", user.timezone, now), args
+            if not await has_portfolio(dal, " ".join(args)):
+                raise UsageError(name, str(exc)) from None
+        portfolio = await resolve_portfolio(dal, " ".join(rest) or None)
+        if name == "profit":
+            reply = await profit_report(dal, portfolio, period, user.timezone, live_marks(desk))
+        else:
+            reply = await performance_report(dal, portfolio, period, user.timezone)
+        await send_reply(bot, message.chat.id, reply)
+
+    @r.message(Command(*PERIOD_UNITS))
+    async def per_period(
+        message: Message, command: CommandObject, dal: ScopedDal, user: UserRow, bot: Bot
+    ) -> None:
+        args = args_of(command)
+        defaults = {"daily": 7, "weekly": 4, "monthly": 6}
+        if len(args) > 1 or (args and not (args[0].isascii() and args[0].isdigit())):
+            raise UsageError(command.command)
+        count = int(args[0]) if args else defaults[command.command]
+        if not 1 <= count <= MAX_PERIODS:
+            raise UsageError(command.command, f"give between 1 and {MAX_PERIODS}")
+        portfolio = await dal.portfolios.current()
+        now = dt.datetime.now(dt.UTC)
+        unit = PERIOD_UNITS[command.command]
+        reply = await periodic_report(dal, portfolio, unit, count, user.timezone, now)
+        await send_reply(bot, message.chat.id, reply)
+
+    return r
