@@ -112,7 +112,7 @@ COMMANDS = [
     ),
     Cmd(
         "export",
-        "/export trades|orders|pnl [period]",
+        "/export trades|orders|pnl|balances|equity [period]",
         "a CSV for accounting, e.g. /export trades ytd",
     ),
     Cmd("mute", "/mute", "stop notifications (fills, breaches, alerts)"),

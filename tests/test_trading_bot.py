@@ -436,6 +436,22 @@ async def test_balance_status_profit_and_an_oversize_order_before_confirm(h: Tra
     text = joined(await h.send(ALICE, "/profit all"))
     assert "USDT: 1 won / 0 lost, win rate 100%" in text
     assert "best BTCUSDT +96.95 USDT" in text
+    await h.trading.save_marks()
+    await h.trading.snapshot_equity()
+    calls = await h.send(ALICE, "/export balances")
+    (upload,) = next(c for c in calls if c.name == "SendDocument").files.values()
+    assert upload.data.decode().splitlines() == [
+        "portfolio,asset,free,reserved,total,value,currency",
+        "Main,BTC,0.05,0,0.05,3100,USDT",
+        "Main,USDT,7086.34855,0,7086.34855,7086.34855,USDT",  # 3,990.997 + 3,098.45 − 3.09845
+    ]
+    calls = await h.send(ALICE, "/export equity")
+    (upload,) = next(c for c in calls if c.name == "SendDocument").files.values()
+    today = dt.datetime.now(dt.UTC).date()
+    assert upload.data.decode().splitlines() == [
+        "day,timezone,portfolio,currency,equity,net_deposits",
+        f"{today},UTC,Main,USDT,10186.34855,10000",
+    ]
     # Bob sees his own, untouched account.
     assert "USDT   10000         0  10000       10000" in joined(await h.send(BOB, "/balance"))
 

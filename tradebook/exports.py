@@ -16,7 +16,7 @@ from dal.database import ScopedDal
 from dal.decimals import canonical_decimal
 from dal.types import format_utc
 
-KINDS = ("trades", "orders", "pnl")
+KINDS = ("trades", "orders", "pnl", "balances", "equity")
 
 
 async def _all_orders(dal: ScopedDal, portfolio_id: int, statuses: list[str]) -> list[Any]:
@@ -47,7 +47,8 @@ async def export_csv(
     until: dt.datetime | None,
     zone: str,
 ) -> str:
-    """The CSV text of one export (``kind`` in trades, orders, pnl) for [since, until)."""
+    """The CSV text of one export (``kind`` in KINDS) for [since, until); balances are as of
+    now, at the last stored marks."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     if kind == "trades":
@@ -147,6 +148,25 @@ async def export_csv(
         summary = await dal.trades.pnl(portfolio.id, since, until, ZoneInfo(zone))
         for day, currency, realized in summary.daily:
             writer.writerow([day.isoformat(), zone, portfolio.name, currency, _d(realized)])
+    elif kind == "balances":
+        value = await dal.valuation.value(portfolio.id)
+        writer.writerow(["portfolio", "asset", "free", "reserved", "total", "value", "currency"])
+        for b in value.balances:
+            worth = value.values.get(b.asset)
+            writer.writerow(
+                [portfolio.name, b.asset, _d(b.free), _d(b.reserved), _d(b.total),
+                 "" if worth is None else _d(worth), value.currency]
+            )  # fmt: skip
+    elif kind == "equity":
+        writer.writerow(["day", "timezone", "portfolio", "currency", "equity", "net_deposits"])
+        first = since.astimezone(ZoneInfo(zone)).date() if since is not None else None
+        last = until.astimezone(ZoneInfo(zone)).date() if until is not None else None
+        for row in await dal.equity.history(portfolio.id, first):
+            if last is None or row.day < last:
+                writer.writerow(
+                    [row.day.isoformat(), zone, portfolio.name, row.currency,
+                     _d(row.equity), _d(row.net_deposits)]
+                )  # fmt: skip
     else:
         raise ValueError(f"export one of {', '.join(KINDS)}")
     return out.getvalue()
