@@ -38,6 +38,9 @@ LATENCY_TARGETS_FULL = {
     "/pnl ytd (TradeService.pnl)": 5,
     "bot /positions": 15,
     "bot /pnl 30d": 15,
+    "bot /balance": 15,
+    "bot /status": 15,
+    "bot /profit ytd": 15,
 }
 RECOMPUTE_TARGET_MS = 1000  # one portfolio-year (≈ 73 k fills)
 

@@ -9,6 +9,7 @@ accounts, portfolios and instruments are created through the DAL.
 from __future__ import annotations
 
 import asyncio
+import functools
 import datetime as dt
 import random
 import sqlite3
@@ -21,7 +22,9 @@ from zoneinfo import ZoneInfo
 
 from bench.common import BenchDb, check_portfolios, make_instrument, make_portfolio, percentile
 from bot.periods import parse_period
+from dal import schema as t
 from dal.database import Database
+from dal.engine import create_engine
 from dal.decimals import canonical_decimal
 from dal.pnl_summary import Entry, Totals, summarize, summarize_daily
 from dal.position_math import PositionState, apply_fill
@@ -147,7 +150,40 @@ async def seed(
                 per_portfolio[pid] = len(trades)
     finally:
         await loader.close()
+    await _equity_history(db, [pid for pids in portfolios.values() for pid in pids], days, end)
     return Seeded(db, seeded_users, portfolios, total, time.perf_counter() - started, per_portfolio)
+
+
+async def _equity_history(db: Database, pids: list[int], days: int, end: dt.datetime) -> None:
+    """One daily equity snapshot per portfolio and day (a random walk around the deposit),
+    the rows the equity job would have written: what /profit reads for the drawdown."""
+    rng = random.Random(28)
+    rows = []
+    for pid in pids:
+        equity = Decimal(10000)
+        for back in reversed(range(days)):
+            equity += Decimal(rng.randint(-30000, 30000)) / 100
+            day = (end - dt.timedelta(days=back)).date()
+            rows.append(
+                {
+                    "portfolio_id": pid,
+                    "day": day,
+                    "currency": "USDT",
+                    "equity": equity,
+                    "net_deposits": Decimal(10000),
+                    "marks_json": {},
+                    "balances_json": {"USDT": str(equity)},
+                    "unconverted_json": {},
+                    "as_of": dt.datetime.combine(day, dt.time(23, 59), dt.UTC),
+                }
+            )
+    engine = create_engine(db.url)
+    try:
+        async with engine.begin() as conn:
+            for start in range(0, len(rows), 5000):
+                await conn.execute(t.equity_snapshots.insert(), rows[start : start + 5000])
+    finally:
+        await engine.dispose()
 
 
 SUMMARY_COLUMNS = (
@@ -546,6 +582,22 @@ async def _samples(fn: Callable[[], Awaitable[Any]], n: int) -> list[float]:
     return out
 
 
+async def _interleaved(
+    fns: dict[str, Callable[[], Awaitable[Any]]], n: int
+) -> dict[str, list[float]]:
+    """Each function ``n`` times, in rounds A B C A B C …: side by side, so a busy moment of
+    the machine falls on all of them alike."""
+    for fn in fns.values():
+        await fn()  # warm up
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(n):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            await fn()
+            out[name].append((time.perf_counter() - start) * 1000)
+    return out
+
+
 def _summary(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": percentile(samples, 50), "p95_ms": percentile(samples, 95), "n": len(samples)}
 
@@ -573,8 +625,12 @@ async def latencies(seeded: Seeded, n: int = 50, bot: bool = True) -> dict[str, 
         from bench.botdriver import BotDriver
 
         driver = BotDriver(db)
-        out["bot /positions"] = _summary(await _samples(lambda: driver.send(tid, "/positions"), n))
-        out["bot /pnl 30d"] = _summary(await _samples(lambda: driver.send(tid, "/pnl 30d"), n))
+        commands = ["/positions", "/pnl 30d", "/balance", "/status", "/profit ytd"]
+        side_by_side = await _interleaved(
+            {c: functools.partial(driver.send, tid, c) for c in commands}, n
+        )
+        for command, samples in side_by_side.items():
+            out[f"bot {command}"] = _summary(samples)
     out[f"recompute ({seeded.per_portfolio[pid]} fills)"] = _summary(
         await _samples(lambda: dal.positions.recompute(pid), max(3, n // 10))
     )

@@ -88,7 +88,8 @@ async def status_report(
     title = f"<b>Status — {q(portfolio.name)}</b>"
     if not value.positions:
         return Reply([f"{title}\nNo open positions. Equity {num(value.equity)} {value.currency}."])
-    names = {s.id: s.name for s in await dal.strategies.list()}
+    with_strategy = any(p.strategy_id for p in value.positions)
+    names = {s.id: s.name for s in await dal.strategies.list()} if with_strategy else {}
     entries = []
     for p in value.positions:
         who = names.get(p.strategy_id, "manual") if p.strategy_id else "manual"
@@ -157,7 +158,6 @@ async def profit_report(
 ) -> Reply:
     summary = await dal.trades.pnl(portfolio.id, period.since, period.until, ZoneInfo(zone))
     value = await dal.valuation.value(portfolio.id, marks)
-    deposits = await dal.cash.balances(portfolio.id)
     since = period.since.astimezone(ZoneInfo(zone)).date() if period.since else None
     history = await dal.equity.history(portfolio.id, since)
     title = f"<b>Profit — {q(portfolio.name)}, {q(period.label)}</b>"
@@ -169,7 +169,7 @@ async def profit_report(
     if summary.fees:
         lines.append("fees")
         lines += [f"  {num(v)} {cur}" for cur, v in sorted(summary.fees.items())]
-    net_deposits = deposits.get(value.currency, ZERO)
+    net_deposits = value.net_deposits.get(value.currency, ZERO)
     with localcontext(DECIMAL_CONTEXT):
         gain = value.equity - net_deposits
     lines.append(f"equity {num(value.equity)} {value.currency}")

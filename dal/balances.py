@@ -101,12 +101,20 @@ class Balance:
         return DECIMAL_CONTEXT.subtract(self.total, self.reserved)
 
 
-def totals(conn: sa.Connection, portfolio_id: int) -> dict[str, Decimal]:
-    """Each asset's total balance (assets that were never touched are absent)."""
+def cash_totals(conn: sa.Connection, portfolio_id: int) -> dict[str, Decimal]:
+    """The cash ledger per currency: net deposits (deposits − withdrawals ± adjustments)."""
+    return _canonical(dict(conn.execute(_CASH, {"portfolio_id": portfolio_id}).tuples().all()))
+
+
+def totals(
+    conn: sa.Connection, portfolio_id: int, cash: Mapping[str, Decimal] | None = None
+) -> dict[str, Decimal]:
+    """Each asset's total balance (assets that were never touched are absent); ``cash`` is
+    the portfolio's ``cash_totals`` when the caller has read them already."""
     result: dict[str, Decimal] = defaultdict(Decimal)
     params = {"portfolio_id": portfolio_id}
     with localcontext(DECIMAL_CONTEXT):
-        for currency, amount in conn.execute(_CASH, params):
+        for currency, amount in (cash_totals(conn, portfolio_id) if cash is None else cash).items():
             result[currency] += amount
         for base, quote, fee_currency, quantity, proceeds, fees in conn.execute(_FLOWS, params):
             result[base] += quantity
@@ -211,9 +219,14 @@ def reserved(
     return _canonical(result)
 
 
-def balances(conn: sa.Connection, portfolio_id: int, marks: Mapping[int, Decimal]) -> list[Balance]:
+def balances(
+    conn: sa.Connection,
+    portfolio_id: int,
+    marks: Mapping[int, Decimal],
+    cash: Mapping[str, Decimal] | None = None,
+) -> list[Balance]:
     """Every asset the portfolio holds or reserves, by name."""
-    held = totals(conn, portfolio_id)
+    held = totals(conn, portfolio_id, cash)
     held_back = reserved(conn, portfolio_id, marks)
     return [
         Balance(asset, held.get(asset, ZERO), held_back.get(asset, ZERO))

@@ -15,7 +15,7 @@ from dal.errors import InvalidInput
 from dal.marks import stored_marks
 from dal.models import NewCashMovement, parse
 from dal.ownership import owned_portfolio
-from dal.scope import Tx
+from dal.scope import Tx, read_only
 from dal.types import new_uid
 
 cash = t.cash_movements
@@ -136,6 +136,7 @@ class CashService:
             }
         )
 
+    @read_only
     def balances(self, portfolio_id: int) -> dict[str, Decimal]:
         owned_portfolio(self.tx, portfolio_id)
         return cash_balances(self.tx.conn, portfolio_id)

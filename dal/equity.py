@@ -24,7 +24,7 @@ from dal.decimals import DECIMAL_CONTEXT
 from dal.errors import Forbidden
 from dal.marks import stored_marks
 from dal.models import check_marks
-from dal.ownership import owned_portfolio
+from dal.ownership import owned_portfolio, owned_portfolio_rows
 from dal.position_math import ZERO, canonical_amount
 from dal.scope import Tx, read_only
 from dal.valuation import prices, value_portfolio
@@ -143,8 +143,7 @@ class EquityService:
     @read_only
     def history(self, portfolio_id: int, since: dt.date | None = None) -> list[sa.Row[Any]]:
         """The portfolio's daily snapshots, oldest first."""
-        owned_portfolio(self.tx, portfolio_id)
         query = sa.select(snapshots).where(snapshots.c.portfolio_id == portfolio_id)
         if since is not None:
             query = query.where(snapshots.c.day >= since)
-        return list(self.tx.conn.execute(query.order_by(snapshots.c.day)))
+        return owned_portfolio_rows(self.tx, portfolio_id, query.order_by(snapshots.c.day))

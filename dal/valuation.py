@@ -25,6 +25,7 @@ from dal.balances import (
     Terms,
     amount_text,
     balances,
+    cash_totals,
     lock_portfolio_balances,
     reserve_price,
     totals,
@@ -33,11 +34,16 @@ from dal.decimals import DECIMAL_CONTEXT, quantize18
 from dal.instruments import resolve_instrument
 from dal.marks import stored_marks
 from dal.models import NewOrder, check_marks, parse
-from dal.ownership import owned_portfolio
+from dal.ownership import owned_portfolio, owned_portfolio_rows
 from dal.position_math import ZERO, PositionState, canonical_amount, unrealized_pnl
-from dal.scope import Tx
+from dal.scope import Tx, read_only
 
-_PAIRS = sa.select(t.instruments.c.id, t.instruments.c.base_asset, t.instruments.c.currency)
+_PAIRS = sa.select(
+    t.instruments.c.id, t.instruments.c.base_asset, t.instruments.c.currency, t.marks.c.price
+).outerjoin(t.marks, t.marks.c.instrument_id == t.instruments.c.id)
+_ACCOUNT_CURRENCY = sa.select(t.accounts.c.base_currency).join(
+    t.portfolios, t.portfolios.c.account_id == t.accounts.c.id
+)
 _OPEN_POSITIONS = (
     sa.select(
         t.positions.c.instrument_id,
@@ -90,6 +96,7 @@ class Valuation:
     positions: list[PositionValue]
     gross_exposure: Decimal  # Σ |position| × mark in ``currency`` (positions that convert)
     marks: dict[int, Decimal] = field(repr=False)
+    net_deposits: dict[str, Decimal] = field(default_factory=dict)  # the cash ledger
 
     def unrealized(self) -> dict[str, Decimal]:
         """Unrealized PnL per quote currency (positions with a mark)."""
@@ -141,21 +148,32 @@ def _exact(value: Decimal) -> Decimal:
 
 
 def prices(conn: sa.Connection, marks: Mapping[int, Decimal]) -> Prices:
-    return Prices([(r.id, r.base_asset, r.currency) for r in conn.execute(_PAIRS)], marks)
+    return prices_and_stored_marks(conn, marks)[0]
+
+
+def prices_and_stored_marks(
+    conn: sa.Connection, marks: Mapping[int, Decimal] | None
+) -> tuple[Prices, dict[int, Decimal]]:
+    """Prices at ``marks`` (None: the stored marks), and the marks used; one statement."""
+    rows = conn.execute(_PAIRS).all()
+    if marks is None:
+        marks = {r.id: r.price for r in rows if r.price is not None}
+    return Prices([(r.id, r.base_asset, r.currency) for r in rows], marks), dict(marks)
 
 
 def value_portfolio(
     conn: sa.Connection,
     portfolio_id: int,
     currency: str,
-    marks: Mapping[int, Decimal],
+    marks: Mapping[int, Decimal] | None,
     held: list[Balance] | None = None,
 ) -> Valuation:
     """The portfolio's balances (``held``, default: now), positions and equity in
-    ``currency`` at ``marks``."""
-    rates = prices(conn, marks)
+    ``currency`` at ``marks`` (None: the last stored marks)."""
+    rates, marks = prices_and_stored_marks(conn, marks)
+    cash = cash_totals(conn, portfolio_id)
     if held is None:
-        held = balances(conn, portfolio_id, marks)
+        held = balances(conn, portfolio_id, marks, cash)
     values: dict[str, Decimal] = {}
     unconverted: dict[str, Decimal] = {}
     positions: list[PositionValue] = []
@@ -200,6 +218,7 @@ def value_portfolio(
         positions,
         _exact(gross),
         dict(marks),
+        cash,
     )
 
 
@@ -295,6 +314,7 @@ class ValuationService:
     def _marks(self, marks: Mapping[int, Decimal] | None) -> dict[int, Decimal]:
         return stored_marks(self.tx.conn) if marks is None else check_marks(dict(marks))
 
+    @read_only
     def balances(
         self, portfolio_id: int, marks: Mapping[int, Decimal] | None = None
     ) -> list[Balance]:
@@ -302,10 +322,12 @@ class ValuationService:
         owned_portfolio(self.tx, portfolio_id)
         return balances(self.tx.conn, portfolio_id, self._marks(marks))
 
+    @read_only
     def totals(self, portfolio_id: int) -> dict[str, Decimal]:
         owned_portfolio(self.tx, portfolio_id)
         return totals(self.tx.conn, portfolio_id)
 
+    @read_only
     def value(
         self,
         portfolio_id: int,
@@ -314,12 +336,15 @@ class ValuationService:
     ) -> Valuation:
         """Equity, balances and positions at ``marks`` (default: the last stored marks) in
         ``currency`` (default: the account's)."""
-        portfolio = owned_portfolio(self.tx, portfolio_id)
-        if currency is None:
-            currency = self.tx.conn.execute(
-                sa.select(t.accounts.c.base_currency).where(t.accounts.c.id == portfolio.account_id)
-            ).scalar_one()
-        return value_portfolio(self.tx.conn, portfolio_id, currency, self._marks(marks))
+        (account,) = owned_portfolio_rows(
+            self.tx, portfolio_id, _ACCOUNT_CURRENCY.where(t.portfolios.c.id == portfolio_id)
+        )
+        return value_portfolio(
+            self.tx.conn,
+            portfolio_id,
+            currency or account.base_currency,
+            None if marks is None else check_marks(dict(marks)),
+        )
 
     def check_order(
         self,

@@ -10,11 +10,14 @@ import sqlalchemy as sa
 
 from dal import schema as t
 from dal.accounts import PortfolioService
+from dal.cash import CashService
 from dal.database import Database
+from dal.equity import EquityService
 from dal.orders import OrderService
 from dal.positions import PositionService
 from dal.scope import is_read_only, read_only
 from dal.trades import TradeService
+from dal.valuation import ValuationService
 from tests.factories import default_portfolio, make_user
 
 postgresql_only = pytest.mark.parametrize("engine_name", ["postgresql"], indirect=True)
@@ -84,6 +87,10 @@ def test_the_bots_hot_reads_are_marked() -> None:
         TradeService.pnl,
         PortfolioService.current,
         PortfolioService.by_name,
+        ValuationService.value,
+        ValuationService.balances,
+        CashService.balances,
+        EquityService.history,
     ):
         assert is_read_only(method), method.__qualname__
     assert not is_read_only(TradeService.ingest_fill)
