@@ -37,7 +37,7 @@ LATENCY_TARGETS_FULL = {
     "/pnl 30d (TradeService.pnl)": 5,
     "/pnl ytd (TradeService.pnl)": 5,
     "bot /positions": 15,
-    "bot /pnl 30d": 15,
+    "bot /pnl 30d": 150,  # it draws its chart: the chart budget
     "bot /balance": 15,
     "bot /status": 15,
     "bot /profit ytd": 15,
@@ -193,6 +193,118 @@ async def run_scaling(
     report["scaling"] = out
 
 
+CHART_TARGET_MS = 150
+LOOP_LAG_TARGET_MS = 20
+CHART_MEMORY_TARGET_MB = 40
+_RSS_PROBE = """
+import asyncio, datetime as dt, json, re
+from decimal import Decimal
+
+def rss_mb(pid="self"):
+    kib = int(re.search(r"VmRSS:\\s+(\\d+)", open(f"/proc/{pid}/status").read()).group(1))
+    return kib * 1024 / 1e6
+
+import bot.app, tradebook.app  # what the running bot imports
+before = rss_mb()
+from bot import charts
+from bot.charts import equity_curve_png, render_png
+series = [(dt.date(2025, 1, 1) + dt.timedelta(days=i), Decimal(10000 + i)) for i in range(365)]
+
+async def draw():
+    for _ in range(5):
+        await render_png(equity_curve_png, series, "USDT", "equity")
+
+asyncio.run(draw())
+(worker,) = charts._POOL._processes
+after = {"after_charts_mb": rss_mb(), "chart_process_mb": rss_mb(worker)}
+print(json.dumps({"bot_mb": before, **after}))
+"""
+
+
+async def run_charts(report: dict[str, Any]) -> None:
+    """Charts off the loop: render time, the event loop's lag meanwhile, and memory."""
+    import asyncio
+    import random
+    import subprocess
+    from decimal import Decimal
+
+    from bench.common import percentile
+    from bot.charts import cumulative_pnl_png, equity_curve_png, render_png
+
+    print("\n== 4. Charts (365 daily points) and memory ==")
+    rng = random.Random(4)
+    first = dt.date(2025, 1, 1)
+    equity, value = [], Decimal(10000)
+    for i in range(365):
+        value += Decimal(rng.randint(-30000, 30000)) / 100
+        equity.append((first + dt.timedelta(days=i), value))
+    daily = [
+        (first + dt.timedelta(days=i), "USDT", Decimal(rng.randint(-3000, 3000)) / 100)
+        for i in range(365)
+    ]
+    await render_png(equity_curve_png, equity, "USDT", "warm-up")  # the import, the fonts
+    loop = asyncio.get_running_loop()
+    lags: list[float] = []
+    drawing = True
+
+    async def probe() -> None:
+        while drawing:
+            start = loop.time()
+            await asyncio.sleep(0.001)
+            lags.append((loop.time() - start - 0.001) * 1000)
+
+    prober = asyncio.create_task(probe())
+    times: dict[str, list[float]] = {"equity curve": [], "cumulative PnL": []}
+    for _ in range(20):
+        for name, args in (
+            ("equity curve", (equity_curve_png, equity, "USDT", "Main: equity")),
+            ("cumulative PnL", (cumulative_pnl_png, daily, "Main: all time")),
+        ):
+            start = time.perf_counter()
+            await render_png(*args)
+            times[name].append((time.perf_counter() - start) * 1000)
+    drawing = False
+    await prober
+    probe_run = subprocess.run(
+        [sys.executable, "-c", _RSS_PROBE], capture_output=True, text=True, check=True
+    )
+    memory = json.loads(probe_run.stdout)
+    added = memory["after_charts_mb"] - memory["bot_mb"]
+    rows = []
+    for name, samples in times.items():
+        p95 = percentile(samples, 95)
+        rows.append(
+            {
+                "chart": name,
+                "p50_ms": round(percentile(samples, 50), 1),
+                "p95_ms": round(p95, 1),
+                "target": f"p95 ≤ {CHART_TARGET_MS} ms {_ok(p95 <= CHART_TARGET_MS)}",
+            }
+        )
+    max_lag = max(lags)
+    print(f"\n{'chart':16} {'p50 ms':>8} {'p95 ms':>8}  target")
+    for r in rows:
+        print(f"{r['chart']:16} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f}  {r['target']}")
+    print(
+        f"event loop lag while drawing: max {max_lag:.1f} ms, p99 {percentile(lags, 99):.1f} ms "
+        f"(≤ {LOOP_LAG_TARGET_MS} ms {_ok(max_lag <= LOOP_LAG_TARGET_MS)})"
+    )
+    print(
+        f"resident memory: the bot's imports {memory['bot_mb']:.0f} MB, after 5 charts "
+        f"{memory['after_charts_mb']:.0f} MB (+{added:.0f} MB; ≤ {CHART_MEMORY_TARGET_MB} MB "
+        f"{_ok(added <= CHART_MEMORY_TARGET_MB)}); the chart process "
+        f"{memory['chart_process_mb']:.0f} MB"
+    )
+    report["charts"] = {
+        "renders": rows,
+        "loop_lag_max_ms": round(max_lag, 1),
+        "loop_lag_p99_ms": round(percentile(lags, 99), 1),
+        "rss_bot_mb": round(memory["bot_mb"], 1),
+        "rss_after_charts_mb": round(memory["after_charts_mb"], 1),
+        "rss_chart_process_mb": round(memory["chart_process_mb"], 1),
+    }
+
+
 async def _first_instrument(db: Any, actor: Any) -> int:
     async with db.session(actor) as s:
         return (await s.instruments.list())[0].id
@@ -203,7 +315,7 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--full", action="store_true", help="one year of seed history")
     parser.add_argument("--quick", action="store_true", help="small runs (a smoke test)")
     parser.add_argument("--engines", default="sqlite,postgresql")
-    parser.add_argument("--only", default="ingest,seed,scaling")
+    parser.add_argument("--only", default="ingest,seed,scaling,charts")
     args = parser.parse_args(argv)
     engines = [e for e in args.engines.split(",") if e]
     parts = args.only.split(",")
@@ -223,6 +335,7 @@ async def main(argv: list[str]) -> int:
             "scaling": lambda: run_scaling(
                 engines, [1, 10] if args.quick else [1, 10, 100], 1 if args.quick else 10, report
             ),
+            "charts": lambda: run_charts(report),
         }
         report["section_seconds"] = {}
         for name, run_section in sections.items():

@@ -9,8 +9,8 @@ accounts, portfolios and instruments are created through the DAL.
 from __future__ import annotations
 
 import asyncio
-import functools
 import datetime as dt
+import functools
 import random
 import sqlite3
 import time
@@ -24,8 +24,8 @@ from bench.common import BenchDb, check_portfolios, make_instrument, make_portfo
 from bot.periods import parse_period
 from dal import schema as t
 from dal.database import Database
-from dal.engine import create_engine
 from dal.decimals import canonical_decimal
+from dal.engine import create_engine
 from dal.pnl_summary import Entry, Totals, summarize, summarize_daily
 from dal.position_math import PositionState, apply_fill
 from dal.scope import Actor

@@ -12,6 +12,11 @@ from decimal import Decimal, localcontext
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from aiogram.types import InlineKeyboardMarkup
+from aiogram.utils.keyboard import InlineKeyboardBuilder
+
+from bot.callbacks import EquityChart
+from bot.charts import equity_curve_png, max_drawdown, render_png
 from bot.periods import Period
 from bot.reports import Reply
 from bot.text import num, pre_pages, q, signed
@@ -134,27 +139,13 @@ def _summary_lines(summary: PnlSummary) -> list[str]:
     return lines
 
 
-def drawdown(series: list[tuple[dt.date, Decimal]]) -> tuple[Decimal, Decimal]:
-    """The largest fall from a running peak: (amount, fraction of that peak)."""
-    peak: Decimal | None = None
-    worst, worst_fraction = ZERO, ZERO
-    with localcontext(DECIMAL_CONTEXT):
-        for _day, equity in series:
-            if peak is None or equity > peak:
-                peak = equity
-            fall = peak - equity
-            if fall > worst:
-                worst = fall
-                worst_fraction = fall / peak if peak > 0 else ZERO
-    return worst, worst_fraction
-
-
 async def profit_report(
     dal: ScopedDal,
     portfolio: Any,
     period: Period,
     zone: str,
     marks: Mapping[int, Decimal] | None = None,
+    period_word: str = "all",
 ) -> Reply:
     summary = await dal.trades.pnl(portfolio.id, period.since, period.until, ZoneInfo(zone))
     value = await dal.valuation.value(portfolio.id, marks)
@@ -184,15 +175,37 @@ async def profit_report(
         lines.append(f"best {best_symbol} {signed(best.realized)} {best.currency}")
         lines.append(f"worst {worst_symbol} {signed(worst.realized)} {worst.currency}")
     series = [(row.day, row.equity) for row in history if row.currency == value.currency]
+    markup = None
     if len(series) > 1:
-        amount, fraction = drawdown(series)
+        amount, fraction = max_drawdown(series)
         lines.append(
             f"max drawdown {num(amount)} {value.currency} ({num(fraction * 100, 2)}%), "
             f"{len(series)} daily closes"
         )
+        markup = equity_chart_button(portfolio.id, period_word)
     else:
         lines.append("max drawdown: needs two daily equity closes")
-    return Reply(pre_pages(title, lines))
+    return Reply(pre_pages(title, lines), markup=markup)
+
+
+def equity_chart_button(portfolio_id: int, period_word: str) -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    data = EquityChart(portfolio_id=portfolio_id, period=period_word)
+    builder.button(text="Equity chart", callback_data=data)
+    return builder.as_markup()
+
+
+async def equity_chart(dal: ScopedDal, portfolio: Any, period: Period, zone: str) -> Reply:
+    """The equity curve with its drawdown underneath, from the daily snapshots."""
+    since = period.since.astimezone(ZoneInfo(zone)).date() if period.since else None
+    history = await dal.equity.history(portfolio.id, since)
+    currency = history[-1].currency if history else ""
+    series = [(row.day, row.equity) for row in history if row.currency == currency]
+    if len(series) < 2:
+        return Reply(["No equity chart yet: it needs two daily equity closes."])
+    name = f"{portfolio.name}: equity, {period.label}"
+    png = await render_png(equity_curve_png, series, currency, name)
+    return Reply([], photo=(png, "equity.png", f"Equity and drawdown, {period.label}"))
 
 
 def period_starts(unit: str, count: int, today: dt.date) -> list[dt.date]:

@@ -35,3 +35,8 @@ class CancelOrder(CallbackData, prefix="cxl"):
 class StopAll(CallbackData, prefix="stopall"):
     action: Literal["ok", "no"]
     flatten: bool = False
+
+
+class EquityChart(CallbackData, prefix="eqc"):
+    portfolio_id: int
+    period: str  # as typed after /profit (today, 30d, ytd, all, A..B)

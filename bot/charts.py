@@ -1,92 +1,91 @@
-"""The cumulative realized-PnL chart, drawn with Pillow (no display, no matplotlib).
+"""The bot's charts, drawn with matplotlib into 800×400 PNGs (no display, no pyplot).
 
-An 800×400 PNG: one line per currency of its running sum of realized PnL day by day (never
-summed across currencies), a grey zero line, the title, a legend, the exact min/max amounts on
-the y axis and the first/last day on the x axis. Sums and labels are exact decimals; floats
-are used only for pixel coordinates. The PNG is paletted (one byte a pixel, fixed palette) and
-lightly compressed: encoding is most of a chart's cost.
+- ``cumulative_pnl_png``: realized PnL summed day by day, one line per currency (never summed
+  across currencies), a grey zero line, grid, legend, title and a date axis.
+- ``cumulative_pnl_per_trade_png``: the same, trade by trade (x = the trade's time), for short
+  periods.
+- ``equity_curve_png``: an equity line and, underneath on the same time axis, its drawdown from
+  the running peak, with the largest drawdown labelled.
+
+Sums, drawdowns and every amount written on a chart are exact decimals (``amount_label``);
+floats are used only for positions. The y tick labels are the one exception: they label float
+tick positions, formatted through ``amount_label`` too.
+
+Each chart is built on its own ``matplotlib.figure.Figure`` with an Agg canvas, never through
+pyplot, whose figure manager would keep every figure: nothing global holds one, and it is
+cleared once saved. matplotlib is imported on the first chart, not with the bot (it costs time
+and memory; see docs/performance.md), and charts are drawn one at a time (matplotlib is not
+thread-safe). ``render_png`` draws one in a worker thread, so the event loop is not blocked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-import functools
 import io
+import multiprocessing
+import threading
 from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
-
-from PIL import Image, ImageDraw, ImageFont
+from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
 
 from dal.decimals import DECIMAL_CONTEXT
 
-WIDTH, HEIGHT = 800, 400
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+WIDTH, HEIGHT, DPI = 800, 400, 100
 LABEL_PLACES = 8  # as in the text reply (bot.text.num): at most 8 decimals, no trailing zeros
-MARKERS_UP_TO = 31  # days of a series drawn with a dot on each point (a month or less)
-BACKGROUND = (255, 255, 255)
-INK = (40, 40, 40)
-FRAME = (200, 200, 200)
-ZERO = (150, 150, 150)
+MARKERS_UP_TO = 31  # points of a line drawn with a dot on each (a month of days or less)
+TITLE_CHARS = 90  # a longer title is cut with an ellipsis (about the figure's width)
+INK = "#282828"
+ZERO = "#969696"
+RED = "#d62728"
 # matplotlib's tab10 cycle without its grey (the zero line is grey).
 COLOURS = (
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (188, 189, 34),
-    (23, 190, 207),
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#bcbd22",
+    "#17becf",
 )
-EXACT = (BACKGROUND, INK, FRAME, ZERO, *COLOURS)  # every colour drawn, kept exact in the PNG
-SHADES = 8  # per colour, blends with the background: the anti-aliased edges of the text
 
-
-def _palette() -> Image.Image:
-    """The PNG's fixed palette: the exact colours first, then their blends with the background.
-
-    Pillow maps a pixel to the entry nearest to the low corner of its 4×4×4 colour cell (ties
-    to the lower index), so a blend nearer to an exact colour's corner than the colour itself
-    would take its pixels: such blends are left out (tests/test_charts.py checks the round trip).
-    """
-    corners = [(colour, tuple(c & ~3 for c in colour)) for colour in EXACT]
-
-    def d2(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-        return sum((x - y) ** 2 for x, y in zip(a, b, strict=True))
-
-    entries = list(EXACT)
-    for colour in EXACT[1:]:
-        for step in range(1, SHADES):
-            pairs = zip(colour, BACKGROUND, strict=True)
-            r, g, b = (round(bg + (c - bg) * step / SHADES) for c, bg in pairs)
-            blend = (r, g, b)
-            if all(d2(blend, corner) > d2(exact, corner) for exact, corner in corners):
-                entries.append(blend)
-    palette = Image.new("P", (1, 1))
-    palette.putpalette([c for entry in entries for c in entry])
-    return palette
-
-
-PALETTE = _palette()
+K = TypeVar("K", bound=dt.date)  # a day or a trade's time (datetime is a date)
+Ts = TypeVarTuple("Ts")
 
 Series = dict[str, list[tuple[dt.date, Decimal]]]
+
+# One chart at a time: matplotlib keeps caches (fonts, text layout) shared by every figure.
+_DRAWING = threading.Lock()
+
+
+def _running(rows: Iterable[tuple[K, str, Decimal]]) -> dict[str, list[tuple[K, Decimal]]]:
+    series: dict[str, list[tuple[K, Decimal]]] = defaultdict(list)
+    running: dict[str, Decimal] = defaultdict(Decimal)
+    with localcontext(DECIMAL_CONTEXT):  # the database's precision: 38 digits never round
+        for at, currency, realized in rows:
+            running[currency] += realized
+            series[currency].append((at, running[currency]))
+    return {currency: series[currency] for currency in sorted(series)}
 
 
 def cumulative_series(daily: list[tuple[dt.date, str, Decimal]]) -> Series:
     """Per currency (in name order), its running total of realized PnL after each of its days,
     exact: ``daily`` is (day, currency, realized that day), sorted by day."""
-    series: dict[str, list[tuple[dt.date, Decimal]]] = defaultdict(list)
-    running: dict[str, Decimal] = defaultdict(Decimal)
-    with localcontext(DECIMAL_CONTEXT):  # the database's precision: 38 digits never round
-        for day, currency, realized in daily:
-            running[currency] += realized
-            series[currency].append((day, running[currency]))
-    return {currency: series[currency] for currency in sorted(series)}
+    return _running(daily)
 
 
 def amount_label(value: Decimal) -> str:
-    """An exact amount for an axis label: rounded half-even to 8 decimals only if it has more,
-    no trailing zeros, thousands separated (``-1,234.5``)."""
+    """An exact amount for a label: rounded half-even to 8 decimals only if it has more, no
+    trailing zeros, thousands separated (``-1,234.5``)."""
     if not value:
         return "0"
     if -value.as_tuple().exponent > LABEL_PLACES:  # type: ignore[operator]  # finite values only: the exponent is an int
@@ -96,99 +95,314 @@ def amount_label(value: Decimal) -> str:
     return format(value.normalize(DECIMAL_CONTEXT), ",f")
 
 
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+def tick_label(position: float, _index: int | None = None) -> str:
+    """A y tick's label: its float position to 12 significant digits (dropping the float noise
+    of ``0.1 * 3``), then as ``amount_label`` writes amounts."""
+    return amount_label(Decimal(format(position, ".12g")))
 
 
-@functools.cache
-def _font(size: int) -> Font:
-    return ImageFont.load_default(size=size)
+def _drawdowns(
+    equity: list[tuple[dt.date, Decimal]],
+) -> tuple[list[Decimal], Decimal, Decimal, int, int]:
+    """Each point's fall from the running peak (≤ 0), then the largest fall: its amount, the
+    fraction of its peak, and the indexes of that peak and trough (the earliest trough of the
+    largest fall; 0 and 0 if nothing falls)."""
+    falls: list[Decimal] = []
+    worst, worst_peak, peak_at, trough_at = Decimal(0), Decimal(0), 0, 0
+    peak, peak_index = Decimal(0), 0
+    with localcontext(DECIMAL_CONTEXT):
+        for i, (_, value) in enumerate(equity):
+            if not i or value > peak:
+                peak, peak_index = value, i
+            fall = peak - value
+            falls.append(-fall)
+            if fall > worst:
+                worst, worst_peak, peak_at, trough_at = fall, peak, peak_index, i
+        fraction = worst / worst_peak if worst and worst_peak > 0 else Decimal(0)
+    return falls, worst, fraction, peak_at, trough_at
 
 
-def _fit(draw: ImageDraw.ImageDraw, text: str, font: Font, room: float) -> str:
-    """``text``, cut with an ellipsis if wider than ``room`` pixels."""
-    if draw.textlength(text, font=font) <= room:
-        return text
-    while text and draw.textlength(text + "…", font=font) > room:
-        text = text[:-1]
-    return text + "…"
+def max_drawdown(equity: list[tuple[dt.date, Decimal]]) -> tuple[Decimal, Decimal]:
+    """The largest fall from a running peak to a later (or the same) point, exact: (amount ≥ 0,
+    the fraction of that peak it lost; 0 when the peak is ≤ 0). Of equal falls, the earliest
+    trough's. ``equity`` is sorted by day; an empty or never-falling one gives (0, 0)."""
+    _, amount, fraction, _, _ = _drawdowns(equity)
+    return amount, fraction
+
+
+# --- drawing ---------------------------------------------------------------------------------
+
+
+def _fit(text: str) -> str:
+    return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
+
+
+def _new_figure() -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # Fixed margins, wide enough for 8-decimal amount labels: the automatic layout engines
+    # measure every label first and cost a third of a chart.
+    fig = Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI)
+    fig.subplots_adjust(left=0.15, right=0.98, top=0.9, bottom=0.1, hspace=0.08)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _drawn(build: Callable[[], Figure]) -> bytes:
+    """The PNG of the figure ``build`` makes, one chart at a time; the figure is cleared after
+    (its artists freed now rather than at the next cyclic collection: a lower peak)."""
+    with _DRAWING:
+        fig = build()
+        try:
+            return _png(fig)
+        finally:
+            fig.clear()
+
+
+def _style(ax: Axes) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    ax.grid(True, color="#e0e0e0", linewidth=0.8)
+    ax.set_axisbelow(True)
+    ax.tick_params(labelsize=8, colors=INK)
+    ax.yaxis.set_major_formatter(FuncFormatter(tick_label))
+
+
+def _date_axis(ax: Axes, first: dt.date, last: dt.date, tz: dt.tzinfo | None) -> None:
+    """Readable date ticks; a single instant is padded a day (an hour for times) each side so it
+    is a visible point in the middle of the axis, not squeezed between two labels."""
+    import matplotlib.dates as mdates
+
+    timed = isinstance(first, dt.datetime)
+    locator: mdates.DateLocator
+    if timed or (last - first).days > 10:
+        locator = mdates.AutoDateLocator(tz=tz, minticks=3, maxticks=8)
+    else:  # a week or so: one tick a day, never hours
+        locator = mdates.DayLocator(tz=tz)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=tz, show_offset=False))
+    if first == last:
+        pad = dt.timedelta(hours=1) if timed else dt.timedelta(days=1)
+        ax.set_xlim(mdates.date2num(first - pad), mdates.date2num(last + pad))
+    else:
+        ax.margins(x=0.03)
+    if isinstance(first, dt.datetime) and isinstance(last, dt.datetime):
+        shown = (first.astimezone(tz), last.astimezone(tz)) if tz else (first, last)
+        span = [f"{t:%Y-%m-%d %H:%M}" for t in shown]
+    else:
+        span = [first.isoformat(), last.isoformat()]
+    ax.set_xlabel(span[0] if span[0] == span[1] else f"{span[0]} – {span[1]}", fontsize=8)
+
+
+def _x(points: list[tuple[K, Decimal]]) -> list[float]:
+    import matplotlib.dates as mdates
+
+    return [float(mdates.date2num(at)) for at, _ in points]
+
+
+def _annotate_extremes(ax: Axes, points: list[tuple[K, Decimal]], colour: str) -> None:
+    """The exact highest, lowest and last amounts of a line, written at their points."""
+    values = [value for _, value in points]
+    high = values.index(max(values))
+    low = values.index(min(values))
+    last = len(values) - 1
+    xs = _x(points)
+    span = xs[-1] - xs[0]
+    for i in dict.fromkeys((last, high, low)):  # each point once, the last first
+        if i != last and values[i] == values[last]:
+            continue  # the same amount is written once
+        below = i == low and i != high
+        where = (xs[i] - xs[0]) / span if span else 0.5  # 0 at the first point, 1 at the last
+        align = "left" if where < 0.3 else "right" if where > 0.7 else "center"
+        ax.annotate(
+            amount_label(values[i]),
+            xy=(xs[i], float(values[i])),
+            xytext=(0, -6 if below else 6),
+            textcoords="offset points",
+            ha=align,
+            va="top" if below else "bottom",
+            fontsize=8,
+            color=colour,
+            parse_math=False,
+        )
+
+
+def _amount_limits(ax: Axes, values: list[Decimal], zero: bool) -> None:
+    """y limits around the values (and zero, if ``zero``), with room for the labels."""
+    low, high = min(values), max(values)
+    if zero:
+        low, high = min(low, Decimal(0)), max(high, Decimal(0))
+    span = float(high - low)
+    pad = span * 0.15 if span else max(abs(float(high)) * 0.1, 1.0)
+    ax.set_ylim(float(low) - pad, float(high) + pad)
+
+
+def _legend(ax: Axes) -> None:
+    legend = ax.legend(loc="upper left", fontsize=8, frameon=False)
+    for text in legend.get_texts():
+        text.set_parse_math(False)  # currency names are data, not TeX
+
+
+def _cumulative_figure(
+    series: dict[str, list[tuple[K, Decimal]]], title: str, tz: dt.tzinfo | None = None
+) -> Figure:
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    _style(ax)
+    ax.set_title(_fit(title), fontsize=12, color=INK, loc="left", parse_math=False)
+    ax.axhline(0, color=ZERO, linewidth=1, zorder=1)
+    ax.set_ylabel("cumulative realized PnL", fontsize=8)
+    if not series:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", fontsize=10)
+        return fig
+    timed = isinstance(next(iter(series.values()))[0][0], dt.datetime)
+    for i, (currency, points) in enumerate(series.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        ax.plot(
+            _x(points),
+            [float(value) for _, value in points],
+            color=colour,
+            linewidth=1.8,
+            drawstyle="steps-post" if timed else "default",  # a trade changes it at once
+            marker="o" if len(points) <= MARKERS_UP_TO else "",
+            markersize=4 if len(points) > 1 else 7,
+            label=currency,
+            zorder=3,
+        )
+        _annotate_extremes(ax, points, colour)
+    _amount_limits(ax, [v for points in series.values() for _, v in points], zero=True)
+    at = [a for points in series.values() for a, _ in points]
+    _date_axis(ax, min(at), max(at), tz)
+    _legend(ax)
+    return fig
+
+
+def _pnl_figure(daily: list[tuple[dt.date, str, Decimal]], title: str) -> Figure:
+    return _cumulative_figure(cumulative_series(daily), title)
+
+
+def _per_trade_figure(points: list[tuple[dt.datetime, str, Decimal]], title: str) -> Figure:
+    ordered = sorted(points, key=lambda point: point[0])  # stable: same-time trades keep order
+    tz = ordered[0][0].tzinfo if ordered else None
+    return _cumulative_figure(_running(ordered), title, tz)
+
+
+def _equity_figure(series: list[tuple[dt.date, Decimal]], currency: str, title: str) -> Figure:
+    fig = _new_figure()
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[2.2, 1], squeeze=False)[:, 0]
+    for ax in (top, bottom):
+        _style(ax)
+    top.set_title(_fit(title), fontsize=12, color=INK, loc="left", parse_math=False)
+    if not series:
+        top.text(0.5, 0.5, "no data", transform=top.transAxes, ha="center", fontsize=10)
+        return fig
+    falls, worst, fraction, peak_at, trough_at = _drawdowns(series)
+    xs = _x(series)
+    markers = len(series) <= MARKERS_UP_TO
+    top.plot(
+        xs,
+        [float(value) for _, value in series],
+        color=COLOURS[0],
+        linewidth=1.8,
+        marker="o" if markers else "",
+        markersize=4 if len(series) > 1 else 7,
+        label=f"equity ({currency})",
+        zorder=3,
+    )
+    _annotate_extremes(top, series, COLOURS[0])
+    _amount_limits(top, [value for _, value in series], zero=False)
+    _legend(top)
+
+    floats = [float(fall) for fall in falls]
+    bottom.fill_between(xs, floats, 0.0, color=RED, alpha=0.3, linewidth=0)
+    bottom.plot(xs, floats, color=RED, linewidth=1.2, marker="o" if markers else "", markersize=3)
+    bottom.axhline(0, color=ZERO, linewidth=1, zorder=1)
+    bottom.set_ylabel("drawdown", fontsize=8)
+    _amount_limits(bottom, falls, zero=True)
+    label = f"max drawdown {amount_label(-worst)} {currency}"
+    if worst:
+        with localcontext(DECIMAL_CONTEXT):  # up to 41 digits (a fall of 1e20 from 1e-18)
+            percent = (fraction * 100).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
+        label += f" ({percent:,f}%)" if fraction else ""
+        ends = (peak_at, trough_at)  # the peak and the trough of the largest fall
+        top.plot(
+            [xs[i] for i in ends],
+            [float(series[i][1]) for i in ends],
+            linestyle="",
+            marker="o",
+            markersize=6,
+            color=RED,
+            zorder=4,
+        )
+        bottom.plot([xs[trough_at]], [floats[trough_at]], "o", markersize=5, color=RED)
+    # Written on the side away from the trough, at the bottom of the panel.
+    right = trough_at < len(series) / 2
+    bottom.text(
+        0.99 if right else 0.01,
+        0.08,
+        label,
+        transform=bottom.transAxes,
+        ha="right" if right else "left",
+        va="bottom",
+        fontsize=8,
+        color=RED,
+        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+        parse_math=False,
+    )
+    _date_axis(bottom, series[0][0], series[-1][0], None)
+    return fig
+
+
+# --- the PNGs ---------------------------------------------------------------------------------
 
 
 def cumulative_pnl_png(daily: list[tuple[dt.date, str, Decimal]], title: str) -> bytes:
-    """One line per currency: realized PnL summed day by day (never across currencies)."""
-    series = cumulative_series(daily)
-    image = Image.new("RGB", (WIDTH, HEIGHT), BACKGROUND)
-    draw = ImageDraw.Draw(image)
-    small, big = _font(12), _font(15)
+    """One line per currency: realized PnL summed day by day (never across currencies).
+    ``daily`` is (day, currency, realized that day), sorted by day."""
+    return _drawn(lambda: _pnl_figure(daily, title))
 
-    values = [v for points in series.values() for _, v in points]
-    low = min([Decimal(0), *values])  # the zero line is always in view
-    high = max([Decimal(0), *values])
-    days = [day for points in series.values() for day, _ in points]
-    first, last = (min(days), max(days)) if days else (dt.date.today(), dt.date.today())
 
-    y_labels = [amount_label(high)] if high == low else [amount_label(high), amount_label(low)]
-    label_width = max(draw.textlength(text, font=small) for text in y_labels)
-    left = int(12 + label_width + 8)
-    right, top, bottom = WIDTH - 16, 40, HEIGHT - 30
-    pad = 6  # keeps the extremes off the frame
+def cumulative_pnl_per_trade_png(
+    points: list[tuple[dt.datetime, str, Decimal]], title: str
+) -> bytes:
+    """One line per currency: realized PnL summed trade by trade, at each trade's time (shown
+    in the time zone of the first point's time). For short periods."""
+    return _drawn(lambda: _per_trade_figure(points, title))
 
-    # Legend (top right, each currency in its line colour), then the title in the room left.
-    legend_x = right
-    legend: list[tuple[int, str, tuple[int, int, int]]] = []
-    for i, currency in reversed(list(enumerate(series))):
-        legend_x -= int(draw.textlength(currency, font=small)) + 32
-        legend.append((legend_x, currency, COLOURS[i % len(COLOURS)]))
-    for x, text, colour in legend:
-        draw.line([(x, 19), (x + 14, 19)], fill=colour, width=3)
-        draw.text((x + 18, 19), text, fill=colour, font=small, anchor="lm")
-    title_room = max(legend_x - left - 2, 40)
-    draw.text((left, 19), _fit(draw, title, big, title_room), fill=INK, font=big, anchor="lm")
 
-    draw.rectangle([left, top, right, bottom], outline=FRAME)
-    span_days = (last - first).days
-    span_value = high - low
+def equity_curve_png(series: list[tuple[dt.date, Decimal]], currency: str, title: str) -> bytes:
+    """The equity line of one currency and, underneath, its drawdown from the running peak with
+    the largest drawdown labelled exactly. ``series`` is (day, equity), sorted by day."""
+    return _drawn(lambda: _equity_figure(series, currency, title))
 
-    def to_x(day: dt.date) -> float:
-        if not span_days:
-            return (left + right) / 2
-        return left + pad + (day - first).days / span_days * (right - left - 2 * pad)
 
-    y_scale = (bottom - top - 2 * pad) / float(span_value) if span_value else 0.0
+_POOL: ProcessPoolExecutor | None = None
 
-    def to_y(value: Decimal) -> float:
-        if not span_value:
-            return (top + bottom) / 2
-        return bottom - pad - float(value - low) * y_scale
 
-    zero_y = to_y(Decimal(0))
-    draw.line([(left + 1, zero_y), (right - 1, zero_y)], fill=ZERO, width=1)
+def _chart_process() -> ProcessPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    return _POOL
 
-    if high == low:
-        draw.text((left - 8, zero_y), y_labels[0], fill=INK, font=small, anchor="rm")
-    else:
-        high_y, low_y = to_y(high), to_y(low)
-        draw.text((left - 8, high_y), y_labels[0], fill=INK, font=small, anchor="rm")
-        draw.text((left - 8, low_y), y_labels[1], fill=INK, font=small, anchor="rm")
-        if high_y + 16 < zero_y < low_y - 16:  # zero between the extremes, clear of their labels
-            draw.text((left - 8, zero_y), "0", fill=INK, font=small, anchor="rm")
-    if days:
-        anchor = "lt" if last != first else "mt"  # one day: under its (centred) point
-        draw.text((to_x(first), bottom + 8), first.isoformat(), fill=INK, font=small, anchor=anchor)
-        if last != first:
-            draw.text((to_x(last), bottom + 8), last.isoformat(), fill=INK, font=small, anchor="rt")
 
-    for i, points in enumerate(series.values()):
-        colour = COLOURS[i % len(COLOURS)]
-        xy = [(to_x(day), to_y(value)) for day, value in points]
-        if len(xy) > 1:
-            draw.line(xy, fill=colour, width=2, joint="curve")
-        if len(xy) <= MARKERS_UP_TO:
-            for px, py in xy:
-                draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
-
-    # Encoding dominates the cost: paletted (exact for every colour drawn, blends for the text
-    # edges) and lightly compressed, several times cheaper than RGB at the same level.
-    paletted = image.quantize(palette=PALETTE, dither=Image.Dither.NONE)
-    buffer = io.BytesIO()
-    paletted.save(buffer, format="PNG", optimize=False, compress_level=1)
-    return buffer.getvalue()
+async def render_png(fn: Callable[[*Ts], bytes], *args: *Ts) -> bytes:
+    """``fn(*args)`` (one of the chart functions above) in the chart process, started on the
+    first chart. A chart takes a tenth of a second and more; in a thread of the bot's own
+    process it would hold the interpreter lock in long stretches (the event loop stalled up
+    to 100 ms) and matplotlib would add its 50 MB to the bot. A chart process that died is
+    started again."""
+    global _POOL
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(_chart_process(), fn, *args)
+    except BrokenProcessPool:
+        _POOL = None
+        return await loop.run_in_executor(_chart_process(), fn, *args)

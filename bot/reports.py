@@ -12,13 +12,16 @@ from aiogram.types import BufferedInputFile, InlineKeyboardMarkup
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from bot.callbacks import CancelOrder, OrdersPage
-from bot.charts import cumulative_pnl_png
+from bot.charts import cumulative_pnl_per_trade_png, cumulative_pnl_png, render_png
 from bot.periods import Period
 from bot.text import join_blocks, local_time, num, pre_pages, q, signed
 from dal.database import ScopedDal
 from dal.vocabulary import OPEN_STATUSES
 
 ORDERS_PAGE = 15
+# /pnl plots each trade for periods up to a week with at most this many trades, else each day.
+PER_TRADE_SPAN = dt.timedelta(days=7)
+PER_TRADE_MAX = 500
 BREACHES_SHOWN = 5
 
 
@@ -83,8 +86,18 @@ async def pnl_report(
         lines.append(f"  {symbol}: {signed(entry.realized)} {entry.currency} ({entry.trades})")
     photo = None
     if chart and summary.daily:
-        png = cumulative_pnl_png(summary.daily, f"{portfolio.name}: {period.label}")
-        photo = (png, "pnl.png", f"Cumulative realized PnL, {period.label}")
+        name = f"{portfolio.name}: {period.label}"
+        short = period.since is not None and period.until - period.since <= PER_TRADE_SPAN
+        if short and summary.trade_count <= PER_TRADE_MAX:
+            rows = await dal.trades.list(portfolio.id, period.since, period.until, PER_TRADE_MAX)
+            points = [(r.exec_time.astimezone(ZoneInfo(zone)), r.currency, r.realized_pnl)
+                      for r in reversed(rows)]  # fmt: skip
+            png = await render_png(cumulative_pnl_per_trade_png, points, name)
+            caption = f"Cumulative realized PnL per trade, {period.label}"
+        else:
+            png = await render_png(cumulative_pnl_png, summary.daily, name)
+            caption = f"Cumulative realized PnL per day, {period.label}"
+        photo = (png, "pnl.png", caption)
     return Reply(pre_pages(title, lines), photo=photo)
 
 

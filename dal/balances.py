@@ -103,7 +103,8 @@ class Balance:
 
 def cash_totals(conn: sa.Connection, portfolio_id: int) -> dict[str, Decimal]:
     """The cash ledger per currency: net deposits (deposits − withdrawals ± adjustments)."""
-    return _canonical(dict(conn.execute(_CASH, {"portfolio_id": portfolio_id}).tuples().all()))
+    rows = conn.execute(_CASH, {"portfolio_id": portfolio_id})
+    return _canonical({currency: amount for currency, amount in rows})
 
 
 def totals(

@@ -148,6 +148,10 @@ async def test_pnl_per_currency_with_chart(h: BotHarness) -> None:
     assert len(photo) == 1
     (upload,) = photo[0].files.values()
     assert upload.data.startswith(b"\x89PNG")
+    assert photo[0].params["caption"] == "Cumulative realized PnL per trade, today"
+    calls = await h.send(ALICE, "/pnl 30d")
+    (daily,) = [c for c in calls if c.name == "SendPhoto"]
+    assert daily.params["caption"] == "Cumulative realized PnL per day, last 30 days"
     assert "+20 USDT" in joined(await h.send(BOB, "/pnl 7d"))
     bad = joined(await h.send(ALICE, "/pnl yesterday"))
     assert "unknown period" in bad and "Usage: /pnl" in bad

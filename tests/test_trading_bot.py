@@ -24,6 +24,7 @@ from trading.paper_engine import PaperConfig
 
 ALICE, BOB = 2001, 3001
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+SECOND = dt.timedelta(seconds=1)
 
 
 class Trading(BotHarness):
@@ -454,6 +455,29 @@ async def test_balance_status_profit_and_an_oversize_order_before_confirm(h: Tra
     ]
     # Bob sees his own, untouched account.
     assert "USDT   10000         0  10000       10000" in joined(await h.send(BOB, "/balance"))
+
+
+async def test_profit_offers_the_equity_chart_of_the_daily_closes(h: Trading) -> None:
+    async with h.db.session(h.alice) as s:
+        pid = (await s.portfolios.default()).id
+    assert "needs two daily equity closes" in joined(await h.send(ALICE, "/profit"))
+    now = dt.datetime.now(dt.UTC)
+    for days_ago, adjustment in ((2, "0"), (1, "-500"), (0, "300")):
+        async with h.db.session(h.alice) as s:
+            if adjustment != "0":
+                await s.cash.adjust(pid, adjustment, "USDT")
+            await s.equity.snapshot(pid, now - dt.timedelta(days=days_ago) + SECOND, {})
+    calls = await h.send(ALICE, "/profit 7d")
+    # 10,000 → 9,500 → 9,800: the largest fall is 500 of a 10,000 peak.
+    assert "max drawdown 500 USDT (5%), 3 daily closes" in joined(calls)
+    ((label, data),) = calls[-1].buttons()
+    assert label == "Equity chart" and data is not None
+    (photo,) = [c for c in await h.press(ALICE, data) if c.name == "SendPhoto"]
+    assert photo.params["caption"] == "Equity and drawdown, last 7 days"
+    (upload,) = photo.files.values()
+    assert upload.data.startswith(b"\x89PNG")
+    # Bob cannot draw Alice's chart with her button's data.
+    assert f"no portfolio #{pid}" in joined(await h.press(BOB, data))
 
 
 async def test_periodic_tables_and_notify_switches(h: Trading) -> None:

@@ -7,17 +7,19 @@ from decimal import Decimal
 
 from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
-from aiogram.types import Message
+from aiogram.types import CallbackQuery, Message
 
 from bot.account_reports import (
     MAX_PERIODS,
     PERIOD_UNITS,
     balance_report,
+    equity_chart,
     performance_report,
     periodic_report,
     profit_report,
     status_report,
 )
+from bot.callbacks import EquityChart
 from bot.middleware import UserRow
 from bot.periods import PeriodError, parse_period
 from bot.reports import send_reply
@@ -82,10 +84,27 @@ def router() -> Router:
                 raise UsageError(name, str(exc)) from None
         portfolio = await resolve_portfolio(dal, " ".join(rest) or None)
         if name == "profit":
-            reply = await profit_report(dal, portfolio, period, user.timezone, live_marks(desk))
+            word = args[0] if args and len(rest) < len(args) else "all"
+            marks = live_marks(desk)
+            reply = await profit_report(dal, portfolio, period, user.timezone, marks, word)
         else:
             reply = await performance_report(dal, portfolio, period, user.timezone)
         await send_reply(bot, message.chat.id, reply)
+
+    @r.callback_query(EquityChart.filter())
+    async def chart(
+        query: CallbackQuery, callback_data: EquityChart, dal: ScopedDal, user: UserRow, bot: Bot
+    ) -> None:
+        portfolio = await dal.portfolios.get(callback_data.portfolio_id)  # owner-checked
+        try:
+            period = parse_period(callback_data.period, user.timezone, dt.datetime.now(dt.UTC))
+        except PeriodError:
+            await query.answer("Unknown period.")
+            return
+        await query.answer()
+        reply = await equity_chart(dal, portfolio, period, user.timezone)
+        chat = query.message.chat.id if query.message is not None else query.from_user.id
+        await send_reply(bot, chat, reply)
 
     @r.message(Command(*PERIOD_UNITS))
     async def per_period(
