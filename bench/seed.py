@@ -99,6 +99,7 @@ def _history(
                 "price": price,
                 "fee": (qty * price / 1000),
                 "realized_pnl": result.realized,
+                "position_opened_at": result.reduced_opened_at,
                 "exec_time": at,
                 "broker_trade_id": f"T{pid}-{i}",
             }
@@ -201,6 +202,8 @@ SUMMARY_COLUMNS = (
     "gross_loss",
     "net_quantity",
     "net_proceeds",
+    "closing_count",
+    "holding_seconds",
 )
 
 
@@ -216,6 +219,8 @@ def _amounts(v: Totals) -> tuple:
         v.gross_loss,
         v.net_quantity,
         v.net_proceeds,
+        v.closes,
+        v.held,
     )
 
 
@@ -236,6 +241,7 @@ def _pnl_summary_rows(trades: list[dict]) -> dict:
             tr["price"],
             tr["realized_pnl"],
             tr["fee"],
+            tr["position_opened_at"],
         )
         for tr in trades
     )
@@ -254,6 +260,7 @@ def _pnl_daily_rows(trades: list[dict]) -> dict:
             tr["price"],
             tr["realized_pnl"],
             tr["fee"],
+            tr["position_opened_at"],
         )
         for tr in trades
     ]
@@ -316,8 +323,9 @@ class _SqliteLoader:
         first_trade = c.execute("SELECT COALESCE(MAX(id), 0) FROM trades").fetchone()[0] + 1
         c.executemany(
             "INSERT INTO trades (id, uid, portfolio_id, instrument_id, order_id, side, quantity, "
-            "price, fee, fee_currency, realized_pnl, exec_time, broker_trade_id, meta_json) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'USDT', ?, ?, ?, '{}')",
+            "price, fee, fee_currency, realized_pnl, exec_time, broker_trade_id, "
+            "position_opened_at, meta_json) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'USDT', ?, ?, ?, ?, '{}')",
             [
                 (
                     first_trade + k,
@@ -332,8 +340,10 @@ class _SqliteLoader:
                     D(tr["realized_pnl"]),
                     format_utc(tr["exec_time"]),
                     tr["broker_trade_id"],
+                    opened and format_utc(opened),
                 )
                 for k, tr in enumerate(trades)
+                for opened in [tr["position_opened_at"]]
             ],
         )
         c.executemany(
@@ -498,6 +508,7 @@ class _PgLoader:
                     "realized_pnl",
                     "exec_time",
                     "broker_trade_id",
+                    "position_opened_at",
                     "meta_json",
                 ],
                 records=[
@@ -515,6 +526,7 @@ class _PgLoader:
                         tr["realized_pnl"],
                         tr["exec_time"],
                         tr["broker_trade_id"],
+                        tr["position_opened_at"],
                         "{}",
                     )
                     for k, tr in enumerate(trades)

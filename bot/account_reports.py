@@ -49,10 +49,18 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str
 
 
 def held_for(since: dt.datetime | None, now: dt.datetime) -> str:
-    """A holding time as days, hours and minutes ("3d 4h", "2h 5m", "12m")."""
+    """How long a position has been held ("3d 4h", "2h 5m", "12m")."""
     if since is None:
         return "?"
-    minutes = max(int((now - since).total_seconds() // 60), 0)
+    return duration(Decimal(max(int((now - since).total_seconds()), 0)))
+
+
+def duration(seconds: Decimal) -> str:
+    """Seconds as days and hours, hours and minutes, or minutes ("3d 4h", "2h 5m", "12m";
+    under a minute "45s")."""
+    if seconds < 60:
+        return f"{int(seconds)}s"
+    minutes = int(seconds // 60)
     days, rest = divmod(minutes, 24 * 60)
     hours, mins = divmod(rest, 60)
     if days:
@@ -169,6 +177,12 @@ async def profit_report(
     )
     lines.append(f"trades {summary.trade_count}")
     lines += _summary_lines(summary)
+    closes = sum(e.closes for e in summary.by_instrument.values())
+    if closes:
+        with localcontext(DECIMAL_CONTEXT):
+            held = sum((e.held for e in summary.by_instrument.values()), ZERO) / closes
+        plural = "s" if closes != 1 else ""
+        lines.append(f"average holding time {duration(held)} ({closes} closing trade{plural})")
     if summary.by_instrument:
         ranked = sorted(summary.by_instrument.items(), key=lambda kv: kv[1].realized)
         (worst_symbol, worst), (best_symbol, best) = ranked[0], ranked[-1]

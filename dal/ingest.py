@@ -340,6 +340,7 @@ def _trade_params(p: _Priced) -> dict[str, Any]:
         "realized_pnl": p.result.realized,
         "exec_time": p.fill.exec_time,
         "broker_trade_id": p.fill.broker_trade_id,
+        "position_opened_at": p.result.reduced_opened_at,
         "meta_json": p.fill.meta,
     }
 
@@ -391,7 +392,15 @@ def _replayed(conn: sa.Connection, p: _Planned) -> sa.Row[Any]:
 def _entry(p: _Priced | _Written, realized: Decimal) -> Entry:
     f = p.fill
     return Entry.of_trade(
-        p.instrument.id, f.exec_time, f.fee_currency, f.side, f.quantity, f.price, realized, f.fee
+        p.instrument.id,
+        f.exec_time,
+        f.fee_currency,
+        f.side,
+        f.quantity,
+        f.price,
+        realized,
+        f.fee,
+        p.result.reduced_opened_at,
     )
 
 

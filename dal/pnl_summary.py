@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
 from dal.decimals import DECIMAL_CONTEXT, quantize18
-from dal.position_math import ZERO, canonical_amount
+from dal.position_math import ZERO, canonical_amount, holding_seconds
 from dal.scope import Tx
 from dal.types import Money, decimal_add, decimal_sum
 
@@ -59,6 +59,8 @@ class Entry(NamedTuple):
     gross_loss: Decimal  # >= 0
     net_quantity: Decimal
     net_proceeds: Decimal
+    closes: int  # 1 when the trade reduced a position
+    held: Decimal  # the seconds that position had been open (when it reduced one)
 
     @classmethod
     def of_trade(
@@ -71,8 +73,11 @@ class Entry(NamedTuple):
         price: Decimal,
         realized: Decimal,
         fee: Decimal,
+        position_opened_at: dt.datetime | None,
     ) -> Entry:
-        """One new trade's contribution (inside ``localcontext(DECIMAL_CONTEXT)`` or not)."""
+        """One new trade's contribution (inside ``localcontext(DECIMAL_CONTEXT)`` or not);
+        ``position_opened_at`` is when the position it reduced was opened (None: it did not
+        reduce one)."""
         notional = trade_notional(quantity, price)
         buy = side == "BUY"
         return cls(
@@ -88,6 +93,8 @@ class Entry(NamedTuple):
             -realized if realized < 0 else ZERO,
             quantity if buy else -quantity,
             -notional if buy else notional,
+            0 if position_opened_at is None else 1,
+            holding_seconds(position_opened_at, exec_time),
         )
 
     @classmethod
@@ -98,8 +105,11 @@ class Entry(NamedTuple):
         fee_currency: str | None,
         old: Decimal,
         new: Decimal,
+        old_opened_at: dt.datetime | None,
+        new_opened_at: dt.datetime | None,
     ) -> Entry:
-        """A re-derivation changed a trade's realized PnL from ``old`` to ``new``."""
+        """A re-derivation changed a trade's realized PnL from ``old`` to ``new`` and the
+        opening time of the position it reduced from ``old_opened_at`` to ``new_opened_at``."""
         sub = DECIMAL_CONTEXT.subtract
         return cls(
             instrument_id,
@@ -114,6 +124,11 @@ class Entry(NamedTuple):
             sub(max(-new, ZERO), max(-old, ZERO)),
             ZERO,
             ZERO,
+            (new_opened_at is not None) - (old_opened_at is not None),
+            sub(
+                holding_seconds(new_opened_at, exec_time),
+                holding_seconds(old_opened_at, exec_time),
+            ),
         )
 
 
@@ -140,6 +155,8 @@ class Totals:
     gross_loss: Decimal = ZERO
     net_quantity: Decimal = ZERO
     net_proceeds: Decimal = ZERO
+    closes: int = 0
+    held: Decimal = ZERO
 
     @classmethod
     def of(cls, e: Entry) -> Totals:
@@ -153,6 +170,8 @@ class Totals:
             e.gross_loss,
             e.net_quantity,
             e.net_proceeds,
+            e.closes,
+            e.held,
         )
 
     def add(self, e: Entry) -> None:
@@ -166,6 +185,8 @@ class Totals:
         self.gross_loss += e.gross_loss
         self.net_quantity += e.net_quantity
         self.net_proceeds += e.net_proceeds
+        self.closes += e.closes
+        self.held += e.held
 
 
 def local_buckets(exec_time: dt.datetime, zone: str) -> tuple[dt.date, dt.date]:
@@ -288,6 +309,8 @@ def summary_rows(portfolio_id: int, totals: dict[SummaryKey, Totals]) -> list[di
             "gross_loss": row.gross_loss,
             "net_quantity": row.net_quantity,
             "net_proceeds": row.net_proceeds,
+            "closing_count": row.closes,
+            "holding_seconds": row.held,
         }
         for (period, start, instrument_id, fee_currency), row in sorted(totals.items())
     ]
@@ -362,6 +385,7 @@ def summarize_trades(trade_rows: Iterable[sa.Row[Any]], zone: str) -> dict[Summa
                 r.price,
                 r.realized_pnl,
                 r.fee,
+                getattr(r, "position_opened_at", None),
             )
             for r in trade_rows
         ),
@@ -379,11 +403,17 @@ _SUMMARY_INPUTS = sa.select(
     trades.c.realized_pnl,
     trades.c.fee,
 ).where(trades.c.portfolio_id == sa.bindparam("portfolio_id"))
+_SUMMARY_INPUTS_WITH_HOLDING = _SUMMARY_INPUTS.add_columns(trades.c.position_opened_at)
 
 
-def summary_inputs(conn: sa.Connection, portfolio_id: int) -> list[sa.Row[Any]]:
-    """The columns of a portfolio's trades that its summary and daily series add up."""
-    return list(conn.execute(_SUMMARY_INPUTS, {"portfolio_id": portfolio_id}))
+def summary_inputs(
+    conn: sa.Connection, portfolio_id: int, holding: bool = True
+) -> list[sa.Row[Any]]:
+    """The columns of a portfolio's trades that its summary and daily series add up
+    (``holding=False``: without the positions' opening times, which the migrations before
+    0011 have no column for and the daily series does not need)."""
+    query = _SUMMARY_INPUTS_WITH_HOLDING if holding else _SUMMARY_INPUTS
+    return list(conn.execute(query, {"portfolio_id": portfolio_id}))
 
 
 def instrument_currencies(conn: sa.Connection) -> dict[int, str]:
@@ -409,6 +439,8 @@ def expected_daily(
                 ZERO,
                 ZERO,
                 ZERO,
+                ZERO,
+                0,
                 ZERO,
             )
             for r in trade_rows
@@ -436,6 +468,8 @@ def stored_summary(conn: sa.Connection, portfolio_id: int) -> dict[SummaryKey, T
             r.gross_loss,
             r.net_quantity,
             r.net_proceeds,
+            r.closing_count,
+            r.holding_seconds,
         )
         for r in rows
     }
@@ -481,7 +515,8 @@ def _show(totals: Totals | None) -> str:
     return (
         f"realized {totals.realized}, fees {totals.fees}, {totals.count} trade(s) "
         f"({totals.wins} won {totals.gross_profit}, {totals.losses} lost {totals.gross_loss}), "
-        f"net quantity {totals.net_quantity}, net proceeds {totals.net_proceeds}"
+        f"net quantity {totals.net_quantity}, net proceeds {totals.net_proceeds}, "
+        f"{totals.closes} closing {totals.held} s held"
     )
 
 
@@ -521,7 +556,7 @@ def rebuild_summary(
     the number of rows written. ``daily_too=False`` and ``columns`` (the summary's columns
     at the time) are for the migrations that predate pnl_daily and later columns."""
     zone = zone or zone_of_portfolio(conn, portfolio_id)
-    rows = summary_inputs(conn, portfolio_id)
+    rows = summary_inputs(conn, portfolio_id, columns is None or "closing_count" in columns)
     new_rows = summary_rows(portfolio_id, summarize_trades(rows, zone))
     if columns is not None:
         new_rows = [{k: v for k, v in row.items() if k in columns} for row in new_rows]
@@ -534,7 +569,7 @@ def rebuild_summary(
 def rebuild_daily(conn: sa.Connection, portfolio_id: int, zone: str | None = None) -> int:
     """Rewrite a portfolio's daily series from its trades; returns the number of rows."""
     zone = zone or zone_of_portfolio(conn, portfolio_id)
-    return _rewrite_daily(conn, portfolio_id, summary_inputs(conn, portfolio_id), zone)
+    return _rewrite_daily(conn, portfolio_id, summary_inputs(conn, portfolio_id, False), zone)
 
 
 def _rewrite_daily(
@@ -617,6 +652,8 @@ _BY_INSTRUMENT = (
         sa.func.sum(summary.c.loss_count).label("loss_count"),
         decimal_sum(summary.c.gross_profit).label("gross_profit"),
         decimal_sum(summary.c.gross_loss).label("gross_loss"),
+        sa.func.sum(summary.c.closing_count).label("closing_count"),
+        decimal_sum(summary.c.holding_seconds).label("holding_seconds"),
     )
     .join(t.instruments, t.instruments.c.id == summary.c.instrument_id)
     .where(_IN_RANGES)

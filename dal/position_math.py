@@ -47,6 +47,26 @@ class PositionState:
 class FillResult:
     state: PositionState
     realized: Decimal  # realized PnL of this fill alone (stored on the trade)
+    # When the position this fill reduced was opened (stored on the trade; its holding time
+    # ends with this fill); None for a fill that opens or adds.
+    reduced_opened_at: dt.datetime | None = None
+
+
+def reduced_opened_at(state: PositionState, side: str) -> dt.datetime | None:
+    """The ``opened_at`` of ``state`` when a ``side`` fill reduces it, else None."""
+    held = state.quantity
+    if not held or (held > 0) == (side == "BUY"):
+        return None
+    return state.opened_at
+
+
+def holding_seconds(opened_at: dt.datetime | None, closed_at: dt.datetime) -> Decimal:
+    """Exact seconds from ``opened_at`` to ``closed_at`` (0 without an opening time)."""
+    if opened_at is None:
+        return ZERO
+    held = closed_at - opened_at
+    whole = Decimal(held.days * 86400 + held.seconds)
+    return canonical_amount(whole + Decimal(held.microseconds).scaleb(-6))
 
 
 def canonical_amount(value: Decimal) -> Decimal:
@@ -78,7 +98,9 @@ def apply_fill_in_context(
     """``apply_fill`` for a caller already inside ``localcontext(DECIMAL_CONTEXT)``. In a
     context of another precision (the default's 28 digits would round) it refuses to compute."""
     new, realized = step_in_context(state, side, quantity, price, exec_time)
-    return FillResult(canonical_state(new), canonical_amount(realized))
+    return FillResult(
+        canonical_state(new), canonical_amount(realized), reduced_opened_at(state, side)
+    )
 
 
 def canonical_state(state: PositionState) -> PositionState:
@@ -184,6 +206,8 @@ __all__ = [
     "apply_fill_in_context",
     "canonical_amount",
     "canonical_state",
+    "holding_seconds",
+    "reduced_opened_at",
     "replace",
     "replay",
     "step_in_context",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from operator import itemgetter
 from typing import Any
@@ -33,6 +33,7 @@ from dal.position_math import (
     apply_fill,
     canonical_amount,
     canonical_state,
+    reduced_opened_at,
     step_in_context,
 )
 from dal.scope import Tx, long_running, read_only
@@ -164,7 +165,13 @@ _REPLAYED = (
     trades.c.price,
     trades.c.exec_time,
 )
-_CHECKED = (*_REPLAYED, trades.c.realized_pnl, trades.c.fee, trades.c.fee_currency)
+_CHECKED = (
+    *_REPLAYED,
+    trades.c.realized_pnl,
+    trades.c.fee,
+    trades.c.fee_currency,
+    trades.c.position_opened_at,
+)
 
 
 def _trades_in_canonical_order(
@@ -203,6 +210,8 @@ class Derived:
     last_exec_time: dt.datetime | None
     last_trade_id: int | None
     trade_realized: dict[int, Decimal]  # trade id → realized PnL of that fill
+    # trade id → when the position that fill reduced was opened (fills that reduced one)
+    trade_opened_at: dict[int, dt.datetime] = field(default_factory=dict)
 
 
 def derive(rows: Sequence[sa.Row[Any]]) -> dict[PositionKey, Derived]:
@@ -224,6 +233,9 @@ def derive(rows: Sequence[sa.Row[Any]]) -> dict[PositionKey, Derived]:
             current = out.get(key)
             if current is None:
                 current = out[key] = Derived(PositionState(), None, None, {})
+            opened_at = reduced_opened_at(current.state, side)
+            if opened_at is not None:
+                current.trade_opened_at[trade_id] = opened_at
             current.state, realized = step_in_context(current.state, side, quantity, price, at)
             current.last_exec_time = at
             current.last_trade_id = trade_id
@@ -231,6 +243,13 @@ def derive(rows: Sequence[sa.Row[Any]]) -> dict[PositionKey, Derived]:
         for derived in out.values():
             derived.state = canonical_state(derived.state)
     return out
+
+
+def reduced_positions_opened_at(conn: sa.Connection, portfolio_id: int) -> dict[int, dt.datetime]:
+    """Trade id → when the position it reduced was opened, for every reducing trade of the
+    portfolio, from a replay (migration 0011 fills ``trades.position_opened_at`` with it)."""
+    derived = derive(_trades_in_canonical_order(conn, portfolio_id, None, _REPLAYED))
+    return {k: v for d in derived.values() for k, v in d.trade_opened_at.items()}
 
 
 def rederive_position(tx: Tx, key: PositionKey, position_id: int) -> list[Entry]:
@@ -242,13 +261,22 @@ def rederive_position(tx: Tx, key: PositionKey, position_id: int) -> list[Entry]
     corrections: list[Entry] = []
     for row in rows:
         realized = derived.trade_realized[row.id]
-        if row.realized_pnl != realized:
+        opened_at = derived.trade_opened_at.get(row.id)
+        if row.realized_pnl != realized or row.position_opened_at != opened_at:
             tx.conn.execute(
-                trades.update().where(trades.c.id == row.id).values(realized_pnl=realized)
+                trades.update()
+                .where(trades.c.id == row.id)
+                .values(realized_pnl=realized, position_opened_at=opened_at)
             )
             corrections.append(
                 Entry.correction(
-                    row.instrument_id, row.exec_time, row.fee_currency, row.realized_pnl, realized
+                    row.instrument_id,
+                    row.exec_time,
+                    row.fee_currency,
+                    row.realized_pnl,
+                    realized,
+                    row.position_opened_at,
+                    opened_at,
                 )
             )
     write_position(tx, position_id, derived.state, derived.last_exec_time, derived.last_trade_id)
@@ -265,9 +293,11 @@ class Difference:
     expected: Any
 
     def __str__(self) -> str:
-        what = (
-            f"trade #{self.field.split(':')[1]} realized_pnl" if ":" in self.field else self.field
-        )
+        # "trade:ID" is a trade's realized PnL, "trade:ID:COLUMN" another of its columns.
+        parts = self.field.split(":")
+        what = f"trade #{parts[1]} {parts[2] if len(parts) > 2 else 'realized_pnl'}"
+        if len(parts) == 1:
+            what = self.field
         return (
             f"portfolio #{self.portfolio_id} instrument #{self.instrument_id} strategy "
             f"{self.strategy_id or '-'}: {what} is {self.stored}, trades say {self.expected}"
@@ -287,12 +317,21 @@ def verify_portfolio(conn: sa.Connection, portfolio_id: int) -> list[Mismatch]:
     expected = derive(rows)
     differences: list[Mismatch] = []
     stored_realized = {row.id: row.realized_pnl for row in rows}
+    stored_opened = {row.id: row.position_opened_at for row in rows}
     for key, derived in expected.items():
         for trade_id, realized in derived.trade_realized.items():
             if stored_realized[trade_id] != realized:
                 differences.append(
                     Difference(*key, f"trade:{trade_id}", stored_realized[trade_id], realized)
                 )
+            opened_at = derived.trade_opened_at.get(trade_id)
+            if stored_opened[trade_id] != opened_at:
+                differences.append(
+                    Difference(
+                        *key, f"trade:{trade_id}:position_opened_at", stored_opened[trade_id],
+                        opened_at,
+                    )
+                )  # fmt: skip
     materialized = {
         (r.portfolio_id, r.instrument_id, r.strategy_id): r
         for r in conn.execute(sa.select(positions).where(positions.c.portfolio_id == portfolio_id))

@@ -329,6 +329,9 @@ trades = sa.Table(
     sa.Column("realized_pnl", Money(), nullable=False, server_default="0"),
     sa.Column("exec_time", UTCDateTime(), nullable=False),
     sa.Column("broker_trade_id", sa.String(64)),
+    # When the position this fill reduced was opened (NULL when it opened or added): the
+    # holding time that ends with this fill is exec_time − position_opened_at.
+    sa.Column("position_opened_at", UTCDateTime()),
     sa.Column("meta_json", JSONDoc(), nullable=False, server_default="{}"),
     one_of("side", SIDES),
     positive("quantity"),
@@ -365,6 +368,10 @@ pnl_summary = sa.Table(
     # these are the portfolio's balances per asset (dal/balances.py).
     sa.Column("net_quantity", Money(), nullable=False, server_default="0"),
     sa.Column("net_proceeds", Money(), nullable=False, server_default="0"),
+    # Trades that reduced a position, and the seconds each had held it (since the position
+    # was opened): the average holding time.
+    sa.Column("closing_count", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("holding_seconds", Money(), nullable=False, server_default="0"),
     one_of("period", PNL_PERIODS),
     sa.CheckConstraint("trade_count >= 0", name="trade_count_nonneg"),
     sa.Index(None, "instrument_id"),

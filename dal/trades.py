@@ -22,6 +22,7 @@ from dal.pnl_summary import (
     owner_zone,
     totals_by_instrument,
 )
+from dal.position_math import holding_seconds
 from dal.scope import Tx, read_only
 
 trades = t.trades
@@ -39,6 +40,8 @@ class InstrumentPnl:
     losses: int = 0
     gross_profit: Decimal = Decimal(0)
     gross_loss: Decimal = Decimal(0)  # ≥ 0
+    closes: int = 0  # trades that reduced a position
+    held: Decimal = Decimal(0)  # seconds those positions had been open, summed
 
 
 @dataclass
@@ -63,6 +66,8 @@ class PnlSummary:
         losses: int = 0,
         gross_profit: Decimal = Decimal(0),
         gross_loss: Decimal = Decimal(0),
+        closes: int = 0,
+        held: Decimal = Decimal(0),
     ) -> None:
         """Count trades of one instrument (call inside ``localcontext(DECIMAL_CONTEXT)``)."""
         self.trade_count += trades
@@ -76,6 +81,8 @@ class PnlSummary:
         entry.losses += losses
         entry.gross_profit += gross_profit
         entry.gross_loss += gross_loss
+        entry.closes += closes
+        entry.held += held
 
 
 class TradeService:
@@ -165,6 +172,8 @@ class TradeService:
                     row.loss_count,
                     row.gross_profit,
                     row.gross_loss,
+                    row.closing_count,
+                    row.holding_seconds,
                 )
         summary.daily = daily_totals(conn, portfolio_id, *days)
         return summary
@@ -202,6 +211,7 @@ def _pnl_from_trades(
             trades.c.fee,
             trades.c.fee_currency,
             trades.c.exec_time,
+            trades.c.position_opened_at,
             t.instruments.c.symbol,
             t.instruments.c.currency,
         )
@@ -228,6 +238,8 @@ def _pnl_from_trades(
                 int(pnl < 0),
                 max(pnl, Decimal(0)),
                 max(-pnl, Decimal(0)),
+                int(row.position_opened_at is not None),
+                holding_seconds(row.position_opened_at, row.exec_time),
             )
             daily[(row.exec_time.astimezone(tz).date(), row.currency)] += row.realized_pnl
     summary.daily = [(day, cur, v) for (day, cur), v in sorted(daily.items())]

@@ -235,3 +235,34 @@ async def test_a_user_snapshots_only_their_own_portfolio(db: Database) -> None:
     async with db.session(user) as s:
         row = await s.equity.snapshot(pid, T0, {btc: MARK})
     assert (row.equity, row.currency) == (Decimal("10094"), "USDT")
+
+
+async def test_holding_times_follow_the_position_even_after_a_late_fill(db: Database) -> None:
+    user, pid, btc = await paper_account(db)
+    hour = dt.timedelta(hours=1)
+    async with db.session(user) as s:
+        for n, (side, at) in enumerate(
+            (("BUY", T0), ("BUY", T0 + hour), ("SELL", T0 + 3 * hour), ("SELL", T0 + 5 * hour))
+        ):
+            await s.trades.ingest_fill(fill(pid, btc, side, "1", "100", at=at, trade_id=f"h{n}"))
+        before = (await s.trades.pnl(pid)).by_instrument["BTCUSDT"]
+        # A fill dated before the first: the position was opened an hour earlier.
+        await s.trades.ingest_fill(fill(pid, btc, "BUY", "1", "90", at=T0 - hour, trade_id="l"))
+        after = (await s.trades.pnl(pid)).by_instrument["BTCUSDT"]
+        closing = [t for t in await s.trades.list(pid) if t.side == "SELL"]
+        assert await s.positions.verify(pid) == []
+    # Two sells, held 3 h and 5 h from T0, then 4 h and 6 h from T0 − 1 h.
+    assert (before.closes, before.held) == (2, Decimal(8 * 3600))
+    assert (after.closes, after.held) == (2, Decimal(10 * 3600))
+    assert {t.position_opened_at for t in closing} == {T0 - hour}
+
+
+def test_durations_read_as_days_hours_and_minutes() -> None:
+    from bot.account_reports import duration
+
+    assert [duration(Decimal(s)) for s in (45, 750, 7500, 273600)] == [
+        "45s",
+        "12m",
+        "2h 5m",
+        "3d 4h",
+    ]

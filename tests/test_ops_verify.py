@@ -98,6 +98,23 @@ async def test_verify_checks_balances_and_equity_snapshots(
     assert "balances and equity snapshots: 2 difference(s)" in "\n".join(report.lines())
 
 
+async def test_verify_checks_when_each_reduced_position_was_opened(
+    db: Database, db_url: str, engine: AsyncEngine
+) -> None:
+    await _trade(db)  # BUY 2 at T0, then SELL 1: the sell reduced a position opened at T0
+    async with engine.begin() as conn:
+        await conn.execute(
+            t.trades.update().where(t.trades.c.side == "SELL").values(position_opened_at=None)
+        )
+    report = await verify_database(db_url)
+    assert any(
+        "trade #2 position_opened_at is None, trades say 2024-05-01 09:00:00+00:00" in p
+        for p in report.positions
+    )
+    # ... and the summary's holding time no longer matches the trades either.
+    assert any("1 closing 1 s held" in p for p in report.positions)
+
+
 async def test_maintain(db: Database, db_url: str, engine: AsyncEngine, engine_name: str) -> None:
     await _trade(db)
     if engine_name == "sqlite":

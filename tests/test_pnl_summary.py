@@ -332,7 +332,7 @@ def test_summary_rows_come_in_key_order_whatever_order_the_fills_came_in() -> No
     order of these parameters: key order for everyone means no lock-order deadlock."""
     at = dt.datetime(2026, 3, 10, 12, tzinfo=dt.UTC)
     entries = [
-        Entry.of_trade(2, at, "USDT", "SELL", Decimal(1), Decimal(5), Decimal(1), Decimal(0)),
+        Entry.of_trade(2, at, "USDT", "SELL", Decimal(1), Decimal(5), Decimal(1), Decimal(0), at),
         Entry.of_trade(
             1,
             at - dt.timedelta(days=40),
@@ -342,6 +342,7 @@ def test_summary_rows_come_in_key_order_whatever_order_the_fills_came_in() -> No
             Decimal(5),
             Decimal(2),
             Decimal(0),
+            None,
         ),
         Entry.of_trade(
             1,
@@ -352,6 +353,7 @@ def test_summary_rows_come_in_key_order_whatever_order_the_fills_came_in() -> No
             Decimal(5),
             Decimal(3),
             Decimal(0),
+            at - dt.timedelta(days=2),
         ),
     ]
     rows = summary_rows(7, summarize(entries, "UTC"))

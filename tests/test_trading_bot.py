@@ -437,6 +437,7 @@ async def test_balance_status_profit_and_an_oversize_order_before_confirm(h: Tra
     text = joined(await h.send(ALICE, "/profit all"))
     assert "USDT: 1 won / 0 lost, win rate 100%" in text
     assert "best BTCUSDT +96.95 USDT" in text
+    assert "average holding time 2m (1 closing trade)" in text  # bought at 12:02, sold 12:04
     await h.trading.save_marks()
     await h.trading.snapshot_equity()
     calls = await h.send(ALICE, "/export balances")

@@ -19,14 +19,21 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-_SUMMARY_AMOUNTS = ("gross_profit", "gross_loss", "net_quantity", "net_proceeds")
-_SUMMARY_COUNTS = ("win_count", "loss_count")
+_SUMMARY_AMOUNTS = (
+    "gross_profit",
+    "gross_loss",
+    "net_quantity",
+    "net_proceeds",
+    "holding_seconds",
+)
+_SUMMARY_COUNTS = ("win_count", "loss_count", "closing_count")
 _NOTIFY = ("notify_fills", "notify_alerts", "notify_reports", "notify_risk")
 
 
 def upgrade() -> None:
     from dal.models import base_asset_of
     from dal.pnl_summary import rebuild_summary
+    from dal.positions import reduced_positions_opened_at
 
     conn = op.get_bind()
     # Plain ADD COLUMNs (with a default, as SQLite needs for NOT NULL): a batch on SQLite
@@ -69,9 +76,22 @@ def upgrade() -> None:
         op.add_column(
             "pnl_summary", sa.Column(name, dal.types.Money(), server_default="0", nullable=False)
         )
-    # Existing trades: every portfolio's summary rebuilt with the DAL's own function, so the
-    # new columns hold what `db verify` expects.
+    op.add_column("trades", sa.Column("position_opened_at", dal.types.UTCDateTime()))
+    # Existing trades: the opening time of the position each reducing trade reduced, from a
+    # replay, then every portfolio's summary rebuilt with the DAL's own function, so the new
+    # columns hold what `db verify` expects.
+    trades = sa.table("trades", sa.column("id", ID), sa.column("position_opened_at"))
     for (portfolio_id,) in conn.execute(sa.text("SELECT id FROM portfolios ORDER BY id")):
+        opened = reduced_positions_opened_at(conn, portfolio_id)
+        if opened:
+            conn.execute(
+                trades.update()
+                .where(trades.c.id == sa.bindparam("trade_id"))
+                .values(
+                    position_opened_at=sa.bindparam("opened_at", type_=dal.types.UTCDateTime())
+                ),
+                [{"trade_id": k, "opened_at": v} for k, v in sorted(opened.items())],
+            )
         rebuild_summary(conn, portfolio_id, daily_too=False)
 
     op.create_table(
@@ -99,6 +119,7 @@ def downgrade() -> None:
     op.drop_table("equity_snapshots")
     for name in (*_SUMMARY_AMOUNTS, *_SUMMARY_COUNTS):
         op.drop_column("pnl_summary", name)
+    op.drop_column("trades", "position_opened_at")
     for name in _NOTIFY:
         op.drop_column("users", name)
     with op.batch_alter_table("accounts") as batch:
