@@ -67,6 +67,8 @@ async def test_example_2_buy_with_the_fee_in_the_quote_and_a_mark(db: Database) 
     }
     assert value.values == {"BTC": Decimal("6100"), "USDT": Decimal("3994")}
     assert value.equity == Decimal("10094")
+    async with db.session(user) as s:  # the risk rules' equity is this valuation's
+        assert (await s.risk.snapshot(pid, {btc: MARK}, "USDT")).equity == Decimal("10094")
     (position,) = value.positions
     # Positions cost their price (6,000; the fee is its own line): 6,100 at the mark.
     assert (position.unrealized, round(position.unrealized_pct or 0, 4)) == (
