@@ -295,9 +295,9 @@ class Difference:
     def __str__(self) -> str:
         # "trade:ID" is a trade's realized PnL, "trade:ID:COLUMN" another of its columns.
         parts = self.field.split(":")
-        what = f"trade #{parts[1]} {parts[2] if len(parts) > 2 else 'realized_pnl'}"
-        if len(parts) == 1:
-            what = self.field
+        what = self.field
+        if len(parts) > 1:
+            what = f"trade #{parts[1]} {parts[2] if len(parts) > 2 else 'realized_pnl'}"
         return (
             f"portfolio #{self.portfolio_id} instrument #{self.instrument_id} strategy "
             f"{self.strategy_id or '-'}: {what} is {self.stored}, trades say {self.expected}"
