@@ -43,8 +43,8 @@ def build_dispatcher(db: Database, **workflow_data: Any) -> Dispatcher:
     """A new Dispatcher with fresh routers (a router can belong to one Dispatcher only)."""
     dp = Dispatcher(**workflow_data)
     dp.update.outer_middleware(UserScopeMiddleware(db))
+    dp.include_router(start.router(db))
     for feature in (
-        start,
         help,
         admin,
         portfolios,

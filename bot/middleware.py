@@ -74,7 +74,6 @@ class UserScopeMiddleware(BaseMiddleware):
             return None
         data["user"] = user
         data["dal"] = self.db.scoped(Actor.user(user.id)) if user is not None else None
-        data["db"] = self.db
         if isinstance(inner, Message) and inner.text:
             what = inner.text.split(maxsplit=1)[0][:64]
         elif isinstance(inner, CallbackQuery):

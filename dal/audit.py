@@ -21,7 +21,9 @@ class AuditLogger:
     def log(
         self, entity_type: str, entity_id: int | None, action: str, details: dict[str, Any]
     ) -> None:
-        """Record an action of the acting user (the services call ``tx.audit`` directly)."""
+        """Record an action (admins only: the services audit what they do themselves with
+        ``tx.audit``; a user-written row about any entity id would be a forged record)."""
+        self.tx.require_admin()
         if entity_type not in t.AUDIT_ENTITIES:
             raise InvalidInput(f"unknown audit entity {entity_type!r}")
         if action not in t.AUDIT_ACTIONS:

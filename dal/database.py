@@ -36,7 +36,7 @@ class Session(Services):
         self._channel = channel
         self.actor = actor
         self.admin_scope = admin_scope
-        self.db = db
+        self._db = db  # private: code holding a session must not reach the unscoped database
         self._tx_state: dict[str, Any] = {}
 
     async def run(
@@ -59,7 +59,12 @@ class Session(Services):
     async def _run(self, fn: Callable[[Tx], T], long_running: bool) -> T:
         def call(conn: sa.Connection) -> T:
             tx = Tx(
-                conn, self.actor, self.admin_scope, self._tx_state, self.db.settings, self.db.cache
+                conn,
+                self.actor,
+                self.admin_scope,
+                self._tx_state,
+                self._db.settings,
+                self._db.cache,
             )
             return fn(tx)
 
@@ -234,15 +239,15 @@ class ScopedDal(Services):
     """
 
     def __init__(self, db: Database, actor: Actor, admin: bool = False) -> None:
-        self.db = db
+        self._db = db  # private: handlers get a ScopedDal, never the unscoped database
         self.actor = actor
         self.admin_scope = admin
 
     def session(self, readonly: bool = False) -> contextlib.AbstractAsyncContextManager[Session]:
-        return self.db.session(self.actor, admin=self.admin_scope, readonly=readonly)
+        return self._db.session(self.actor, admin=self.admin_scope, readonly=readonly)
 
     def as_admin(self) -> ScopedDal:
-        return ScopedDal(self.db, self.actor, admin=True)
+        return ScopedDal(self._db, self.actor, admin=True)
 
     async def run_method(
         self,
@@ -251,11 +256,13 @@ class ScopedDal(Services):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> T:
-        return await self.db.call(self.actor, service, method, args, kwargs, admin=self.admin_scope)
+        return await self._db.call(
+            self.actor, service, method, args, kwargs, admin=self.admin_scope
+        )
 
     async def transaction(self, unit: Callable[[Session], Awaitable[T]]) -> T:
         """``await unit(session)`` as one transaction, retried on deadlock (see Database)."""
-        return await self.db.transaction(self.actor, unit, admin=self.admin_scope)
+        return await self._db.transaction(self.actor, unit, admin=self.admin_scope)
 
 
 # SQLSTATEs of a transaction PostgreSQL aborted because of concurrent ones: safe to run again.

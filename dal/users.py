@@ -57,7 +57,12 @@ class UserService:
     def register(
         self, telegram_user_id: int | str, username: str | None = None, chat_id: int | None = None
     ) -> sa.Row[Any]:
-        """Register a Telegram user as pending (idempotent; refreshes username and chat id)."""
+        """Register a Telegram user as pending (idempotent; refreshes username and chat id).
+        Tradebook itself (the system actor) registers the sender of /start; no user can
+        register, or rewrite the chat of, anyone."""
+        if not self.tx.actor.is_system:
+            self.tx.require_user()
+            raise Forbidden("users are registered by tradebook when they send /start")
         conn = self.tx.conn
         existing = user_by_telegram_id(conn, telegram_user_id)
         if existing is not None:
@@ -198,7 +203,11 @@ class UserService:
         """Approve a user; on first approval they get a Paper account and a funded "Main"."""
         self.tx.require_admin()
         target = self._target(ref)
-        if target.approved_at is not None and target.is_active:
+        if not target.is_active:
+            raise Conflict(
+                f"{_who(target)} is deactivated; /reactivate them first if they should return"
+            )
+        if target.approved_at is not None:
             return target
         now = self.tx.now()
         self.tx.conn.execute(
@@ -225,14 +234,55 @@ class UserService:
         return self._target(target.telegram_user_id)
 
     def deactivate(self, ref: int | str) -> sa.Row[Any]:
+        """Lock a user out (their data stays); /reactivate lets them back."""
         self.tx.require_admin()
         target = self._target(ref)
         if target.id == self.tx.actor.user_id:
             raise Forbidden("you cannot deactivate yourself")
-        self.tx.conn.execute(users.update().where(users.c.id == target.id).values(is_active=False))
-        self.tx.audit(
-            "USER", target.id, "DEACTIVATE", {"telegram_user_id": target.telegram_user_id}
-        )
+        if target.is_admin and target.is_active and self._active_admins() == 1:
+            raise Forbidden("the last active admin cannot be deactivated")
+        return self._set(target, "DEACTIVATE", is_active=False)
+
+    def reactivate(self, ref: int | str) -> sa.Row[Any]:
+        """Let a deactivated user back in, with the approval they had."""
+        self.tx.require_admin()
+        return self._set(self._target(ref), "ACTIVATE", is_active=True)
+
+    def promote(self, ref: int | str) -> sa.Row[Any]:
+        """Make an approved, active user an admin."""
+        self.tx.require_admin()
+        target = self._target(ref)
+        if target.approved_at is None or not target.is_active:
+            raise Conflict(f"{_who(target)} is not an approved, active user")
+        return self._set(target, "UPDATE", is_admin=True)
+
+    def demote(self, ref: int | str) -> sa.Row[Any]:
+        """Take a user's admin rights (never the last active admin's)."""
+        self.tx.require_admin()
+        target = self._target(ref)
+        if target.is_admin and target.is_active and self._active_admins() == 1:
+            raise Forbidden("the last active admin cannot be demoted: promote another first")
+        return self._set(target, "UPDATE", is_admin=False)
+
+    def _active_admins(self) -> int:
+        count: int = self.tx.conn.execute(
+            sa.select(sa.func.count())
+            .select_from(users)
+            .where(users.c.is_admin.is_(True), users.c.is_active.is_(True))
+        ).scalar_one()
+        return count
+
+    def _set(self, target: sa.Row[Any], action: str, **values: bool) -> sa.Row[Any]:
+        """Change a user's flags, audited with what changed (nothing changed: no audit)."""
+        changed = {k: v for k, v in values.items() if getattr(target, k) != v}
+        if changed:
+            self.tx.conn.execute(users.update().where(users.c.id == target.id).values(changed))
+            self.tx.audit(
+                "USER",
+                target.id,
+                action,
+                {"telegram_user_id": target.telegram_user_id, **changed},
+            )
         return self._target(target.telegram_user_id)
 
     def bootstrap_admins(self, telegram_ids: list[int] | tuple[int, ...]) -> list[sa.Row[Any]]:
@@ -337,3 +387,7 @@ def ensure_paper_portfolio(tx: Tx, user_id: int) -> None:
         insert_movement(
             tx, portfolio_id, "DEPOSIT", cash, currency, "paper starting cash", user_id=user_id
         )
+
+
+def _who(row: Any) -> str:
+    return f"@{row.username}" if row.username else f"user {row.telegram_user_id}"

@@ -91,8 +91,8 @@ async def test_unknown_user_registers_and_admin_approves_with_the_button(
     to_admin = [c for c in calls if c.chat_id == ADMIN]
     assert "waiting for approval" in joined(to_user)
     assert "@newbie" in joined(to_admin)
-    ((label, data),) = to_admin[0].buttons()
-    assert label == "Approve" and data is not None
+    ((label, data), (reject_label, reject)) = to_admin[0].buttons()
+    assert (label, reject_label) == ("Approve", "Reject") and data and reject
     # A non-admin pressing the same button gets nothing approved.
     calls = await h.press(ALICE, data)
     assert "not available" in joined(calls)
@@ -101,6 +101,26 @@ async def test_unknown_user_registers_and_admin_approves_with_the_button(
     assert "Approved" in joined(calls)
     assert any(c.chat_id == 5001 and "approved" in text_of(c) for c in calls)
     assert "Main" in joined(await h.send(5001, "/portfolios"))
+
+
+async def test_reject_locks_the_newcomer_out_and_admins_manage_users(h: BotHarness) -> None:
+    calls = await h.send(5002, "/start", username="stranger")
+    (_, (_, reject)) = next(c for c in calls if c.chat_id == ADMIN).buttons()
+    assert reject is not None
+    assert "Rejected 5002 @stranger — deactivated" in joined(await h.press(ADMIN, reject))
+    assert "deactivated" in joined(await h.send(5002, "/help"))
+    # Approving a deactivated user does not quietly let them back: /reactivate does.
+    assert "is deactivated; /reactivate them first" in joined(await h.send(ADMIN, "/approve 5002"))
+    assert "Reactivated 5002 @stranger — pending" in joined(await h.send(ADMIN, "/reactivate 5002"))
+    assert "Approved 5002 @stranger — approved" in joined(await h.send(ADMIN, "/approve 5002"))
+    assert "Promoted 5002 @stranger — admin" in joined(await h.send(ADMIN, "/promote @stranger"))
+    assert "Demoted 5002 @stranger — approved" in joined(await h.send(ADMIN, "/demote 5002"))
+    # The last active admin cannot demote or deactivate themself.
+    text = joined(await h.send(ADMIN, f"/demote {ADMIN}"))
+    assert "the last active admin cannot be demoted" in text
+    assert "admin" in joined(await h.send(ADMIN, "/users"))
+    # Non-admins: the commands are not theirs.
+    assert "Promoted" not in joined(await h.send(ALICE, "/promote 5002"))
 
 
 async def test_pending_user_gets_one_clear_reply(h: BotHarness) -> None:
@@ -325,3 +345,30 @@ async def test_long_replies_are_split(h: BotHarness, db: Database) -> None:
     page2 = await h.press(ALICE, data)
     assert "16–30" in joined(page2)
     assert all(len(c.params.get("text", "")) <= TEXT_LIMIT for c in page2)
+
+
+async def test_no_handler_can_reach_the_unscoped_database(h: BotHarness) -> None:
+    from typing import Any
+
+    from aiogram import Router
+    from aiogram.filters import Command
+
+    seen: dict[str, Any] = {}
+    probe = Router(name="probe")
+
+    @probe.message(Command("probe"))
+    async def capture(message: Any, **data: Any) -> None:
+        seen.update(data)
+
+    h.dp.sub_routers.insert(0, probe)
+    probe._parent_router = h.dp
+    await h.send(ALICE, "/probe")
+    assert "dal" in seen and seen["dal"].actor.user_id is not None
+    leaks = [k for k, v in seen.items() if isinstance(v, Database) or k == "db"]
+    assert leaks == []
+    # Every feature handler asks only for what it declares; none declares the database.
+    for router in h.dp.chain_tail:
+        for observer in router.observers.values():
+            for handler in observer.handlers:
+                params = handler.params
+                assert "db" not in params, f"{router.name}: {handler.callback.__name__}"

@@ -55,7 +55,9 @@ async def test_registration_is_pending_until_approved(db: Database) -> None:
         async with db.session(actor) as s:
             await s.portfolios.list()
     async with db.session(admin, admin=True) as s:
-        await s.users.approve(555)
+        with pytest.raises(Conflict, match="deactivated; /reactivate them first"):
+            await s.users.approve(555)  # approving never quietly reactivates
+        await s.users.reactivate(555)
     async with db.session(actor) as s:
         assert len(await s.portfolios.list()) == 1
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import inspect
 import re
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -368,6 +369,10 @@ OTHER_OPS: dict[str, Op] = {
     "users.approve": lambda s, o, m: s.users.approve(o.telegram),
     "users.revoke": lambda s, o, m: s.users.revoke(o.telegram),
     "users.deactivate": lambda s, o, m: s.users.deactivate(o.telegram),
+    "users.reactivate": lambda s, o, m: s.users.reactivate(o.telegram),
+    "users.promote": lambda s, o, m: s.users.promote(o.telegram),
+    "users.demote": lambda s, o, m: s.users.demote(o.telegram),
+    "users.register": lambda s, o, m: s.users.register(o.telegram, "x", chat_id=1),
     "users.lookup": lambda s, o, m: s.users.lookup(o.telegram),
     "users.find": lambda s, o, m: s.users.find(o.telegram),
     "users.find_by_id": lambda s, o, m: s.users.find_by_id(o.user),
@@ -411,7 +416,7 @@ OTHER_OPS: dict[str, Op] = {
     "audit.recent": lambda s, o, m: s.audit.recent(),
     "strategy_runs.list": lambda s, o, m: s.strategy_runs.list(),
     "strategy_runs.running": lambda s, o, m: s.strategy_runs.running(),
-    "audit.log": lambda s, o, m: s.audit.log("USER", None, "UPDATE", {"note": "x"}),
+    "audit.log": lambda s, o, m: s.audit.log("USER", o.user, "UPDATE", {"note": "x"}),
     "unapplied_events.list": lambda s, o, m: s.unapplied_events.list(include_applied=True),
     "unapplied_events.pending": lambda s, o, m: s.unapplied_events.pending(),
     "marks.latest": lambda s, o, m: s.marks.latest(),
@@ -423,6 +428,7 @@ ADMIN_ONLY = {
     *("users.pending", "users.list_all", "users.approve", "users.revoke", "users.deactivate"),
     *("users.lookup", "users.find", "users.find_by_id", "users.admins", "brokers.create"),
     "users.set_reachable",
+    *("users.reactivate", "users.promote", "users.demote", "users.register", "audit.log"),
     *("accounts.list_for_user", "instruments.create", "instruments.ensure"),
     *("unapplied_events.pending", "marks.save", "equity.snapshot_all"),
 }
@@ -430,7 +436,13 @@ ADMIN_ONLY = {
 # Not in ALL_OPS, on purpose: register and me work for anyone (asserted below),
 # bootstrap_admins is for the system actor only (Forbidden, asserted below) and
 # positions.apply_fill is the pure position arithmetic (no database, no user data).
-EXEMPT = {"users.register", "users.me", "users.bootstrap_admins", "positions.apply_fill"}
+EXEMPT = {"users.me", "users.bootstrap_admins", "positions.apply_fill"}
+# The short list of methods that take an id and answer whatever its owner: everything else
+# that takes one is in ID_OPS (a foreign id is NotFound) or ADMIN_ONLY (Forbidden to users).
+IGNORE_THE_SCOPE = {
+    "instruments.get": "instruments are market data every approved user reads",
+    "users.bootstrap_admins": "the system actor's (Forbidden to users, asserted below)",
+}
 BOOTSTRAP: Op = lambda s, o, m: s.users.bootstrap_admins([1])  # noqa: E731
 
 # The exact wording for a few of them: B's id and a missing id read the same.
@@ -565,7 +577,10 @@ async def test_unapproved_users_get_not_approved_from_every_call(
 
     async with db.session(pending) as s:
         me = await s.users.me()
-        again = await s.users.register(me.telegram_user_id)
+        with pytest.raises(NotApproved):  # registering is tradebook's, for /start's sender
+            await s.users.register(me.telegram_user_id, "new name")
+    async with db.session(Actor.system()) as s:
+        again = await s.users.register(me.telegram_user_id, "new name")
     assert me.approved_at is None and again.id == me.id == pending.user_id
     async with db.session(revoked.actor) as s:
         assert (await s.users.me()).approved_at is None
@@ -626,3 +641,19 @@ async def test_a_portfolios_open_orders_check_the_owner_in_the_same_statement(
         await dal.orders.open_orders(b.portfolio)
     admin = db.scoped(await make_user(db, admin=True)).as_admin()
     assert {r.id for r in await admin.orders.open_orders(b.portfolio)} == {b.order}
+
+
+def test_a_method_that_takes_an_id_follows_the_scope_or_is_on_the_short_list() -> None:
+    scoped = {name.split("[")[0] for name in ID_OPS}
+    unchecked = []
+    for name, cls in SERVICES.items():
+        for attr in dir(cls):
+            method = getattr(cls, attr)
+            if attr.startswith("_") or not callable(method):
+                continue
+            parameters = inspect.signature(method).parameters
+            takes_id = any(p.endswith(("_id", "_ids")) for p in parameters)
+            full = f"{name}.{attr}"
+            if takes_id and full not in scoped | ADMIN_ONLY | set(IGNORE_THE_SCOPE):
+                unchecked.append(full)
+    assert unchecked == [], "these take an id but nothing shows they follow the actor's scope"

@@ -1,15 +1,18 @@
-"""Admin commands and the "Approve" button, guarded by the admin filter on messages and
-callback queries. Every action runs in the explicit admin scope and is audited by the DAL."""
+"""Admin commands and the "Approve" / "Reject" buttons, guarded by the admin filter on
+messages and callback queries. Handlers get ``admin``: the sender's DAL in the explicit admin
+scope (which the DAL checks against the user's row on every call), injected by this router's
+middleware; every action is audited by the DAL."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiogram import Bot, Router
+from aiogram import BaseMiddleware, Bot, Router
 from aiogram.exceptions import TelegramAPIError
 from aiogram.filters import Command, CommandObject
-from aiogram.types import CallbackQuery, Message
+from aiogram.types import CallbackQuery, Message, TelegramObject
 
 from bot.callbacks import ApproveUser
 from bot.filters import IsAdmin
@@ -43,14 +46,29 @@ async def _tell_approved(bot: Bot, row: Any) -> None:
         log.warning("could not tell user %s about the approval: %s", row.id, exc)
 
 
+class AdminScope(BaseMiddleware):
+    """Give an admin's handlers their DAL in the admin scope, as ``admin``."""
+
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        data["admin"] = data["dal"].as_admin()
+        return await handler(event, data)
+
+
 def router() -> Router:
     r = Router(name="admin")
     r.message.filter(IsAdmin())
     r.callback_query.filter(IsAdmin())
+    r.message.middleware(AdminScope())
+    r.callback_query.middleware(AdminScope())
 
     @r.message(Command("pending"))
-    async def pending(message: Message, dal: ScopedDal) -> None:
-        rows = await dal.as_admin().users.pending()
+    async def pending(message: Message, admin: ScopedDal) -> None:
+        rows = await admin.users.pending()
         if not rows:
             await message.answer("Nobody is waiting for approval.")
             return
@@ -59,56 +77,84 @@ def router() -> Router:
         await message.answer("\n".join(lines))
 
     @r.message(Command("approve"))
-    async def approve(message: Message, command: CommandObject, dal: ScopedDal, bot: Bot) -> None:
+    async def approve(message: Message, command: CommandObject, admin: ScopedDal, bot: Bot) -> None:
         args = args_of(command)
         if len(args) != 1:
             raise UsageError("approve")
-        row = await dal.as_admin().users.approve(args[0])
+        row = await admin.users.approve(args[0])
         await message.answer(f"Approved {_user_line(row)}.")
         await _tell_approved(bot, row)
 
     @r.callback_query(ApproveUser.filter())
     async def approve_button(
-        query: CallbackQuery, callback_data: ApproveUser, dal: ScopedDal, bot: Bot
+        query: CallbackQuery, callback_data: ApproveUser, admin: ScopedDal, bot: Bot
     ) -> None:
-        row = await dal.as_admin().users.approve(callback_data.telegram_id)
+        if callback_data.action == "reject":
+            row = await admin.users.deactivate(callback_data.telegram_id)
+            await query.answer("Rejected")
+            if isinstance(query.message, Message):
+                await query.message.edit_text(
+                    f"Rejected {_user_line(row)} (/reactivate lets them in later)."
+                )
+            return
+        row = await admin.users.approve(callback_data.telegram_id)
         await query.answer("Approved")
         if isinstance(query.message, Message):
             await query.message.edit_text(f"Approved {_user_line(row)}.")
         await _tell_approved(bot, row)
 
+    @r.message(Command("deactivate", "reactivate", "promote", "demote"))
+    async def change_user(message: Message, command: CommandObject, admin: ScopedDal) -> None:
+        args = args_of(command)
+        if len(args) != 1:
+            raise UsageError(command.command)
+        action = {
+            "deactivate": admin.users.deactivate,
+            "reactivate": admin.users.reactivate,
+            "promote": admin.users.promote,
+            "demote": admin.users.demote,
+        }[command.command]
+        row = await action(args[0])
+        done = {
+            "deactivate": "Deactivated",
+            "reactivate": "Reactivated",
+            "promote": "Promoted",
+            "demote": "Demoted",
+        }[command.command]
+        await message.answer(f"{done} {_user_line(row)}.")
+
     @r.message(Command("revoke"))
-    async def revoke(message: Message, command: CommandObject, dal: ScopedDal) -> None:
+    async def revoke(message: Message, command: CommandObject, admin: ScopedDal) -> None:
         args = args_of(command)
         if len(args) != 1:
             raise UsageError("revoke")
-        row = await dal.as_admin().users.revoke(args[0])
+        row = await admin.users.revoke(args[0])
         await message.answer(f"Revoked {_user_line(row)}.")
 
     @r.message(Command("users"))
-    async def users(message: Message, dal: ScopedDal) -> None:
-        rows = await dal.as_admin().users.list_all()
+    async def users(message: Message, admin: ScopedDal) -> None:
+        rows = await admin.users.list_all()
         for text in join_blocks(["<b>Users</b>"] + [_user_line(u) for u in rows]):
             await message.answer(text)
 
     @r.message(Command("brokers"))
-    async def brokers(message: Message, dal: ScopedDal) -> None:
-        rows = await dal.brokers.list()
+    async def brokers(message: Message, admin: ScopedDal) -> None:
+        rows = await admin.brokers.list()
         await message.answer(
             "\n".join(["<b>Brokers</b>"] + [f"{q(b.code)} — {q(b.name)}" for b in rows])
         )
 
     @r.message(Command("addbroker"))
-    async def addbroker(message: Message, command: CommandObject, dal: ScopedDal) -> None:
+    async def addbroker(message: Message, command: CommandObject, admin: ScopedDal) -> None:
         args = args_of(command)
         if len(args) < 2:
             raise UsageError("addbroker")
-        row = await dal.as_admin().brokers.create(args[0], " ".join(args[1:]))
+        row = await admin.brokers.create(args[0], " ".join(args[1:]))
         await message.answer(f"Added broker {q(row.code)} — {q(row.name)}.")
 
     @r.message(Command("instruments"))
-    async def instruments(message: Message, dal: ScopedDal) -> None:
-        rows = await dal.instruments.list()
+    async def instruments(message: Message, admin: ScopedDal) -> None:
+        rows = await admin.instruments.list()
         lines = [
             f"{q(i.symbol)} {q(i.exchange or '-')} {i.asset_type} {q(i.currency)}"
             f" tick {num(i.tick_size)} lot {num(i.lot_size)}"
@@ -118,7 +164,7 @@ def router() -> Router:
             await message.answer(text)
 
     @r.message(Command("addinstrument"))
-    async def addinstrument(message: Message, command: CommandObject, dal: ScopedDal) -> None:
+    async def addinstrument(message: Message, command: CommandObject, admin: ScopedDal) -> None:
         args = args_of(command)
         if not 4 <= len(args) <= 6:
             raise UsageError("addinstrument")
@@ -128,7 +174,7 @@ def router() -> Router:
         for key, text in zip(("tick_size", "lot_size"), args[4:], strict=False):
             values[key] = text
         try:
-            row = await dal.as_admin().instruments.create(values)
+            row = await admin.instruments.create(values)
         except InvalidInput as exc:
             raise UsageError("addinstrument", str(exc)) from None
         await message.answer(
@@ -137,11 +183,10 @@ def router() -> Router:
         )
 
     @r.message(Command("accounts"))
-    async def accounts(message: Message, command: CommandObject, dal: ScopedDal) -> None:
+    async def accounts(message: Message, command: CommandObject, admin: ScopedDal) -> None:
         args = args_of(command)
         if len(args) != 1:
             raise UsageError("accounts")
-        admin = dal.as_admin()
         target = await admin.users.find(args[0])
         rows = await admin.accounts.list_for_user(target.id)
         lines = [f"<b>Accounts of {_user_line(target)}</b>"] + [
