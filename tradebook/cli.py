@@ -27,8 +27,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     up = db.add_parser("upgrade", help="migrate the database to REV (default: head)")
     up.add_argument("revision", nargs="?", default="head")
-    down = db.add_parser("downgrade", help="migrate the database down to REV (e.g. base)")
+    down = db.add_parser(
+        "downgrade",
+        help="migrate the database down to REV (e.g. base); drops data: needs --force",
+        description="Refused while the database holds rows unless --force, and while "
+        "tradebook runs on it. On SQLite a backup is taken first and restored if the "
+        "downgrade fails.",
+    )
     down.add_argument("revision")
+    down.add_argument("--force", action="store_true", help="go ahead although rows will be dropped")
     db.add_parser("current", help="print the revision the database is at")
     stamp = db.add_parser("stamp", help="record REV as applied without running migrations")
     stamp.add_argument("revision")
@@ -98,9 +105,6 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
         case "upgrade":
             migrations.upgrade(url, args.revision)
             print(f"database at {migrations.current(url)} ({_describe(settings)})")
-        case "downgrade":
-            migrations.downgrade(url, args.revision)
-            print(f"database at {migrations.current(url) or 'base'}")
         case "current":
             rev = migrations.current(url)
             head = migrations.head_revision()
@@ -215,7 +219,18 @@ def _db_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from tradebook.ops.downgrade import downgrade_database
+
+    url = settings.database_url
+    done = downgrade_database(url, args.revision, settings.backup_dir, args.force)
+    kept = f"; backup taken first: {done.backup}" if done.backup else ""
+    print(f"database at {done.revision or 'base'}{kept}")
+    return 0
+
+
 OPS_COMMANDS = {
+    "downgrade": _db_downgrade,
     "copy": _db_copy,
     "backup": _db_backup,
     "restore": _db_restore,
