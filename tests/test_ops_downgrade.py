@@ -73,7 +73,7 @@ async def test_a_failed_sqlite_downgrade_is_rolled_back_from_the_backup(
         raise RuntimeError("disk full")  # … then it fails
 
     monkeypatch.setattr(migrations, "downgrade", half_done)
-    with pytest.raises(OpsError, match="failed .RuntimeError: disk full.; the database was"):
+    with pytest.raises(OpsError, match=r"failed \(RuntimeError: disk full\); the database was"):
         await _in_thread(downgrade_database, url, "base", tmp_path / "backups", True)
     assert await _in_thread(migrations.current, url) == migrations.head_revision()
     assert (await rows_held(url))["users"] == 1
