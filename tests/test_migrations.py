@@ -213,3 +213,20 @@ async def test_0010_derives_order_notionals_and_averages_from_existing_fills(
     assert migrated.fill_notional == Decimal("315.380952380952380953")
     assert migrated.avg_fill_price == Decimal("19.71130952380952381")
     assert (await verify_database(empty_db_url)).ok
+
+
+def test_files_tradebook_creates_are_its_owners_only(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'var' / 'tb.db'}"
+    env = {"TRADEBOOK_DATABASE_URL": url, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env["TRADEBOOK_BACKUP_DIR"] = str(tmp_path / "var" / "backups")
+    old = os.umask(0o022)  # a permissive shell
+    try:
+        assert _cli(["db", "upgrade"], tmp_path, **env).returncode == 0
+        assert _cli(["db", "backup"], tmp_path, **env).returncode == 0
+    finally:
+        os.umask(old)
+    (backup,) = (tmp_path / "var" / "backups").iterdir()
+    for path in (tmp_path / "var" / "tb.db", backup):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    for directory in (tmp_path / "var", tmp_path / "var" / "backups"):
+        assert directory.stat().st_mode & 0o777 == 0o700, directory

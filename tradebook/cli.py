@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -313,7 +314,13 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# Everything tradebook creates (the SQLite file, its WAL and lock, backups, exports, console
+# media) holds trading data: readable by its owner only, whatever the shell's umask.
+PRIVATE_UMASK = 0o077
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(PRIVATE_UMASK)
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
