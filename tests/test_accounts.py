@@ -7,6 +7,7 @@ Every example starts from a new user's paper portfolio (10,000 USDT) and BTCUSDT
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from decimal import Decimal
 from typing import Any
@@ -268,3 +269,24 @@ def test_durations_read_as_days_hours_and_minutes() -> None:
         "2h 5m",
         "3d 4h",
     ]
+
+
+async def test_two_orders_placed_at_once_cannot_both_spend_one_free_balance(
+    db: Database,
+) -> None:
+    user, pid, btc = await paper_account(db)
+    dal = db.scoped(user)
+    limit = order(pid, btc, "BUY", "0.1", type="LIMIT", price="60000")  # 6,000 of 10,000
+
+    async def place(s: Any) -> Any:
+        check = await s.valuation.check_order(limit, {btc: MARK})
+        status = "REJECTED" if check.refusal else "NEW"
+        return await s.orders.place(
+            limit, status=status, reason=check.refusal, reserve_price=check.reserve_price
+        )
+
+    rows = await asyncio.gather(*(dal.transaction(place) for _ in range(4)))
+    assert sorted(r.status for r in rows) == ["NEW", "REJECTED", "REJECTED", "REJECTED"]
+    async with db.session(user) as s:
+        (usdt,) = await s.valuation.balances(pid)
+    assert (usdt.reserved, usdt.free) == (Decimal("6000"), Decimal("4000"))
