@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from typing import Any
@@ -85,11 +86,29 @@ async def _on_error(event: ErrorEvent, **data: Any) -> bool:
             extra={"correlation_id": f"u{update.update_id}", "ref": ref},
         )
         text = f"Something went wrong (ref {ref})."
-    if update.callback_query is not None:
-        await update.callback_query.answer(text[:200], show_alert=True)  # plain text
-    elif target is not None:
-        await target.answer(q(text))
+    text = shortened(text)
+    try:
+        if update.callback_query is not None:
+            await update.callback_query.answer(text[:200], show_alert=True)  # plain text
+        elif target is not None:
+            await target.answer(q(text))
+    except Exception:  # the reply itself failed: a short one, never silence
+        log.warning("the error reply failed; sending the short one", exc_info=True)
+        if target is not None:
+            with contextlib.suppress(Exception):
+                await target.answer("That did not work, and the reason could not be shown.")
     return True
+
+
+ERROR_REPLY_LIMIT = 1000  # characters: a reply quotes at most a short part of the input
+
+
+def shortened(text: str, limit: int = ERROR_REPLY_LIMIT) -> str:
+    """An error reply within ``limit`` characters: each line that echoes a long argument is
+    cut (with "…"), so a 10 kB argument never makes the reply too long to send."""
+    lines = [line if len(line) <= 300 else line[:299] + "…" for line in text.splitlines()]
+    joined = "\n".join(lines)
+    return joined if len(joined) <= limit else joined[: limit - 1] + "…"
 
 
 def build_bot(token: str, session: BaseSession | None = None) -> Bot:

@@ -22,11 +22,12 @@ PAPER_ACCOUNT = "Paper"
 
 
 @functools.cache
-def _time_zones() -> frozenset[str]:
-    """IANA zone names (from tzdata): "localtime" and file paths are not zones."""
+def _time_zones() -> dict[str, str]:
+    """IANA zone names (from tzdata) by their lower case: "utc" is UTC, "europe/berlin"
+    Europe/Berlin. "localtime" and file paths are not zones."""
     from zoneinfo import available_timezones
 
-    return frozenset(available_timezones())
+    return {name.lower(): name for name in available_timezones() if name != "localtime"}
 
 
 DEFAULT_PORTFOLIO = "Main"
@@ -99,10 +100,14 @@ class UserService:
 
     @long_running
     def set_timezone(self, zone: str) -> str:
-        if not isinstance(zone, str) or zone not in _time_zones():
+        """Set the user's time zone (an IANA name, any case); returns its canonical name."""
+        known = _time_zones().get(zone.lower()) if isinstance(zone, str) else None
+        if known is None:
+            shown = zone[:40] + "…" if isinstance(zone, str) and len(zone) > 40 else zone
             raise InvalidInput(
-                f"unknown time zone {zone!r}; use an IANA name like Europe/Berlin"
+                f"unknown time zone {shown!r}; use an IANA name like Europe/Berlin"
             ) from None
+        zone = known
         user_id = self.tx.user_id
         conn = self.tx.conn
         if zone == self.tx.user_row().timezone:

@@ -372,3 +372,27 @@ async def test_no_handler_can_reach_the_unscoped_database(h: BotHarness) -> None
             for handler in observer.handlers:
                 params = handler.params
                 assert "db" not in params, f"{router.name}: {handler.callback.__name__}"
+
+
+async def test_an_error_echoing_a_huge_argument_still_gets_a_short_reply(h: BotHarness) -> None:
+    for command in ("/tz", "/pnl", "/buy BTCUSDT", "/portfolio"):
+        calls = await h.send(ALICE, f"{command} {'x' * 10_000}")
+        (reply,) = texts(calls)
+        assert 0 < len(reply) <= 1000, command
+
+
+def test_error_replies_are_cut_per_line_and_in_total() -> None:
+    from bot.app import shortened
+
+    text = shortened("unknown zone 'x" + "y" * 5000 + "'\nUsage: /tz <zone>")
+    first, usage = text.splitlines()
+    assert len(first) == 300 and first.endswith("…") and usage == "Usage: /tz <zone>"
+    assert len(shortened("\n".join(["z" * 200] * 10), limit=1000)) == 1000
+
+
+async def test_commands_and_time_zones_ignore_case(h: BotHarness) -> None:
+    assert "Welcome back" in joined(await h.send(ALICE, "/START"))
+    assert "BTCUSDT [manual]" in joined(await h.send(ALICE, "/Positions"))
+    assert "Time zone set to UTC." in joined(await h.send(ALICE, "/tz utc"))
+    assert "Europe/Berlin" in joined(await h.send(ALICE, "/TZ europe/berlin"))
+    assert "unknown time zone 'localtime'" in joined(await h.send(ALICE, "/tz localtime"))

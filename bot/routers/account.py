@@ -37,7 +37,7 @@ def live_marks(desk: OrderDesk | None) -> dict[int, Decimal] | None:
 def router() -> Router:
     r = Router(name="account")
 
-    @r.message(Command("balance"))
+    @r.message(Command("balance", ignore_case=True))
     async def balance(
         message: Message,
         command: CommandObject,
@@ -49,7 +49,7 @@ def router() -> Router:
         reply = await balance_report(dal, portfolio, live_marks(desk))
         await send_reply(bot, message.chat.id, reply)
 
-    @r.message(Command("status"))
+    @r.message(Command("status", ignore_case=True))
     async def status(
         message: Message,
         command: CommandObject,
@@ -63,7 +63,7 @@ def router() -> Router:
             bot, message.chat.id, await status_report(dal, portfolio, now, live_marks(desk))
         )
 
-    @r.message(Command("profit", "performance"))
+    @r.message(Command("profit", "performance", ignore_case=True))
     async def profit(
         message: Message,
         command: CommandObject,
@@ -106,7 +106,7 @@ def router() -> Router:
         chat = query.message.chat.id if query.message is not None else query.from_user.id
         await send_reply(bot, chat, reply)
 
-    @r.message(Command(*PERIOD_UNITS))
+    @r.message(Command(*PERIOD_UNITS, ignore_case=True))
     async def per_period(
         message: Message, command: CommandObject, dal: ScopedDal, user: UserRow, bot: Bot
     ) -> None:

@@ -66,7 +66,7 @@ def router() -> Router:
     r.message.middleware(AdminScope())
     r.callback_query.middleware(AdminScope())
 
-    @r.message(Command("pending"))
+    @r.message(Command("pending", ignore_case=True))
     async def pending(message: Message, admin: ScopedDal) -> None:
         rows = await admin.users.pending()
         if not rows:
@@ -76,7 +76,7 @@ def router() -> Router:
         lines.append("Approve with /approve &lt;telegram_id|@username&gt;")
         await message.answer("\n".join(lines))
 
-    @r.message(Command("approve"))
+    @r.message(Command("approve", ignore_case=True))
     async def approve(message: Message, command: CommandObject, admin: ScopedDal, bot: Bot) -> None:
         args = args_of(command)
         if len(args) != 1:
@@ -103,7 +103,7 @@ def router() -> Router:
             await query.message.edit_text(f"Approved {_user_line(row)}.")
         await _tell_approved(bot, row)
 
-    @r.message(Command("deactivate", "reactivate", "promote", "demote"))
+    @r.message(Command("deactivate", "reactivate", "promote", "demote", ignore_case=True))
     async def change_user(message: Message, command: CommandObject, admin: ScopedDal) -> None:
         args = args_of(command)
         if len(args) != 1:
@@ -123,7 +123,7 @@ def router() -> Router:
         }[command.command]
         await message.answer(f"{done} {_user_line(row)}.")
 
-    @r.message(Command("revoke"))
+    @r.message(Command("revoke", ignore_case=True))
     async def revoke(message: Message, command: CommandObject, admin: ScopedDal) -> None:
         args = args_of(command)
         if len(args) != 1:
@@ -131,20 +131,20 @@ def router() -> Router:
         row = await admin.users.revoke(args[0])
         await message.answer(f"Revoked {_user_line(row)}.")
 
-    @r.message(Command("users"))
+    @r.message(Command("users", ignore_case=True))
     async def users(message: Message, admin: ScopedDal) -> None:
         rows = await admin.users.list_all()
         for text in join_blocks(["<b>Users</b>"] + [_user_line(u) for u in rows]):
             await message.answer(text)
 
-    @r.message(Command("brokers"))
+    @r.message(Command("brokers", ignore_case=True))
     async def brokers(message: Message, admin: ScopedDal) -> None:
         rows = await admin.brokers.list()
         await message.answer(
             "\n".join(["<b>Brokers</b>"] + [f"{q(b.code)} — {q(b.name)}" for b in rows])
         )
 
-    @r.message(Command("addbroker"))
+    @r.message(Command("addbroker", ignore_case=True))
     async def addbroker(message: Message, command: CommandObject, admin: ScopedDal) -> None:
         args = args_of(command)
         if len(args) < 2:
@@ -152,7 +152,7 @@ def router() -> Router:
         row = await admin.brokers.create(args[0], " ".join(args[1:]))
         await message.answer(f"Added broker {q(row.code)} — {q(row.name)}.")
 
-    @r.message(Command("instruments"))
+    @r.message(Command("instruments", ignore_case=True))
     async def instruments(message: Message, admin: ScopedDal) -> None:
         rows = await admin.instruments.list()
         lines = [
@@ -163,7 +163,7 @@ def router() -> Router:
         for text in join_blocks(["<b>Instruments</b>"] + (lines or ["None yet."])):
             await message.answer(text)
 
-    @r.message(Command("addinstrument"))
+    @r.message(Command("addinstrument", ignore_case=True))
     async def addinstrument(message: Message, command: CommandObject, admin: ScopedDal) -> None:
         args = args_of(command)
         if not 4 <= len(args) <= 6:
@@ -182,7 +182,7 @@ def router() -> Router:
             f"{q(row.currency)}, tick {num(row.tick_size)}, lot {num(row.lot_size)})."
         )
 
-    @r.message(Command("accounts"))
+    @r.message(Command("accounts", ignore_case=True))
     async def accounts(message: Message, command: CommandObject, admin: ScopedDal) -> None:
         args = args_of(command)
         if len(args) != 1:

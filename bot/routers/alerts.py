@@ -31,7 +31,7 @@ async def _answer_list(message: Message, title: str, lines: list[str]) -> None:
 def router() -> Router:
     r = Router(name="alerts")
 
-    @r.message(Command("alerts"))
+    @r.message(Command("alerts", ignore_case=True))
     async def alerts(message: Message, dal: ScopedDal) -> None:
         lines = [
             f"#{a.id} {q(a.name)} — {a.type}, {_state(a)}\n<code>{_config(a)}</code>"
@@ -39,7 +39,7 @@ def router() -> Router:
         ]
         await _answer_list(message, "<b>Your alerts</b>", lines)
 
-    @r.message(Command("schedules"))
+    @r.message(Command("schedules", ignore_case=True))
     async def schedules(message: Message, dal: ScopedDal, user: UserRow) -> None:
         lines = [
             f"#{s.id} {q(s.name)} — <code>{q(s.cron)}</code>, {_state(s)}, next "
@@ -48,7 +48,7 @@ def router() -> Router:
         ]
         await _answer_list(message, "<b>Your schedules</b> (cron in UTC)", lines)
 
-    @r.message(Command("screeners"))
+    @r.message(Command("screeners", ignore_case=True))
     async def screeners(message: Message, dal: ScopedDal) -> None:
         lines = [
             f"#{s.id} {q(s.name)} — {_state(s)}\n<code>{_config(s)}</code>"

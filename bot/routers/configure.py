@@ -48,7 +48,7 @@ async def switch(message: Message, args: list[str], service: Any, noun: str) -> 
 def router() -> Router:
     r = Router(name="configure")
 
-    @r.message(Command("account"))
+    @r.message(Command("account", ignore_case=True))
     async def account(message: Message, command: CommandObject, dal: ScopedDal) -> None:
         args = args_of(command)
         if not args:
@@ -92,15 +92,15 @@ def router() -> Router:
             f"{q(currency)}."
         )
 
-    @r.message(Command("deposit"))
+    @r.message(Command("deposit", ignore_case=True))
     async def deposit(message: Message, command: CommandObject, dal: ScopedDal) -> None:
         await cash("DEPOSIT", message, command, dal)
 
-    @r.message(Command("withdraw"))
+    @r.message(Command("withdraw", ignore_case=True))
     async def withdraw(message: Message, command: CommandObject, dal: ScopedDal) -> None:
         await cash("WITHDRAWAL", message, command, dal)
 
-    @r.message(Command("policy"))
+    @r.message(Command("policy", ignore_case=True))
     async def policy(message: Message, command: CommandObject, dal: ScopedDal) -> None:
         args = args_of(command)
         if len(args) < 3 or args[0] not in ("add", "set", "off", "on"):
@@ -134,7 +134,7 @@ def router() -> Router:
             row = await dal.risk.set_active(existing[0].id, action == "on")
             await message.answer(f"Policy {q(row.name)} is {'on' if row.is_active else 'off'}.")
 
-    @r.message(Command("alert"))
+    @r.message(Command("alert", ignore_case=True))
     async def alert(message: Message, command: CommandObject, dal: ScopedDal) -> None:
         args = args_of(command)
         if await switch(message, args, dal.alerts, "Alert"):
@@ -195,7 +195,7 @@ def router() -> Router:
             raise UsageError("alert", str(exc)) from None
         await message.answer(f"Alert #{row.id} added: {q(row.name)}.")
 
-    @r.message(Command("schedule"))
+    @r.message(Command("schedule", ignore_case=True))
     async def schedule(message: Message, command: CommandObject, dal: ScopedDal) -> None:
         try:
             args = shlex.split(command.args or "")
@@ -221,7 +221,7 @@ def router() -> Router:
             raise UsageError("schedule", str(exc)) from None
         await message.answer(f"Schedule #{row.id} added: {q(row.name)} (cron in UTC).")
 
-    @r.message(Command("screener"))
+    @r.message(Command("screener", ignore_case=True))
     async def screener(message: Message, command: CommandObject, dal: ScopedDal) -> None:
         args = args_of(command)
         if await switch(message, args, dal.screeners, "Screener"):
@@ -247,12 +247,12 @@ def router() -> Router:
             raise UsageError("screener", str(exc)) from None
         await message.answer(f"Screener #{row.id} {q(row.name)} added: {q(_config(row))}.")
 
-    @r.message(Command("mute"))
+    @r.message(Command("mute", ignore_case=True))
     async def mute(message: Message, dal: ScopedDal) -> None:
         await dal.users.set_muted(True)
         await message.answer("Notifications muted. /unmute turns them back on.")
 
-    @r.message(Command("notify"))
+    @r.message(Command("notify", ignore_case=True))
     async def notify(message: Message, command: CommandObject, dal: ScopedDal) -> None:
         args = [a.lower() for a in args_of(command)]
         if args and (len(args) != 2 or args[1] not in ("on", "off")):
@@ -267,7 +267,7 @@ def router() -> Router:
         muted = " (all muted: /unmute)" if user.notifications_muted else ""
         await message.answer(f"Notifications: {states}{muted}.")
 
-    @r.message(Command("unmute"))
+    @r.message(Command("unmute", ignore_case=True))
     async def unmute(message: Message, dal: ScopedDal) -> None:
         await dal.users.set_muted(False)
         await message.answer("Notifications are on.")

@@ -19,7 +19,7 @@ from tradebook.exports import KINDS, export_csv
 def router() -> Router:
     r = Router(name="exports")
 
-    @r.message(Command("export"))
+    @r.message(Command("export", ignore_case=True))
     async def export(
         message: Message, command: CommandObject, dal: ScopedDal, user: UserRow
     ) -> None:

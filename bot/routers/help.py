@@ -13,7 +13,7 @@ from bot.middleware import UserRow
 def router() -> Router:
     r = Router(name="help")
 
-    @r.message(Command("help"))
+    @r.message(Command("help", ignore_case=True))
     async def help_(message: Message, user: UserRow) -> None:
         await message.answer(help_text(bool(user.is_admin)))
 

@@ -22,7 +22,7 @@ STATUS_WORDS = {s.lower(): s for s in ORDER_STATUSES} | {"open": "OPEN"}
 def router() -> Router:
     r = Router(name="orders")
 
-    @r.message(Command("orders"))
+    @r.message(Command("orders", ignore_case=True))
     async def orders(
         message: Message, command: CommandObject, dal: ScopedDal, user: UserRow, bot: Bot
     ) -> None:

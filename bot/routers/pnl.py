@@ -27,7 +27,7 @@ async def has_portfolio(dal: ScopedDal, name: str) -> bool:
 def router() -> Router:
     r = Router(name="pnl")
 
-    @r.message(Command("pnl"))
+    @r.message(Command("pnl", ignore_case=True))
     async def pnl(
         message: Message, command: CommandObject, dal: ScopedDal, user: UserRow, bot: Bot
     ) -> None:

@@ -30,14 +30,14 @@ def _describe(p: Any, current_id: int) -> str:
 def router() -> Router:
     r = Router(name="portfolios")
 
-    @r.message(Command("portfolios"))
+    @r.message(Command("portfolios", ignore_case=True))
     async def portfolios(message: Message, dal: ScopedDal) -> None:
         current = await dal.portfolios.current()
         rows = await dal.portfolios.list()
         lines = ["<b>Your portfolios</b>"] + [f"• {_describe(p, current.id)}" for p in rows]
         await message.answer("\n".join(lines))
 
-    @r.message(Command("portfolio"))
+    @r.message(Command("portfolio", ignore_case=True))
     async def portfolio(message: Message, command: CommandObject, dal: ScopedDal) -> None:
         name = (command.args or "").strip()
         if name.startswith("add "):
@@ -71,12 +71,12 @@ def router() -> Router:
         if isinstance(query.message, Message):
             await query.message.edit_text(f"Current portfolio: <b>{q(chosen.name)}</b>")
 
-    @r.message(Command("tz"))
+    @r.message(Command("tz", ignore_case=True))
     async def tz(message: Message, command: CommandObject, dal: ScopedDal, user: UserRow) -> None:
         zone = (command.args or "").strip()
         if not zone:
             raise UsageError("tz", f"Your time zone is {user.timezone}.")
-        await dal.users.set_timezone(zone)
+        zone = await dal.users.set_timezone(zone)
         await message.answer(f"Time zone set to {q(zone)}.")
 
     return r

@@ -14,7 +14,7 @@ from dal.database import ScopedDal
 def router() -> Router:
     r = Router(name="positions")
 
-    @r.message(Command("positions"))
+    @r.message(Command("positions", ignore_case=True))
     async def positions(message: Message, command: CommandObject, dal: ScopedDal, bot: Bot) -> None:
         portfolio = await resolve_portfolio(dal, (command.args or "").strip() or None)
         await send_reply(bot, message.chat.id, await positions_report(dal, portfolio))

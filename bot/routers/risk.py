@@ -15,7 +15,7 @@ from dal.database import ScopedDal
 def router() -> Router:
     r = Router(name="risk")
 
-    @r.message(Command("risk"))
+    @r.message(Command("risk", ignore_case=True))
     async def risk(
         message: Message, command: CommandObject, dal: ScopedDal, user: UserRow, bot: Bot
     ) -> None:

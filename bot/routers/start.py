@@ -64,7 +64,7 @@ def router(db: Database) -> Router:
     r = Router(name="start")
     r.message.middleware(RegistrationMiddleware(db))
 
-    @r.message(CommandStart())
+    @r.message(CommandStart(ignore_case=True))
     async def start(
         message: Message, bot: Bot, registration: Registration, user: UserRow | None
     ) -> None:

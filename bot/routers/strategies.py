@@ -15,7 +15,7 @@ from strategies.runtime import StrategyRuntime
 def router() -> Router:
     r = Router(name="strategies")
 
-    @r.message(Command("strategies"))
+    @r.message(Command("strategies", ignore_case=True))
     async def strategies(
         message: Message, dal: ScopedDal, strategies: StrategyRuntime | None = None
     ) -> None:
@@ -34,7 +34,7 @@ def router() -> Router:
             lines.append("Strategies are off in this tradebook (TRADEBOOK_STRATEGIES=off).")
         await message.answer("\n".join(lines))
 
-    @r.message(Command("strategy"))
+    @r.message(Command("strategy", ignore_case=True))
     async def strategy(
         message: Message,
         command: CommandObject,

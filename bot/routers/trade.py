@@ -145,7 +145,7 @@ def placed_text(row: sa.Row[Any]) -> str:
 def router() -> Router:
     r = Router(name="trade")
 
-    @r.message(Command("buy", "sell"))
+    @r.message(Command("buy", "sell", ignore_case=True))
     async def buy_or_sell(
         message: Message,
         command: CommandObject,
@@ -186,7 +186,7 @@ def router() -> Router:
         if isinstance(query.message, Message):
             await query.message.edit_text("\n".join(lines))
 
-    @r.message(Command("cancel"))
+    @r.message(Command("cancel", ignore_case=True))
     async def cancel(
         message: Message, command: CommandObject, dal: ScopedDal, desk: OrderDesk
     ) -> None:
@@ -203,7 +203,7 @@ def router() -> Router:
         outcome = await desk.cancel(dal, callback_data.order_id)  # owner-checked
         await query.answer(f"Order {outcome.line()}.")
 
-    @r.message(Command("close"))
+    @r.message(Command("close", ignore_case=True))
     async def close(
         message: Message,
         command: CommandObject,
@@ -240,7 +240,7 @@ def router() -> Router:
             note = f"\nConfirm stops {q(position.strategy_name)} {q(version)} first."
         await ask_to_confirm(message, dal, desk, confirmations, trade, portfolio, note)
 
-    @r.message(Command("fill"))
+    @r.message(Command("fill", ignore_case=True))
     async def fill(message: Message, command: CommandObject, dal: ScopedDal, user: UserRow) -> None:
         args = args_of(command)
         if len(args) < 4:
@@ -289,7 +289,7 @@ def router() -> Router:
             f"{num(price)} in {q(portfolio.name)}; realized {num(trade.realized_pnl)}."
         )
 
-    @r.message(Command("stopall"))
+    @r.message(Command("stopall", ignore_case=True))
     async def stopall(message: Message, command: CommandObject) -> None:
         args = args_of(command)
         if args not in ([], ["flatten"]):
