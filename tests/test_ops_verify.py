@@ -115,6 +115,33 @@ async def test_verify_checks_when_each_reduced_position_was_opened(
     assert any("1 closing 1 s held" in p for p in report.positions)
 
 
+async def test_repair_rewrites_what_verify_finds_and_dry_run_writes_nothing(
+    db: Database, db_url: str, engine: AsyncEngine, engine_name: str
+) -> None:
+    from tradebook.ops.repair import repair_database
+
+    await _trade(db)
+    async with engine.begin() as conn:
+        await conn.execute(t.positions.update().values(quantity=Decimal("999")))
+    dry = await repair_database(db_url, dry_run=True)
+    assert dry.portfolios >= 1 and list(dry.repaired) == [1]
+    assert "would repair 1:" in "\n".join(dry.lines())
+    assert not (await verify_database(db_url)).ok  # the dry run wrote nothing
+    done = await repair_database(db_url, dry_run=False)
+    assert any("quantity is 999, trades say 1" in d for d in done.repaired[1])
+    assert (await verify_database(db_url)).ok
+    again = await repair_database(db_url, dry_run=False)
+    assert again.repaired == {} and "nothing to repair" in again.lines()[0]
+    if engine_name == "sqlite":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRADEBOOK_")}
+        env.update({"TRADEBOOK_DATABASE_URL": db_url, "PYTHONPATH": str(ROOT)})
+        result = subprocess.run(
+            [sys.executable, "-m", "tradebook.cli", "db", "repair", "--dry-run"],
+            env=env, capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+        assert result.returncode == 0 and "nothing to repair" in result.stdout
+
+
 async def test_maintain(db: Database, db_url: str, engine: AsyncEngine, engine_name: str) -> None:
     await _trade(db)
     if engine_name == "sqlite":

@@ -72,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
         "--vacuum-free-percent", type=_count, metavar="P", help="default: from settings"
     )
     db.add_parser("verify", help="integrity + positions vs trades; exit 1 on any difference")
+    repair = db.add_parser(
+        "repair",
+        help="rewrite positions, per-trade PnL and the PnL summary from the trades",
+        description="Every portfolio that verify finds different from its trades is "
+        "rewritten from them, one audited transaction each.",
+    )
+    repair.add_argument("--dry-run", action="store_true", help="list what would change only")
     return parser
 
 
@@ -220,6 +227,16 @@ def _db_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _db_repair(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from tradebook.ops.repair import repair_database
+
+    report = asyncio.run(repair_database(settings.database_url, args.dry_run))
+    print("\n".join(report.lines()))
+    return 0
+
+
 def _db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
     from tradebook.ops.downgrade import downgrade_database
 
@@ -232,6 +249,7 @@ def _db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 OPS_COMMANDS = {
     "downgrade": _db_downgrade,
+    "repair": _db_repair,
     "copy": _db_copy,
     "backup": _db_backup,
     "restore": _db_restore,
