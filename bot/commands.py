@@ -25,7 +25,7 @@ COMMANDS = [
     ),
     Cmd("portfolios", "/portfolios", "list your portfolios"),
     Cmd("tz", "/tz <IANA zone>", "set your time zone, e.g. /tz Europe/Berlin"),
-    Cmd("orders", "/orders [status] [portfolio]", "open orders (or NEW, FILLED, CANCELED, …)"),
+    Cmd("orders", "/orders [status|all] [portfolio]", "open orders (or all, NEW, FILLED, …)"),
     Cmd("positions", "/positions [portfolio]", "positions: quantity, average price, realized PnL"),
     Cmd(
         "pnl",

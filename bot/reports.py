@@ -16,7 +16,7 @@ from bot.charts import cumulative_pnl_per_trade_png, cumulative_pnl_png, render_
 from bot.periods import Period
 from bot.text import join_blocks, local_time, num, pre_pages, q, signed
 from dal.database import ScopedDal
-from dal.vocabulary import OPEN_STATUSES
+from dal.vocabulary import OPEN_STATUSES, ORDER_STATUSES
 
 ORDERS_PAGE = 15
 # /pnl plots each trade for periods up to a week with at most this many trades, else each day.
@@ -114,11 +114,15 @@ def _order_line(row: Any, zone: str) -> str:
 async def orders_report(
     dal: ScopedDal, portfolio: Any, status: str | None, offset: int, zone: str
 ) -> Reply:
-    statuses = None if status in (None, "OPEN") else status
+    statuses: str | list[str] | None = None if status in (None, "OPEN") else status
+    if status == "ALL":
+        statuses = list(ORDER_STATUSES)
     rows = await dal.orders.list(portfolio.id, statuses, ORDERS_PAGE + 1, offset)
     more = len(rows) > ORDERS_PAGE
     rows = rows[:ORDERS_PAGE]
-    what = "open orders" if statuses is None else f"{status} orders"
+    what = {None: "open orders", "OPEN": "open orders", "ALL": "orders"}.get(
+        status, f"{status} orders"
+    )
     title = f"<b>{q(what.capitalize())} — {q(portfolio.name)}</b>"
     if not rows:
         return Reply([f"{title}\nNone." if offset == 0 else f"{title}\nNo more."])

@@ -396,3 +396,10 @@ async def test_commands_and_time_zones_ignore_case(h: BotHarness) -> None:
     assert "Time zone set to UTC." in joined(await h.send(ALICE, "/tz utc"))
     assert "Europe/Berlin" in joined(await h.send(ALICE, "/TZ europe/berlin"))
     assert "unknown time zone 'localtime'" in joined(await h.send(ALICE, "/tz localtime"))
+
+
+async def test_orders_all_and_portfolio_add_without_arguments(h: BotHarness) -> None:
+    text = joined(await h.send(ALICE, "/orders all"))
+    assert text.startswith("Orders — Main") and "BUY 3 ETHUSDT LIMIT @100" in text
+    assert "Usage: /portfolio" in joined(await h.send(ALICE, "/portfolio add"))
+    assert "Usage: /portfolio" in joined(await h.send(ALICE, "/portfolio ADD"))

@@ -16,7 +16,7 @@ from bot.routers.common import UsageError, args_of, resolve_portfolio
 from dal.database import ScopedDal
 from dal.vocabulary import ORDER_STATUSES
 
-STATUS_WORDS = {s.lower(): s for s in ORDER_STATUSES} | {"open": "OPEN"}
+STATUS_WORDS = {s.lower(): s for s in ORDER_STATUSES} | {"open": "OPEN", "all": "ALL"}
 
 
 def router() -> Router:
@@ -42,7 +42,7 @@ def router() -> Router:
         query: CallbackQuery, callback_data: OrdersPage, dal: ScopedDal, user: Any
     ) -> None:
         status = callback_data.status
-        if status != "OPEN" and status not in ORDER_STATUSES:
+        if status not in ("OPEN", "ALL") and status not in ORDER_STATUSES:
             await query.answer("Unknown page.")
             return
         portfolio = await dal.portfolios.get(callback_data.portfolio_id)  # owner-checked

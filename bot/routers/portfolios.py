@@ -40,7 +40,7 @@ def router() -> Router:
     @r.message(Command("portfolio", ignore_case=True))
     async def portfolio(message: Message, command: CommandObject, dal: ScopedDal) -> None:
         name = (command.args or "").strip()
-        if name.startswith("add "):
+        if name.lower() == "add" or name.lower().startswith("add "):
             parts = shlex.split(name)
             if len(parts) != 3:
                 raise UsageError("portfolio")
