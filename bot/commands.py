@@ -90,8 +90,9 @@ COMMANDS = [
     Cmd("withdraw", "/withdraw AMOUNT [currency]", "take cash out of the current portfolio"),
     Cmd(
         "policy",
-        "/policy add|set|on|off SCOPE NAME key=value…",
-        "risk limits, e.g. /policy add portfolio Main max_daily_loss=0.03 max_risk_per_trade=0.01",
+        "/policy list | add|set|on|off|del SCOPE NAME key=value…",
+        "risk limits (set changes the keys given, key=none removes one), e.g. "
+        "/policy add portfolio Main max_daily_loss=0.03",
     ),
     Cmd(
         "alert",

@@ -171,10 +171,15 @@ async def test_policy_commands(h: Trading, engine: AsyncEngine) -> None:
         )
     )
     assert "max_daily_loss=0.03, max_risk_per_trade=0.01, mode=block" in text
-    assert "max_daily_loss=0.05" in joined(
-        await h.send(ALICE, "/policy set portfolio Main max_daily_loss=0.05")
-    )
+    text = joined(await h.send(ALICE, "/policy set portfolio Main max_daily_loss=0.05"))
+    # set changes the keys given and keeps the others, and says so
+    assert "max_daily_loss=0.05, max_risk_per_trade=0.01, mode=block (kept:" in text
+    text = joined(await h.send(ALICE, "/policy set portfolio Main max_risk_per_trade=none"))
+    assert "max_daily_loss=0.05, mode=block" in text and "max_risk_per_trade" not in text
     assert "is off" in joined(await h.send(ALICE, "/policy off portfolio Main"))
+    listing = joined(await h.send(ALICE, "/policy list"))
+    assert "portfolio Main — off: max_daily_loss=0.05, mode=block" in listing
+    assert "No risk policies" in joined(await h.send(BOB, "/policy list"))
     before = await table_counts(engine)
     assert "Extra inputs" in joined(await h.send(ALICE, "/policy add user me max_fun=1"))
     assert "no portfolio named 'Nope'" in joined(
@@ -182,6 +187,10 @@ async def test_policy_commands(h: Trading, engine: AsyncEngine) -> None:
     )
     assert "Usage: /policy" in joined(await h.send(ALICE, "/policy add galaxy X a=1"))
     assert await table_counts(engine) == before
+    assert "Policy portfolio Main deleted." in joined(
+        await h.send(ALICE, "/policy del portfolio Main")
+    )
+    assert "No risk policies" in joined(await h.send(ALICE, "/policy list"))
 
 
 async def test_config_commands(h: Trading, engine: AsyncEngine) -> None:

@@ -103,9 +103,18 @@ def router() -> Router:
     @r.message(Command("policy", ignore_case=True))
     async def policy(message: Message, command: CommandObject, dal: ScopedDal) -> None:
         args = args_of(command)
-        if len(args) < 3 or args[0] not in ("add", "set", "off", "on"):
+        if args and args[0].lower() == "list":
+            rows = await dal.risk.list_policies(include_inactive=True)
+            lines = [
+                f"#{p.id} {q(p.name)} — {'on' if p.is_active else 'off'}: {q(_config(p))}"
+                for p in rows
+            ]
+            await message.answer("\n".join(["<b>Risk policies</b>", *lines]) if lines else
+                                 "No risk policies. /policy add … creates one.")  # fmt: skip
+            return
+        if len(args) < 3 or args[0].lower() not in ("add", "set", "off", "on", "del"):
             raise UsageError("policy")
-        action, scope_word, target = args[0], args[1].lower(), args[2]
+        action, scope_word, target = args[0].lower(), args[1].lower(), args[2]
         if scope_word not in SCOPES:
             raise UsageError("policy", "scope is user, portfolio or strategy")
         scope = SCOPES[scope_word]
@@ -128,8 +137,16 @@ def router() -> Router:
         if not existing:
             raise UsageError("policy", f"no policy for {scope_word} {target}; add it first")
         if action == "set":
-            row = await dal.risk.update_policy(existing[0].id, config)
-            await message.answer(f"Policy {q(row.name)} now: {q(_config(row))}.")
+            # The keys given change (key=none removes one); the others are kept.
+            merged = {**existing[0].config_json, **config}
+            merged = {k: v for k, v in merged.items() if str(v).lower() != "none"}
+            row = await dal.risk.update_policy(existing[0].id, merged)
+            kept = sorted(set(existing[0].config_json) - set(config))
+            note = f" (kept: {', '.join(kept)})" if kept else ""
+            await message.answer(f"Policy {q(row.name)} now: {q(_config(row))}{q(note)}.")
+        elif action == "del":
+            await dal.risk.delete_policy(existing[0].id)
+            await message.answer(f"Policy {q(existing[0].name)} deleted.")
         else:
             row = await dal.risk.set_active(existing[0].id, action == "on")
             await message.answer(f"Policy {q(row.name)} is {'on' if row.is_active else 'off'}.")
