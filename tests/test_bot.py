@@ -238,8 +238,8 @@ async def test_lists(h: BotHarness) -> None:
             {"name": "daily", "cron": "0 18 * * *", "config": {"report": "pnl", "period": "today"}}
         )
         await s.screeners.create({"name": "cheap", "config": {"max_price": "1"}})
-    assert "btc<70k> — PRICE, on" in joined(await h.send(ALICE, "/alerts"))
-    assert "daily — 0 18 * * *" in joined(await h.send(ALICE, "/schedules"))
+    assert "BTCUSDT above 70000 — on" in joined(await h.send(ALICE, "/alerts"))
+    assert "report pnl today at 0 18 * * * (UTC)" in joined(await h.send(ALICE, "/schedules"))
     assert "cheap" in joined(await h.send(ALICE, "/screeners"))
     assert "None yet." in joined(await h.send(BOB, "/alerts"))
 

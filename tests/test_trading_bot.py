@@ -304,7 +304,14 @@ async def test_cancel_button_under_orders_and_edits(h: Trading) -> None:
             await s.schedules.list(),
             await s.screeners.list(),
         )
-    assert "price=75000" in joined(await h.send(ALICE, f"/alert set {alert.id} price=75000"))
+    text = joined(await h.send(ALICE, f"/alert set {alert.id} price=75000"))
+    assert f"Alert #{alert.id} now: BTCUSDT above 75000." in text
+    # Listings render from the config: the new price, never the label it was created with.
+    text = joined(await h.send(ALICE, "/alerts"))
+    assert f"#{alert.id} BTCUSDT above 75000 — on" in text and "70000" not in text
+    text = joined(await h.send(ALICE, "/schedules"))
+    assert f"#{schedule.id} report pnl today at 0 18 * * * (UTC), on, next" in text
+    assert "{" not in text and "{" not in joined(await h.send(ALICE, "/screeners"))
     assert "Extra inputs" in joined(await h.send(ALICE, f"/alert set {alert.id} colour=red"))
     assert "runs at 5 9 * * 1-5" in joined(
         await h.send(ALICE, f'/schedule set {schedule.id} "5 9 * * 1-5"')

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiogram import Router
 from aiogram.filters import Command
 from aiogram.types import Message
 
-from bot.middleware import UserRow
+from bot.describe import alert_text, key_values_text, schedule_text
 from bot.text import join_blocks, local_time, q
 from dal.database import ScopedDal
-
-
-def _config(row: Any) -> str:
-    return q(json.dumps(row.config_json, sort_keys=True, ensure_ascii=False))
 
 
 def _state(row: Any) -> str:
@@ -34,24 +29,24 @@ def router() -> Router:
     @r.message(Command("alerts", ignore_case=True))
     async def alerts(message: Message, dal: ScopedDal) -> None:
         lines = [
-            f"#{a.id} {q(a.name)} — {a.type}, {_state(a)}\n<code>{_config(a)}</code>"
+            f"#{a.id} {q(alert_text(a.type, a.config_json))} — {_state(a)}"
             for a in await dal.alerts.list()
         ]
         await _answer_list(message, "<b>Your alerts</b>", lines)
 
     @r.message(Command("schedules", ignore_case=True))
-    async def schedules(message: Message, dal: ScopedDal, user: UserRow) -> None:
+    async def schedules(message: Message, dal: ScopedDal) -> None:
         lines = [
-            f"#{s.id} {q(s.name)} — <code>{q(s.cron)}</code>, {_state(s)}, next "
-            f"{local_time(s.next_run_at, user.timezone)}\n<code>{_config(s)}</code>"
+            f"#{s.id} {q(schedule_text(s.config_json))} at <code>{q(s.cron)}</code> (UTC), "
+            f"{_state(s)}, next {local_time(s.next_run_at, 'UTC')} UTC"
             for s in await dal.schedules.list()
         ]
-        await _answer_list(message, "<b>Your schedules</b> (cron in UTC)", lines)
+        await _answer_list(message, "<b>Your schedules</b>", lines)
 
     @r.message(Command("screeners", ignore_case=True))
     async def screeners(message: Message, dal: ScopedDal) -> None:
         lines = [
-            f"#{s.id} {q(s.name)} — {_state(s)}\n<code>{_config(s)}</code>"
+            f"#{s.id} {q(s.name)} — {_state(s)}: {q(key_values_text(s.config_json))}"
             for s in await dal.screeners.list()
         ]
         await _answer_list(message, "<b>Your screeners</b>", lines)

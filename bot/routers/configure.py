@@ -12,6 +12,7 @@ from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
+from bot.describe import alert_text, schedule_text
 from bot.routers.common import UsageError, args_of
 from bot.text import num, q
 from dal.database import ScopedDal
@@ -164,7 +165,9 @@ def router() -> Router:
                 row = await dal.alerts.update_config(alert_id, merged)
             except InvalidInput as exc:
                 raise UsageError("alert", str(exc)) from None
-            await message.answer(f"Alert #{row.id} now: {q(_config(row))}.")
+            await message.answer(
+                f"Alert #{row.id} now: {q(alert_text(row.type, row.config_json))}."
+            )
             return
         if len(args) < 2 or args[0] != "add":
             raise UsageError("alert")
@@ -210,7 +213,7 @@ def router() -> Router:
             )
         except InvalidInput as exc:
             raise UsageError("alert", str(exc)) from None
-        await message.answer(f"Alert #{row.id} added: {q(row.name)}.")
+        await message.answer(f"Alert #{row.id} added: {q(alert_text(row.type, row.config_json))}.")
 
     @r.message(Command("schedule", ignore_case=True))
     async def schedule(message: Message, command: CommandObject, dal: ScopedDal) -> None:
@@ -236,7 +239,8 @@ def router() -> Router:
             row = await dal.schedules.create({"name": name, "cron": cron, "config": config})
         except InvalidInput as exc:
             raise UsageError("schedule", str(exc)) from None
-        await message.answer(f"Schedule #{row.id} added: {q(row.name)} (cron in UTC).")
+        what = f"{schedule_text(row.config_json)} at {row.cron}"
+        await message.answer(f"Schedule #{row.id} added: {q(what)} (cron in UTC).")
 
     @r.message(Command("screener", ignore_case=True))
     async def screener(message: Message, command: CommandObject, dal: ScopedDal) -> None:
@@ -292,7 +296,7 @@ def router() -> Router:
     return r
 
 
-def _config(row: Any) -> str:
+def _config(row: Any) -> str:  # policies and screeners
     return ", ".join(f"{k}={v}" for k, v in sorted(row.config_json.items()))
 
 
