@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 import sqlalchemy as sa
@@ -56,7 +56,7 @@ def resolve_instrument(
 
 def check_increments(instrument: sa.Row[Any], quantity: Decimal, *prices: Decimal | None) -> None:
     """Quantities must be lot-size multiples and prices tick-size multiples, when defined."""
-    with __import__("decimal").localcontext(DECIMAL_CONTEXT):
+    with localcontext(DECIMAL_CONTEXT):
         if instrument.lot_size and quantity % instrument.lot_size:
             raise InvalidInput(
                 f"quantity {quantity} is not a multiple of {instrument.symbol}'s lot size "

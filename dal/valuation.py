@@ -31,7 +31,7 @@ from dal.balances import (
     totals,
 )
 from dal.decimals import DECIMAL_CONTEXT, quantize18
-from dal.instruments import resolve_instrument
+from dal.instruments import check_increments, resolve_instrument
 from dal.marks import stored_marks
 from dal.models import NewOrder, check_marks, parse
 from dal.ownership import owned_portfolio, owned_portfolio_rows
@@ -237,6 +237,7 @@ def check_order(tx: Tx, order: NewOrder, marks: Mapping[int, Decimal], terms: Te
     conn = tx.conn
     lock_portfolio_balances(conn, order.portfolio_id)
     instrument = resolve_instrument(tx, order.instrument_id, order.symbol, order.exchange)
+    check_increments(instrument, order.quantity, order.price, order.stop_price)  # before Confirm
     account = conn.execute(
         sa.select(t.accounts.c.margin_leverage, t.accounts.c.base_currency)
         .join(t.portfolios, t.portfolios.c.account_id == t.accounts.c.id)

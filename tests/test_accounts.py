@@ -290,3 +290,17 @@ async def test_two_orders_placed_at_once_cannot_both_spend_one_free_balance(
     async with db.session(user) as s:
         (usdt,) = await s.valuation.balances(pid)
     assert (usdt.reserved, usdt.free) == (Decimal("6000"), Decimal("4000"))
+
+
+async def test_lot_and_tick_sizes_are_checked_with_the_balance_before_confirm(
+    db: Database,
+) -> None:
+    user = await make_user(db)
+    pid = await default_portfolio(db, user)
+    eth = await make_instrument(db, "ETHUSDT", lot_size=Decimal("0.001"), tick_size=Decimal("0.01"))
+    async with db.session(user) as s:
+        with pytest.raises(InvalidInput, match=r"not a multiple of ETHUSDT's lot size 0\.001"):
+            await s.valuation.check_order(order(pid, eth, "BUY", "0.0005"), {eth: MARK})
+        with pytest.raises(InvalidInput, match=r"not a multiple of ETHUSDT's tick size 0\.01"):
+            limit = order(pid, eth, "BUY", "0.001", type="LIMIT", price="3000.005")
+            await s.valuation.check_order(limit, {eth: MARK})
