@@ -6,7 +6,9 @@
   message, then stays quiet while the condition holds, and re-arms when it clears. An
   INDICATOR (SMA cross) alert fires when the fast average crosses the slow one either way.
   The armed/fired state is kept in memory: after a restart an alert whose condition still
-  holds fires once more.
+  holds fires once more. An alert that fired stays quiet for ``cooldown_s`` (the setting
+  ``TRADEBOOK_ALERT_COOLDOWN_SECONDS``) whatever the feed does: an SMA cross on a noisy feed
+  would otherwise fire every few seconds.
 * Each alert is evaluated with its owner's data only (the owner's user-scoped DAL).
 * Screeners with a ``cron`` in their config run on it (UTC) over the instruments table with the
   latest marks and report the matches to their owner.
@@ -20,7 +22,7 @@ import time
 from decimal import Decimal, localcontext
 from typing import Any
 
-from dal.configs import next_run_after
+from dal.configs import alert_text, next_run_after
 from dal.database import Database
 from dal.decimals import DECIMAL_CONTEXT
 from dal.scope import Actor
@@ -46,6 +48,7 @@ class AlertEngine:
         notify: Notifier,
         refresh_every: float = 5.0,
         slow_every: float = 5.0,
+        cooldown_s: float = 300.0,
     ) -> None:
         self.db = db
         self.market = market
@@ -53,6 +56,8 @@ class AlertEngine:
         self.notify = notify
         self.refresh_every = refresh_every
         self.slow_every = slow_every
+        self.cooldown_s = cooldown_s
+        self.fired_at: dict[int, float] = {}  # alert id → when it last fired (monotonic)
         self.alerts: list[Any] = []
         self.screeners: list[Any] = []
         self.state: dict[int, bool] = {}  # alert id → condition at the last check
@@ -114,9 +119,12 @@ class AlertEngine:
             if alert.type != "INDICATOR"
             else (before is not None and condition != before)
         )
-        if fire:
+        now = time.monotonic()
+        if fire and now - self.fired_at.get(alert.id, -1e18) >= self.cooldown_s:
+            self.fired_at[alert.id] = now
+            what = alert_text(alert.type, alert.config_json)
             await self.notify(
-                alert.user_id, f"Alert #{alert.id} {alert.name}: {text}", NotificationKind.ALERTS
+                alert.user_id, f"Alert #{alert.id} {what}: {text}", NotificationKind.ALERTS
             )
 
     async def evaluate(self, alert: Any) -> tuple[bool | None, str]:

@@ -188,3 +188,37 @@ async def test_starting_another_version_with_open_positions_is_refused(db: Datab
     else:
         assert (await h2.trading.strategies.start_strategy(user, "sma_cross")).version == "1.1"
     await h2.trading.stop()
+
+
+async def test_an_alert_stays_quiet_for_its_cool_down_after_it_fired() -> None:
+    from types import SimpleNamespace
+
+    from strategies.alerts import AlertEngine
+    from trading.market import Market
+
+    told: list[str] = []
+
+    async def notify(user_id: int, text: str, kind: str = "") -> None:
+        told.append(text)
+
+    engine = AlertEngine(None, Market(), None, notify, cooldown_s=300)  # type: ignore[arg-type]  # check() reads neither the database nor the desk
+    crossings = iter([False, True, False, True, False, True, False])
+
+    async def evaluate(alert: object) -> tuple[bool, str]:
+        return next(crossings), "SMA 5 crossed SMA 20"
+
+    engine.evaluate = evaluate  # type: ignore[method-assign]  # a scripted condition
+    alert = SimpleNamespace(
+        id=1,
+        user_id=7,
+        type="INDICATOR",
+        config_json={"symbol": "BTCUSDT", "fast": 5, "slow": 20},
+    )
+    for _ in range(6):
+        await engine.check(alert)
+    # Five crossings (every change fires an SMA alert); the first one is told, the rest fall
+    # inside the cool-down.
+    assert told == ["Alert #1 BTCUSDT SMA 5/20 cross: SMA 5 crossed SMA 20"]
+    engine.fired_at[1] -= 301  # the cool-down has passed: the next crossing is told
+    await engine.check(alert)
+    assert len(told) == 2

@@ -156,11 +156,12 @@ def build_trading(
     *,
     paced: bool = True,
     lockstep: bool = False,
+    alert_cooldown_s: float = 0.0,
 ) -> Trading:
     market = Market()
     desk = OrderDesk(db, market, notify, gateway_factories(paper, market), terms=paper_terms(paper))
     strategies = StrategyRuntime(db, market, desk, registry, notify)
-    alerts = AlertEngine(db, market, desk, notify)
+    alerts = AlertEngine(db, market, desk, notify, cooldown_s=alert_cooldown_s)
     return Trading(db, feed, market, desk, strategies, alerts, paced, lockstep)
 
 
@@ -207,6 +208,7 @@ async def trading_for(settings: Settings, db: Database, bot: Bot) -> Trading:
         await build_feed(settings, db),
         REGISTRY,
         paper_config(settings),
+        alert_cooldown_s=settings.alert_cooldown_seconds,
     )
 
 

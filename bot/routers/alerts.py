@@ -8,8 +8,8 @@ from aiogram import Router
 from aiogram.filters import Command
 from aiogram.types import Message
 
-from bot.describe import alert_text, key_values_text, schedule_text
 from bot.text import join_blocks, local_time, q
+from dal.configs import alert_text, key_values_text, schedule_text
 from dal.database import ScopedDal
 
 

@@ -12,9 +12,9 @@ from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
-from bot.describe import alert_text, schedule_text
 from bot.routers.common import UsageError, args_of
 from bot.text import num, q
+from dal.configs import alert_text, schedule_text
 from dal.database import ScopedDal
 from dal.errors import InvalidInput
 from dal.vocabulary import NOTIFICATION_KINDS
