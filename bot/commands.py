@@ -108,8 +108,8 @@ COMMANDS = [
     ),
     Cmd(
         "screener",
-        "/screener add NAME key=value… | set ID key=value… | on|off|del ID",
-        "screeners, e.g. /screener add cheap asset_type=CRYPTO max_price=1",
+        "/screener add NAME key=value… | set ID key=value… | run|on|off|del ID",
+        'screeners (run: now), e.g. /screener add cheap max_price=1 cron="*/5 * * * *"',
     ),
     Cmd(
         "export",

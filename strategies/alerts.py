@@ -23,14 +23,14 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 from dal.configs import alert_text, next_run_after
-from dal.database import Database
+from dal.database import Database, ScopedDal
 from dal.decimals import DECIMAL_CONTEXT
 from dal.scope import Actor
 from dal.vocabulary import NotificationKind
 from trading.desk import Notify as Notifier
 from trading.desk import OrderDesk
 from trading.events import FillEvent
-from trading.market import Bar, Market
+from trading.market import Bar, MarkBook, Market
 
 log = logging.getLogger("tradebook.alerts")
 
@@ -230,19 +230,23 @@ class AlertEngine:
 
     async def screen(self, screener: Any) -> list[tuple[str, Decimal]]:
         """Instruments passing the screener's filters at the latest marks."""
-        with localcontext(DECIMAL_CONTEXT):
-            return await self._screen(screener)
-
-    async def _screen(self, screener: Any) -> list[tuple[str, Decimal]]:
-        config = screener.config_json
         dal = self.db.scoped(Actor.user(screener.user_id))
-        matches = []
+        return await screen(dal, screener.config_json, self.market.marks)
+
+
+async def screen(
+    dal: ScopedDal, config: dict[str, Any], marks: MarkBook
+) -> list[tuple[str, Decimal]]:
+    """(symbol, price) of the instruments passing a screener's filters at ``marks``: what its
+    cron run reports and what /screener run shows."""
+    matches = []
+    with localcontext(DECIMAL_CONTEXT):
         for inst in await dal.instruments.list(config.get("asset_type")):
             if config.get("exchange") and inst.exchange != config["exchange"].upper():
                 continue
             if config.get("symbols") and inst.symbol not in config["symbols"]:
                 continue
-            price = self.market.marks.marks.get(inst.id)
+            price = marks.marks.get(inst.id)
             if price is None:
                 continue
             if config.get("min_price") and price < Decimal(config["min_price"]):
@@ -250,11 +254,11 @@ class AlertEngine:
             if config.get("max_price") and price > Decimal(config["max_price"]):
                 continue
             if config.get("min_change_pct") is not None:
-                closes = self.market.marks.closes(inst.symbol, 60)
+                closes = marks.closes(inst.symbol, 60)
                 if len(closes) < 2 or closes[0] == 0:
                     continue
                 change = (closes[-1] - closes[0]) / closes[0] * 100
                 if change < Decimal(config["min_change_pct"]):
                     continue
             matches.append((inst.symbol, price))
-        return matches
+    return matches

@@ -513,3 +513,15 @@ async def test_periodic_tables_and_notify_switches(h: Trading) -> None:
     assert not [c for c in filled if c.name == "SendMessage" and c.chat_id == ALICE]
     assert "Usage: /notify" in joined(await h.send(ALICE, "/notify fills maybe"))
     assert "notifications are fills" in joined(await h.send(ALICE, "/notify trades on"))
+
+
+async def test_a_screener_runs_now_and_takes_a_quoted_cron(h: Trading) -> None:
+    text = joined(await h.send(ALICE, '/screener add cheap max_price=70000 cron="*/5 * * * *"'))
+    assert "cron=*/5 * * * *" in text and "max_price=70000" in text
+    async with h.db.session(h.alice) as s:
+        (screener,) = await s.screeners.list()
+    text = joined(await h.send(ALICE, f"/screener run {screener.id}"))
+    assert text == f"Screener #{screener.id} cheap: BTCUSDT 60000."
+    assert f"no screener #{screener.id}" in joined(
+        await h.send(BOB, f"/screener run {screener.id}")
+    )

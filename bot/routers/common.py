@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from bot.commands import usage
@@ -22,7 +23,15 @@ class UsageError(Exception):
 
 
 def args_of(command: Any) -> list[str]:
-    return (command.args or "").split() if command is not None else []
+    """The command's arguments, split on spaces; "…" quotes keep spaces in one argument
+    (``cron="*/5 * * * *"``). An argument with a lone quote (a name like Bob's) is split on
+    spaces only."""
+    if command is None:
+        return []
+    try:
+        return shlex.split(command.args or "")
+    except ValueError:
+        return (command.args or "").split()
 
 
 async def resolve_portfolio(dal: ScopedDal, name: str | None) -> Any:

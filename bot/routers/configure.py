@@ -18,6 +18,8 @@ from dal.configs import alert_text, schedule_text
 from dal.database import ScopedDal
 from dal.errors import InvalidInput
 from dal.vocabulary import NOTIFICATION_KINDS
+from strategies.alerts import screen
+from trading.desk import OrderDesk
 
 SCOPES = {"user": "USER", "portfolio": "PORTFOLIO", "strategy": "STRATEGY"}
 
@@ -243,7 +245,9 @@ def router() -> Router:
         await message.answer(f"Schedule #{row.id} added: {q(what)} (cron in UTC).")
 
     @r.message(Command("screener", ignore_case=True))
-    async def screener(message: Message, command: CommandObject, dal: ScopedDal) -> None:
+    async def screener(
+        message: Message, command: CommandObject, dal: ScopedDal, desk: OrderDesk
+    ) -> None:
         args = args_of(command)
         if await switch(message, args, dal.screeners, "Screener"):
             return
@@ -256,6 +260,14 @@ def router() -> Router:
             except InvalidInput as exc:
                 raise UsageError("screener", str(exc)) from None
             await message.answer(f"Screener #{row.id} now: {q(_config(row))}.")
+            return
+        if len(args) == 2 and args[0].lower() == "run" and args[1].lstrip("#").isdigit():
+            row = await dal.screeners.get(int(args[1].lstrip("#")))  # owner-checked
+            matches = await screen(dal, row.config_json, desk.market.marks)
+            listing = ", ".join(f"{symbol} {num(price)}" for symbol, price in matches)
+            await message.answer(
+                f"Screener #{row.id} {q(row.name)}: {q(listing or 'no matches right now')}."
+            )
             return
         if len(args) < 2 or args[0] != "add":
             raise UsageError("screener")
