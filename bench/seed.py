@@ -21,11 +21,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bench.common import BenchDb, check_portfolios, make_instrument, make_portfolio, percentile
-from bot.periods import parse_period
 from dal import schema as t
 from dal.database import Database
 from dal.decimals import canonical_decimal
 from dal.engine import create_engine
+from dal.periods import parse_period
 from dal.pnl_summary import Entry, Totals, summarize, summarize_daily
 from dal.position_math import PositionState, apply_fill
 from dal.scope import Actor

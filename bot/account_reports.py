@@ -17,15 +17,16 @@ from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from bot.callbacks import EquityChart
 from bot.charts import equity_curve_png, max_drawdown, render_png
-from bot.periods import Period
 from bot.reports import Reply
 from bot.text import num, pre_pages, q, signed
 from dal.database import ScopedDal
 from dal.decimals import DECIMAL_CONTEXT
+from dal.periods import Period
 from dal.trades import PnlSummary
 
 ZERO = Decimal(0)
 PERIOD_UNITS = {"daily": "day", "weekly": "week", "monthly": "month"}
+DEFAULT_PERIODS = {"daily": 7, "weekly": 4, "monthly": 6}  # /daily without n, and schedules
 MAX_PERIODS = 60  # /daily 60 at most: one message-sized table
 
 

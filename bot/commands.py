@@ -102,9 +102,10 @@ COMMANDS = [
     ),
     Cmd(
         "schedule",
-        '/schedule add "CRON" report pnl|positions|orders|risk [period] | set ID "CRON" | '
-        "on|off|del ID",
-        'scheduled reports (cron in UTC), e.g. /schedule add "0 18 * * *" report pnl today',
+        '/schedule add "CRON" report REPORT [period] | set ID "CRON" | on|off|del ID',
+        "scheduled reports (cron in UTC; REPORT: pnl, positions, orders, risk, balance, status, "
+        'profit, performance, daily, weekly, monthly), e.g. /schedule add "0 18 * * *" report '
+        "pnl today",
     ),
     Cmd(
         "screener",

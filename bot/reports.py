@@ -13,9 +13,9 @@ from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from bot.callbacks import CancelOrder, OrdersPage
 from bot.charts import cumulative_pnl_per_trade_png, cumulative_pnl_png, render_png
-from bot.periods import Period
 from bot.text import join_blocks, local_time, num, pre_pages, q, signed
 from dal.database import ScopedDal
+from dal.periods import Period
 from dal.vocabulary import OPEN_STATUSES, ORDER_STATUSES
 
 ORDERS_PAGE = 15

@@ -15,11 +15,20 @@ from typing import Any
 
 from aiogram import Bot
 
+from bot.account_reports import (
+    DEFAULT_PERIODS,
+    PERIOD_UNITS,
+    balance_report,
+    performance_report,
+    periodic_report,
+    profit_report,
+    status_report,
+)
 from bot.notify import wants
-from bot.periods import parse_period
 from bot.reports import Reply, orders_report, pnl_report, positions_report, risk_report, send_reply
 from bot.routers.common import resolve_portfolio
 from dal.database import Database
+from dal.periods import parse_period
 from dal.scope import Actor
 from dal.vocabulary import NotificationKind
 
@@ -31,15 +40,27 @@ log = logging.getLogger("tradebook.scheduler")
 async def build_report(db: Database, owner: Any, config: dict[str, Any], now: dt.datetime) -> Reply:
     dal = db.scoped(Actor.user(owner.id))
     portfolio = await resolve_portfolio(dal, config.get("portfolio"))
-    report = config["report"]
+    report, zone = config["report"], owner.timezone
     if report == "pnl":
-        period = parse_period(config.get("period"), owner.timezone, now)
-        return await pnl_report(dal, portfolio, period, owner.timezone)
+        return await pnl_report(dal, portfolio, parse_period(config.get("period"), zone, now), zone)
     if report == "positions":
         return await positions_report(dal, portfolio)
     if report == "orders":
-        return await orders_report(dal, portfolio, None, 0, owner.timezone)
-    return await risk_report(dal, portfolio, owner.timezone)
+        return await orders_report(dal, portfolio, None, 0, zone)
+    if report == "balance":
+        return await balance_report(dal, portfolio)
+    if report == "status":
+        return await status_report(dal, portfolio, now)
+    if report in ("profit", "performance"):
+        word = config.get("period") or "all"
+        period = parse_period(word, zone, now)
+        if report == "performance":
+            return await performance_report(dal, portfolio, period, zone)
+        return await profit_report(dal, portfolio, period, zone, None, word)
+    if report in PERIOD_UNITS:
+        count = DEFAULT_PERIODS[report]
+        return await periodic_report(dal, portfolio, PERIOD_UNITS[report], count, zone, now)
+    return await risk_report(dal, portfolio, zone)
 
 
 class Scheduler:

@@ -11,7 +11,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from dal.decimals import AmountError, check_amount
+from dal.periods import PeriodError, parse_period
 from dal.types import canonical_json
 
 MAX_NAME = 64
@@ -204,6 +205,10 @@ def validate_cron(expression: str) -> str:
             f"{expression!r} is not a 5-field cron expression (minute hour day month weekday), "
             "e.g. '0 18 * * *'"
         )
+    try:  # valid, yet some never fire (the 31st of February)
+        croniter(expression, dt.datetime.now(dt.UTC), max_years_between_matches=5).get_next()
+    except CroniterBadDateError:
+        raise ValueError(f"{expression!r} never fires (no such date)") from None
     return expression
 
 
@@ -220,9 +225,32 @@ class ScheduleConfig(StrictConfig):
         frozen=True,
         json_schema_extra={"example": {"report": "pnl", "period": "today"}},
     )
-    report: Literal["pnl", "positions", "orders", "risk"]
+    report: Literal[
+        "pnl",
+        "positions",
+        "orders",
+        "risk",
+        "balance",
+        "status",
+        "profit",
+        "performance",
+        "daily",
+        "weekly",
+        "monthly",
+    ]
     period: str | None = Field(default=None, max_length=32)
     portfolio: Name | None = None
+
+    @field_validator("period")
+    @classmethod
+    def _known_period(cls, value: str | None) -> str | None:
+        """Checked when the schedule is stored, not when it first runs."""
+        if value is not None:
+            try:
+                parse_period(value, "UTC", dt.datetime.now(dt.UTC))
+            except PeriodError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
 
 class ScreenerConfig(StrictConfig):

@@ -13,10 +13,10 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from bot.periods import parse_period
 from dal import schema as t
 from dal.database import Database
 from dal.models import Fill
+from dal.periods import parse_period
 from dal.pnl_summary import (
     DAY,
     MONTH,

@@ -85,3 +85,50 @@ async def test_a_failing_run_is_logged_and_the_others_still_run(
     assert "Risk — Main" in joined(sent)
     async with db.session(Actor.system()) as s:
         assert await s.schedules.due(now) == []  # both marked as run, the failed one too
+
+
+@pytest.mark.parametrize(
+    ("report", "period", "heading"),
+    [
+        ("balance", None, "Balance — Main"),
+        ("status", None, "Status — Main"),
+        ("profit", "ytd", "Profit — Main, year to date"),
+        ("performance", "30d", "Performance — Main, last 30 days"),
+        ("daily", None, "Day PnL — Main"),
+        ("weekly", None, "Week PnL — Main"),
+        ("monthly", None, "Month PnL — Main"),
+    ],
+)
+async def test_the_account_reports_can_be_scheduled(
+    db: Database, report: str, period: str | None, heading: str
+) -> None:
+    h = BotHarness(db)
+    alice = await approved_user(db, ALICE)
+    config = {"report": report, **({"period": period} if period else {})}
+    await _schedule(db, alice, **config)
+    async with db.session(Actor.system()) as s:
+        (due,) = await s.schedules.due(dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
+    assert await Scheduler(db, h.bot).tick(due.next_run_at + dt.timedelta(minutes=1)) == 1
+    assert heading in joined(h.session.calls)
+
+
+async def test_a_bad_period_or_a_cron_that_never_fires_is_refused_when_stored(
+    db: Database,
+) -> None:
+    from dal.errors import InvalidInput
+
+    alice = await approved_user(db, ALICE)
+    async with db.session(alice) as s:
+        with pytest.raises(InvalidInput, match="unknown period 'yesterday'"):
+            await s.schedules.create(
+                {
+                    "name": "x",
+                    "cron": "0 18 * * *",
+                    "config": {"report": "pnl", "period": "yesterday"},
+                }
+            )
+        with pytest.raises(InvalidInput, match="never fires"):
+            await s.schedules.create(
+                {"name": "y", "cron": "0 0 31 2 *", "config": {"report": "pnl"}}
+            )
+        assert await s.schedules.list() == []

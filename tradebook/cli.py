@@ -295,9 +295,9 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     import datetime as dt
     from pathlib import Path
 
-    from bot.periods import PeriodError, parse_period
     from dal.database import Database
     from dal.errors import TradebookError
+    from dal.periods import PeriodError, parse_period
     from dal.scope import Actor
     from tradebook.exports import export_csv
 

@@ -10,6 +10,7 @@ from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, Message
 
 from bot.account_reports import (
+    DEFAULT_PERIODS,
     MAX_PERIODS,
     PERIOD_UNITS,
     balance_report,
@@ -21,11 +22,11 @@ from bot.account_reports import (
 )
 from bot.callbacks import EquityChart
 from bot.middleware import UserRow
-from bot.periods import PeriodError, parse_period
 from bot.reports import send_reply
 from bot.routers.common import UsageError, args_of, resolve_portfolio
 from bot.routers.pnl import has_portfolio
 from dal.database import ScopedDal
+from dal.periods import PeriodError, parse_period
 from trading.desk import OrderDesk
 
 
@@ -111,10 +112,9 @@ def router() -> Router:
         message: Message, command: CommandObject, dal: ScopedDal, user: UserRow, bot: Bot
     ) -> None:
         args = args_of(command)
-        defaults = {"daily": 7, "weekly": 4, "monthly": 6}
         if len(args) > 1 or (args and not (args[0].isascii() and args[0].isdigit())):
             raise UsageError(command.command)
-        count = int(args[0]) if args else defaults[command.command]
+        count = int(args[0]) if args else DEFAULT_PERIODS[command.command]
         if not 1 <= count <= MAX_PERIODS:
             raise UsageError(command.command, f"give between 1 and {MAX_PERIODS}")
         portfolio = await dal.portfolios.current()

@@ -9,10 +9,10 @@ from aiogram.filters import Command, CommandObject
 from aiogram.types import BufferedInputFile, Message
 
 from bot.middleware import UserRow
-from bot.periods import PeriodError, parse_period
 from bot.routers.common import UsageError, args_of
 from bot.text import q
 from dal.database import ScopedDal
+from dal.periods import PeriodError, parse_period
 from tradebook.exports import KINDS, export_csv
 
 

@@ -9,11 +9,11 @@ from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
 from bot.middleware import UserRow
-from bot.periods import PeriodError, parse_period
 from bot.reports import pnl_report, send_reply
 from bot.routers.common import UsageError, args_of, resolve_portfolio
 from dal.database import ScopedDal
 from dal.errors import NotFound
+from dal.periods import PeriodError, parse_period
 
 
 async def has_portfolio(dal: ScopedDal, name: str) -> bool:
