@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -350,6 +351,12 @@ class NewOrder(Input):
         return self
 
 
+# A trade's time lies between this and now plus a little clock skew (a broker's clock may run
+# slightly ahead of ours).
+EARLIEST_TRADE_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
 class Fill(Input):
     """One execution. ``broker_trade_id`` makes ingestion idempotent."""
 
@@ -367,6 +374,18 @@ class Fill(Input):
     exec_time: AwareTime
     broker_trade_id: ExternalId | None = None
     meta: Meta = Field(default_factory=dict)
+
+    @field_validator("exec_time")
+    @classmethod
+    def _plausible_time(cls, value: dt.datetime) -> dt.datetime:
+        """A fill dated in the far past or the future would make every later fill 'late'."""
+        latest = dt.datetime.now(dt.UTC) + CLOCK_SKEW
+        if not EARLIEST_TRADE_TIME <= value <= latest:
+            raise ValueError(
+                f"exec_time {value.isoformat()} is outside {EARLIEST_TRADE_TIME.date()} .. now "
+                f"(+{int(CLOCK_SKEW.total_seconds() // 60)} minutes of clock skew)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _instrument_given(self) -> Fill:

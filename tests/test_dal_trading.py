@@ -481,3 +481,18 @@ async def test_an_orders_average_fill_price_does_not_depend_on_arrival_order(
     assert first.avg_fill_price == second.avg_fill_price == Decimal("19.71130952380952381")
     assert first.fill_notional == second.fill_notional == Decimal("315.380952380952380953")
     assert first.status == second.status == "FILLED"
+
+
+async def test_a_trade_dated_far_in_the_past_or_in_the_future_is_refused(db: Database) -> None:
+    from dal.errors import InvalidInput
+
+    actor = await make_user(db)
+    pid = await default_portfolio(db, actor)
+    iid = await make_instrument(db)
+    async with db.session(actor) as s:
+        for year in (1900, 2999):
+            at = dt.datetime(year, 1, 1, tzinfo=dt.UTC)
+            with pytest.raises(InvalidInput, match=f"exec_time {year}-01-01T00:00:00"):
+                await s.trades.ingest_fill(fill(pid, iid, "BUY", "1", "1", at=at))
+        soon = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)  # within the clock skew
+        await s.trades.ingest_fill(fill(pid, iid, "BUY", "1", "1", at=soon))
