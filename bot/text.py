@@ -67,12 +67,14 @@ def pre_pages(
     return out
 
 
-def join_blocks(blocks: Iterable[str], limit: int = TEXT_LIMIT) -> list[str]:
+def join_blocks(
+    blocks: Iterable[str], limit: int = TEXT_LIMIT, separator: str = "\n\n"
+) -> list[str]:
     """Pack whole HTML blocks (each complete markup) into as few messages as fit."""
     out: list[str] = []
     current = ""
     for block in blocks:
-        candidate = f"{current}\n\n{block}" if current else block
+        candidate = f"{current}{separator}{block}" if current else block
         if len(candidate) <= limit:
             current = candidate
             continue

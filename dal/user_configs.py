@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from dal import schema as t
 from dal.configs import ALERT_CONFIGS, ScheduleConfig, ScreenerConfig, next_run_after
-from dal.errors import Conflict
+from dal.errors import Conflict, InvalidInput
 from dal.models import (
     NewAlert,
     NewSchedule,
@@ -96,19 +96,33 @@ class AlertService(_UserConfigService):
         new = parse(NewAlert, data)
         if new.portfolio_id is not None:
             owned_portfolio(self.tx, new.portfolio_id)
+        config = new.typed_config().to_json()
+        self._known_symbol(config)
         return self._insert(
             {
                 "name": new.name,
                 "type": new.type,
                 "portfolio_id": new.portfolio_id,
-                "config_json": new.typed_config().to_json(),
+                "config_json": config,
             }
         )
 
     def update_config(self, alert_id: int, config: dict[str, Any]) -> sa.Row[Any]:
         row = self._owned(alert_id)
-        typed = parse_config(ALERT_CONFIGS[row.type], config)
-        return self._update(row.id, {"config_json": typed.to_json()})
+        typed = parse_config(ALERT_CONFIGS[row.type], config).to_json()
+        self._known_symbol(typed)
+        return self._update(row.id, {"config_json": typed})
+
+    def _known_symbol(self, config: dict[str, Any]) -> None:
+        """An alert on a symbol no instrument has would never fire: refused when stored."""
+        symbol = config.get("symbol")
+        if (
+            symbol is not None
+            and not self.tx.conn.execute(
+                sa.select(t.instruments.c.id).where(t.instruments.c.symbol == symbol).limit(1)
+            ).first()
+        ):
+            raise InvalidInput(f"no instrument {symbol!r}: an alert on it would never fire")
 
 
 class ScheduleService(_UserConfigService):

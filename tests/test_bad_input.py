@@ -66,6 +66,9 @@ async def env(db: Database) -> Env:
     admin = await make_user(db, admin=True)
     async with db.session(admin, admin=True) as s:  # instruments.create as an admin
         ticks = await s.instruments.create({**TICKS, "tick_size": "0.01", "lot_size": "0.001"})
+        await s.instruments.create(
+            {"symbol": "BTCUSDT", "asset_type": "CRYPTO", "currency": "USDT"}
+        )
     actor = await make_user(db)
     async with db.session(actor) as s:
         main = await s.portfolios.default()

@@ -300,7 +300,16 @@ async def test_schedules_next_run_and_missed_runs(db: Database) -> None:
 
 async def test_alerts_and_screeners_crud(db: Database) -> None:
     actor = await make_user(db)
+    await make_instrument(db, "BTCUSDT")
     async with db.session(actor) as s:
+        with pytest.raises(InvalidInput, match="no instrument 'NOPEUSDT'"):
+            await s.alerts.create(
+                {
+                    "name": "never",
+                    "type": "PRICE",
+                    "config": {"symbol": "NOPEUSDT", "op": "above", "price": "1"},
+                }
+            )
         alert = await s.alerts.create(
             {
                 "name": "btc 70k",

@@ -166,6 +166,7 @@ async def populate(db: Database, actor: Actor, instrument: int, tag: str) -> Ids
 @pytest.fixture
 async def world(db: Database) -> tuple[Ids, Ids]:
     instrument = await make_instrument(db)
+    await make_instrument(db, "BTCUSDT")  # what the price alerts watch
     a = await populate(db, await make_user(db), instrument, "A")
     b = await populate(db, await make_user(db), instrument, "B")
     return a, b

@@ -8,6 +8,7 @@ from aiogram.types import Message
 
 from bot.commands import help_text
 from bot.middleware import UserRow
+from bot.text import join_blocks
 
 
 def router() -> Router:
@@ -15,6 +16,9 @@ def router() -> Router:
 
     @r.message(Command("help", ignore_case=True))
     async def help_(message: Message, user: UserRow) -> None:
-        await message.answer(help_text(bool(user.is_admin)))
+        # Split at 4,096 characters, between commands, never inside one.
+        lines = help_text(bool(user.is_admin)).split("\n")
+        for text in join_blocks(lines, separator="\n"):
+            await message.answer(text)
 
     return r
