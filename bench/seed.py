@@ -228,33 +228,12 @@ def _sqlite_value(value: object) -> object:
     return canonical_decimal(value) if isinstance(value, Decimal) else value
 
 
-def _pnl_summary_rows(trades: list[dict]) -> dict:
-    """The PnL summary rows of a portfolio's trades (seed users keep the default UTC zone),
-    computed by the DAL's own function so ``verify`` passes on the load."""
-    entries = (
+def _entries(trades: list[dict], fee_currency: str | None) -> list[Entry]:
+    return [
         Entry.of_trade(
             tr["instrument_id"],
             tr["exec_time"],
-            "USDT",
-            tr["side"],
-            tr["quantity"],
-            tr["price"],
-            tr["realized_pnl"],
-            tr["fee"],
-            tr["position_opened_at"],
-        )
-        for tr in trades
-    )
-    return summarize(entries, "UTC")
-
-
-def _pnl_daily_rows(trades: list[dict]) -> dict:
-    """The daily series of a portfolio's trades (every seed instrument is quoted in USDT)."""
-    entries = [
-        Entry.of_trade(
-            tr["instrument_id"],
-            tr["exec_time"],
-            None,
+            fee_currency,
             tr["side"],
             tr["quantity"],
             tr["price"],
@@ -264,6 +243,17 @@ def _pnl_daily_rows(trades: list[dict]) -> dict:
         )
         for tr in trades
     ]
+
+
+def _pnl_summary_rows(trades: list[dict]) -> dict:
+    """The PnL summary rows of a portfolio's trades (seed users keep the default UTC zone),
+    computed by the DAL's own function so ``verify`` passes on the load."""
+    return summarize(_entries(trades, "USDT"), "UTC")
+
+
+def _pnl_daily_rows(trades: list[dict]) -> dict:
+    """The daily series of a portfolio's trades (every seed instrument is quoted in USDT)."""
+    entries = _entries(trades, None)
     return summarize_daily(
         entries, "UTC", dict.fromkeys({e.instrument_id for e in entries}, "USDT")
     )
