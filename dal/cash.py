@@ -81,21 +81,35 @@ class CashService:
             if amount <= 0:
                 raise InvalidInput("give the withdrawal as a positive amount")
             amount = -amount
-            lock_portfolio_balances(self.tx.conn, new.portfolio_id)
-            free_now = free(
-                self.tx.conn, new.portfolio_id, new.currency, stored_marks(self.tx.conn)
-            )
-            if free_now + amount < 0:
-                raise InvalidInput(
-                    f"cannot withdraw {amount_text(-amount, new.currency)}: free balance "
-                    f"{amount_text(free_now, new.currency)}"
-                )
+            if self._enforces_balances(new.portfolio_id):
+                self._check_free(new.portfolio_id, new.currency, -amount)
         if new.kind == "ADJUSTMENT" and amount == 0:
             raise InvalidInput("an adjustment cannot be zero")
         movement_id = insert_movement(
             self.tx, new.portfolio_id, new.kind, amount, new.currency, new.note
         )
         return self.tx.conn.execute(sa.select(cash).where(cash.c.id == movement_id)).one()
+
+    def _enforces_balances(self, portfolio_id: int) -> bool:
+        """Paper accounts hold their balances like an exchange account; a portfolio whose
+        trades are recorded from elsewhere (/fill) only keeps a record, which may be
+        incomplete, so it refuses nothing."""
+        code = self.tx.conn.execute(
+            sa.select(t.brokers.c.code)
+            .join(t.accounts, t.accounts.c.broker_id == t.brokers.c.id)
+            .join(t.portfolios, t.portfolios.c.account_id == t.accounts.c.id)
+            .where(t.portfolios.c.id == portfolio_id)
+        ).scalar_one()
+        return bool(code == "PAPER")
+
+    def _check_free(self, portfolio_id: int, currency: str, amount: Decimal) -> None:
+        lock_portfolio_balances(self.tx.conn, portfolio_id)
+        free_now = free(self.tx.conn, portfolio_id, currency, stored_marks(self.tx.conn))
+        if free_now - amount < 0:
+            raise InvalidInput(
+                f"cannot withdraw {amount_text(amount, currency)}: free balance "
+                f"{amount_text(free_now, currency)}"
+            )
 
     def deposit(
         self, portfolio_id: int, amount: Any, currency: str, note: str | None = None

@@ -304,3 +304,22 @@ async def test_lot_and_tick_sizes_are_checked_with_the_balance_before_confirm(
         with pytest.raises(InvalidInput, match=r"not a multiple of ETHUSDT's tick size 0\.01"):
             limit = order(pid, eth, "BUY", "0.001", type="LIMIT", price="3000.005")
             await s.valuation.check_order(limit, {eth: MARK})
+
+
+async def test_a_portfolio_recorded_from_elsewhere_shows_balances_but_refuses_nothing(
+    db: Database,
+) -> None:
+    user, _, btc = await paper_account(db)
+    async with db.session(user) as s:
+        account = await s.accounts.create({"broker": "IBKR", "name": "Broker"})
+        stocks = await s.portfolios.create({"name": "Stocks", "account_id": account.id})
+        await s.cash.deposit(stocks.id, "100", "USD")
+        # The record may be incomplete: a withdrawal beyond what it shows is recorded.
+        await s.cash.withdraw(stocks.id, "250", "USD")
+        await s.trades.ingest_fill(fill(stocks.id, btc, "SELL", "1", "60000"))
+        balances = table(await s.valuation.balances(stocks.id, {btc: MARK}))
+    assert balances == {
+        "BTC": ("-1", "0", "-1"),
+        "USD": ("-150", "0", "-150"),
+        "USDT": ("60000", "0", "60000"),
+    }
