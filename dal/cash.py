@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from dal import schema as t
 from dal.balances import amount_text, free, lock_portfolio_balances
 from dal.decimals import DECIMAL_CONTEXT
-from dal.errors import InvalidInput
+from dal.errors import Conflict, InvalidInput
 from dal.marks import stored_marks
 from dal.models import NewCashMovement, parse
 from dal.ownership import owned_portfolio
@@ -105,8 +105,8 @@ class CashService:
     def _check_free(self, portfolio_id: int, currency: str, amount: Decimal) -> None:
         lock_portfolio_balances(self.tx.conn, portfolio_id)
         free_now = free(self.tx.conn, portfolio_id, currency, stored_marks(self.tx.conn))
-        if free_now - amount < 0:
-            raise InvalidInput(
+        if free_now - amount < 0:  # the account's state refuses it, not the input
+            raise Conflict(
                 f"cannot withdraw {amount_text(amount, currency)}: free balance "
                 f"{amount_text(free_now, currency)}"
             )

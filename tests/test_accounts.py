@@ -16,7 +16,7 @@ import pytest
 
 from dal.balances import Balance, Terms
 from dal.database import Database
-from dal.errors import InvalidInput
+from dal.errors import Conflict, InvalidInput
 from dal.scope import Actor
 from tests.factories import T0, default_portfolio, fill, make_instrument, make_user
 
@@ -119,8 +119,12 @@ async def test_example_5_a_sell_with_the_fee_in_the_base_asset(db: Database) -> 
 async def test_example_6_a_withdrawal_above_the_free_balance_is_refused(db: Database) -> None:
     user, pid, btc = await bought(db)
     async with db.session(user) as s:
-        with pytest.raises(InvalidInput) as refused:
+        with pytest.raises(Conflict) as refused:
             await s.cash.withdraw(pid, "4000", "USDT")
+        with pytest.raises(Conflict, match=r"cannot withdraw 3,994\.000000000000000001 USDT"):
+            await s.cash.withdraw(pid, "3994.000000000000000001", "USDT")
+        with pytest.raises(Conflict, match="cannot withdraw 1 EUR: free balance 0 EUR"):
+            await s.cash.withdraw(pid, "1", "EUR")
         await s.cash.withdraw(pid, "3994", "USDT")
         assert table(await s.valuation.balances(pid, {btc: MARK})) == {"BTC": ("0.1", "0", "0.1")}
     assert str(refused.value) == "cannot withdraw 4,000 USDT: free balance 3,994 USDT"
