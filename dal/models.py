@@ -8,6 +8,7 @@ text; a float is refused; at most 18 fractional and 20 integer digits.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar, overload
 
@@ -42,15 +43,29 @@ from dal.vocabulary import SideName
 M = TypeVar("M", bound=BaseModel)
 
 
+# pydantic's wording where it names internals (regexes, "inputs"): the user's instead.
+_PLAIN = {
+    "string_pattern_mismatch": "has characters that are not allowed here",
+    "extra_forbidden": "is unknown here",
+    "missing": "is required",
+}
+
+
+def _title(model_name: str) -> str:
+    """NewCashMovement → 'cash movement', PolicyConfig → 'policy config'."""
+    words = re.findall(r"[A-Z][a-z0-9]*", model_name.removeprefix("New"))
+    return " ".join(w.lower() for w in words) or model_name
+
+
 def humanize(exc: ValidationError, title: str) -> str:
     parts = []
     for err in exc.errors():
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = _PLAIN.get(err["type"]) or err["msg"].removeprefix("Value error, ")
         if msg.startswith("invalid "):  # already a full message from a nested config
             msg = msg.split(": ", 1)[1]
         where = ".".join(str(p) for p in err["loc"])
         parts.append(f"{where}: {msg}" if where else msg)
-    return f"invalid {title}: " + "; ".join(parts)
+    return f"invalid {_title(title)}: " + "; ".join(parts)
 
 
 def parse(model: type[M], data: Any) -> M:

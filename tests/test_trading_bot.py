@@ -182,7 +182,9 @@ async def test_policy_commands(h: Trading, engine: AsyncEngine) -> None:
     assert "portfolio Main — off: max_daily_loss=0.05, mode=block" in listing
     assert "No risk policies" in joined(await h.send(BOB, "/policy list"))
     before = await table_counts(engine)
-    assert "Extra inputs" in joined(await h.send(ALICE, "/policy add user me max_fun=1"))
+    assert "max_fun: is unknown here" in joined(
+        await h.send(ALICE, "/policy add user me max_fun=1")
+    )
     assert "no portfolio named 'Nope'" in joined(
         await h.send(ALICE, "/policy add portfolio Nope max_leverage=2")
     )
@@ -313,7 +315,9 @@ async def test_cancel_button_under_orders_and_edits(h: Trading) -> None:
     text = joined(await h.send(ALICE, "/schedules"))
     assert f"#{schedule.id} report pnl today at 0 18 * * * (UTC), on, next" in text
     assert "{" not in text and "{" not in joined(await h.send(ALICE, "/screeners"))
-    assert "Extra inputs" in joined(await h.send(ALICE, f"/alert set {alert.id} colour=red"))
+    assert "colour: is unknown here" in joined(
+        await h.send(ALICE, f"/alert set {alert.id} colour=red")
+    )
     assert "runs at 5 9 * * 1-5" in joined(
         await h.send(ALICE, f'/schedule set {schedule.id} "5 9 * * 1-5"')
     )
