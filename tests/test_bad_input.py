@@ -199,7 +199,7 @@ FILLS: list[Case] = [
     ("naive-exec-time-text", ingest(exec_time="2024-05-01T09:00:00"), "exec_time.*time zone"),
     ("no-exec-time", ingest(exec_time=DROP), "exec_time.*required"),
     ("fee-without-currency", ingest(fee="0.1"), "a fee needs its currency.*fee_currency"),
-    ("fee-currency-symbol", ingest(fee="0.1", fee_currency="US$"), "fee_currency.*not allowed here"),
+    ("fee-currency-symbol", ingest(fee="0.1", fee_currency="US$"), "fee_currency.*not allowed"),
     ("fee-currency-1-char", ingest(fee="0.1", fee_currency="U"), "fee_currency.*at least 2"),
     ("unknown-side", ingest(side="HOLD"), "side.*BUY.*SELL"),
     ("no-instrument", ingest(instrument_id=DROP), "give instrument_id or symbol"),
