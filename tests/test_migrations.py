@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -230,3 +231,20 @@ def test_files_tradebook_creates_are_its_owners_only(tmp_path: Path) -> None:
         assert path.stat().st_mode & 0o777 == 0o600, path
     for directory in (tmp_path / "var", tmp_path / "var" / "backups"):
         assert directory.stat().st_mode & 0o777 == 0o700, directory
+
+
+def test_a_cli_failure_is_one_line_with_a_distinct_exit_code(tmp_path: Path) -> None:
+    root = str(Path(__file__).parent.parent)
+    down = {"TRADEBOOK_DATABASE_URL": "postgresql+asyncpg://u@127.0.0.1:1/x", "PYTHONPATH": root}
+    result = _cli(["db", "upgrade"], tmp_path, **down)
+    (line,) = result.stderr.strip().splitlines()
+    assert result.returncode == 3 and line.startswith("tradebook: cannot reach the database: ")
+    json_mode = _cli(["db", "upgrade"], tmp_path, **down, TRADEBOOK_LOG_FORMAT="json")
+    (line,) = json_mode.stderr.strip().splitlines()
+    record = json.loads(line)
+    assert json_mode.returncode == 3 and record["exit_code"] == 3 and "Traceback" in record["exc"]
+    url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+    fresh = {"TRADEBOOK_DATABASE_URL": url, "PYTHONPATH": root}
+    result = _cli(["export", "trades", "--user", "1"], tmp_path, **fresh)
+    assert result.returncode == 3 and "run `tradebook db upgrade`" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

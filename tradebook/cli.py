@@ -122,6 +122,14 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
             migrations.stamp(url, args.revision)
             print(f"database stamped at {args.revision}")
         case "check":
+            rev, head = migrations.current(url), migrations.head_revision()
+            if rev != head:
+                print(
+                    f"tradebook: the database is at {rev or 'base (empty)'}, the code's head is "
+                    f"{head}: run `tradebook db upgrade` first",
+                    file=sys.stderr,
+                )
+                return 1
             drift = migrations.check(url)
             if drift:
                 print(f"schema drift: {drift}", file=sys.stderr)
@@ -217,8 +225,16 @@ def _db_maintain(args: argparse.Namespace, settings: Settings) -> int:
 def _db_verify(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
+    from dal import migrations
+    from tradebook.ops import OpsError
     from tradebook.ops.verify import verify_database
 
+    rev, head = migrations.current(settings.database_url), migrations.head_revision()
+    if rev != head:
+        raise OpsError(
+            f"the database is at {rev or 'base (empty)'}, the code's head is {head}: "
+            "run `tradebook db upgrade` first"
+        )
     report = asyncio.run(verify_database(settings.database_url))
     print("\n".join(report.lines()))
     if not report.ok:
@@ -356,6 +372,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(settings)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # one line for the operator, the details in the log
+        return _fail(exc, settings.log_format)
+
+
+EXIT_UNREACHABLE = 3  # the database (or a file) could not be reached
+EXIT_UNEXPECTED = 4  # a bug: the traceback is in the log
+
+
+def _fail(exc: Exception, log_format: str) -> int:
+    """A failure nothing above handled: one line on stderr and a distinct exit code. In JSON
+    mode that line is the JSON log record (with the traceback in it); in human mode the
+    traceback is logged at DEBUG (TRADEBOOK_LOG_LEVEL=DEBUG shows it)."""
+    import logging
+
+    from sqlalchemy.exc import DBAPIError
+
+    log = logging.getLogger("tradebook.cli")
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    reason = " ".join(str(cause).split())[:300] or type(exc).__name__
+    if isinstance(exc, DBAPIError | OSError):
+        code = EXIT_UNREACHABLE
+        missing = ("no such table", "does not exist")
+        if isinstance(exc, DBAPIError) and any(m in reason for m in missing):
+            line = f"the database is not migrated ({reason}): run `tradebook db upgrade`"
+        elif isinstance(exc, DBAPIError | ConnectionError | TimeoutError):
+            line = f"cannot reach the database: {reason}"
+        else:
+            line = f"a file could not be used: {reason}"
+    else:
+        code, line = EXIT_UNEXPECTED, f"unexpected error ({type(exc).__name__}: {reason})"
+    if log_format == "json":
+        log.error(line, exc_info=exc, extra={"exit_code": code})
+    else:
+        log.debug(line, exc_info=exc)
+        print(f"tradebook: {line}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":
