@@ -141,6 +141,9 @@ def test_console_mode_runs_commands_from_stdin(tmp_path: Path) -> None:
     assert body.index(expected[0]) < body.index(expected[-1])
     assert body[-1] == "Nobody is waiting for approval."
     assert "Traceback" not in result.stderr
+    # The run beat while it ran: `tradebook health` reads that file (compose's healthcheck).
+    assert (tmp_path / "var" / "heartbeat").read_text().startswith("20")
+    assert _tradebook(["health"], tmp_path).stdout.strip() == "healthy"
 
     # A second run finds the same local admin (created once).
     again = _tradebook(["run"], tmp_path, "/portfolios\n")

@@ -77,8 +77,13 @@ def parse_yaml_subset(text: str) -> Any:
     return doc
 
 
+SET_IN_ENV = {"POSTGRES_PASSWORD": "s3cret-from-env"}  # what the operator's .env sets
+
+
 def _interpolate(value: str) -> str:
-    """Compose's ${VAR:-default} with nothing set: the default."""
+    """Compose's ${VAR:-default} with nothing set: the default; ${VAR:?error}: the value
+    .env must set (compose refuses to start without it)."""
+    value = re.sub(r"\$\{(\w+):\?[^}]*\}", lambda m: SET_IN_ENV[m.group(1)], value)
     return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
 
 
@@ -123,7 +128,11 @@ def test_compose_matches_the_cli_and_settings() -> None:
     bot = services["bot"]
     assert bot["build"] == "."
     assert bot["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert bot["env_file"][0]["path"] == ".env"  # the token comes from .env, never from here
+    assert bot["env_file"] == ".env"  # the token comes from .env, never from here
+    # No weak default password: compose refuses to start until .env sets one.
+    assert "${POSTGRES_PASSWORD:?" in pg["environment"]["POSTGRES_PASSWORD"]
+    assert bot["healthcheck"]["test"] == ["CMD", "tradebook", "health"]
+    _parser().parse_args(["health"])
     env = bot["environment"]
     assert set(env) <= _env_names(), set(env) - _env_names()
     assert "TELEGRAM_BOT_TOKEN" not in env

@@ -31,7 +31,8 @@ def test_env_example_lists_exactly_the_settings() -> None:
     text = (ROOT / ".env.example").read_text()
     listed = re.findall(r"^([A-Z][A-Z0-9_]*)=", text, flags=re.M)
     assert len(listed) == len(set(listed)), "a setting is listed twice"
-    assert set(listed) == {_env_name(f) for f in Settings.model_fields}
+    # POSTGRES_PASSWORD is docker compose's (the postgres service's password), not a setting.
+    assert set(listed) - {"POSTGRES_PASSWORD"} == {_env_name(f) for f in Settings.model_fields}
     # Every setting has a comment right above it.
     lines = text.splitlines()
     for i, line in enumerate(lines):
@@ -101,3 +102,17 @@ def test_load_settings_raises_settings_error(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("TRADEBOOK_ADMIN_TELEGRAM_IDS", "x")
     with pytest.raises(SettingsError, match="numeric"):
         load_settings()
+
+
+def test_health_reads_the_running_bots_heartbeat(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from tradebook.app import health
+
+    beat = tmp_path / "heartbeat"
+    now = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+    assert health(beat, now) == f"no heartbeat at {beat}: tradebook is not running here"
+    beat.write_text((now - dt.timedelta(seconds=20)).isoformat())
+    assert health(beat, now) is None
+    beat.write_text((now - dt.timedelta(seconds=61)).isoformat())
+    assert health(beat, now) == "the last heartbeat is 61 s old: tradebook is stuck or stopped"

@@ -297,12 +297,39 @@ async def run(settings: Settings) -> int:
     runs in the same event loop, and so do backups and maintenance on their schedules."""
     db = Database.from_settings(settings)
     jobs = asyncio.create_task(run_scheduled_jobs(settings, db))
+    beat = asyncio.create_task(heartbeat(settings.heartbeat_file))
     try:
         token = settings.telegram_bot_token
         if token is not None and token.get_secret_value():
             return await run_telegram(settings, db)
         return await run_console(settings, db)
     finally:
-        jobs.cancel()
-        await asyncio.gather(jobs, return_exceptions=True)
+        for task in (jobs, beat):
+            task.cancel()
+        await asyncio.gather(jobs, beat, return_exceptions=True)
         await db.dispose()
+
+
+HEARTBEAT_EVERY_S = 15.0
+HEARTBEAT_STALE_S = 60.0  # `tradebook health` fails when the last beat is older
+
+
+async def heartbeat(path: Path) -> None:
+    """Write the time to ``path`` while the event loop runs: `tradebook health` (the
+    container's healthcheck) reads it, so a stuck loop reads as unhealthy too."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        path.write_text(dt.datetime.now(dt.UTC).isoformat())
+        await asyncio.sleep(HEARTBEAT_EVERY_S)
+
+
+def health(path: Path, now: dt.datetime | None = None) -> str | None:
+    """None when the running bot beat recently, else why not (one line)."""
+    try:
+        beat = dt.datetime.fromisoformat(path.read_text().strip())
+    except (OSError, ValueError):
+        return f"no heartbeat at {path}: tradebook is not running here"
+    age = ((now or dt.datetime.now(dt.UTC)) - beat).total_seconds()
+    if age > HEARTBEAT_STALE_S:
+        return f"the last heartbeat is {age:.0f} s old: tradebook is stuck or stopped"
+    return None

@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--period", default="all", help="today, 7d, 30d, mtd, ytd, all, A..B")
     export.add_argument("--out", help="file to write (default: standard output)")
 
+    commands.add_parser(
+        "health", help="exit 0 when the running bot's heartbeat is fresh (a healthcheck)"
+    )
     db = commands.add_parser("db", help="database schema commands").add_subparsers(
         dest="db_command", required=True
     )
@@ -369,11 +372,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _db(args, settings)
         if args.command == "export":
             return _export(args, settings)
+        if args.command == "health":
+            return _health(settings)
         return _run(settings)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one line for the operator, the details in the log
         return _fail(exc, settings.log_format)
+
+
+def _health(settings: Settings) -> int:
+    from tradebook.app import health
+
+    problem = health(settings.heartbeat_file)
+    if problem is not None:
+        print(f"tradebook: {problem}", file=sys.stderr)
+        return 1
+    print("healthy")
+    return 0
 
 
 EXIT_UNREACHABLE = 3  # the database (or a file) could not be reached

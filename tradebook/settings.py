@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     paper_slippage_bps: Decimal = Field(default=Decimal("5"), ge=0, le=1000)
     paper_max_fill_quantity: Decimal | None = Field(default=None, gt=0)
     alert_cooldown_seconds: int = Field(default=300, ge=0, le=86400)
+    heartbeat_file: Path = Path("var/heartbeat")
     secrets_dir: Path = Path("secrets")
     # Operations (tradebook/ops, docs/operations.md).
     backup_dir: Path = Path("var/backups")
