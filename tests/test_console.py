@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -287,3 +289,37 @@ def test_tradebook_export_cli(tmp_path: Path) -> None:
     assert out.read_text().startswith("order_id,")
     missing = _tradebook(["export", "pnl", "--user", "@nobody"], tmp_path)
     assert missing.returncode == 1 and "no user @nobody" in missing.stderr
+
+
+async def test_telegram_mode_waits_for_telegram_at_start_up_instead_of_exiting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    from pydantic import SecretStr
+
+    from bot.recording import RecordingSession
+    from dal import migrations
+    from dal.database import Database
+    from tradebook.app import run_telegram
+    from tradebook.settings import Settings
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'tb.db'}"
+    await asyncio.to_thread(migrations.upgrade, url)
+    settings = Settings(database_url=url, telegram_bot_token=SecretStr("123456:TEST-token"))
+    db = Database.from_settings(settings)
+    session = RecordingSession()
+    for _ in range(3):  # Telegram (or the way to it) is down for three tries
+        session.fail_next("GetMe", 502, "Bad Gateway")
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_telegram(settings, db, session, stop, retry_pause_s=0.01))
+    for _ in range(500):
+        if session.sent("SetMyCommands"):
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    assert await task == 0
+    await db.dispose()
+    assert session.sent("GetMe") and session.sent("SetMyCommands")  # it got through
+    tries = [r for r in caplog.records if "Telegram is not reachable" in r.getMessage()]
+    assert len(tries) == 3

@@ -10,6 +10,7 @@ Nothing else constructs these pieces.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import sys
@@ -257,8 +258,11 @@ async def run_telegram(
     db: Database,
     session: BaseSession | None = None,
     stop: asyncio.Event | None = None,
+    retry_pause_s: float = 1.0,
 ) -> int:
-    """Long-poll Telegram until interrupted (or until ``stop`` is set: tests, embedding)."""
+    """Long-poll Telegram until interrupted (or until ``stop`` is set: tests, embedding).
+    While Telegram cannot be reached at start-up it waits and tries again (1 s, doubling to a
+    minute) instead of exiting: under a restart policy an exit would become a crash loop."""
     assert settings.telegram_bot_token is not None
     bot = build_bot(settings.telegram_bot_token.get_secret_value(), session)
     trading = await trading_for(settings, db, bot)
@@ -282,6 +286,8 @@ async def run_telegram(
 
     dp.startup.register(on_startup)
     dp.shutdown.register(on_shutdown)
+    if not await until_telegram_answers(bot, stop or asyncio.Event(), retry_pause_s):
+        return 0  # stopped while Telegram was still unreachable
     if stop is None:
         await dp.start_polling(bot)
         return 0
@@ -290,6 +296,28 @@ async def run_telegram(
     await dp.stop_polling()
     await polling
     return 0
+
+
+TELEGRAM_RETRY_MAX_S = 60.0
+
+
+async def until_telegram_answers(bot: Bot, stop: asyncio.Event, first_pause_s: float) -> bool:
+    """Ask Telegram who the bot is until it answers (True) or ``stop`` is set (False). An
+    invalid token is not retried: it raises."""
+    from aiogram.exceptions import TelegramNetworkError, TelegramRetryAfter, TelegramServerError
+
+    pause = first_pause_s
+    while not stop.is_set():
+        try:
+            await bot.get_me()
+            return True
+        except (TelegramNetworkError, TelegramServerError, TelegramRetryAfter, OSError) as exc:
+            wait = exc.retry_after if isinstance(exc, TelegramRetryAfter) else pause
+            log.warning("Telegram is not reachable (%s); trying again in %.0f s", exc, wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+            pause = min(pause * 2, TELEGRAM_RETRY_MAX_S)
+    return False
 
 
 async def run(settings: Settings) -> int:
