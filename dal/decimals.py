@@ -35,10 +35,16 @@ def check_amount(value: object) -> decimal.Decimal:
         raise AmountError(f"{value!r} is not a decimal amount")
     if not value.is_finite():
         raise AmountError(f"{value} is not a finite number")
-    # Trailing zeros do not count against the limits: 1.500 has one fractional digit.
-    value = value.normalize(DECIMAL_CONTEXT) if value else decimal.Decimal(0)
-    _sign, digits, exponent = value.as_tuple()
+    # Trailing zeros do not count against the limits: 1.500 has one fractional digit. They are
+    # stripped exactly (normalize() would round a value of more than 80 digits first).
+    sign, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)
+    if not any(digits):
+        value, digits, exponent = decimal.Decimal(0), (0,), 0
+    else:
+        while digits[-1] == 0:
+            digits, exponent = digits[:-1], exponent + 1
+        value = decimal.Decimal((sign, digits, exponent))
     if exponent < -SCALE:
         raise AmountError(f"{value} has more than {SCALE} fractional digits")
     integer_digits = len(digits) + exponent

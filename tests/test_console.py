@@ -220,7 +220,7 @@ def test_console_scenario_deposit_buy_fill_positions_pnl_export(tmp_path: Path) 
     assert _tradebook(["db", "upgrade"], tmp_path).returncode == 0
     console = RunningConsole(tmp_path, TRADEBOOK_STRATEGIES="off", TRADEBOOK_PAPER_SPEED="20")
     console.send("/deposit 500")
-    console.wait_for("Deposited 500 USDT in Main; cash 10500 USDT.")
+    console.wait_for("Deposited 500 USDT in Main; free 10500 USDT.")
     console.send("/buy BTCUSDT 0.01")
     console.wait_for("[#1] Confirm")
     console.send("#1")
@@ -228,7 +228,7 @@ def test_console_scenario_deposit_buy_fill_positions_pnl_export(tmp_path: Path) 
     for command in ("/positions", "/pnl", "/export trades"):
         console.send(command)
     out = console.finish()
-    start = out.index("Deposited 500 USDT in Main; cash 10500 USDT.")
+    start = out.index("Deposited 500 USDT in Main; free 10500 USDT.")
     assert out[start + 1 : start + 5] == [
         "BUY 0.01 BTCUSDT MARKET in Main",
         "Risk check: allowed.",

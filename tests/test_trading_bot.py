@@ -155,8 +155,10 @@ async def test_fill_records_a_trade_done_elsewhere_once(h: Trading) -> None:
 
 
 async def test_cash_commands(h: Trading, engine: AsyncEngine) -> None:
-    assert "cash 10250 USDT" in joined(await h.send(ALICE, "/deposit 250"))
-    assert "cash 10200 USDT" in joined(await h.send(ALICE, "/withdraw 50"))
+    assert "Deposited 250 USDT in Main; free 10250 USDT." in joined(
+        await h.send(ALICE, "/deposit 250")
+    )
+    assert "free 10200 USDT" in joined(await h.send(ALICE, "/withdraw 50"))
     before = await table_counts(engine)
     text = joined(await h.send(ALICE, "/withdraw 1000000"))
     # The account refuses it: the reason alone, no usage line (the command was right).
@@ -510,7 +512,7 @@ async def test_periodic_tables_and_notify_switches(h: Trading) -> None:
         [str(today - dt.timedelta(days=n)), "0", "0"] for n in (2, 1, 0)
     ]
     assert "Usage: /weekly" in joined(await h.send(ALICE, "/weekly x"))
-    assert "give between 1 and 60" in joined(await h.send(ALICE, "/monthly 61"))
+    assert "give a whole number from 1 to 60" in joined(await h.send(ALICE, "/monthly 61"))
     text = joined(await h.send(ALICE, "/notify fills off"))
     assert text == "Notifications: fills off, alerts on, reports on, risk on."
     await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01"))
@@ -530,3 +532,19 @@ async def test_a_screener_runs_now_and_takes_a_quoted_cron(h: Trading) -> None:
     assert f"no screener #{screener.id}" in joined(
         await h.send(BOB, f"/screener run {screener.id}")
     )
+
+
+async def test_numbers_are_read_strictly_and_echoed_as_values(
+    h: Trading, engine: AsyncEngine
+) -> None:
+    before = await table_counts(engine)
+    for bad in ("1_000", "1e5", "٣", "+inf", "0x10", "1,5"):
+        text = joined(await h.send(ALICE, f"/deposit {bad}"))
+        assert "is not a plain decimal number" in text, bad
+        text = joined(await h.send(ALICE, f"/buy BTCUSDT {bad}"))
+        assert "is not a plain decimal number" in text, bad
+    assert "is not an id" in joined(await h.send(ALICE, "/cancel ٣"))
+    assert "give a whole number" in joined(await h.send(ALICE, "/daily ٣"))
+    assert await table_counts(engine) == before
+    # The value, not the raw text, is echoed.
+    assert "Deposited 5 USDT" in joined(await h.send(ALICE, "/deposit 5.000"))

@@ -20,6 +20,7 @@ from bot.account_reports import (
     profit_report,
     status_report,
 )
+from bot.args import parse_count
 from bot.callbacks import EquityChart
 from bot.middleware import UserRow
 from bot.reports import send_reply
@@ -112,11 +113,13 @@ def router() -> Router:
         message: Message, command: CommandObject, dal: ScopedDal, user: UserRow, bot: Bot
     ) -> None:
         args = args_of(command)
-        if len(args) > 1 or (args and not (args[0].isascii() and args[0].isdigit())):
+        if len(args) > 1:
             raise UsageError(command.command)
-        count = int(args[0]) if args else DEFAULT_PERIODS[command.command]
-        if not 1 <= count <= MAX_PERIODS:
-            raise UsageError(command.command, f"give between 1 and {MAX_PERIODS}")
+        count = (
+            parse_count(args[0], command.command, 1, MAX_PERIODS)
+            if args
+            else DEFAULT_PERIODS[command.command]
+        )
         portfolio = await dal.portfolios.current()
         now = dt.datetime.now(dt.UTC)
         unit = PERIOD_UNITS[command.command]

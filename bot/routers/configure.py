@@ -12,6 +12,7 @@ from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
+from bot.args import is_id, parse_amount, parse_id
 from bot.routers.common import UsageError, args_of
 from bot.text import num, q
 from dal.configs import alert_text, schedule_text
@@ -36,9 +37,9 @@ def key_values(tokens: list[str], command: str) -> dict[str, str]:
 
 async def switch(message: Message, args: list[str], service: Any, noun: str) -> bool:
     """``on|off|del ID`` for alerts, schedules and screeners; False when ``args`` is not that."""
-    if len(args) != 2 or args[0] not in ("on", "off", "del") or not args[1].lstrip("#").isdigit():
+    if len(args) != 2 or args[0] not in ("on", "off", "del") or not is_id(args[1]):
         return False
-    row_id = int(args[1].lstrip("#"))
+    row_id = parse_id(args[1], noun.lower())
     if args[0] == "del":
         await service.delete(row_id)
         await message.answer(f"{noun} #{row_id} deleted.")
@@ -83,16 +84,17 @@ def router() -> Router:
             if len(args) == 2
             else (await dal.accounts.get(portfolio.account_id)).base_currency
         )
+        amount = parse_amount(args[0], "amount", name)
         try:
             call = dal.cash.deposit if kind == "DEPOSIT" else dal.cash.withdraw
-            await call(portfolio.id, args[0], currency)
+            await call(portfolio.id, amount, currency)
         except InvalidInput as exc:
             raise UsageError(name, str(exc)) from None
-        balance = (await dal.cash.balances(portfolio.id)).get(currency, Decimal(0))
+        held = {b.asset: b.free for b in await dal.valuation.balances(portfolio.id)}
         verb = "Deposited" if kind == "DEPOSIT" else "Withdrew"
         await message.answer(
-            f"{verb} {q(args[0])} {q(currency)} in {q(portfolio.name)}; cash {num(balance)} "
-            f"{q(currency)}."
+            f"{verb} {num(amount)} {q(currency)} in {q(portfolio.name)}; free "
+            f"{num(held.get(currency, Decimal(0)))} {q(currency)}."
         )
 
     @r.message(Command("deposit", ignore_case=True))
@@ -159,8 +161,8 @@ def router() -> Router:
         args = args_of(command)
         if await switch(message, args, dal.alerts, "Alert"):
             return
-        if len(args) >= 3 and args[0] == "set" and args[1].lstrip("#").isdigit():
-            alert_id = int(args[1].lstrip("#"))
+        if len(args) >= 3 and args[0] == "set" and is_id(args[1]):
+            alert_id = parse_id(args[1], "alert")
             current = await dal.alerts.get(alert_id)
             merged = {**current.config_json, **key_values(args[2:], "alert")}
             try:
@@ -225,9 +227,9 @@ def router() -> Router:
             raise UsageError("schedule", "unbalanced quotes") from None
         if await switch(message, args, dal.schedules, "Schedule"):
             return
-        if len(args) == 3 and args[0] == "set" and args[1].lstrip("#").isdigit():
+        if len(args) == 3 and args[0] == "set" and is_id(args[1]):
             try:
-                row = await dal.schedules.update(int(args[1].lstrip("#")), cron=args[2])
+                row = await dal.schedules.update(parse_id(args[1], "schedule"), cron=args[2])
             except InvalidInput as exc:
                 raise UsageError("schedule", str(exc)) from None
             await message.answer(f"Schedule #{row.id} now runs at {q(row.cron)} (UTC).")
@@ -251,8 +253,8 @@ def router() -> Router:
         args = args_of(command)
         if await switch(message, args, dal.screeners, "Screener"):
             return
-        if len(args) >= 3 and args[0] == "set" and args[1].lstrip("#").isdigit():
-            screener_id = int(args[1].lstrip("#"))
+        if len(args) >= 3 and args[0] == "set" and is_id(args[1]):
+            screener_id = parse_id(args[1], "screener")
             current = await dal.screeners.get(screener_id)
             merged = {**current.config_json, **key_values(args[2:], "screener")}
             try:
@@ -261,8 +263,8 @@ def router() -> Router:
                 raise UsageError("screener", str(exc)) from None
             await message.answer(f"Screener #{row.id} now: {q(_config(row))}.")
             return
-        if len(args) == 2 and args[0].lower() == "run" and args[1].lstrip("#").isdigit():
-            row = await dal.screeners.get(int(args[1].lstrip("#")))  # owner-checked
+        if len(args) == 2 and args[0].lower() == "run" and is_id(args[1]):
+            row = await dal.screeners.get(parse_id(args[1], "screener"))  # owner-checked
             matches = await screen(dal, row.config_json, desk.market.marks)
             listing = ", ".join(f"{symbol} {num(price)}" for symbol, price in matches)
             await message.answer(
@@ -313,4 +315,4 @@ def _config(row: Any) -> str:  # policies and screeners
 
 
 def _int(text: str) -> Any:
-    return int(text) if text.isdigit() else text  # the typed config explains a bad value
+    return int(text) if text.isascii() and text.isdigit() else text  # the config explains

@@ -20,13 +20,13 @@ from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
+from bot.args import parse_amount, parse_id
 from bot.callbacks import CancelOrder, StopAll, TradeConfirm
 from bot.confirmations import Confirmations
 from bot.middleware import UserRow
 from bot.routers.common import UsageError, args_of
 from bot.text import num, q
 from dal.database import ScopedDal
-from dal.decimals import AmountError, check_amount
 from dal.errors import InvalidInput, TradebookError
 from dal.vocabulary import SIDES
 from strategies.runtime import StrategyRuntime
@@ -35,28 +35,18 @@ from trading.desk import CancelOutcome, OrderDesk
 TIFS = ("GTC", "IOC", "FOK", "DAY")
 
 
-def _amount(text: str, what: str, command: str) -> Decimal:
-    try:
-        value = check_amount(text)
-    except AmountError as exc:
-        raise UsageError(command, f"{what}: {exc}") from None
-    if value <= 0:
-        raise UsageError(command, f"{what} must be positive")
-    return value
-
-
 def parse_order(side: str, args: list[str], portfolio_id: int) -> dict[str, Any]:
     """/buy SYMBOL QTY [@PRICE] [stop=PRICE] [tif=GTC|IOC|FOK|DAY] → an order dict."""
     command = side.lower()
     if len(args) < 2:
         raise UsageError(command)
-    symbol, quantity = args[0].upper(), _amount(args[1], "quantity", command)
+    symbol, quantity = args[0].upper(), parse_amount(args[1], "quantity", command)
     price = stop = tif = None
     for token in args[2:]:
         if token.startswith("@"):
-            price = _amount(token[1:], "price", command)
+            price = parse_amount(token[1:], "price", command)
         elif token.lower().startswith("stop="):
-            stop = _amount(token[5:], "stop", command)
+            stop = parse_amount(token[5:], "stop", command)
         elif token.lower().startswith("tif="):
             tif = token[4:].upper()
             if tif not in TIFS:
@@ -191,9 +181,9 @@ def router() -> Router:
         message: Message, command: CommandObject, dal: ScopedDal, desk: OrderDesk
     ) -> None:
         args = args_of(command)
-        if len(args) != 1 or not args[0].lstrip("#").isdigit():
+        if len(args) != 1:
             raise UsageError("cancel")
-        outcome = await desk.cancel(dal, int(args[0].lstrip("#")))
+        outcome = await desk.cancel(dal, parse_id(args[0], "cancel"))
         await message.answer(f"Order {outcome.line()}.")
 
     @r.callback_query(CancelOrder.filter())
@@ -248,14 +238,14 @@ def router() -> Router:
         symbol, side = args[0].upper(), args[1].upper()
         if side not in SIDES:
             raise UsageError("fill", "side is BUY or SELL")
-        quantity = _amount(args[2], "quantity", "fill")
-        price = _amount(args[3], "price", "fill")
+        quantity = parse_amount(args[2], "quantity", "fill")
+        price = parse_amount(args[3], "price", "fill")
         fee, fee_currency, at = Decimal(0), None, dt.datetime.now(dt.UTC)
         rest = args[4:]
         while rest:
             word = rest.pop(0).lower()
             if word == "fee" and len(rest) >= 2:
-                fee_currency, fee = rest.pop(0).upper(), _amount(rest.pop(0), "fee", "fill")
+                fee_currency, fee = rest.pop(0).upper(), parse_amount(rest.pop(0), "fee", "fill")
             elif word == "at" and rest:
                 at = _parse_time(rest.pop(0), user.timezone)
             else:
