@@ -73,6 +73,9 @@ def check_transition(order: sa.Row[Any], status: str) -> bool:
     return True
 
 
+MAX_OFFSET = 10**9  # beyond any real history; larger ones overflow the databases' integers
+
+
 class OrderService:
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
@@ -266,6 +269,8 @@ class OrderService:
     ) -> list[sa.Row[Any]]:
         """Orders newest first (open ones by default: NEW and PARTIALLY_FILLED)."""
         statuses = [status] if isinstance(status, str) else list(status or OPEN_STATUSES)
+        if not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+            raise InvalidInput(f"a page offset is a whole number from 0 to {MAX_OFFSET}")
         for s in statuses:
             if s not in ORDER_STATUSES:
                 raise InvalidInput(

@@ -403,3 +403,11 @@ async def test_orders_all_and_portfolio_add_without_arguments(h: BotHarness) -> 
     assert text.startswith("Orders — Main") and "BUY 3 ETHUSDT LIMIT @100" in text
     assert "Usage: /portfolio" in joined(await h.send(ALICE, "/portfolio add"))
     assert "Usage: /portfolio" in joined(await h.send(ALICE, "/portfolio ADD"))
+
+
+async def test_a_forged_page_offset_gets_a_page_not_an_error(h: BotHarness) -> None:
+    async with h.db.session(h.alice) as s:  # type: ignore[attr-defined]
+        pid = (await s.portfolios.default()).id
+    forged = f"ord:{pid}:OPEN:{10**30}"
+    text = joined(await h.press(ALICE, forged))
+    assert "Something went wrong" not in text

@@ -14,6 +14,7 @@ from bot.middleware import UserRow
 from bot.reports import orders_report, send_reply
 from bot.routers.common import UsageError, args_of, resolve_portfolio
 from dal.database import ScopedDal
+from dal.orders import MAX_OFFSET
 from dal.vocabulary import ORDER_STATUSES
 
 STATUS_WORDS = {s.lower(): s for s in ORDER_STATUSES} | {"open": "OPEN", "all": "ALL"}
@@ -46,7 +47,7 @@ def router() -> Router:
             await query.answer("Unknown page.")
             return
         portfolio = await dal.portfolios.get(callback_data.portfolio_id)  # owner-checked
-        offset = max(0, callback_data.offset)
+        offset = min(max(0, callback_data.offset), MAX_OFFSET)  # forged data: the last page
         reply = await orders_report(dal, portfolio, status, offset, user.timezone)
         await query.answer()
         if isinstance(query.message, Message):
