@@ -156,7 +156,9 @@ async def profit_report(
     marks: Mapping[int, Decimal] | None = None,
     period_word: str = "all",
 ) -> Reply:
-    summary = await dal.trades.pnl(portfolio.id, period.since, period.until, ZoneInfo(zone))
+    summary = await dal.trades.pnl(
+        portfolio.id, period.since, period.until, ZoneInfo(zone), daily=False
+    )
     value = await dal.valuation.value(portfolio.id, marks)
     since = period.since.astimezone(ZoneInfo(zone)).date() if period.since else None
     history = await dal.equity.history(portfolio.id, since)
@@ -260,6 +262,7 @@ async def periodic_report(
             dt.datetime.combine(start, dt.time(), tz),
             dt.datetime.combine(end, dt.time(), tz),
             tz,
+            daily=False,
         )
         realized = ", ".join(f"{signed(v)} {c}" for c, v in sorted(summary.realized.items()))
         closes = [row for day, row in sorted(history.items()) if start <= day < end]
@@ -270,7 +273,9 @@ async def periodic_report(
 
 
 async def performance_report(dal: ScopedDal, portfolio: Any, period: Period, zone: str) -> Reply:
-    summary = await dal.trades.pnl(portfolio.id, period.since, period.until, ZoneInfo(zone))
+    summary = await dal.trades.pnl(
+        portfolio.id, period.since, period.until, ZoneInfo(zone), daily=False
+    )
     title = f"<b>Performance — {q(portfolio.name)}, {q(period.label)}</b>"
     if not summary.trade_count:
         return Reply([f"{title}\nNo trades in this period."])

@@ -141,9 +141,23 @@ class EquityService:
         return len(rows)
 
     @read_only
-    def history(self, portfolio_id: int, since: dt.date | None = None) -> list[sa.Row[Any]]:
-        """The portfolio's daily snapshots, oldest first."""
-        query = sa.select(snapshots).where(snapshots.c.portfolio_id == portfolio_id)
+    def history(
+        self, portfolio_id: int, since: dt.date | None = None, with_inputs: bool = False
+    ) -> list[sa.Row[Any]]:
+        """The portfolio's daily snapshots, oldest first: day, currency, equity, net deposits
+        and as_of (``with_inputs``: every column, the balances and marks too)."""
+        columns = (
+            [snapshots]
+            if with_inputs
+            else [
+                snapshots.c.day,
+                snapshots.c.currency,
+                snapshots.c.equity,
+                snapshots.c.net_deposits,
+                snapshots.c.as_of,
+            ]
+        )
+        query = sa.select(*columns).where(snapshots.c.portfolio_id == portfolio_id)
         if since is not None:
             query = query.where(snapshots.c.day >= since)
         return owned_portfolio_rows(self.tx, portfolio_id, query.order_by(snapshots.c.day))

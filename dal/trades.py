@@ -148,10 +148,12 @@ class TradeService:
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         tz: dt.tzinfo = dt.UTC,
+        daily: bool = True,
     ) -> PnlSummary:
         """Realized PnL and fees from trades in [since, until), exact. Periods that start and
         end at local midnights of the owner's time zone (every /pnl period) are read from the
-        PnL summary (dal/pnl_summary.py); any other range sums the trades themselves."""
+        PnL summary (dal/pnl_summary.py); any other range sums the trades themselves.
+        ``daily=False`` leaves out the per-day series (what only a chart needs)."""
         owned_portfolio(self.tx, portfolio_id)
         since, until = aware_arg(since, "since"), aware_arg(until, "until")
         days = _local_days(since, until, tz, owner_zone(self.tx, portfolio_id))
@@ -175,7 +177,8 @@ class TradeService:
                     row.closing_count,
                     row.holding_seconds,
                 )
-        summary.daily = daily_totals(conn, portfolio_id, *days)
+        if daily:
+            summary.daily = daily_totals(conn, portfolio_id, *days)
         return summary
 
 

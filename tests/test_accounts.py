@@ -227,7 +227,7 @@ async def test_equity_snapshots_keep_one_row_per_local_day_and_rederive(
         await s.equity.snapshot_all(late_evening + dt.timedelta(minutes=20), {btc: MARK})
         await s.equity.snapshot_all(late_evening + dt.timedelta(minutes=40), {btc: MARK})
     async with db.session(user) as s:
-        first, second = await s.equity.history(pid)
+        first, second = await s.equity.history(pid, with_inputs=True)
     # 23:50 was still the same day in Tokyo and replaced 23:30; 00:10 is the next day.
     assert [(r.day, r.equity, r.net_deposits) for r in (first, second)] == [
         (tomorrow, Decimal("10094"), Decimal("10000")),
