@@ -16,10 +16,11 @@ from dal.decimals import DECIMAL_CONTEXT
 from dal.errors import NotFound
 from dal.ingest import IngestResult, ingest
 from dal.models import Fill, aware_arg, parse, valid_id
-from dal.ownership import owned_portfolio
+from dal.ownership import owned_portfolio, owned_portfolio_fast
 from dal.pnl_summary import (
     daily_totals,
     owner_zone,
+    remember_zone,
     totals_by_instrument,
 )
 from dal.position_math import holding_seconds
@@ -154,7 +155,9 @@ class TradeService:
         end at local midnights of the owner's time zone (every /pnl period) are read from the
         PnL summary (dal/pnl_summary.py); any other range sums the trades themselves.
         ``daily=False`` leaves out the per-day series (what only a chart needs)."""
-        owned_portfolio(self.tx, portfolio_id)
+        portfolio = owned_portfolio_fast(self.tx, portfolio_id)
+        if "owner_timezone" in portfolio._mapping:  # the check read it: no second statement
+            remember_zone(self.tx, portfolio_id, portfolio.owner_timezone)
         since, until = aware_arg(since, "since"), aware_arg(until, "until")
         days = _local_days(since, until, tz, owner_zone(self.tx, portfolio_id))
         if days is None:
