@@ -156,12 +156,13 @@ async def profit_report(
     marks: Mapping[int, Decimal] | None = None,
     period_word: str = "all",
 ) -> Reply:
-    summary = await dal.trades.pnl(
-        portfolio.id, period.since, period.until, ZoneInfo(zone), daily=False
-    )
-    value = await dal.valuation.value(portfolio.id, marks)
     since = period.since.astimezone(ZoneInfo(zone)).date() if period.since else None
-    history = await dal.equity.history(portfolio.id, since)
+    async with dal.session(readonly=True) as s:  # one snapshot, one connection
+        summary = await s.trades.pnl(
+            portfolio.id, period.since, period.until, ZoneInfo(zone), daily=False
+        )
+        value = await s.valuation.value(portfolio.id, marks)
+        history = await s.equity.history(portfolio.id, since)
     title = f"<b>Profit — {q(portfolio.name)}, {q(period.label)}</b>"
     lines = ["realized PnL"]
     lines += [f"  {signed(v)} {cur}" for cur, v in sorted(summary.realized.items())] or ["  none"]
@@ -253,21 +254,22 @@ async def periodic_report(
     """Per day, week or month in the owner's zone: realized PnL, trades, equity at its end."""
     tz = ZoneInfo(zone)
     starts = period_starts(unit, count, now.astimezone(tz).date())
-    history = {row.day: row for row in await dal.equity.history(portfolio.id, starts[0])}
     rows = []
-    for start in starts:
-        end = _next_start(unit, start)
-        summary = await dal.trades.pnl(
-            portfolio.id,
-            dt.datetime.combine(start, dt.time(), tz),
-            dt.datetime.combine(end, dt.time(), tz),
-            tz,
-            daily=False,
-        )
-        realized = ", ".join(f"{signed(v)} {c}" for c, v in sorted(summary.realized.items()))
-        closes = [row for day, row in sorted(history.items()) if start <= day < end]
-        equity = f"{num(closes[-1].equity)} {closes[-1].currency}" if closes else "-"
-        rows.append((start.isoformat(), realized or "0", str(summary.trade_count), equity))
+    async with dal.session(readonly=True) as s:  # one snapshot, one connection
+        history = {row.day: row for row in await s.equity.history(portfolio.id, starts[0])}
+        for start in starts:
+            end = _next_start(unit, start)
+            summary = await s.trades.pnl(
+                portfolio.id,
+                dt.datetime.combine(start, dt.time(), tz),
+                dt.datetime.combine(end, dt.time(), tz),
+                tz,
+                daily=False,
+            )
+            realized = ", ".join(f"{signed(v)} {c}" for c, v in sorted(summary.realized.items()))
+            closes = [row for day, row in sorted(history.items()) if start <= day < end]
+            equity = f"{num(closes[-1].equity)} {closes[-1].currency}" if closes else "-"
+            rows.append((start.isoformat(), realized or "0", str(summary.trade_count), equity))
     title = f"<b>{q(unit.capitalize())} PnL — {q(portfolio.name)}</b>"
     return Reply(pre_pages(title, _table((unit, "realized", "trades", "equity"), rows)))
 
