@@ -162,7 +162,7 @@ async def profit_report(
             portfolio.id, period.since, period.until, ZoneInfo(zone), daily=False
         )
         value = await s.valuation.value(portfolio.id, marks)
-        history = await s.equity.history(portfolio.id, since)
+        history = await s.equity.curve(portfolio.id, since)
     title = f"<b>Profit — {q(portfolio.name)}, {q(period.label)}</b>"
     lines = ["realized PnL"]
     lines += [f"  {signed(v)} {cur}" for cur, v in sorted(summary.realized.items())] or ["  none"]
@@ -216,7 +216,7 @@ def equity_chart_button(portfolio_id: int, period_word: str) -> InlineKeyboardMa
 async def equity_chart(dal: ScopedDal, portfolio: Any, period: Period, zone: str) -> Reply:
     """The equity curve with its drawdown underneath, from the daily snapshots."""
     since = period.since.astimezone(ZoneInfo(zone)).date() if period.since else None
-    history = await dal.equity.history(portfolio.id, since)
+    history = await dal.equity.curve(portfolio.id, since)
     currency = history[-1].currency if history else ""
     series = [(row.day, row.equity) for row in history if row.currency == currency]
     if len(series) < 2:
@@ -256,7 +256,7 @@ async def periodic_report(
     starts = period_starts(unit, count, now.astimezone(tz).date())
     rows = []
     async with dal.session(readonly=True) as s:  # one snapshot, one connection
-        history = {row.day: row for row in await s.equity.history(portfolio.id, starts[0])}
+        history = {row.day: row for row in await s.equity.curve(portfolio.id, starts[0])}
         for start in starts:
             end = _next_start(unit, start)
             summary = await s.trades.pnl(

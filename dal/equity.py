@@ -141,6 +141,17 @@ class EquityService:
         return len(rows)
 
     @read_only
+    def curve(self, portfolio_id: int, since: dt.date | None = None) -> list[sa.Row[Any]]:
+        """(day, currency, equity) of the daily snapshots, oldest first: what a drawdown, a
+        chart or a period's closing equity needs."""
+        query = sa.select(snapshots.c.day, snapshots.c.currency, snapshots.c.equity).where(
+            snapshots.c.portfolio_id == portfolio_id
+        )
+        if since is not None:
+            query = query.where(snapshots.c.day >= since)
+        return owned_portfolio_rows(self.tx, portfolio_id, query.order_by(snapshots.c.day))
+
+    @read_only
     def history(
         self, portfolio_id: int, since: dt.date | None = None, with_inputs: bool = False
     ) -> list[sa.Row[Any]]:

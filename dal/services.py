@@ -289,6 +289,7 @@ class UnappliedEvents(Facade):
 
 class Equity(Facade):
     service = EquityService
+    curve = expose(EquityService.curve)
     history = expose(EquityService.history)
     snapshot = expose(EquityService.snapshot)
     snapshot_all = expose(EquityService.snapshot_all)

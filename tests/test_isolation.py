@@ -290,6 +290,7 @@ ID_OPS: dict[str, Op] = {
     "valuation.totals": lambda s, o, m: s.valuation.totals(o.portfolio),
     "equity.snapshot": lambda s, o, m: s.equity.snapshot(o.portfolio, T0, {m.instrument: MARK}),
     "equity.history": lambda s, o, m: s.equity.history(o.portfolio),
+    "equity.curve": lambda s, o, m: s.equity.curve(o.portfolio),
     "valuation.check_order": lambda s, o, m: s.valuation.check_order(
         {
             "portfolio_id": o.portfolio,
