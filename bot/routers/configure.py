@@ -15,7 +15,7 @@ from aiogram.types import Message
 from bot.args import is_id, parse_amount, parse_id
 from bot.routers.common import UsageError, args_of
 from bot.text import num, q
-from dal.configs import alert_text, schedule_text
+from dal.configs import alert_text, key_values_text, schedule_text
 from dal.database import ScopedDal
 from dal.errors import InvalidInput
 from dal.vocabulary import NOTIFICATION_KINDS
@@ -111,7 +111,8 @@ def router() -> Router:
         if args and args[0].lower() == "list":
             rows = await dal.risk.list_policies(include_inactive=True)
             lines = [
-                f"#{p.id} {q(p.name)} — {'on' if p.is_active else 'off'}: {q(_config(p))}"
+                f"#{p.id} {q(p.name)} — {'on' if p.is_active else 'off'}: "
+                f"{q(key_values_text(p.config_json))}"
                 for p in rows
             ]
             await message.answer("\n".join(["<b>Risk policies</b>", *lines]) if lines else
@@ -134,7 +135,9 @@ def router() -> Router:
             row = await dal.risk.create_policy(
                 {"name": name, "scope_type": scope, "scope_id": scope_id, "config": config}
             )
-            await message.answer(f"Policy #{row.id} {q(row.name)} added: {q(_config(row))}.")
+            await message.answer(
+                f"Policy #{row.id} {q(row.name)} added: {q(key_values_text(row.config_json))}."
+            )
             return
         existing = [
             p for p in await dal.risk.list_policies(include_inactive=True) if p.name == name
@@ -148,7 +151,9 @@ def router() -> Router:
             row = await dal.risk.update_policy(existing[0].id, merged)
             kept = sorted(set(existing[0].config_json) - set(config))
             note = f" (kept: {', '.join(kept)})" if kept else ""
-            await message.answer(f"Policy {q(row.name)} now: {q(_config(row))}{q(note)}.")
+            await message.answer(
+                f"Policy {q(row.name)} now: {q(key_values_text(row.config_json))}{q(note)}."
+            )
         elif action == "del":
             await dal.risk.delete_policy(existing[0].id)
             await message.answer(f"Policy {q(existing[0].name)} deleted.")
@@ -261,7 +266,7 @@ def router() -> Router:
                 row = await dal.screeners.update_config(screener_id, merged)
             except InvalidInput as exc:
                 raise UsageError("screener", str(exc)) from None
-            await message.answer(f"Screener #{row.id} now: {q(_config(row))}.")
+            await message.answer(f"Screener #{row.id} now: {q(key_values_text(row.config_json))}.")
             return
         if len(args) == 2 and args[0].lower() == "run" and is_id(args[1]):
             row = await dal.screeners.get(parse_id(args[1], "screener"))  # owner-checked
@@ -280,7 +285,9 @@ def router() -> Router:
             row = await dal.screeners.create({"name": args[1], "config": config})
         except InvalidInput as exc:
             raise UsageError("screener", str(exc)) from None
-        await message.answer(f"Screener #{row.id} {q(row.name)} added: {q(_config(row))}.")
+        await message.answer(
+            f"Screener #{row.id} {q(row.name)} added: {q(key_values_text(row.config_json))}."
+        )
 
     @r.message(Command("mute", ignore_case=True))
     async def mute(message: Message, dal: ScopedDal) -> None:
@@ -308,10 +315,6 @@ def router() -> Router:
         await message.answer("Notifications are on.")
 
     return r
-
-
-def _config(row: Any) -> str:  # policies and screeners
-    return ", ".join(f"{k}={v}" for k, v in sorted(row.config_json.items()))
 
 
 def _int(text: str) -> Any:
