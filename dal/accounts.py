@@ -19,6 +19,17 @@ accounts = t.accounts
 portfolios = t.portfolios
 
 
+def broker_code_of(conn: sa.Connection, portfolio_id: int) -> str:
+    """The code of the broker a portfolio trades at (the caller has checked ownership)."""
+    code: str = conn.execute(
+        sa.select(t.brokers.c.code)
+        .join(accounts, accounts.c.broker_id == t.brokers.c.id)
+        .join(portfolios, portfolios.c.account_id == accounts.c.id)
+        .where(portfolios.c.id == portfolio_id)
+    ).scalar_one()
+    return code
+
+
 def portfolio_by_name(tx: Tx, name: str) -> sa.Row[Any]:
     row = tx.conn.execute(
         sa.select(portfolios).where(
@@ -208,13 +219,7 @@ class PortfolioService:
     def broker_code(self, portfolio_id: int) -> str:
         """The code of the broker a portfolio trades at (PAPER, BINANCE, …)."""
         owned_portfolio(self.tx, portfolio_id)
-        code: str = self.tx.conn.execute(
-            sa.select(t.brokers.c.code)
-            .join(accounts, accounts.c.broker_id == t.brokers.c.id)
-            .join(portfolios, portfolios.c.account_id == accounts.c.id)
-            .where(portfolios.c.id == portfolio_id)
-        ).scalar_one()
-        return code
+        return broker_code_of(self.tx.conn, portfolio_id)
 
     @read_only
     def default(self) -> sa.Row[Any]:

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dal import schema as t
+from dal.accounts import broker_code_of
 from dal.balances import amount_text, free, lock_portfolio_balances
 from dal.decimals import DECIMAL_CONTEXT
 from dal.errors import Conflict, InvalidInput
@@ -94,13 +95,7 @@ class CashService:
         """Paper accounts hold their balances like an exchange account; a portfolio whose
         trades are recorded from elsewhere (/fill) only keeps a record, which may be
         incomplete, so it refuses nothing."""
-        code = self.tx.conn.execute(
-            sa.select(t.brokers.c.code)
-            .join(t.accounts, t.accounts.c.broker_id == t.brokers.c.id)
-            .join(t.portfolios, t.portfolios.c.account_id == t.accounts.c.id)
-            .where(t.portfolios.c.id == portfolio_id)
-        ).scalar_one()
-        return bool(code == "PAPER")
+        return broker_code_of(self.tx.conn, portfolio_id) == "PAPER"
 
     def _check_free(self, portfolio_id: int, currency: str, amount: Decimal) -> None:
         lock_portfolio_balances(self.tx.conn, portfolio_id)
