@@ -8,7 +8,7 @@
 The trade terms come from ``pnl_summary``'s MONTH rows (``net_quantity``, ``net_proceeds``,
 ``fees``), which the fill transaction keeps, so balances are exact, move with every fill in
 that transaction and cannot drift; ``totals_from_trades`` adds the same up from the trades
-themselves, which ``db verify`` compares (and equity snapshots use for a past moment).
+themselves, which ``db verify`` compares.
 
 An open order reserves what it may still take: a BUY its remaining quantity × its
 ``reserve_price`` in the quote asset (the limit price, or the mark with slippage for a market
@@ -20,7 +20,6 @@ hold positions worth up to that many times their equity (dal/valuation.py).
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -124,11 +123,9 @@ def totals(
     return _canonical(result)
 
 
-def totals_from_trades(
-    conn: sa.Connection, portfolio_id: int, until: dt.datetime | None = None
-) -> dict[str, Decimal]:
-    """``totals`` added up from the cash movements and trades themselves, optionally only
-    those up to ``until`` (inclusive): what verify compares and a past equity is valued on."""
+def totals_from_trades(conn: sa.Connection, portfolio_id: int) -> dict[str, Decimal]:
+    """``totals`` added up from the cash movements and trades themselves (what verify
+    compares them with)."""
     from dal.pnl_summary import trade_notional
 
     cash, trades = t.cash_movements, t.trades
@@ -148,9 +145,6 @@ def totals_from_trades(
         .join(instruments, instruments.c.id == trades.c.instrument_id)
         .where(trades.c.portfolio_id == portfolio_id)
     )
-    if until is not None:
-        cash_query = cash_query.where(cash.c.created_at <= until)
-        trade_query = trade_query.where(trades.c.exec_time <= until)
     result: dict[str, Decimal] = defaultdict(Decimal)
     with localcontext(DECIMAL_CONTEXT):
         for currency, amount in conn.execute(cash_query):
