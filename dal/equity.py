@@ -27,7 +27,7 @@ from dal.models import check_marks
 from dal.ownership import owned_portfolio, owned_portfolio_rows
 from dal.position_math import ZERO, canonical_amount
 from dal.scope import Tx, read_only
-from dal.valuation import prices, value_portfolio
+from dal.valuation import Prices, value_portfolio
 
 snapshots = t.equity_snapshots
 
@@ -43,15 +43,10 @@ _NET_DEPOSITS = sa.select(t.cash_movements.c.currency, t.cash_movements.c.amount
 
 
 def net_deposits(
-    conn: sa.Connection,
-    portfolio_id: int,
-    currency: str,
-    marks: Mapping[int, Decimal],
-    until: dt.datetime,
+    conn: sa.Connection, portfolio_id: int, currency: str, rates: Prices, until: dt.datetime
 ) -> Decimal:
-    """Deposits minus withdrawals up to ``until``, in ``currency`` (other currencies at the
-    marks; one that cannot be converted is left out of this sum)."""
-    rates = prices(conn, marks)
+    """Deposits minus withdrawals up to ``until``, in ``currency`` (other currencies at
+    ``rates``; one that cannot be converted is left out of this sum)."""
     total = ZERO
     with localcontext(DECIMAL_CONTEXT):
         for asset, amount in conn.execute(
@@ -83,7 +78,7 @@ def take_snapshot(
         "day": day,
         "currency": currency,
         "equity": valuation.equity,
-        "net_deposits": net_deposits(conn, portfolio_id, currency, marks, at),
+        "net_deposits": net_deposits(conn, portfolio_id, currency, valuation.rates, at),
         "marks_json": _text_map(marks),
         "balances_json": _text_map({b.asset: b.total for b in valuation.balances}),
         "unconverted_json": _text_map(valuation.unconverted),
@@ -144,12 +139,8 @@ class EquityService:
     def curve(self, portfolio_id: int, since: dt.date | None = None) -> list[sa.Row[Any]]:
         """(day, currency, equity) of the daily snapshots, oldest first: what a drawdown, a
         chart or a period's closing equity needs."""
-        query = sa.select(snapshots.c.day, snapshots.c.currency, snapshots.c.equity).where(
-            snapshots.c.portfolio_id == portfolio_id
-        )
-        if since is not None:
-            query = query.where(snapshots.c.day >= since)
-        return owned_portfolio_rows(self.tx, portfolio_id, query.order_by(snapshots.c.day))
+        columns = (snapshots.c.day, snapshots.c.currency, snapshots.c.equity)
+        return self._snapshots(portfolio_id, since, columns)
 
     @read_only
     def history(
@@ -157,17 +148,20 @@ class EquityService:
     ) -> list[sa.Row[Any]]:
         """The portfolio's daily snapshots, oldest first: day, currency, equity, net deposits
         and as_of (``with_inputs``: every column, the balances and marks too)."""
+        if with_inputs:
+            return self._snapshots(portfolio_id, since, tuple(snapshots.c))
         columns = (
-            [snapshots]
-            if with_inputs
-            else [
-                snapshots.c.day,
-                snapshots.c.currency,
-                snapshots.c.equity,
-                snapshots.c.net_deposits,
-                snapshots.c.as_of,
-            ]
+            snapshots.c.day,
+            snapshots.c.currency,
+            snapshots.c.equity,
+            snapshots.c.net_deposits,
+            snapshots.c.as_of,
         )
+        return self._snapshots(portfolio_id, since, columns)
+
+    def _snapshots(
+        self, portfolio_id: int, since: dt.date | None, columns: tuple[Any, ...]
+    ) -> list[sa.Row[Any]]:
         query = sa.select(*columns).where(snapshots.c.portfolio_id == portfolio_id)
         if since is not None:
             query = query.where(snapshots.c.day >= since)

@@ -96,7 +96,8 @@ class Valuation:
     positions: list[PositionValue]
     gross_exposure: Decimal  # Σ |position| × mark in ``currency`` (positions that convert)
     marks: dict[int, Decimal] = field(repr=False)
-    net_deposits: dict[str, Decimal] = field(default_factory=dict)  # the cash ledger
+    net_deposits: dict[str, Decimal]  # the cash ledger, per currency
+    rates: Prices = field(repr=False, compare=False)  # the prices it was valued at
 
     def unrealized(self) -> dict[str, Decimal]:
         """Unrealized PnL per quote currency (positions with a mark)."""
@@ -219,6 +220,7 @@ def value_portfolio(
         _exact(gross),
         dict(marks),
         cash,
+        rates,
     )
 
 
@@ -296,7 +298,10 @@ def _margin_refusal(
     price = order.price or order.stop_price or marks.get(instrument.id)
     if price is None:
         return f"no price for {instrument.symbol} yet: cannot check the margin"
-    valuation = value_portfolio(conn, order.portfolio_id, instrument.currency, marks)
+    # The balances check_order read already: valued, not read again.
+    valuation = value_portfolio(
+        conn, order.portfolio_id, instrument.currency, marks, list(held.values())
+    )
     power = _exact(valuation.equity * account.margin_leverage - valuation.gross_exposure)
     needed = _exact(growth * price)
     if needed > power:
