@@ -42,6 +42,7 @@ from dal.errors import Conflict, TradebookError
 from dal.risk_rules import Verdict
 from dal.scope import Actor
 from dal.types import new_uid
+from dal.valuation import OrderCheck
 from dal.vocabulary import OPEN_STATUSES, NotificationKind
 from trading.events import BrokerEvent, FillEvent, OrderGateway, OrderUpdate, event_from_json
 from trading.mapping import apply_event
@@ -246,11 +247,16 @@ class OrderDesk:
         TradebookError when its portfolio has no gateway."""
         order = {"type": "MARKET", **order}
         await self.gateway_for(order["portfolio_id"], dal)
-        marks = dict(self.market.marks.marks)
         async with dal.session() as s:
-            verdict = await s.risk.evaluate(order, marks)
-            check = await s.valuation.check_order(order, marks, self.terms)
+            verdict, check = await self._checks(s, order, dict(self.market.marks.marks))
         return Preview(verdict, check.refusal)
+
+    async def _checks(
+        self, s: Session, order: dict[str, Any], marks: dict[int, Decimal]
+    ) -> tuple[Verdict, OrderCheck]:
+        """What an order meets before it is placed: the risk policies and the account."""
+        verdict = await s.risk.evaluate(order, marks)
+        return verdict, await s.valuation.check_order(order, marks, self.terms)
 
     async def place(self, dal: ScopedDal, order: dict[str, Any]) -> sa.Row[Any]:
         """Pre-trade risk, then the order row, then the gateway. A BLOCK stores the order
@@ -261,8 +267,7 @@ class OrderDesk:
         marks = dict(self.market.marks.marks)
 
         async def store(s: Session) -> tuple[Verdict, str | None, sa.Row[Any], str, str]:
-            verdict = await s.risk.evaluate(order, marks)
-            check = await s.valuation.check_order(order, marks, self.terms)
+            verdict, check = await self._checks(s, order, marks)
             blocked = verdict.decision == "block"
             refusals = [check.refusal] if check.refusal else []
             if blocked:
