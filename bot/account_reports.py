@@ -103,7 +103,8 @@ async def status_report(
     if not value.positions:
         return Reply([f"{title}\nNo open positions. Equity {num(value.equity)} {value.currency}."])
     with_strategy = any(p.strategy_id for p in value.positions)
-    names = {s.id: s.name for s in await dal.strategies.list()} if with_strategy else {}
+    strategies = await dal.strategies.list(include_inactive=True) if with_strategy else []
+    names = {s.id: s.name for s in strategies}
     entries = []
     for p in value.positions:
         who = names.get(p.strategy_id, "manual") if p.strategy_id else "manual"
@@ -124,6 +125,15 @@ async def status_report(
     return Reply(pre_pages(title, entries + footer))
 
 
+def win_rate(wins: int, losses: int) -> str:
+    """Won trades of those that realized a profit or a loss, as a percentage."""
+    closed = wins + losses
+    if not closed:
+        return "n/a"
+    with localcontext(DECIMAL_CONTEXT):
+        return f"{num(Decimal(wins) / closed * 100, 1)}%"
+
+
 def _summary_lines(summary: PnlSummary) -> list[str]:
     """Win rate, profit factor, average win and loss, per currency of the instruments."""
     lines = []
@@ -136,8 +146,7 @@ def _summary_lines(summary: PnlSummary) -> list[str]:
             losses = sum(e.losses for e in entries)
             profit = sum((e.gross_profit for e in entries), ZERO)
             loss = sum((e.gross_loss for e in entries), ZERO)
-            closed = wins + losses
-            rate = f"{num(Decimal(wins) / closed * 100, 1)}%" if closed else "n/a"
+            rate = win_rate(wins, losses)
             factor = num(profit / loss, 2) if loss else ("∞" if profit else "n/a")
             lines.append(f"{currency}: {wins} won / {losses} lost, win rate {rate}")
             lines.append(f"  profit factor {factor}")
@@ -284,7 +293,12 @@ async def performance_report(dal: ScopedDal, portfolio: Any, period: Period, zon
     rows = []
     ranked = sorted(summary.by_instrument.items(), key=lambda kv: kv[1].realized, reverse=True)
     for symbol, e in ranked:
-        closed = e.wins + e.losses
-        rate = f"{num(Decimal(e.wins) / closed * 100, 1)}%" if closed else "n/a"
-        rows.append((symbol, f"{signed(e.realized)} {e.currency}", str(e.trades), rate))
+        rows.append(
+            (
+                symbol,
+                f"{signed(e.realized)} {e.currency}",
+                str(e.trades),
+                win_rate(e.wins, e.losses),
+            )
+        )
     return Reply(pre_pages(title, _table(("instrument", "realized", "trades", "win rate"), rows)))

@@ -588,3 +588,16 @@ async def test_random_arguments_to_every_command_get_a_short_clear_reply(
         elif any(len(c.text or "") > 4096 for c in replies):
             problems.append(f"{text[:80]!r}: a reply over 4,096 characters")
     assert problems == [], "\n".join(problems[:20])
+
+
+async def test_status_names_a_deactivated_strategys_position(h: Trading) -> None:
+    from tests.factories import fill, make_strategy
+
+    strategy = await make_strategy(h.db, h.alice, name="retired")
+    async with h.db.session(h.alice) as s:
+        pid = (await s.portfolios.default()).id
+        btc = (await s.instruments.get(symbol="BTCUSDT")).id
+        await s.trades.ingest_fill(fill(pid, btc, "BUY", "0.01", "60000", strategy_id=strategy))
+        await s.strategies.set_active(strategy, False)
+    text = joined(await h.send(ALICE, "/status"))
+    assert "BTCUSDT [retired] long" in text and "close: /close BTCUSDT retired" in text
