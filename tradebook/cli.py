@@ -125,13 +125,9 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
             migrations.stamp(url, args.revision)
             print(f"database stamped at {args.revision}")
         case "check":
-            rev, head = migrations.current(url), migrations.head_revision()
-            if rev != head:
-                print(
-                    f"tradebook: the database is at {rev or 'base (empty)'}, the code's head is "
-                    f"{head}: run `tradebook db upgrade` first",
-                    file=sys.stderr,
-                )
+            behind = not_at_head(url)
+            if behind is not None:
+                print(f"tradebook: {behind}", file=sys.stderr)
                 return 1
             drift = migrations.check(url)
             if drift:
@@ -228,16 +224,12 @@ def _db_maintain(args: argparse.Namespace, settings: Settings) -> int:
 def _db_verify(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
-    from dal import migrations
     from tradebook.ops import OpsError
     from tradebook.ops.verify import verify_database
 
-    rev, head = migrations.current(settings.database_url), migrations.head_revision()
-    if rev != head:
-        raise OpsError(
-            f"the database is at {rev or 'base (empty)'}, the code's head is {head}: "
-            "run `tradebook db upgrade` first"
-        )
+    behind = not_at_head(settings.database_url)
+    if behind is not None:
+        raise OpsError(behind)
     report = asyncio.run(verify_database(settings.database_url))
     print("\n".join(report.lines()))
     if not report.ok:
@@ -282,19 +274,26 @@ def _describe(settings: Settings) -> str:
     return f"SQLite file {path}" if path else "PostgreSQL"
 
 
+def not_at_head(url: str) -> str | None:
+    """Why the database at ``url`` is not at the schema this code needs (None: it is)."""
+    from dal import migrations
+
+    current, head = migrations.current(url), migrations.head_revision()
+    if current == head:
+        return None
+    return (
+        f"the database is at {current or 'base (empty)'}, the code needs {head}; "
+        "run `tradebook db upgrade` first"
+    )
+
+
 def _run(settings: Settings) -> int:
     import asyncio
 
-    from dal import migrations
-
     settings.ensure_database_dir()
-    current, head = migrations.current(settings.database_url), migrations.head_revision()
-    if current != head:
-        print(
-            f"tradebook: the database is at {current or 'base (empty)'}, the code needs {head}; "
-            "run `tradebook db upgrade` first",
-            file=sys.stderr,
-        )
+    behind = not_at_head(settings.database_url)
+    if behind is not None:
+        print(f"tradebook: {behind}", file=sys.stderr)
         return 2
     from tradebook.app import run
     from tradebook.ops.backup import AlreadyRunning, RunLock
