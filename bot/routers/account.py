@@ -24,8 +24,7 @@ from bot.args import parse_count
 from bot.callbacks import EquityChart
 from bot.middleware import UserRow
 from bot.reports import send_reply
-from bot.routers.common import UsageError, args_of, resolve_portfolio
-from bot.routers.pnl import has_portfolio
+from bot.routers.common import UsageError, args_of, period_and_portfolio, resolve_portfolio
 from dal.database import ScopedDal
 from dal.periods import PeriodError, parse_period
 from trading.desk import OrderDesk
@@ -75,18 +74,10 @@ def router() -> Router:
         desk: OrderDesk | None = None,
     ) -> None:
         name = command.command
-        args = args_of(command)
-        now = dt.datetime.now(dt.UTC)
-        try:
-            period, rest = parse_period(args[0] if args else "all", user.timezone, now), args[1:]
-        except PeriodError as exc:
-            # "/profit Main": no period given, the whole argument is a portfolio name.
-            period, rest = parse_period("all", user.timezone, now), args
-            if not await has_portfolio(dal, " ".join(args)):
-                raise UsageError(name, str(exc)) from None
-        portfolio = await resolve_portfolio(dal, " ".join(rest) or None)
+        period, word, portfolio = await period_and_portfolio(
+            dal, args_of(command), user.timezone, name, "all"
+        )
         if name == "profit":
-            word = args[0] if args and len(rest) < len(args) else "all"
             marks = live_marks(desk)
             reply = await profit_report(dal, portfolio, period, user.timezone, marks, word)
         else:

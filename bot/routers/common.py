@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import shlex
 from typing import Any
 
 from bot.commands import usage
 from dal.database import ScopedDal
+from dal.errors import NotFound
+from dal.periods import Period, PeriodError, parse_period
 
 
 class UsageError(Exception):
@@ -39,3 +42,28 @@ async def resolve_portfolio(dal: ScopedDal, name: str | None) -> Any:
     if name:
         return await dal.portfolios.by_name(name)
     return await dal.portfolios.current()
+
+
+async def has_portfolio(dal: ScopedDal, name: str) -> bool:
+    try:
+        await dal.portfolios.by_name(name)
+    except NotFound:
+        return False
+    return True
+
+
+async def period_and_portfolio(
+    dal: ScopedDal, args: list[str], zone: str, command: str, default: str
+) -> tuple[Period, str, Any]:
+    """The ``[period] [portfolio]`` arguments: the period, the word it was given by (or
+    ``default``) and the portfolio (the current one when none is named). A lone portfolio
+    name ("/pnl Main") is read as the name, with the default period."""
+    now = dt.datetime.now(dt.UTC)
+    word = args[0] if args else default
+    try:
+        period, rest = parse_period(word, zone, now), args[1:]
+    except PeriodError as exc:
+        word, period, rest = default, parse_period(default, zone, now), args
+        if not await has_portfolio(dal, " ".join(args)):
+            raise UsageError(command, str(exc)) from None
+    return period, word, await resolve_portfolio(dal, " ".join(rest) or None)
