@@ -174,6 +174,23 @@ class AccountService:
         )
         return owned_account(self.tx, account_id)
 
+    def set_trading_mode(self, account_id: int, mode: str) -> sa.Row[Any]:
+        """Send the account's orders to the exchange's testnet or to the live exchange."""
+        row = owned_account(self.tx, account_id)
+        if mode not in t.TRADING_MODES:
+            raise InvalidInput(f"trading mode must be testnet or live, not {mode!r}")
+        self.tx.conn.execute(
+            accounts.update().where(accounts.c.id == row.id).values(trading_mode=mode)
+        )
+        self.tx.audit(
+            "ACCOUNT",
+            row.id,
+            "UPDATE",
+            {"trading_mode": mode, "was": row.trading_mode},
+            user_id=row.user_id,
+        )
+        return owned_account(self.tx, account_id)
+
     def delete(self, account_id: int) -> None:
         row = owned_account(self.tx, account_id)
         if self.tx.conn.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -70,6 +71,21 @@ def check_increments(instrument: sa.Row[Any], quantity: Decimal, *prices: Decima
                 )
 
 
+def check_min_notional(instrument: sa.Row[Any], quantity: Decimal, price: Decimal | None) -> None:
+    """An order worth less than the exchange's minimum order value is refused (at its limit
+    or stop price, a MARKET order at the mark; unknown without a price)."""
+    minimum = instrument.min_notional
+    if not minimum or price is None:
+        return
+    with localcontext(DECIMAL_CONTEXT):
+        value = quantity * price
+        if value < minimum:
+            raise InvalidInput(
+                f"order value {value.normalize():f} {instrument.currency} is below "
+                f"{instrument.symbol}'s minimum of {minimum.normalize():f} {instrument.currency}"
+            )
+
+
 class InstrumentService:
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
@@ -102,6 +118,36 @@ class InstrumentService:
         new = parse(NewInstrument, data)
         existing = self._find(new.symbol, new.exchange)
         return existing if existing is not None else self._insert(new)
+
+    def apply_exchange_rules(
+        self, rules: builtins.list[NewInstrument | dict[str, Any]]
+    ) -> builtins.list[sa.Row[Any]]:
+        """An exchange's own rules for its symbols (tick size, lot step, min notional): the
+        instrument is created when missing, its rules updated when they changed (audited)."""
+        self.tx.require_admin()
+        rows = []
+        for data in rules:
+            new = parse(NewInstrument, data)
+            row = self._find(new.symbol, new.exchange)
+            if row is None:
+                rows.append(self._insert(new))
+                continue
+            changed = {
+                name: getattr(new, name)
+                for name in ("tick_size", "lot_size", "min_notional")
+                if getattr(new, name) != getattr(row, name)
+            }
+            if changed:
+                self.tx.conn.execute(
+                    instruments.update().where(instruments.c.id == row.id).values(**changed)
+                )
+                self.tx.cache.get("instruments", {}).pop(row.id, None)
+                self.tx.audit(
+                    "INSTRUMENT", row.id, "UPDATE", {k: str(v) for k, v in changed.items()}
+                )
+                row = resolve_instrument(self.tx, row.id)
+            rows.append(row)
+        return rows
 
     def _find(self, symbol: str, exchange: str | None) -> sa.Row[Any] | None:
         exchange_match = (

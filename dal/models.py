@@ -287,6 +287,7 @@ class NewInstrument(Input):
     base_asset: Annotated[AssetText | None, Upper] = None  # derived from the symbol if absent
     tick_size: PositiveDecimal | None = None
     lot_size: PositiveDecimal | None = None
+    min_notional: PositiveDecimal | None = None
 
     @model_validator(mode="before")
     @classmethod

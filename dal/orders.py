@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from dal import schema as t
 from dal.decimals import check_amount
 from dal.errors import Conflict, InvalidInput, NotFound
-from dal.instruments import check_increments, resolve_instrument
+from dal.instruments import check_increments, check_min_notional, resolve_instrument
 from dal.models import NewOrder, check_json_arg, check_text, parse
 from dal.ownership import owned_portfolio, owned_portfolio_rows, owned_row
 from dal.scope import Tx, read_only
@@ -103,6 +103,7 @@ class OrderService:
         portfolio = owned_portfolio(tx, new.portfolio_id, writable=True)
         instrument = resolve_instrument(tx, new.instrument_id, new.symbol, new.exchange)
         check_increments(instrument, new.quantity, new.price, new.stop_price)
+        check_min_notional(instrument, new.quantity, new.price or new.stop_price)
         if new.strategy_id is not None:
             strategy = owned_strategy(tx, new.strategy_id)
             if strategy.user_id != portfolio.user_id:

@@ -39,6 +39,7 @@ POLICY_SCOPES = ("USER", "PORTFOLIO", "STRATEGY")
 BREACH_ACTIONS = ("BLOCKED", "WARNED", "REDUCED_SIZE", "CLOSED_POSITION")
 ALERT_TYPES = ("PRICE", "INDICATOR", "POSITION", "RISK", "SCHEDULE")
 CASH_KINDS = ("DEPOSIT", "WITHDRAWAL", "ADJUSTMENT")
+TRADING_MODES = ("testnet", "live")  # where an exchange account's orders go
 AUDIT_ENTITIES = (
     "USER",
     "ACCOUNT",
@@ -163,8 +164,11 @@ accounts = sa.Table(
     # NULL: a spot account (orders need the free balance; no selling what is not held). A
     # number: a margin account that may go short and hold up to this many times its equity.
     sa.Column("margin_leverage", Money()),
+    # Exchange accounts trade on the exchange's testnet until their owner switches them live.
+    sa.Column("trading_mode", sa.String(8), nullable=False, server_default="testnet"),
     created_at(),
     positive("margin_leverage", nullable=True),
+    one_of("trading_mode", TRADING_MODES),
     sa.UniqueConstraint("user_id", "name"),
     # Target of portfolios' composite FK: a portfolio's account belongs to the same user.
     sa.UniqueConstraint("id", "user_id"),
@@ -228,6 +232,8 @@ instruments = sa.Table(
     sa.Column("base_asset", sa.String(32), nullable=False),
     sa.Column("tick_size", Money()),
     sa.Column("lot_size", Money()),
+    # The smallest order value (quantity × price, in ``currency``) the exchange accepts.
+    sa.Column("min_notional", Money()),
     one_of("asset_type", ASSET_TYPES),
     positive("tick_size", nullable=True),
     positive("lot_size", nullable=True),

@@ -139,6 +139,7 @@ class Accounts(Facade):
     list = expose(AccountService.list)
     list_for_user = expose(AccountService.list_for_user)
     set_margin = expose(AccountService.set_margin)
+    set_trading_mode = expose(AccountService.set_trading_mode)
 
 
 class Portfolios(Facade):
@@ -181,6 +182,7 @@ class Instruments(Facade):
     service = InstrumentService
     create = expose(InstrumentService.create)
     ensure = expose(InstrumentService.ensure)
+    apply_exchange_rules = expose(InstrumentService.apply_exchange_rules)
     get = expose(InstrumentService.get)
     list = expose(InstrumentService.list)
 
@@ -202,6 +204,7 @@ class Trades(Facade):
     get = expose(TradeService.get)
     ingest_fill = expose(TradeService.ingest_fill)
     ingest_fills = expose(TradeService.ingest_fills)
+    last_broker_trade_ids = expose(TradeService.last_broker_trade_ids)
     list = expose(TradeService.list)
     pnl = expose(TradeService.pnl)
 

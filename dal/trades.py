@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from typing import Any
@@ -24,9 +25,19 @@ from dal.pnl_summary import (
     totals_by_instrument,
 )
 from dal.position_math import holding_seconds
-from dal.scope import Tx, read_only
+from dal.scope import Tx, long_running_when, read_only
 
 trades = t.trades
+
+# A batch of more fills than this runs on SQLite's writer thread instead of the event loop's
+# (dal/execution.py): about 0.1 ms of Python per fill, so the loop is never held for much
+# longer than a few milliseconds by one transaction (docs/performance.md, "The event loop
+# while fills pour in").
+LOOP_BATCH_FILLS = 20
+
+
+def _long_batch(fills: Any) -> bool:
+    return not isinstance(fills, Sized) or len(fills) > LOOP_BATCH_FILLS
 
 
 @dataclass
@@ -96,6 +107,7 @@ class TradeService:
         (result,) = ingest(self.tx, [parse(Fill, fill)])
         return result
 
+    @long_running_when(_long_batch)
     def ingest_fills(self, fills: list[Fill | dict[str, Any]]) -> list[IngestResult]:
         """Ingest many fills in one transaction (imports, replays, benchmarks) with the
         statements of one fill. All or nothing: one bad fill rolls the whole batch back when
@@ -105,6 +117,28 @@ class TradeService:
             self.tx.require_user()
             return []
         return ingest(self.tx, parsed)  # checks the acting user with the first portfolio
+
+    def last_broker_trade_ids(self, portfolio_id: int, exchange: str) -> dict[str, int]:
+        """Per symbol of ``exchange``, the highest numeric broker trade id stored in the
+        portfolio (where an exchange's catch-up resumes). Ids that are not numbers (trades
+        recorded by hand) are left out."""
+        owned_portfolio(self.tx, portfolio_id)
+        trade_id = trades.c.broker_trade_id
+        digits_removed: sa.ColumnElement[str] = trade_id
+        for digit in "0123456789":
+            digits_removed = sa.func.replace(digits_removed, digit, "")
+        query = (
+            sa.select(t.instruments.c.symbol, sa.func.max(sa.cast(trade_id, sa.BigInteger)))
+            .join(t.instruments, t.instruments.c.id == trades.c.instrument_id)
+            .where(
+                trades.c.portfolio_id == portfolio_id,
+                t.instruments.c.exchange == exchange.upper(),
+                sa.func.length(trade_id).between(1, 18),
+                digits_removed == "",
+            )
+            .group_by(t.instruments.c.symbol)
+        )
+        return {symbol: int(last) for symbol, last in self.tx.conn.execute(query)}
 
     def get(self, trade_id: int) -> sa.Row[Any]:
         if not valid_id(trade_id):

@@ -31,7 +31,7 @@ from dal.balances import (
     totals,
 )
 from dal.decimals import DECIMAL_CONTEXT, quantize18
-from dal.instruments import check_increments, resolve_instrument
+from dal.instruments import check_increments, check_min_notional, resolve_instrument
 from dal.marks import stored_marks
 from dal.models import NewOrder, check_marks, parse
 from dal.ownership import owned_portfolio, owned_portfolio_rows
@@ -246,6 +246,7 @@ def check_order(tx: Tx, order: NewOrder, marks: Mapping[int, Decimal], terms: Te
         .where(t.portfolios.c.id == order.portfolio_id)
     ).one()
     mark = marks.get(instrument.id)
+    check_min_notional(instrument, order.quantity, order.price or order.stop_price or mark)
     per_unit = reserve_price(order.side, order.type, order.price, order.stop_price, mark, terms)
     held = {b.asset: b for b in balances(conn, order.portfolio_id, marks)}
     base, quote = instrument.base_asset, instrument.currency

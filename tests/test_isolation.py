@@ -219,6 +219,7 @@ ID_OPS: dict[str, Op] = {
     "accounts.get": lambda s, o, m: s.accounts.get(o.account),
     "accounts.delete": lambda s, o, m: s.accounts.delete(o.spare_account),
     "accounts.set_margin": lambda s, o, m: s.accounts.set_margin(o.account, Decimal(3)),
+    "accounts.set_trading_mode": lambda s, o, m: s.accounts.set_trading_mode(o.account, "live"),
     "portfolios.get": lambda s, o, m: s.portfolios.get(o.portfolio),
     "portfolios.broker_code": lambda s, o, m: s.portfolios.broker_code(o.portfolio),
     "portfolios.update[name]": lambda s, o, m: s.portfolios.update(o.portfolio, name="Mine"),
@@ -259,6 +260,9 @@ ID_OPS: dict[str, Op] = {
     ),
     "trades.get": lambda s, o, m: s.trades.get(o.trade),
     "trades.list": lambda s, o, m: s.trades.list(o.portfolio),
+    "trades.last_broker_trade_ids": lambda s, o, m: s.trades.last_broker_trade_ids(
+        o.portfolio, "TEST"
+    ),
     "trades.pnl": lambda s, o, m: s.trades.pnl(o.portfolio),
     "trades.ingest_fill[portfolio]": lambda s, o, m: s.trades.ingest_fill(
         fill(o.portfolio, m.instrument, "BUY", "0.1", "100")
@@ -398,6 +402,9 @@ OTHER_OPS: dict[str, Op] = {
     "instruments.get": lambda s, o, m: s.instruments.get(o.instrument),
     "instruments.create": lambda s, o, m: s.instruments.create(NEW_INSTRUMENT),
     "instruments.ensure": lambda s, o, m: s.instruments.ensure(NEW_INSTRUMENT),
+    "instruments.apply_exchange_rules": lambda s, o, m: s.instruments.apply_exchange_rules(
+        [NEW_INSTRUMENT]
+    ),
     "orders.list[all]": lambda s, o, m: s.orders.list(),
     "orders.open_orders[all]": lambda s, o, m: s.orders.open_orders(),
     "positions.verify[all]": lambda s, o, m: s.positions.verify(),
@@ -432,6 +439,7 @@ ADMIN_ONLY = {
     "users.set_reachable",
     *("users.reactivate", "users.promote", "users.demote", "users.register", "audit.log"),
     *("accounts.list_for_user", "instruments.create", "instruments.ensure"),
+    "instruments.apply_exchange_rules",
     *("unapplied_events.pending", "marks.save", "equity.snapshot_all"),
 }
 

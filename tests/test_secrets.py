@@ -4,6 +4,7 @@ account meta or the logs."""
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -30,15 +31,15 @@ async def test_keys_never_reach_database_or_logs(
     tmp_path: Path,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    monkeypatch.setenv("TRADEBOOK_BINANCE_SPOT_1_API_KEY", KEY)
-    monkeypatch.setenv("TRADEBOOK_BINANCE_SPOT_1_API_SECRET", SECRET)
     h = BotHarness(db)
     await approved_user(db, 77, admin=True)
     async with db.session(await approved_user(db, 78)) as s:
         account = await s.accounts.create(
             {"broker": "BINANCE", "name": "Spot", "account_uid": "spot-1"}
         )
-    creds = load_credentials("BINANCE", account.account_uid, tmp_path / "none")
+    monkeypatch.setenv(f"TRADEBOOK_ACCOUNT_{account.id}_API_KEY", KEY)
+    monkeypatch.setenv(f"TRADEBOOK_ACCOUNT_{account.id}_API_SECRET", SECRET)
+    creds = load_credentials(account, tmp_path / "none")
     assert creds.api_key.get_secret_value() == KEY
     assert KEY not in repr(creds) and SECRET not in str(creds)
     logging.getLogger("test").info("loaded %s", creds)  # what a careless log line would show
@@ -57,9 +58,26 @@ async def test_keys_never_reach_database_or_logs(
 
 
 def test_missing_keys_say_where_to_put_them(tmp_path: Path) -> None:
-    with pytest.raises(NotFound, match="TRADEBOOK_BINANCE_ACC_9_API_KEY"):
-        load_credentials("BINANCE", "acc-9", tmp_path)
-    (tmp_path / "tradebook_binance_acc_9_api_key").write_text("k")
-    (tmp_path / "tradebook_binance_acc_9_api_secret").write_text("s")
-    creds = load_credentials("BINANCE", "acc-9", tmp_path)
+    account = SimpleNamespace(id=9, name="spot")
+    with pytest.raises(NotFound, match="TRADEBOOK_ACCOUNT_9_API_KEY"):
+        load_credentials(account, tmp_path)
+    (tmp_path / "tradebook_account_9_api_key").write_text("k")
+    (tmp_path / "tradebook_account_9_api_secret").write_text("s")
+    creds = load_credentials(account, tmp_path)
     assert creds.api_secret.get_secret_value() == "s"
+
+
+def test_keys_are_named_by_account_id_so_names_cannot_collide(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Account names or uids such as a-b, a_b and a.b once mapped to one key name; the id
+    cannot be chosen, so another user's keys are never reachable by naming an account."""
+    monkeypatch.setenv("TRADEBOOK_ACCOUNT_1_API_KEY", "one")
+    monkeypatch.setenv("TRADEBOOK_ACCOUNT_1_API_SECRET", "one-s")
+    mine = SimpleNamespace(id=2, name="a-b")
+    with pytest.raises(NotFound):
+        load_credentials(mine, tmp_path)
+    assert (
+        load_credentials(SimpleNamespace(id=1, name="a_b"), tmp_path).api_key.get_secret_value()
+        == "one"
+    )

@@ -28,7 +28,7 @@ class OrderUpdate:
 
     symbol: str
     exchange: str | None
-    broker_order_id: str
+    broker_order_id: str | None  # None: refused before the broker gave it an id
     client_order_id: str | None
     status: OrderStatusName
     side: Literal["BUY", "SELL"]

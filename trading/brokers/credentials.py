@@ -1,17 +1,19 @@
-"""Broker API keys: read from the environment or a secrets directory, never from the database.
+"""Exchange API keys: read from the environment or a secrets directory, never from the database.
 
-For a broker account with ``account_uid`` U at broker B, the key and secret are looked up as
-``TRADEBOOK_<B>_<U>_API_KEY`` / ``…_API_SECRET`` (environment; non-alphanumerics become
-``_``) or as files of the same names, lower-cased (``tradebook_<b>_<u>_api_key``), in
-``TRADEBOOK_SECRETS_DIR`` — pydantic-settings' ``secrets_dir``, as Docker and Kubernetes
-secrets mount them. They are ``SecretStr`` everywhere: repr and logs show ``**********``.
+The keys of the exchange account with id N (``/account`` shows it) are
+``TRADEBOOK_ACCOUNT_<N>_API_KEY`` / ``…_API_SECRET`` in the environment, or files of those
+names, lower-cased (``tradebook_account_<N>_api_key``), in ``TRADEBOOK_SECRETS_DIR`` —
+pydantic-settings' ``secrets_dir``, as Docker and Kubernetes secrets mount them. The name
+comes from the account's id, which its owner cannot choose, and the account row passed in
+was read through its owner's scope, so one user can never name another's keys. They are
+``SecretStr`` everywhere and registered with the log scrubber the moment they are read.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,17 +27,28 @@ class Credentials:
     api_secret: SecretStr
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+def key_names(account_id: int) -> tuple[str, str]:
+    """The environment names of an account's key and secret."""
+    return f"TRADEBOOK_ACCOUNT_{account_id}_API_KEY", f"TRADEBOOK_ACCOUNT_{account_id}_API_SECRET"
 
 
-def load_credentials(broker: str, account_uid: str, secrets_dir: Path) -> Credentials:
-    """The API key pair of one broker account, or NotFound saying where it was looked for."""
-    prefix = f"{_slug(broker)}_{_slug(account_uid)}".lower()
+def where_keys_go(account: Any, secrets_dir: Path) -> str:
+    key, secret = key_names(account.id)
+    return (
+        f"set {key} and {secret} in the environment, or put files named "
+        f"{key.lower()} and {secret.lower()} in {secrets_dir}"
+    )
+
+
+def load_credentials(account: Any, secrets_dir: Path) -> Credentials:
+    """The API key pair of an account row (read through its owner's scope), or NotFound
+    saying where to put it."""
+    if not isinstance(account.id, int) or isinstance(account.id, bool):
+        raise TypeError("load_credentials takes an accounts row")
 
     class _Keys(BaseSettings):
         model_config = SettingsConfigDict(
-            env_prefix=f"TRADEBOOK_{prefix}_",
+            env_prefix=f"TRADEBOOK_ACCOUNT_{account.id}_",
             secrets_dir=secrets_dir if secrets_dir.is_dir() else None,
             extra="ignore",
             case_sensitive=False,
@@ -44,11 +57,9 @@ def load_credentials(broker: str, account_uid: str, secrets_dir: Path) -> Creden
         api_secret: SecretStr | None = None
 
     keys = _Keys()
-    if keys.api_key is None or keys.api_secret is None:
-        env = f"TRADEBOOK_{prefix.upper()}_API_KEY"
+    if not keys.api_key or not keys.api_secret:
         raise NotFound(
-            f"no API key for {broker} account {account_uid}: set {env} and …_API_SECRET, or "
-            f"put tradebook_{prefix}_api_key and …_api_secret files in {secrets_dir}"
+            f"no API key for account {account.name!r}: {where_keys_go(account, secrets_dir)}"
         )
     from tradebook.logs import register_secret
 

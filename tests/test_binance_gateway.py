@@ -1,0 +1,371 @@
+"""The Binance gateway end to end against a local fake of Binance's documented API
+(tests/fake_binance.py): the desk → the gateway → ccxt → the fake → the user-data stream →
+the desk → the DAL, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dal.database import Database, ScopedDal
+from dal.errors import InvalidInput, NotFound
+from dal.scope import Actor
+from tests.factories import make_user
+from tests.fake_binance import API_KEY, API_SECRET, FakeBinance
+from trading.binance_gateway import BinanceGateway, binance_gateways
+from trading.desk import OrderDesk
+from trading.market import Market
+
+D = Decimal
+
+
+class Notes:
+    def __init__(self) -> None:
+        self.texts: list[tuple[int, str]] = []
+
+    async def __call__(self, user_id: int, text: str, kind: str = "") -> None:
+        self.texts.append((user_id, text))
+
+    def joined(self) -> str:
+        return "\n".join(text for _, text in self.texts)
+
+
+@dataclass
+class Live:
+    db: Database
+    fake: FakeBinance
+    desk: OrderDesk
+    dal: ScopedDal
+    user: Actor
+    admin: Actor
+    pid: int
+    notes: Notes
+    market: Market
+    ids: dict[str, int]
+
+    async def gateway(self) -> BinanceGateway:
+        gateway = await self.desk.gateway_for(self.pid, self.dal)
+        assert isinstance(gateway, BinanceGateway)
+        await wait_for(lambda: gateway.caught_up > 0)
+        return gateway
+
+    def order(
+        self, side: str, quantity: str, price: str | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        return {
+            "portfolio_id": self.pid,
+            "symbol": kw.pop("symbol", "BTCUSDT"),
+            "exchange": "BINANCE",
+            "side": side,
+            "type": "LIMIT" if price else "MARKET",
+            "quantity": D(quantity),
+            "price": D(price) if price else None,
+            **kw,
+        }
+
+    async def trades(self) -> list[Any]:
+        return await self.dal.trades.list(self.pid, limit=None)
+
+    async def settled(self, condition: Callable[[], bool] | None = None) -> None:
+        if condition is not None:
+            await wait_for(condition)
+        await asyncio.sleep(0.05)
+        await self.desk.idle()
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def start_desk(
+    live_db: Database, fake: FakeBinance, notes: Notes, market: Market
+) -> OrderDesk:
+    factory = binance_gateways(
+        live_db,
+        notes,
+        Path("/nonexistent"),
+        base_url=fake.url,
+        reconcile_every_s=3600,
+        resolve_pause_s=0.05,
+        reconnect_pause_s=0.05,
+        timeout_ms=1500,
+    )
+    desk = OrderDesk(live_db, market, notes, {"BINANCE": factory}, apply_pause_s=0)
+    await desk.start()
+    return desk
+
+
+@pytest.fixture
+async def live(db: Database, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Live]:
+    fake = FakeBinance()
+    await fake.start()
+    admin = await make_user(db, admin=True)
+    user = await make_user(db)
+    async with db.session(user) as s:
+        account = await s.accounts.create(
+            {"broker": "BINANCE", "name": "spot", "base_currency": "USDT"}
+        )
+        portfolio = await s.portfolios.create({"name": "binance", "account_id": account.id})
+        await s.cash.deposit(portfolio.id, "10000", "USDT")
+    monkeypatch.setenv(f"TRADEBOOK_ACCOUNT_{account.id}_API_KEY", API_KEY)
+    monkeypatch.setenv(f"TRADEBOOK_ACCOUNT_{account.id}_API_SECRET", API_SECRET)
+    ids = {}
+    async with db.session(Actor.system()) as s:
+        for symbol in ("BTCUSDT", "ETHUSDT"):
+            row = await s.instruments.create(
+                {
+                    "symbol": symbol,
+                    "exchange": "BINANCE",
+                    "asset_type": "CRYPTO",
+                    "currency": "USDT",
+                }
+            )
+            ids[symbol] = row.id
+    market = Market()
+    market.marks.marks.update({ids["BTCUSDT"]: D("60000"), ids["ETHUSDT"]: D("3000")})
+    notes = Notes()
+    desk = await start_desk(db, fake, notes, market)
+    yield Live(db, fake, desk, db.scoped(user), user, admin, portfolio.id, notes, market, ids)
+    await desk.stop()
+    await fake.stop()
+
+
+async def test_a_market_buy_fills_exactly_and_balances_follow(live: Live) -> None:
+    gateway = await live.gateway()
+    order = await live.desk.place(live.dal, live.order("BUY", "0.01"))
+    await live.settled(lambda: len(live.fake.trades) == 1)
+    await wait_for(lambda: not gateway.open)
+    await live.desk.idle()
+    (trade,) = await live.trades()
+    assert (trade.side, trade.quantity, trade.price) == ("BUY", D("0.01"), D("60000"))
+    assert (trade.fee, trade.fee_currency) == (D("0.00001"), "BTC")  # Binance: BUY fee in base
+    row = await live.dal.orders.get(order.id)
+    assert (row.status, row.broker_order_id) == ("FILLED", "1000")
+    assert [r for r in live.fake.requests if r == ("POST", "/api/v3/order")] == [
+        ("POST", "/api/v3/order")
+    ]
+    totals = await live.dal.valuation.totals(live.pid)
+    assert totals["BTC"] == D("0.00999") and totals["USDT"] == D("9400")
+    assert await live.dal.positions.verify(live.pid) == []
+
+
+async def test_a_price_with_17_significant_digits_survives(live: Live) -> None:
+    await live.gateway()
+    live.fake.prices["BTCUSDT"] = D("60123.45678901234567")
+    await live.desk.place(live.dal, live.order("BUY", "0.001"))
+    await live.settled(lambda: len(live.fake.trades) == 1)
+    await wait_for(lambda: bool(live.fake.trades))
+    await asyncio.sleep(0.2)
+    await live.desk.idle()
+    (trade,) = await live.trades()
+    assert trade.price == D("60123.45678901234567")
+    assert str(trade.price) == "60123.45678901234567"
+
+
+async def test_partial_fills_then_cancel(live: Live) -> None:
+    await live.gateway()
+    order = await live.desk.place(live.dal, live.order("BUY", "0.1", "59000"))
+    await wait_for(lambda: bool(live.fake.orders))
+    (remote,) = live.fake.orders.values()
+    await live.fake.trade(remote.order_id, D("0.03"))
+    await live.fake.trade(remote.order_id, D("0.02"))
+    await live.settled()
+    await wait_for(lambda: len(live.notes.texts) >= 2)
+    await live.desk.idle()
+    row = await live.dal.orders.get(order.id)
+    assert (row.status, row.filled_quantity) == ("PARTIALLY_FILLED", D("0.05"))
+    outcome = await live.desk.cancel(live.dal, order.id)
+    assert outcome.outcome == "canceled", outcome.line()
+    row = await live.dal.orders.get(order.id)
+    assert (row.status, row.filled_quantity) == ("CANCELED", D("0.05"))
+    assert len(await live.trades()) == 2
+
+
+async def test_fills_missed_while_the_stream_was_down_are_recovered_exactly_once(
+    live: Live,
+) -> None:
+    gateway = await live.gateway()
+    order = await live.desk.place(live.dal, live.order("BUY", "0.1", "59000"))
+    await wait_for(lambda: bool(live.fake.orders))
+    (remote,) = live.fake.orders.values()
+    await live.fake.trade(remote.order_id, D("0.04"))  # seen
+    await live.settled()
+    await wait_for(lambda: gateway.cursor.get("BTCUSDT", 0) > 0)
+    caught_up = gateway.caught_up
+    live.fake.mute_stream = True  # the next events are lost with the connection
+    await live.fake.trade(remote.order_id, D("0.01"))
+    await live.fake.trade(remote.order_id, D("0.05"))
+    await live.fake.drop_stream()
+    live.fake.mute_stream = False
+    await wait_for(lambda: gateway.caught_up > caught_up)  # reconnected and caught up
+    await live.desk.idle()
+    trades = await live.trades()
+    assert sorted(t.quantity for t in trades) == [D("0.01"), D("0.04"), D("0.05")]
+    row = await live.dal.orders.get(order.id)
+    assert (row.status, row.filled_quantity) == ("FILLED", D("0.1"))
+    # Every event sent again, duplicated and in reverse order: nothing changes.
+    for event in reversed(list(live.fake.sent_events)):
+        await live.fake.send_event(event)
+        await live.fake.send_event(event)
+    await asyncio.sleep(0.3)
+    await live.desk.idle()
+    assert len(await live.trades()) == 3
+    assert await live.dal.positions.verify(live.pid) == []
+    pending = await live.dal.unapplied_events.list()
+    assert pending == [], [p.error for p in pending]
+
+
+async def test_429_waits_for_retry_after_and_the_order_goes_once(live: Live) -> None:
+    await live.gateway()
+    live.fake.fail_next("order", 429, -1003, "Too many requests.", **{"Retry-After": "1"})
+    started = asyncio.get_running_loop().time()
+    await live.desk.place(live.dal, live.order("BUY", "0.01"))
+    await live.settled(lambda: len(live.fake.trades) == 1)
+    assert asyncio.get_running_loop().time() - started >= 1.0
+    assert len(live.fake.orders) == 1
+    await wait_for(lambda: len(live.notes.texts) >= 1)
+
+
+async def test_418_stops_sending_and_tells_owner_and_admins(live: Live) -> None:
+    await live.gateway()
+    live.fake.fail_next(
+        "order", 418, -1003, "Way too many requests; IP banned.", **{"Retry-After": "600"}
+    )
+    first = await live.desk.place(live.dal, live.order("BUY", "0.01"))
+    await live.settled(lambda: "banned" in live.notes.joined())
+    row = await wait_status(live, first.id, "REJECTED")
+    assert "418" in row.meta_json["reason"]
+    told = {user for user, text in live.notes.texts if "banned" in text}
+    assert told == {live.user.user_id, live.admin.user_id}
+    posts = live.fake.requests.count(("POST", "/api/v3/order"))
+    second = await live.desk.place(live.dal, live.order("BUY", "0.01"))
+    await wait_status(live, second.id, "REJECTED")
+    assert live.fake.requests.count(("POST", "/api/v3/order")) == posts  # nothing sent
+
+
+async def test_timestamp_outside_recv_window_resyncs_time_and_retries_once(live: Live) -> None:
+    await live.gateway()
+    live.fake.clock_offset_ms = 30_000  # the exchange's clock runs 30 s ahead of ours
+    await live.desk.place(live.dal, live.order("BUY", "0.01"))
+    await live.settled(lambda: len(live.fake.trades) == 1)
+    assert ("GET", "/api/v3/time") in live.fake.requests
+
+
+async def test_insufficient_balance_on_the_exchange_rejects_with_binances_reason(
+    live: Live,
+) -> None:
+    await live.gateway()
+    async with live.db.session(live.user) as s:
+        await s.cash.deposit(live.pid, "1000000", "USDT")  # more here than on Binance
+    order = await live.desk.place(live.dal, live.order("BUY", "1"))
+    row = await wait_status(live, order.id, "REJECTED")
+    assert row.meta_json["reason"] == (
+        "Binance -2010: Account has insufficient balance for requested action."
+    )
+    assert not live.fake.orders
+
+
+async def test_a_lost_answer_is_resolved_by_client_id_never_by_a_second_order(
+    live: Live,
+) -> None:
+    await live.gateway()
+    live.fake.accept_then_timeout = True
+    live.fake.answer_delay_s = 3.0  # past the client's 1.5 s time-out
+    order = await live.desk.place(live.dal, live.order("BUY", "0.01"))
+    row = await wait_status(live, order.id, "FILLED")
+    assert row.broker_order_id == "1000"
+    await wait_for(lambda: ("GET", "/api/v3/order") in live.fake.requests)  # looked up
+    await asyncio.sleep(0.2)
+    await live.desk.idle()
+    assert len(live.fake.orders) == 1
+    assert live.fake.requests.count(("POST", "/api/v3/order")) == 1
+    assert ("GET", "/api/v3/order") in live.fake.requests
+    assert len(await live.trades()) == 1
+
+
+async def test_an_order_binance_never_received_is_rejected(live: Live) -> None:
+    await live.gateway()
+    live.fake.fail_next("order", 503, -1001, "Internal error; unable to process your request.")
+    order = await live.desk.place(live.dal, live.order("BUY", "0.01"))
+    row = await wait_status(live, order.id, "REJECTED")
+    assert "did not receive it" in row.meta_json["reason"]
+    assert not live.fake.orders
+
+
+async def test_a_restart_with_open_orders_recovers_what_happened_meanwhile(live: Live) -> None:
+    await live.gateway()
+    order = await live.desk.place(live.dal, live.order("BUY", "0.1", "59000"))
+    await wait_for(lambda: bool(live.fake.orders))
+    await live.settled()
+    await wait_for(lambda: live.fake.orders[1000].status == "NEW")
+    await live.desk.stop()
+    await live.fake.trade(1000, D("0.1"))  # filled while tradebook was down
+    live.desk = await start_desk(live.db, live.fake, live.notes, live.market)
+    assert live.pid in live.desk.gateways  # adopted at start-up
+    row = await wait_status(live, order.id, "FILLED")
+    assert row.filled_quantity == D("0.1")
+    assert len(await live.trades()) == 1
+
+
+async def test_exchange_rules_refuse_before_anything_is_placed(live: Live) -> None:
+    await live.gateway()
+    async with live.db.session(Actor.system()) as s:
+        btc = await s.instruments.get(live.ids["BTCUSDT"])
+    assert (btc.tick_size, btc.lot_size, btc.min_notional) == (D("0.01"), D("0.00001"), D("5"))
+    with pytest.raises(InvalidInput, match="below BTCUSDT's minimum of 5 USDT"):
+        await live.desk.preview(live.dal, live.order("BUY", "0.00001"))
+    with pytest.raises(InvalidInput, match="lot size"):
+        await live.desk.place(live.dal, live.order("BUY", "0.000001"))
+    with pytest.raises(InvalidInput, match="tick size"):
+        await live.desk.place(live.dal, live.order("BUY", "0.01", "59000.001"))
+    assert not live.fake.orders
+
+
+async def test_an_account_without_keys_says_where_to_put_them(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account = (await live.dal.portfolios.get(live.pid)).account_id
+    monkeypatch.delenv(f"TRADEBOOK_ACCOUNT_{account}_API_KEY")
+    with pytest.raises(NotFound, match=f"TRADEBOOK_ACCOUNT_{account}_API_KEY"):
+        await live.desk.place(live.dal, live.order("BUY", "0.01"))
+
+
+async def test_keys_never_reach_logs_or_the_database(
+    live: Live, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await live.gateway()
+    live.fake.fail_next("order", 400, -2015, "Invalid API-key, IP, or permissions for action.")
+    order = await live.desk.place(live.dal, live.order("BUY", "0.01"))
+    await wait_status(live, order.id, "REJECTED")
+    assert API_KEY not in caplog.text and API_SECRET not in caplog.text
+    assert API_KEY not in live.notes.joined() and API_SECRET not in live.notes.joined()
+    row = await live.dal.orders.get(order.id)
+    assert API_KEY not in str(tuple(row)) and API_SECRET not in str(tuple(row))
+
+
+async def wait_status(live: Live, order_id: int, status: str) -> Any:
+    row = None
+
+    async def current() -> Any:
+        return await live.dal.orders.get(order_id)
+
+    deadline = asyncio.get_running_loop().time() + 15
+    while asyncio.get_running_loop().time() < deadline:
+        await live.desk.idle()
+        row = await current()
+        if row.status == status:
+            return row
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"order #{order_id} is {row.status if row else '?'}, not {status}")
