@@ -53,7 +53,8 @@ class Session(Services):
         kwargs: dict[str, Any],
     ) -> T:
         return await self._run(
-            lambda tx: method(service(tx), *args, **kwargs), is_long_running(method)
+            lambda tx: method(service(tx), *args, **kwargs),
+            is_long_running(method, args, kwargs),
         )
 
     async def _run(self, fn: Callable[[Tx], T], long_running: bool) -> T:
@@ -197,7 +198,7 @@ class Database:
         # On SQLite a one-call read is fastest as it is: a transaction on the loop's thread
         # (a reader lane costs a thread hop); on PostgreSQL it saves BEGIN and COMMIT.
         readonly = self.dialect == "postgresql" and is_read_only(method)
-        long_running = is_long_running(method)
+        long_running = is_long_running(method, args, kwargs)
 
         def body(conn: sa.Connection) -> T:
             tx = Tx(conn, actor, admin, {}, self.settings, self.cache)

@@ -76,7 +76,8 @@ class _Writer:
     runs there too (the loop keeps its share of the GIL). The write lock (an asyncio lock)
     gives the connection to one transaction at a time wherever it runs, and a transaction
     keeps it until its last thread job is over, even when its task is cancelled: a thread
-    cannot be stopped halfway.
+    cannot be stopped halfway. Work on the loop's thread lets the loop turn between one
+    piece and the next (``take_turn``), so back-to-back transactions do not freeze the bot.
     """
 
     def __init__(self, engine: sa.Engine) -> None:
@@ -86,6 +87,32 @@ class _Writer:
         self._closed = False
         self.lock = asyncio.Lock()
         self.owner: asyncio.Task[Any] | None = None  # the task holding the lock
+        # False from the end of work run on the loop's thread until the loop next turns.
+        self._loop_turned = True
+
+    def worked_on_loop(self) -> None:
+        """Note that the loop's thread has just run work on this connection."""
+        if self._loop_turned:
+            self._loop_turned = False
+            asyncio.get_running_loop().call_soon(self._turned)
+
+    def _turned(self) -> None:
+        self._loop_turned = True
+
+    async def take_turn(self) -> None:
+        """Called before work on the loop's thread: when the last work ran there too and the
+        loop has not turned since, let it turn first, so whatever is ready (a bot update, a
+        timer) runs between two transactions.
+
+        Work on the loop's thread never suspends when the write lock is free, so without
+        this, back-to-back transactions (a strategy ingesting fills one call after another)
+        would hold the loop for as long as they keep coming. One turn costs a few
+        microseconds; letting several transactions run before a turn was measured to leave
+        the loop as late as several of them, since what waits (a timer, a socket read) needs
+        a few turns to reach its task (docs/performance.md, "The event loop while fills pour
+        in")."""
+        if not self._loop_turned:
+            await asyncio.sleep(0)  # self._turned runs before this task resumes
 
     def connection(self) -> sa.Connection:
         if self._closed:
@@ -239,6 +266,7 @@ class SQLiteRunner:
                     "a write transaction was started inside another one in the same task; "
                     "use the open session instead"
                 )
+            await writer.take_turn()
             async with writer.lock:
                 writer.owner = task
                 try:
@@ -377,20 +405,31 @@ class _WriterChannel(Channel):
         if self._where is None:
             await self._begin(long_running)
         if self._where == "loop" and not long_running:
-            return fn(self._writer.connection())
+            writer = self._writer
+            await writer.take_turn()  # between the calls of a session, too
+            try:
+                return fn(writer.connection())
+            finally:
+                writer.worked_on_loop()
         return await self._writer.in_thread(fn)
 
     async def finish(self, commit: bool) -> None:
         writer, where, self._where = self._writer, self._where, None
         if where == "loop":
-            _end(writer, writer.connection(), commit, waited=False)
+            try:
+                _end(writer, writer.connection(), commit, waited=False)
+            finally:
+                writer.worked_on_loop()
         elif where == "thread":
             await writer.in_thread(lambda conn: _end(writer, conn, commit, waited=True))
 
     async def run_once(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
         writer = self._writer
         if self._begin_on_loop(long_running):
-            return _whole(writer, writer.connection(), fn)
+            try:
+                return _whole(writer, writer.connection(), fn)
+            finally:
+                writer.worked_on_loop()
 
         def waiting(conn: sa.Connection) -> T:
             _begin_waiting(conn)

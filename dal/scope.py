@@ -29,8 +29,26 @@ def long_running(method: F) -> F:
     return method
 
 
-def is_long_running(fn: Callable[..., Any]) -> bool:
-    return getattr(fn, "long_running", False) is True
+def long_running_when(predicate: Callable[..., bool]) -> Callable[[F], F]:
+    """Marks a service method whose work is long for some arguments only (a batch of many
+    fills): a call is long-running, as with ``long_running``, when ``predicate`` called with
+    the call's arguments (without ``self``) says so."""
+
+    def mark(method: F) -> F:
+        method.long_running = predicate  # type: ignore[attr-defined]  # a marker attribute on the function object
+        return method
+
+    return mark
+
+
+def is_long_running(
+    fn: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+) -> bool:
+    """Whether calling ``fn(self, *args, **kwargs)`` is long-running work."""
+    marker = getattr(fn, "long_running", False)
+    if marker is True:
+        return True
+    return callable(marker) and bool(marker(*args, **(kwargs or {})))
 
 
 def read_only(method: F) -> F:
