@@ -28,6 +28,11 @@ class TradeConfirm(CallbackData, prefix="trd"):
     token: str  # a held trade (bot/confirmations.py), valid once and only for its owner
 
 
+class AccountLive(CallbackData, prefix="live"):
+    action: Literal["ok", "no"]
+    token: str  # the account held for its owner's Confirm (bot/confirmations.py)
+
+
 class CancelOrder(CallbackData, prefix="cxl"):
     order_id: int
 

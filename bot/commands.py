@@ -83,8 +83,9 @@ COMMANDS = [
     ),
     Cmd(
         "account",
-        "/account [add BROKER NAME [account_uid] [currency]]",
-        "your broker accounts, or add one, e.g. /account add BINANCE Spot main-1 USDT",
+        "/account [add BROKER NAME [account_uid] [currency] | test|live|testnet NAME]",
+        "your broker accounts, add one (e.g. /account add BINANCE Spot main-1 USDT), check "
+        "an exchange account's keys, or switch it between testnet and live",
     ),
     Cmd("deposit", "/deposit AMOUNT [currency]", "add cash to the current portfolio"),
     Cmd("withdraw", "/withdraw AMOUNT [currency]", "take cash out of the current portfolio"),

@@ -214,6 +214,7 @@ class PortfolioService:
                 portfolios,
                 accounts.c.name.label("account_name"),
                 accounts.c.base_currency,
+                accounts.c.trading_mode,
                 t.brokers.c.code.label("broker_code"),
             )
             .join(accounts, accounts.c.id == portfolios.c.account_id)

@@ -69,3 +69,18 @@ SideName = Literal["BUY", "SELL"]
 OrderTypeName = Literal["MARKET", "LIMIT", "STOP", "STOP_LIMIT", "TRAILING"]
 TimeInForceName = Literal["GTC", "IOC", "FOK", "DAY"]
 OrderStatusName = Literal["NEW", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED"]
+
+
+def venue(broker_code: str, trading_mode: str | None) -> str:
+    """Where a portfolio's orders really go, as every preview, fill notice and portfolio line
+    says it: PAPER (simulated), TESTNET or LIVE (an exchange account in that mode), or the
+    broker's code for accounts whose trades are recorded by hand."""
+    if broker_code == "PAPER":
+        return "PAPER"
+    if broker_code in EXCHANGE_GATEWAYS:
+        return (trading_mode or "testnet").upper()
+    return broker_code
+
+
+# Brokers tradebook sends orders to (each has a gateway); others are recorded with /fill.
+EXCHANGE_GATEWAYS = ("BINANCE",)

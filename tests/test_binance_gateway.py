@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 
 from dal.database import Database, ScopedDal
-from dal.errors import InvalidInput, NotFound
+from dal.errors import Conflict, InvalidInput, NotFound
 from dal.scope import Actor
+from bot.confirmations import Confirmations
+from tests.botkit import BotHarness, approved_user, joined
 from tests.factories import make_user
 from tests.fake_binance import API_KEY, API_SECRET, FakeBinance
-from trading.binance_gateway import BinanceGateway, binance_gateways
+from trading.binance_gateway import BinanceGateway, binance_account_check, binance_gateways
 from trading.desk import OrderDesk
 from trading.market import Market
 
@@ -101,7 +103,15 @@ async def start_desk(
         reconnect_pause_s=0.05,
         timeout_ms=1500,
     )
-    desk = OrderDesk(live_db, market, notes, {"BINANCE": factory}, apply_pause_s=0)
+    check = binance_account_check(Path("/nonexistent"), fake.url, timeout_ms=1500)
+    desk = OrderDesk(
+        live_db,
+        market,
+        notes,
+        {"BINANCE": factory},
+        apply_pause_s=0,
+        account_checks={"BINANCE": check},
+    )
     await desk.start()
     return desk
 
@@ -369,3 +379,57 @@ async def wait_status(live: Live, order_id: int, status: str) -> Any:
             return row
         await asyncio.sleep(0.05)
     raise AssertionError(f"order #{order_id} is {row.status if row else '?'}, not {status}")
+
+
+async def test_an_exchange_account_from_the_chat_keys_test_and_going_live(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = BotHarness(live.db)
+    h.dp.workflow_data.update(desk=live.desk, confirmations=Confirmations())
+    carol = await approved_user(live.db, 4242)
+    reply = joined(await h.send(4242, "/account add BINANCE Spot"))
+    account = await live.db.scoped(carol).accounts.by_name("Spot")
+    assert f"TRADEBOOK_ACCOUNT_{account.id}_API_KEY" in reply
+    assert "TESTNET until /account live Spot" in reply
+    assert "no API key for account 'Spot'" in joined(await h.send(4242, "/account test Spot"))
+    monkeypatch.setenv(f"TRADEBOOK_ACCOUNT_{account.id}_API_KEY", API_KEY)
+    monkeypatch.setenv(f"TRADEBOOK_ACCOUNT_{account.id}_API_SECRET", API_SECRET)
+    assert joined(await h.send(4242, "/account test Spot")) == (
+        "Keys of 'Spot' work on Binance TESTNET: trading allowed; permissions SPOT."
+    )
+    monkeypatch.setenv(f"TRADEBOOK_ACCOUNT_{account.id}_API_SECRET", "wrong")
+    assert "refused the keys of 'Spot'" in joined(await h.send(4242, "/account test Spot"))
+    await h.send(4242, "/portfolio add Bn Spot")
+    assert "Bn — TESTNET BINANCE account Spot" in joined(await h.send(4242, "/portfolios"))
+
+    calls = await h.send(4242, "/account live Spot")
+    assert "Switch Spot to the LIVE exchange?" in joined(calls)
+    ((_, go_live), _) = calls[-1].buttons()
+    assert "LIVE" not in joined(await h.send(4242, "/account"))  # nothing changed yet
+    assert "is LIVE" in joined(await h.press(4242, go_live or ""))
+    assert "Bn — LIVE BINANCE account Spot" in joined(await h.send(4242, "/portfolios"))
+    assert "#%d Spot — LIVE BINANCE" % account.id in joined(await h.send(4242, "/account"))
+    audit = await live.db.scoped(carol).audit.recent()
+    assert any(
+        a.entity_type == "ACCOUNT" and (a.details_json or {}).get("trading_mode") == "live"
+        for a in audit
+    )
+    assert "expired" in joined(await h.press(4242, go_live or ""))  # once only
+    assert "TESTNET" in joined(await h.send(4242, "/account testnet Spot"))
+
+
+async def test_switching_mode_waits_for_open_orders_and_reconnects_in_the_new_mode(
+    live: Live,
+) -> None:
+    await live.gateway()
+    order = await live.desk.place(live.dal, live.order("BUY", "0.1", "59000"))
+    await wait_for(lambda: bool(live.fake.orders))
+    account = (await live.dal.portfolios.get(live.pid)).account_id
+    with pytest.raises(Conflict, match="has open orders on testnet"):
+        await live.desk.set_trading_mode(live.dal, account, "live")
+    assert (await live.dal.accounts.get(account)).trading_mode == "testnet"
+    assert (await live.desk.cancel(live.dal, order.id)).outcome == "canceled"
+    await live.desk.set_trading_mode(live.dal, account, "live")
+    assert live.pid not in live.desk.gateways  # closed; the next order opens it anew
+    preview = await live.desk.preview(live.dal, live.order("BUY", "0.01"))
+    assert preview.venue == "LIVE"

@@ -230,13 +230,13 @@ def test_console_scenario_deposit_buy_fill_positions_pnl_export(tmp_path: Path) 
     out = console.finish()
     start = out.index("Deposited 500 USDT in Main; free 10500 USDT.")
     assert out[start + 1 : start + 5] == [
-        "BUY 0.01 BTCUSDT MARKET in Main",
+        "BUY 0.01 BTCUSDT MARKET in Main [PAPER]",
         "Risk check: allowed.",
         "  [#1] Confirm   [#2] Cancel",
         "Order #1 placed (NEW).",
     ]
     fill = next(line for line in out if line.startswith("Filled: BUY 0.01 BTCUSDT at "))
-    price = fill.removeprefix("Filled: BUY 0.01 BTCUSDT at ").removesuffix(" (order #1)")
+    price = fill.removeprefix("Filled: BUY 0.01 BTCUSDT at ").removesuffix(" (order #1) [PAPER]")
     tail = out[out.index("Positions — Main") :]
     assert tail[:5] == [
         "Positions — Main",

@@ -71,12 +71,12 @@ async def h(db: Database) -> Trading:
 
 async def test_buy_confirm_fill_and_notification(h: Trading) -> None:
     calls = await h.send(ALICE, "/buy BTCUSDT 0.01")
-    assert texts(calls) == ["BUY 0.01 BTCUSDT MARKET in Main\nRisk check: allowed."]
+    assert texts(calls) == ["BUY 0.01 BTCUSDT MARKET in Main [PAPER]\nRisk check: allowed."]
     assert [label for label, _ in calls[0].buttons()] == ["Confirm", "Cancel"]
     assert "Order #1 placed (NEW)." in joined(await h.confirm(ALICE, calls))
     filled = await h.bar("60100")
     assert [(c.chat_id, c.text) for c in filled if c.name == "SendMessage"] == [
-        (ALICE, "Filled: BUY 0.01 BTCUSDT at 60130.05 (order #1)")  # open + 5 bps slippage
+        (ALICE, "Filled: BUY 0.01 BTCUSDT at 60130.05 (order #1) [PAPER]")  # open + 5 bps slippage
     ]
     text = joined(await h.send(ALICE, "/positions"))
     assert "BTCUSDT [manual]" in text and "qty 0.01  avg 60130.05" in text

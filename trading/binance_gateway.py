@@ -52,7 +52,7 @@ from dal.scope import Actor
 from dal.vocabulary import FINAL_STATUSES, NotificationKind
 from trading.brokers import binance, binance_rest
 from trading.brokers.credentials import Credentials, load_credentials
-from trading.desk import GatewayFactory, Notify
+from trading.desk import AccountCheck, GatewayFactory, Notify
 from trading.events import BrokerEvent, FillEvent, OrderUpdate
 
 log = logging.getLogger("tradebook.binance")
@@ -186,6 +186,9 @@ def _rebased(urls: Any, http: str, ws: str) -> Any:
         parts = urlsplit(urls)
         return (ws if parts.scheme.startswith("ws") else http) + parts.path
     return urls
+
+
+rebased_urls = _rebased  # public: trading/binance_feed.py points its client the same way
 
 
 class Ledger(Protocol):
@@ -713,3 +716,32 @@ def binance_gateways(
         return BinanceGateway(client, ledger, tell_owner, tell_admins, **gateway_settings)
 
     return factory
+
+
+def binance_account_check(
+    secrets_dir: Path, base_url: str | None = None, timeout_ms: int = 10_000
+) -> AccountCheck:
+    """``/account test``: ask Binance for the account with its keys; one line either way."""
+
+    async def check(account: sa.Row[Any]) -> str:
+        try:
+            credentials = load_credentials(account, secrets_dir)
+        except NotFound as exc:
+            return str(exc)
+        client = make_client(credentials, account.trading_mode, base_url, timeout_ms)
+        where = f"Binance {account.trading_mode.upper()}"
+        try:
+            answer = await client.private_get_account({})
+        except BinanceApiError as exc:
+            return f"{where} refused the keys of {account.name!r}: {exc.msg} ({exc.code})."
+        except Throttled as exc:
+            return f"{where} is limiting this connection ({exc.status}); try again later."
+        except BaseError as exc:
+            return f"{where} could not be reached ({type(exc).__name__}); try again later."
+        finally:
+            await client.close()
+        trading = "trading allowed" if answer.get("canTrade") else "trading NOT allowed"
+        permissions = ", ".join(str(p) for p in answer.get("permissions", [])) or "none"
+        return f"Keys of {account.name!r} work on {where}: {trading}; permissions {permissions}."
+
+    return check

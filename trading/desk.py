@@ -39,11 +39,11 @@ from dal.balances import NO_TERMS, Terms
 from dal.clock import local_midnight
 from dal.database import Database, ScopedDal, Session
 from dal.decimals import DECIMAL_CONTEXT
-from dal.errors import Conflict, TradebookError
+from dal.errors import Conflict, InvalidInput, NotFound, TradebookError
 from dal.risk_rules import Verdict
 from dal.scope import Actor
 from dal.valuation import OrderCheck
-from dal.vocabulary import OPEN_STATUSES, NotificationKind
+from dal.vocabulary import OPEN_STATUSES, NotificationKind, venue
 from trading.events import BrokerEvent, FillEvent, OrderGateway, OrderUpdate, event_from_json
 from trading.mapping import apply_event
 from trading.market import Market
@@ -65,6 +65,10 @@ CANCEL_ANSWER_S = 5.0  # how long a cancel waits for the broker's answer
 
 class GatewayFactory(Protocol):
     def __call__(self, portfolio: sa.Row[Any], account: sa.Row[Any]) -> OrderGateway: ...
+
+
+# Checks an exchange account's keys against the exchange: one line for its owner.
+AccountCheck = Callable[[sa.Row[Any]], Awaitable[str]]
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,7 @@ class Preview:
 
     verdict: Verdict
     refusal: str | None
+    venue: str = "PAPER"  # PAPER, TESTNET or LIVE: where the order would go
 
     @property
     def refused(self) -> bool:
@@ -149,8 +154,10 @@ class OrderDesk:
         cancel_answer_s: float = CANCEL_ANSWER_S,
         apply_pause_s: float = APPLY_PAUSE_S,
         terms: Terms = NO_TERMS,
+        account_checks: dict[str, AccountCheck] | None = None,
     ) -> None:
         self.db = db
+        self.account_checks = account_checks or {}
         self.market = market
         self.notify = notify
         self.factories = gateway_factories
@@ -158,8 +165,9 @@ class OrderDesk:
         self.apply_pause_s = apply_pause_s
         self.terms = terms  # the fee and slippage a BUY reserves for (the paper broker's)
         self.gateways: dict[int, OrderGateway] = {}  # portfolio id → gateway
+        self.venues: dict[int, str] = {}  # portfolio id → PAPER / TESTNET / LIVE
         self.fill_listeners: list[FillListener] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._pumps: dict[int, asyncio.Task[None]] = {}  # portfolio id → its event pump
         self._gateway_lock = asyncio.Lock()
         self._answers: dict[int, asyncio.Future[str]] = {}  # order id → its final status
 
@@ -187,13 +195,18 @@ class OrderDesk:
         await self.retry_kept()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        for gateway in self.gateways.values():
+        for portfolio_id in list(self.gateways):
+            await self._drop_gateway(portfolio_id)
+
+    async def _drop_gateway(self, portfolio_id: int) -> None:
+        pump = self._pumps.pop(portfolio_id, None)
+        if pump is not None:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+        gateway = self.gateways.pop(portfolio_id, None)
+        self.venues.pop(portfolio_id, None)
+        if gateway is not None:
             await gateway.close()
-        self.gateways.clear()
 
     def _now(self) -> dt.datetime:
         """The market's time (paper fills follow it), else the wall clock."""
@@ -224,18 +237,53 @@ class OrderDesk:
                     "trades with /fill"
                 )
             gateway = factory(portfolio, account)
+            self.venues[portfolio_id] = venue(broker, account.trading_mode)
             adopted = [
                 GatewayOrder.of(o, o.symbol, user.timezone, self._now())
                 for o in reversed(open_orders)
             ]
             await gateway.adopt(adopted)
             self.gateways[portfolio_id] = gateway
-            self._tasks.append(
-                asyncio.create_task(
-                    self._pump_events(portfolio_id, dal, gateway), name=f"gateway-{portfolio_id}"
-                )
+            self._pumps[portfolio_id] = asyncio.create_task(
+                self._pump_events(portfolio_id, dal, gateway), name=f"gateway-{portfolio_id}"
             )
             return gateway
+
+    # --- exchange accounts ------------------------------------------------------------------
+    async def check_account(self, dal: ScopedDal, account_id: int) -> str:
+        """Try an exchange account's keys against its exchange (owner-checked); one line."""
+        account = await dal.accounts.get(account_id)
+        broker = await self._broker_of(dal, account)
+        check = self.account_checks.get(broker)
+        if check is None:
+            return f"{broker} accounts have no exchange connection to test here."
+        return await check(account)
+
+    async def set_trading_mode(self, dal: ScopedDal, account_id: int, mode: str) -> sa.Row[Any]:
+        """Send an exchange account's orders to its testnet or the live exchange. Refused
+        while it has open orders (they live where they were placed); its gateways are closed
+        and come back in the new mode at the next order."""
+        account = await dal.accounts.get(account_id)
+        if await self._broker_of(dal, account) not in self.account_checks:
+            raise InvalidInput(f"account {account.name!r} is not an exchange account")
+        portfolios = [p for p in await dal.portfolios.list() if p.account_id == account.id]
+        for portfolio in portfolios:
+            if await dal.orders.open_orders(portfolio.id, limit=1):
+                raise Conflict(
+                    f"portfolio {portfolio.name!r} has open orders on {account.trading_mode}; "
+                    "cancel them first (/orders)"
+                )
+        async with self._gateway_lock:
+            row = await dal.accounts.set_trading_mode(account.id, mode)
+            for portfolio in portfolios:
+                await self._drop_gateway(portfolio.id)
+        return row
+
+    async def _broker_of(self, dal: ScopedDal, account: sa.Row[Any]) -> str:
+        for row in await dal.accounts.list():
+            if row.id == account.id:
+                return str(row.broker_code)
+        raise NotFound(f"no account #{account.id}")
 
     async def has_gateway(self, portfolio_id: int, dal: ScopedDal) -> bool:
         broker = await dal.portfolios.broker_code(portfolio_id)
@@ -246,10 +294,25 @@ class OrderDesk:
         """The risk verdict and balance check an order would get now (nothing is written);
         TradebookError when its portfolio has no gateway."""
         order = {"type": "MARKET", **order}
-        await self.gateway_for(order["portfolio_id"], dal)
+        gateway = await self.gateway_for(order["portfolio_id"], dal)
+        order = await self._on_gateway_exchange(dal, order, gateway)
         async with dal.session() as s:
             verdict, check = await self._checks(s, order, dict(self.market.marks.marks))
-        return Preview(verdict, check.refusal)
+        return Preview(verdict, check.refusal, self.venues[order["portfolio_id"]])
+
+    async def _on_gateway_exchange(
+        self, dal: ScopedDal, order: dict[str, Any], gateway: OrderGateway
+    ) -> dict[str, Any]:
+        """A symbol listed on several exchanges means the gateway's own (BTCUSDT of a
+        Binance portfolio is Binance's, of a paper portfolio the paper one)."""
+        exchange = getattr(gateway, "exchange", None)
+        if exchange is None or order.get("exchange") or order.get("instrument_id"):
+            return order
+        try:
+            await dal.instruments.get(symbol=order["symbol"], exchange=exchange)
+        except NotFound:
+            return order
+        return {**order, "exchange": exchange}
 
     async def _checks(
         self, s: Session, order: dict[str, Any], marks: dict[int, Decimal]
@@ -264,6 +327,7 @@ class OrderDesk:
         order = {"type": "MARKET", **order}
         order.setdefault("client_order_id", f"tb-{uuid.uuid4().hex}")  # ≤ 36: Binance's limit
         gateway = await self.gateway_for(order["portfolio_id"], dal)  # no gateway, no order
+        order = await self._on_gateway_exchange(dal, order, gateway)
         marks = dict(self.market.marks.marks)
 
         async def store(s: Session) -> tuple[Verdict, str | None, sa.Row[Any], str, str]:
@@ -406,8 +470,12 @@ class OrderDesk:
         if isinstance(event, FillEvent):
             what = f"{event.side} {event.quantity} {event.symbol} at {event.price}"
             order = f" (order #{row.order_id})" if row.order_id else ""
+            where = self.venues.get(portfolio_id)
+            venue_tag = f" [{where}]" if where else ""
             await self.notify(
-                user_id, f"Filled: {what}{order}{realized_text(row)}", NotificationKind.FILLS
+                user_id,
+                f"Filled: {what}{order}{realized_text(row)}{venue_tag}",
+                NotificationKind.FILLS,
             )
             for listener in self.fill_listeners:
                 try:

@@ -5,24 +5,49 @@ configs and audits) and answers; a bad argument gets the usage line with an exam
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from aiogram import Router
 from aiogram.filters import Command, CommandObject
-from aiogram.types import Message
+from aiogram.types import CallbackQuery, Message
+from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from bot.args import is_id, parse_amount, parse_id
+from bot.callbacks import AccountLive
+from bot.confirmations import Confirmations
 from bot.routers.common import UsageError, args_of
 from bot.text import num, q
 from dal.configs import alert_text, key_values_text, schedule_text
 from dal.database import ScopedDal
-from dal.errors import InvalidInput
-from dal.vocabulary import NOTIFICATION_KINDS
+from dal.errors import InvalidInput, TradebookError
+from dal.vocabulary import EXCHANGE_GATEWAYS, NOTIFICATION_KINDS, venue
 from strategies.alerts import screen
+from trading.brokers.credentials import key_names
 from trading.desk import OrderDesk
 
 SCOPES = {"user": "USER", "portfolio": "PORTFOLIO", "strategy": "STRATEGY"}
+
+
+@dataclass(frozen=True)
+class LiveSwitch:
+    """What the Confirm of /account live stands for."""
+
+    account_id: int
+
+
+async def ask_to_go_live(
+    message: Message, account: Any, confirmations: Confirmations, dal: ScopedDal
+) -> None:
+    token = confirmations.hold(dal.actor.user_id or 0, LiveSwitch(account.id))
+    keyboard = InlineKeyboardBuilder()
+    keyboard.button(text="Go live", callback_data=AccountLive(action="ok", token=token))
+    keyboard.button(text="Stay on testnet", callback_data=AccountLive(action="no", token=token))
+    await message.answer(
+        f"Switch {q(account.name)} to the LIVE exchange? Its orders will then trade real money.",
+        reply_markup=keyboard.as_markup(),
+    )
 
 
 def key_values(tokens: list[str], command: str) -> dict[str, str]:
@@ -53,17 +78,35 @@ def router() -> Router:
     r = Router(name="configure")
 
     @r.message(Command("account", ignore_case=True))
-    async def account(message: Message, command: CommandObject, dal: ScopedDal) -> None:
+    async def account(
+        message: Message,
+        command: CommandObject,
+        dal: ScopedDal,
+        desk: OrderDesk,
+        confirmations: Confirmations,
+    ) -> None:
         args = args_of(command)
         if not args:
             rows = await dal.accounts.list()
             lines = ["<b>Your accounts</b>"] + [
-                f"{q(a.name)} — {q(a.broker_code)} {q(a.account_uid or '')} {q(a.base_currency)}"
+                f"#{a.id} {q(a.name)} — {venue(a.broker_code, a.trading_mode)} "
+                f"{q(a.broker_code)} {q(a.account_uid or '')} {q(a.base_currency)}"
                 for a in rows
             ]
             await message.answer("\n".join(lines))
             return
-        if args[0] != "add" or not 3 <= len(args) <= 5:
+        action = args[0].lower()
+        if action in ("test", "live", "testnet") and len(args) == 2:
+            row = await dal.accounts.by_name(args[1])
+            if action == "test":
+                await message.answer(q(await desk.check_account(dal, row.id)))
+            elif action == "testnet":
+                row = await desk.set_trading_mode(dal, row.id, "testnet")
+                await message.answer(f"Account {q(row.name)} now trades on the TESTNET.")
+            else:
+                await ask_to_go_live(message, row, confirmations, dal)
+            return
+        if action != "add" or not 3 <= len(args) <= 5:
             raise UsageError("account")
         data = {"broker": args[1], "name": args[2]}
         if len(args) >= 4:
@@ -71,7 +114,40 @@ def router() -> Router:
         if len(args) == 5:
             data["base_currency"] = args[4]
         row = await dal.accounts.create(data)
-        await message.answer(f"Added account {q(row.name)} ({q(args[1].upper())}).")
+        text = f"Added account {q(row.name)} ({q(args[1].upper())})."
+        if args[1].upper() in EXCHANGE_GATEWAYS:
+            key, secret = key_names(row.id)
+            text += (
+                f"\nIts API keys go in {key} and {secret} (environment), or in files "
+                f"named {key.lower()} and {secret.lower()} in the secrets directory — "
+                "never in this chat. It trades on the TESTNET until "
+                f"/account live {q(row.name)}; /account test {q(row.name)} checks the keys."
+            )
+        await message.answer(text)
+
+    @r.callback_query(AccountLive.filter())
+    async def go_live(
+        query: CallbackQuery,
+        callback_data: AccountLive,
+        dal: ScopedDal,
+        desk: OrderDesk,
+        confirmations: Confirmations,
+    ) -> None:
+        held = confirmations.release(dal.actor.user_id or 0, callback_data.token)
+        if not isinstance(held, LiveSwitch):
+            await query.answer("This was already handled or has expired.")
+            return
+        if callback_data.action == "no":
+            text = "Still on the TESTNET."
+        else:
+            try:
+                row = await desk.set_trading_mode(dal, held.account_id, "live")
+                text = f"Account {q(row.name)} is LIVE: its orders now go to the real exchange."
+            except TradebookError as exc:
+                text = f"Not switched: {q(str(exc))}"
+        await query.answer()
+        if isinstance(query.message, Message):
+            await query.message.edit_text(text)
 
     async def cash(kind: str, message: Message, command: CommandObject, dal: ScopedDal) -> None:
         args = args_of(command)

@@ -15,6 +15,7 @@ from bot.middleware import UserRow
 from bot.routers.common import UsageError
 from bot.text import q
 from dal.database import ScopedDal
+from dal.vocabulary import venue
 
 
 def _describe(p: Any, current_id: int) -> str:
@@ -24,7 +25,9 @@ def _describe(p: Any, current_id: int) -> str:
     if p.is_default:
         marks.append("default")
     tail = f" ({', '.join(marks)})" if marks else ""
-    return f"{q(p.name)} — {q(p.broker_code)} account {q(p.account_name)}{tail}"
+    where = venue(p.broker_code, p.trading_mode)  # PAPER, TESTNET, LIVE or the broker
+    broker = "" if where == p.broker_code else f" {q(p.broker_code)}"
+    return f"{q(p.name)} — {where}{broker} account {q(p.account_name)}{tail}"
 
 
 def router() -> Router:

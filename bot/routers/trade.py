@@ -109,9 +109,9 @@ async def ask_to_confirm(
 ) -> None:
     """Show the order with its risk verdict and Confirm / Cancel buttons (none on a BLOCK)."""
     (order,) = held.orders
-    await dal.instruments.get(symbol=order["symbol"])  # unknown symbol: a clear error now
-    preview = await desk.preview(dal, order)  # no gateway: says so before asking
-    text = f"{q(describe(order, portfolio.name))}\n{q(verdict_text(preview.verdict))}{note}"
+    preview = await desk.preview(dal, order)  # no gateway, unknown symbol: says so first
+    where = f"{describe(order, portfolio.name)} [{preview.venue}]"
+    text = f"{q(where)}\n{q(verdict_text(preview.verdict))}{note}"
     if preview.refusal is not None:
         await message.answer(f"{text}\nRejected: {q(preview.refusal)}. See /balance.")
         return
