@@ -13,6 +13,16 @@ order fills at once at that price (in ``fill_parts`` executions); a LIMIT order 
 marketable, else rests until ``trade`` fills it or the price crosses it. BUY fees are taken in
 the base asset, SELL fees in the quote asset (``fee_rate``), as on Binance without BNB.
 
+Market data: 1-minute klines on a minute clock of the fake's own that starts ``KLINE_LEAD``
+minutes in the past, so every kline it has closed is closed by the wall clock too (REST
+``klines`` honours ``startTime``, ``endTime`` and ``limit``; minutes never closed with
+``close_kline`` are flat at the symbol's price). ``close_kline`` closes the next minute of a
+symbol (``"x": true``), ``repeat_kline`` sends a closed one again; ``set_price`` sends the
+minute in progress (``"x": false``). REST has no row for the minute in progress. Market
+streams are served on ``/ws/...`` (raw payloads) and ``/stream?streams=...`` (payloads wrapped
+as ``{"stream": ..., "data": ...}``), as web-socket-streams.md describes;
+``drop_market_streams()`` closes them.
+
 Faults tests inject: ``next_rest_errors`` (HTTP status + Binance error per endpoint, e.g. 429
 with ``Retry-After``), ``accept_then_timeout`` (the order is placed, the answer never comes),
 ``drop_stream()`` (the WebSocket closes), ``mute_stream`` (events happen but are not sent, as
@@ -40,6 +50,8 @@ from aiohttp import WSMsgType, web
 
 API_KEY = "fake-binance-key-7Hq2"
 API_SECRET = "fake-binance-secret-Zx91"
+MINUTE_MS = 60_000
+KLINE_LEAD = 30  # the fake's kline clock starts this many minutes before the wall clock
 
 D = Decimal
 
@@ -143,7 +155,12 @@ class FakeBinance:
         self._order_ids = itertools.count(1000)
         self._trade_ids = itertools.count(5000)
         self._sockets: list[tuple[web.WebSocketResponse, str | int]] = []
-        self._kline_sockets: list[tuple[web.WebSocketResponse, list[str]]] = []
+        self._kline_sockets: list[tuple[web.WebSocketResponse, list[str], bool]] = []
+        # Closed klines (REST rows) per symbol by open time, and the open time of the minute
+        # in progress per symbol (the next ``close_kline`` closes it).
+        self.klines: dict[str, dict[int, list[Any]]] = defaultdict(dict)
+        self._kline_origin = self.now_ms() // MINUTE_MS * MINUTE_MS - KLINE_LEAD * MINUTE_MS
+        self._kline_open: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -164,6 +181,7 @@ class FakeBinance:
 
     async def stop(self) -> None:
         await self.drop_stream()
+        await self.drop_market_streams()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -176,6 +194,39 @@ class FakeBinance:
         sockets, self._sockets = self._sockets, []
         for ws, _ in sockets:
             await ws.close()
+
+    async def drop_market_streams(self) -> None:
+        """Close every market-data WebSocket (klines), as a network loss would."""
+        sockets, self._kline_sockets = self._kline_sockets, []
+        for ws, _, _ in sockets:
+            await ws.close()
+
+    async def close_kline(
+        self,
+        symbol: str,
+        open: Decimal | str,
+        high: Decimal | str,
+        low: Decimal | str,
+        close: Decimal | str,
+    ) -> int:
+        """Close the minute in progress of ``symbol`` with these prices: it joins the REST
+        history and goes to every subscriber as a closed kline (``"x": true``). Returns its
+        open time (epoch ms). The symbol's price is left as it is."""
+        start = self.kline_open(symbol)
+        prices = [D(open), D(high), D(low), D(close)]
+        row = _kline_row(start, *prices)
+        self.klines[symbol][start] = row
+        self._kline_open[symbol] = start + MINUTE_MS
+        await self._send_kline(symbol, row, closed=True)
+        return start
+
+    async def repeat_kline(self, symbol: str, start: int) -> None:
+        """Send the closed kline of ``symbol`` opened at ``start`` again (an event repeated)."""
+        await self._send_kline(symbol, self._kline(symbol, start), closed=True)
+
+    def kline_open(self, symbol: str) -> int:
+        """The open time (epoch ms) of ``symbol``'s minute in progress on the fake's clock."""
+        return self._kline_open.get(symbol, self._kline_origin)
 
     def fail_next(self, endpoint: str, status: int, code: int, msg: str, **headers: str) -> None:
         self.next_rest_errors[endpoint].append(BinanceError(status, code, msg, headers))
@@ -192,7 +243,8 @@ class FakeBinance:
             is_open = order.status in ("NEW", "PARTIALLY_FILLED")
             if order.symbol == symbol and is_open and self._crosses(order, price):
                 await self._execute(order, order.quantity - order.executed, order.price, True)
-        await self._send_kline(symbol, price)
+        start = self.kline_open(symbol)
+        await self._send_kline(symbol, _kline_row(start, price, price, price, price), closed=False)
 
     # --- REST -------------------------------------------------------------------------------
     async def _rest(self, request: web.Request) -> web.StreamResponse:
@@ -410,27 +462,30 @@ class FakeBinance:
         return rows[:limit]
 
     async def _klines(self, params: dict[str, str]) -> Any:
+        """GET /api/v3/klines: the symbol's closed 1m klines (oldest first) from ``startTime``
+        (else the latest ones up to ``endTime``), at most ``limit`` (default 500, max 1000)."""
         symbol = params.get("symbol", "")
-        price = _s(self.prices.get(symbol, D(1)))
-        limit = int(params.get("limit", "500"))
-        start = self.now_ms() // 60_000 * 60_000 - 60_000 * (limit - 1)
-        return [
-            [
-                start + 60_000 * i,
-                price,
-                price,
-                price,
-                price,
-                "1.00000000",
-                start + 60_000 * (i + 1) - 1,
-                price,
-                1,
-                "0.50000000",
-                price,
-                "0",
-            ]
-            for i in range(limit)
-        ]
+        if symbol not in self.rules and symbol not in self.prices:
+            raise BinanceError(400, -1121, "Invalid symbol.")
+        if params.get("interval") != "1m":
+            raise BinanceError(400, -1120, "Invalid interval.")
+        limit = min(int(params.get("limit", "500")), 1000)
+        if limit < 1:
+            raise BinanceError(400, -1100, "Illegal characters found in parameter 'limit'.")
+        last = self.kline_open(symbol) - MINUTE_MS  # the latest closed minute
+        if "endTime" in params:
+            last = min(last, int(params["endTime"]) // MINUTE_MS * MINUTE_MS)
+        if "startTime" in params:
+            first = -(-int(params["startTime"]) // MINUTE_MS) * MINUTE_MS  # rounded up
+        else:
+            first = last - MINUTE_MS * (limit - 1)
+        last = min(last, first + MINUTE_MS * (limit - 1))
+        return [self._kline(symbol, start) for start in range(first, last + 1, MINUTE_MS)]
+
+    def _kline(self, symbol: str, start: int) -> list[Any]:
+        """The REST row of a closed minute: as ``close_kline`` closed it, else flat."""
+        price = self.prices.get(symbol, D(1))
+        return self.klines[symbol].get(start) or _kline_row(start, price, price, price, price)
 
     # --- matching ---------------------------------------------------------------------------
     def _find(self, params: dict[str, str]) -> FakeOrder:
@@ -604,53 +659,89 @@ class FakeBinance:
 
     # --- market streams ----------------------------------------------------------------------
     async def _ws_streams(self, request: web.Request) -> web.WebSocketResponse:
+        """``/ws/<streams>`` (raw payloads) or ``/stream?streams=a/b`` (wrapped payloads); both
+        take SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS as web-socket-streams.md lays out."""
+        self.requests.append(("WS", request.path_qs))
+        combined = request.path == "/stream"
+        named = request.query.get("streams", "") if combined else request.match_info["streams"]
+        streams = [n for n in named.split("/") if "@" in n]  # ccxt connects to /ws/0
         ws = web.WebSocketResponse(heartbeat=None)
         await ws.prepare(request)
-        streams: list[str] = []
-        self._kline_sockets.append((ws, streams))
+        entry = (ws, streams, combined)
+        self._kline_sockets.append(entry)
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
             call = json.loads(msg.data)
-            if call.get("method") == "SUBSCRIBE":
-                streams.extend(call.get("params", []))
-            await ws.send_str(json.dumps({"result": None, "id": call.get("id")}))
-        self._kline_sockets = [(w, s) for w, s in self._kline_sockets if w is not ws]
+            method = call.get("method")
+            self.requests.append(("WS", f"{method} {' '.join(call.get('params') or [])}"))
+            answer: dict[str, Any] = {"result": None, "id": call.get("id")}
+            if method == "SUBSCRIBE":
+                streams.extend(p for p in call.get("params", []) if p not in streams)
+            elif method == "UNSUBSCRIBE":
+                streams[:] = [p for p in streams if p not in call.get("params", [])]
+            elif method == "LIST_SUBSCRIPTIONS":
+                answer["result"] = list(streams)
+            else:
+                answer = {
+                    "code": 2,
+                    "msg": f"Invalid request: unknown variant {method}",
+                    "id": call.get("id"),
+                }
+            await ws.send_str(json.dumps(answer))
+        self._kline_sockets = [e for e in self._kline_sockets if e[0] is not ws]
         return ws
 
-    async def _send_kline(self, symbol: str, price: Decimal) -> None:
-        now = self.now_ms()
-        start = now // 60_000 * 60_000
+    async def _send_kline(self, symbol: str, row: list[Any], closed: bool) -> None:
+        """A kline event as web-socket-streams.md lays it out, from its REST row."""
         name = f"{symbol.lower()}@kline_1m"
-        p = _s(price)
         event = {
             "e": "kline",
-            "E": now,
+            "E": self.now_ms(),
             "s": symbol,
             "k": {
-                "t": start,
-                "T": start + 59_999,
+                "t": row[0],
+                "T": row[6],
                 "s": symbol,
                 "i": "1m",
                 "f": 100,
                 "L": 200,
-                "o": p,
-                "c": p,
-                "h": p,
-                "l": p,
-                "v": "1.00000000",
-                "n": 1,
-                "x": False,
-                "q": p,
-                "V": "0.50000000",
-                "Q": p,
+                "o": row[1],
+                "c": row[4],
+                "h": row[2],
+                "l": row[3],
+                "v": row[5],
+                "n": row[8],
+                "x": closed,
+                "q": row[7],
+                "V": row[9],
+                "Q": row[10],
                 "B": "0",
             },
         }
-        for ws, streams in list(self._kline_sockets):
+        for ws, streams, combined in list(self._kline_sockets):
             if name in streams:
+                payload = {"stream": name, "data": event} if combined else event
                 with contextlib.suppress(ConnectionError, RuntimeError):
-                    await ws.send_str(json.dumps({"stream": name, "data": event}))
+                    await ws.send_str(json.dumps(payload))
+
+
+def _kline_row(start: int, open: Decimal, high: Decimal, low: Decimal, close: Decimal) -> list[Any]:
+    """One row of GET /api/v3/klines (rest-api.md), volume 1 at the close."""
+    return [
+        start,
+        _s(open),
+        _s(high),
+        _s(low),
+        _s(close),
+        "1.00000000",
+        start + MINUTE_MS - 1,
+        _s(close),
+        1,
+        "0.50000000",
+        _s(close / 2),
+        "0",
+    ]
 
 
 def _symbol_info(r: SymbolRules) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 from dal.decimals import check_amount
 from trading.market import Bar
@@ -205,3 +206,23 @@ class CsvReplayFeed(PriceFeed):
 
     def steps(self) -> Iterator[list[Candle]]:
         return iter(self._steps)
+
+
+MarketDataKind = Literal["random", "csv", "binance"]
+
+
+def market_data_setting(value: str) -> tuple[MarketDataKind, str | None]:
+    """``TRADEBOOK_MARKET_DATA``: ``random`` (the default: the random walk, offline),
+    ``csv:PATH`` (replay that file) or ``binance`` (Binance's public klines,
+    trading/binance_feed.py). The kind is case-insensitive, the path is kept as written.
+    Returns ``(kind, path or None)``; anything else is a ValueError of one line."""
+    text = value.strip() if isinstance(value, str) else ""
+    kind, colon, arg = text.partition(":")
+    kind = kind.strip().lower()
+    if kind in ("random", "binance") and not colon:
+        return ("random" if kind == "random" else "binance"), None
+    if kind == "csv" and colon and arg.strip():
+        return "csv", arg.strip()
+    raise ValueError(
+        f"TRADEBOOK_MARKET_DATA must be 'random', 'csv:PATH' or 'binance', not {value!r}"
+    )
