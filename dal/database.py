@@ -195,9 +195,14 @@ class Database:
         """``method(service(tx), *args, **kwargs)`` as its own transaction, in one step: what
         ``db.scoped(actor)`` does for every call (half the thread hops of a one-call session
         on SQLite)."""
-        # On SQLite a one-call read is fastest as it is: a transaction on the loop's thread
-        # (a reader lane costs a thread hop); on PostgreSQL it saves BEGIN and COMMIT.
-        readonly = self.dialect == "postgresql" and is_read_only(method)
+        # On PostgreSQL a one-call read saves BEGIN and COMMIT. On SQLite it is fastest as it
+        # is, a transaction on the loop's thread (a reader lane costs a thread hop), unless the
+        # writer connection is another task's (a batch on the writer thread, a session): then
+        # it reads on a reader lane beside the writer instead of queueing behind it.
+        runner = self._get_runner()
+        readonly = is_read_only(method) and (
+            isinstance(runner, PostgresRunner) or runner.writer_taken_by_another()
+        )
         long_running = is_long_running(method, args, kwargs)
 
         def body(conn: sa.Connection) -> T:
@@ -208,7 +213,7 @@ class Database:
 
         async def once() -> T:
             with _concurrent_update_is_clear():
-                async with self._get_runner().connection(readonly=readonly) as channel:
+                async with runner.connection(readonly=readonly) as channel:
                     return await channel.run_once(body, long_running)
 
         if self.dialect == "sqlite":  # writers are serialized: nothing to retry

@@ -274,6 +274,11 @@ class SQLiteRunner:
                 finally:
                     writer.owner = None
 
+    def writer_taken_by_another(self) -> bool:
+        """Whether another task holds the writer connection now."""
+        owner = self.writer.owner
+        return self.writer.lock.locked() and owner is not asyncio.current_task()
+
     async def dispose(self) -> None:
         await self.writer.close()
         for lane in self._all_readers:
@@ -370,6 +375,18 @@ class _LaneChannel(Channel):
                 (conn.commit if commit else conn.rollback)()
 
         await self._lane.submit(end)
+
+    async def run_once(self, fn: Callable[[sa.Connection], T], long_running: bool = False) -> T:
+        """A read in one thread hop; rolled back, so a write by mistake is not kept."""
+
+        def whole(conn: sa.Connection) -> T:
+            conn.execution_options(sqlite_begin=self._begin).begin()
+            try:
+                return fn(conn)
+            finally:
+                conn.rollback()
+
+        return await self._lane.submit(whole)
 
 
 class _WriterChannel(Channel):

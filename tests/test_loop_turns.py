@@ -124,3 +124,31 @@ async def test_a_large_batch_lets_other_tasks_run_while_it_is_written(
     (position,) = await db.scoped(actor).positions.snapshot(pid)
     expected = 1 + LOOP_BATCH_FILLS + 1 + (LOOP_BATCH_FILLS if engine_name == "sqlite" else 0)
     assert position.quantity == Decimal(expected)
+
+
+async def test_a_read_does_not_wait_for_another_tasks_write(db: Database, engine_name: str) -> None:
+    """While another task holds SQLite's writer connection (a batch on the writer thread, an
+    open session), a one-call read reads beside it on a reader lane, from what is committed,
+    instead of queueing behind it (PostgreSQL reads on its own connections anyway)."""
+    actor, pid, iid = await _trader(db)
+    dal = db.scoped(actor)
+    await dal.trades.ingest_fill(fill(pid, iid, "BUY", "1", "100", trade_id="r0", at=T0))
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def writer() -> None:
+        async with db.session(actor) as s:
+            await s.trades.ingest_fill(fill(pid, iid, "BUY", "2", "100", trade_id="r1", at=T0))
+            holding.set()
+            await release.wait()
+
+    task = asyncio.create_task(writer())
+    await holding.wait()
+    try:
+        async with asyncio.timeout(10):  # it would wait for release (never) if it queued
+            (position,) = await dal.positions.snapshot(pid)
+    finally:
+        release.set()
+        await task
+    assert position.quantity == Decimal(1)  # the open session's fill is not committed yet
+    (position,) = await dal.positions.snapshot(pid)
+    assert position.quantity == Decimal(3)
