@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import statistics
 import tempfile
@@ -24,6 +25,39 @@ from dal.scope import Actor, Tx
 
 PG_ENV = "TRADEBOOK_BENCH_POSTGRES_URL"
 PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+class ProductionLogging:
+    """tradebook's logging configuration (``tradebook.logs.configure_logging``: INFO, the
+    human or the JSON format), written to a file instead of stderr so the bench's own output
+    stays readable: every line is formatted and written as in production."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = path.open("a", encoding="utf-8")
+        self.fmt = ""
+        self.use("human")
+
+    def use(self, fmt: str) -> None:
+        """Switch to ``fmt`` ("human" or "json")."""
+        if fmt == self.fmt:
+            return
+        from tradebook.logs import configure_logging
+
+        configure_logging("INFO", fmt)
+        handler = logging.getLogger().handlers[0]
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(self._file)
+        self.fmt = fmt
+
+    def lines(self) -> int:
+        self._file.flush()
+        with self.path.open(encoding="utf-8") as f:
+            return sum(1 for _ in f)
+
+    def close(self) -> None:
+        logging.getLogger().handlers.clear()
+        self._file.close()
 
 
 class CheckFailed(AssertionError):
