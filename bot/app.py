@@ -15,6 +15,7 @@ from aiogram.types import ErrorEvent
 
 from bot.commands import bot_commands
 from bot.middleware import UserScopeMiddleware
+from bot.notify import HonourRetryAfter
 from bot.routers import (
     account,
     admin,
@@ -112,11 +113,16 @@ def shortened(text: str, limit: int = ERROR_REPLY_LIMIT) -> str:
 
 
 def build_bot(token: str, session: BaseSession | None = None) -> Bot:
-    return Bot(
+    """A Bot on ``session`` (None: aiohttp to Telegram) that waits out Telegram's rate limits
+    (``HonourRetryAfter``) instead of losing the message."""
+    bot = Bot(
         token,
         session=session,
         default=DefaultBotProperties(parse_mode=ParseMode.HTML),
     )
+    if not any(isinstance(m, HonourRetryAfter) for m in bot.session.middleware):
+        bot.session.middleware(HonourRetryAfter())
+    return bot
 
 
 async def announce_commands(bot: Bot) -> None:

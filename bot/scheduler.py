@@ -2,7 +2,9 @@
 
 ``tick(now)`` does one pass (the tests drive it with their own clock); ``run`` calls it once a
 minute. A missed run after downtime runs once (``mark_run`` moves the next run past now), and
-a failing run (e.g. the user blocked the bot) is logged and never stops the loop.
+a failing run is logged and never stops the loop. Reports go out like notifications
+(``bot.notify.deliver``): an owner who blocked the bot (403) is marked unreachable, and the
+reports of an unreachable owner are not tried (their runs still count as run).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from bot.account_reports import (
     profit_report,
     status_report,
 )
-from bot.notify import wants
+from bot.notify import deliver, wants
 from bot.reports import Reply, orders_report, pnl_report, positions_report, risk_report, send_reply
 from bot.routers.common import resolve_portfolio
 from dal.database import Database
@@ -89,10 +91,14 @@ class Scheduler:
         try:
             async with self.db.session(Actor.system(), readonly=True) as s:
                 owner = await s.users.find_by_id(schedule.user_id)
-            if owner.is_active and owner.approved_at is not None and wants(owner, REPORTS):
+            if (
+                owner.is_active
+                and owner.approved_at is not None
+                and owner.unreachable_at is None
+                and wants(owner, REPORTS)
+            ):
                 reply = await build_report(self.db, owner, schedule.config_json, now)
-                chat = owner.telegram_chat_id or int(owner.telegram_user_id)
-                await send_reply(self.bot, chat, reply)
+                await deliver(self.db, owner, lambda chat: send_reply(self.bot, chat, reply))
         except Exception:  # one failing schedule must not stop the others
             log.exception(
                 "schedule #%s failed",

@@ -76,15 +76,41 @@ async def test_a_failing_run_is_logged_and_the_others_still_run(
     await _schedule(db, bob, report="risk")
     async with db.session(Actor.system()) as s:
         (due_a, due_b) = await s.schedules.due(dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
-    h.session.fail_next("SendMessage", 403, "Forbidden: bot was blocked by the user")
+    h.session.fail_next("SendMessage", 400, "Bad Request: chat not found")
     now = max(due_a.next_run_at, due_b.next_run_at) + dt.timedelta(minutes=1)
     assert await Scheduler(db, h.bot).tick(now) == 2
-    assert "blocked by the user" in caplog.text
+    assert "chat not found" in caplog.text
     sent = h.session.sent("SendMessage")
     assert [c.chat_id for c in sent] == [BOB]
     assert "Risk — Main" in joined(sent)
     async with db.session(Actor.system()) as s:
         assert await s.schedules.due(now) == []  # both marked as run, the failed one too
+
+
+async def test_an_owner_who_blocked_the_bot_is_marked_and_not_tried_again(db: Database) -> None:
+    """A 403 on a report marks the chat unreachable, like a notification's does; the reports
+    of an unreachable owner are not sent (their runs still count) until /start."""
+    h = BotHarness(db)
+    alice = await approved_user(db, ALICE)
+    await _schedule(db, alice, report="positions")
+    async with db.session(Actor.system()) as s:
+        (due,) = await s.schedules.due(dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
+    h.session.fail_next("SendMessage", 403, "Forbidden: bot was blocked by the user")
+    scheduler = Scheduler(db, h.bot)
+    first = due.next_run_at + dt.timedelta(minutes=1)
+    assert await scheduler.tick(first) == 1
+    async with db.session(Actor.system()) as s:
+        row = await s.users.lookup(ALICE)
+        assert row is not None and row.unreachable_at is not None
+    later = first + dt.timedelta(days=1)
+    assert await scheduler.tick(later) == 1  # due again, and counted as run ...
+    assert h.session.calls == []  # ... but not tried: the 403 was not recorded either
+    async with db.session(Actor.system()) as s:
+        assert await s.schedules.due(later) == []
+    await h.send(ALICE, "/start")  # back: reports reach the chat again
+    h.session.clear()
+    assert await scheduler.tick(later + dt.timedelta(days=1)) == 1
+    assert "Positions — Main" in joined(h.session.calls)
 
 
 @pytest.mark.parametrize(

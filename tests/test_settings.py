@@ -116,3 +116,19 @@ def test_health_reads_the_running_bots_heartbeat(tmp_path: Path) -> None:
     assert health(beat, now) is None
     beat.write_text((now - dt.timedelta(seconds=61)).isoformat())
     assert health(beat, now) == "the last heartbeat is 61 s old: tradebook is stuck or stopped"
+
+
+def test_telegram_api_url_names_another_bot_api_server() -> None:
+    from aiogram.client.session.aiohttp import AiohttpSession
+
+    from tradebook.app import api_session
+
+    assert Settings(telegram_api_url="").telegram_api_url is None
+    assert api_session(Settings(telegram_api_url=None)) is None  # aiogram's: Telegram's own
+    settings = Settings(telegram_api_url=" http://127.0.0.1:8081/ ")
+    assert settings.telegram_api_url == "http://127.0.0.1:8081"
+    session = api_session(settings)
+    assert isinstance(session, AiohttpSession)
+    assert session.api.api_url("1:x", "getMe") == "http://127.0.0.1:8081/bot1:x/getMe"
+    with pytest.raises(SettingsError, match="TRADEBOOK_TELEGRAM_API_URL: 'ftp://h' is not an"):
+        load_settings(telegram_api_url="ftp://h")

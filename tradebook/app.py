@@ -13,15 +13,16 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from aiogram import Bot
+from aiogram import Bot, Dispatcher
 from aiogram.client.session.base import BaseSession
 
 from bot.app import announce_commands, build_bot, build_dispatcher
@@ -260,42 +261,110 @@ async def run_telegram(
     stop: asyncio.Event | None = None,
     retry_pause_s: float = 1.0,
 ) -> int:
-    """Long-poll Telegram until interrupted (or until ``stop`` is set: tests, embedding).
-    While Telegram cannot be reached at start-up it waits and tries again (1 s, doubling to a
-    minute) instead of exiting: under a restart policy an exit would become a crash loop."""
+    """Long-poll Telegram until SIGTERM or SIGINT (or until ``stop`` is set: tests, embedding;
+    signals are then left alone). While Telegram cannot be reached at start-up it waits and
+    tries again (1 s, doubling to a minute) instead of exiting: under a restart policy an exit
+    would become a crash loop. The signals are handled from the start, so a SIGTERM during
+    that wait ends it as cleanly (exit 0) as one while polling."""
+    if stop is not None:
+        return await _run_telegram(settings, db, session, stop, retry_pause_s)
+    stop = asyncio.Event()
+    with _stopped_by_signals(stop):
+        return await _run_telegram(settings, db, session, stop, retry_pause_s)
+
+
+async def _run_telegram(
+    settings: Settings,
+    db: Database,
+    session: BaseSession | None,
+    stop: asyncio.Event,
+    retry_pause_s: float,
+) -> int:
     assert settings.telegram_bot_token is not None
-    bot = build_bot(settings.telegram_bot_token.get_secret_value(), session)
-    trading = await trading_for(settings, db, bot)
-    dp = build_dispatcher(db, **handler_data(trading))
-    tasks: list[asyncio.Task[None]] = []
+    bot = build_bot(
+        settings.telegram_bot_token.get_secret_value(), session or api_session(settings)
+    )
+    try:
+        trading = await trading_for(settings, db, bot)
+        dp = build_dispatcher(db, **handler_data(trading))
+        tasks: list[asyncio.Task[None]] = []
 
-    async def on_startup() -> None:
-        async with db.session(Actor.system()) as s:
-            await s.users.bootstrap_admins(list(settings.admin_telegram_ids))
-        await bot.delete_webhook(drop_pending_updates=False)
-        await announce_commands(bot)
-        tasks.append(asyncio.create_task(Scheduler(db, bot).run()))
-        await trading.start()
-        log.info("bot started")
+        async def on_startup() -> None:
+            async with db.session(Actor.system()) as s:
+                await s.users.bootstrap_admins(list(settings.admin_telegram_ids))
+            await bot.delete_webhook(drop_pending_updates=False)
+            await announce_commands(bot)
+            tasks.append(asyncio.create_task(Scheduler(db, bot).run()))
+            await trading.start()
+            log.info("bot started")
 
-    async def on_shutdown() -> None:
-        await trading.stop()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        async def on_shutdown() -> None:
+            await trading.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    dp.startup.register(on_startup)
-    dp.shutdown.register(on_shutdown)
-    if not await until_telegram_answers(bot, stop or asyncio.Event(), retry_pause_s):
-        return 0  # stopped while Telegram was still unreachable
-    if stop is None:
-        await dp.start_polling(bot)
+        dp.startup.register(on_startup)
+        dp.shutdown.register(on_shutdown)
+        if not await until_telegram_answers(bot, stop, retry_pause_s):
+            return 0  # stopped while Telegram was still unreachable
+        polling = asyncio.create_task(dp.start_polling(bot, handle_signals=False))
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({polling, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        await _stop_polling(dp, polling)
         return 0
-    polling = asyncio.create_task(dp.start_polling(bot, handle_signals=False))
-    await stop.wait()
-    await dp.stop_polling()
+    finally:
+        await bot.session.close()  # polling closes it too; on the other ways out it is open
+
+
+async def _stop_polling(dp: Dispatcher, polling: asyncio.Task[None]) -> None:
+    """Stop ``polling`` however far it got (not begun yet, starting up, polling), then wait
+    for it; what it raised is raised here."""
+    while not polling.done():
+        stopper = asyncio.ensure_future(dp.stop_polling())
+        await asyncio.wait({stopper, polling}, return_when=asyncio.FIRST_COMPLETED)
+        if not stopper.done():
+            stopper.cancel()  # polling ended by itself (its start-up failed)
+        elif stopper.exception() is not None:  # RuntimeError: polling has not begun yet
+            await asyncio.sleep(0.01)
+        else:
+            break
     await polling
-    return 0
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(stop: asyncio.Event) -> Iterator[None]:
+    """Inside, SIGTERM and SIGINT set ``stop`` instead of ending the process at once."""
+    loop = asyncio.get_running_loop()
+    handled = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
+            loop.add_signal_handler(sig, _on_signal, sig, stop)
+            handled.append(sig)
+    try:
+        yield
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
+    log.info("received %s: stopping", sig.name)
+    stop.set()
+
+
+def api_session(settings: Settings) -> BaseSession | None:
+    """An aiohttp session to the Bot API server ``TRADEBOOK_TELEGRAM_API_URL`` names (None:
+    aiogram's default, Telegram's own)."""
+    if settings.telegram_api_url is None:
+        return None
+    from aiogram.client.session.aiohttp import AiohttpSession
+    from aiogram.client.telegram import TelegramAPIServer
+
+    return AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
 
 
 TELEGRAM_RETRY_MAX_S = 60.0
@@ -304,16 +373,29 @@ TELEGRAM_RETRY_MAX_S = 60.0
 async def until_telegram_answers(bot: Bot, stop: asyncio.Event, first_pause_s: float) -> bool:
     """Ask Telegram who the bot is until it answers (True) or ``stop`` is set (False). An
     invalid token is not retried: it raises."""
-    from aiogram.exceptions import TelegramNetworkError, TelegramRetryAfter, TelegramServerError
+    from aiogram.exceptions import (
+        ClientDecodeError,
+        TelegramNetworkError,
+        TelegramRetryAfter,
+        TelegramServerError,
+    )
 
+    unreachable = (
+        TelegramNetworkError,
+        TelegramServerError,
+        TelegramRetryAfter,
+        ClientDecodeError,  # not JSON: e.g. a proxy's HTML "502 Bad Gateway" page
+        OSError,
+    )
     pause = first_pause_s
     while not stop.is_set():
         try:
             await bot.get_me()
             return True
-        except (TelegramNetworkError, TelegramServerError, TelegramRetryAfter, OSError) as exc:
+        except unreachable as exc:
             wait = exc.retry_after if isinstance(exc, TelegramRetryAfter) else pause
-            log.warning("Telegram is not reachable (%s); trying again in %.0f s", exc, wait)
+            reason = " ".join(str(exc).split())[:200]
+            log.warning("Telegram is not reachable (%s); trying again in %.0f s", reason, wait)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
             pause = min(pause * 2, TELEGRAM_RETRY_MAX_S)

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("TELEGRAM_BOT_TOKEN", "telegram_bot_token"),
     )
+    # Another Bot API server (a local telegram-bot-api, a proxy; the tests' fake), e.g.
+    # http://127.0.0.1:8081; None: Telegram's own, https://api.telegram.org.
+    telegram_api_url: str | None = None
     admin_telegram_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["human", "json"] = "human"
@@ -70,6 +73,17 @@ class Settings(BaseSettings):
                 f"unsupported database {url.get_backend_name()!r}: use sqlite+aiosqlite:// "
                 "or postgresql+asyncpg://"
             )
+        return value
+
+    @field_validator("telegram_api_url", mode="before")
+    @classmethod
+    def _api_url(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().rstrip("/")
+            if not value:
+                return None
+            if not value.startswith(("http://", "https://")) or value in ("http:", "https:"):
+                raise ValueError(f"{value!r} is not an http:// or https:// URL")
         return value
 
     @field_validator("admin_telegram_ids", mode="before")
