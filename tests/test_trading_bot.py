@@ -6,8 +6,10 @@ import csv
 import datetime as dt
 import io
 from decimal import Decimal
+from typing import Any
 
 import pytest
+from aiogram.types import ErrorEvent, TelegramObject
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.notify import Notifier
@@ -561,24 +563,57 @@ FUZZ_TOKENS = [
 
 
 async def test_random_arguments_to_every_command_get_a_short_clear_reply(
-    h: Trading, engine_name: str
+    h: Trading, engine_name: str, db_url: str
 ) -> None:
     """A fuzz over every command (a fixed seed, so a failure reruns the same): whatever the
-    arguments, a reply comes, fits in one message, and is never the unexpected-error one."""
+    arguments, a reply comes, fits in one message, and is never the unexpected-error one;
+    and a command that fails (its error reply comes from the error handler) writes nothing:
+    not a row inserted, updated or deleted."""
     if engine_name != "sqlite":
         pytest.skip("the handlers are the same on both engines")
     import random
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
 
     from bot.commands import COMMANDS
 
+    # PRAGMA data_version changes whenever another connection commits a change to the file:
+    # every insert, update or delete the DAL commits, whatever the table.
+    watcher = sqlite3.connect(str(make_url(db_url).database))
+
+    def version() -> int:
+        return int(watcher.execute("PRAGMA data_version").fetchone()[0])
+
+    failures: list[BaseException] = []
+
+    async def note_failure(handler: Any, event: TelegramObject, data: dict[str, Any]) -> Any:
+        assert isinstance(event, ErrorEvent)
+        failures.append(event.exception)
+        return await handler(event, data)
+
+    h.dp.errors.outer_middleware(note_failure)
+    before = version()
+    assert "Deposited 5 USDT" in joined(await h.send(ALICE, "/deposit 5"))
+    assert version() != before  # the watcher sees the DAL's commits
+    assert "Usage: /deposit" in joined(await h.send(ALICE, "/deposit"))
+    assert len(failures) == 1  # and failed commands are told apart
+
     rng = random.Random(30)
     problems = []
+    failed = 0
     for _ in range(600):
         command = rng.choice(COMMANDS)
         args = " ".join(rng.choice(FUZZ_TOKENS) for _ in range(rng.randint(0, 4)))
         sender = ALICE  # admin commands: "not allowed" is their clear reply
         text = f"/{command.name} {args}".strip()
+        before, failures_before = version(), len(failures)
         calls = await h.send(sender, text)
+        if len(failures) > failures_before:
+            failed += 1
+            if version() != before:
+                reason = type(failures[-1]).__name__
+                problems.append(f"{text[:80]!r}: failed ({reason}) but wrote to the database")
         replies = [c for c in calls if c.name in ("SendMessage", "SendPhoto", "SendDocument")]
         shown = joined(calls)
         if not replies:
@@ -587,7 +622,9 @@ async def test_random_arguments_to_every_command_get_a_short_clear_reply(
             problems.append(f"{text[:80]!r}: {shown[:120]!r}")
         elif any(len(c.text or "") > 4096 for c in replies):
             problems.append(f"{text[:80]!r}: a reply over 4,096 characters")
+    watcher.close()
     assert problems == [], "\n".join(problems[:20])
+    assert failed >= 100  # many random arguments are refused: the check above ran often
 
 
 async def test_status_names_a_deactivated_strategys_position(h: Trading) -> None:
