@@ -55,6 +55,11 @@ class StrategyContext:
             Decimal(0),
         )
 
+    async def sellable(self, symbol: str, quantity: Decimal) -> Decimal:
+        """What of ``quantity`` the account can sell now (a fee taken in the base asset
+        leaves a little less than the position holds); see ``OrderDesk.sellable``."""
+        return await self.desk.sellable(self.dal, self.portfolio_id, symbol, quantity)
+
     async def buy(self, symbol: str, quantity: Decimal, **order: Any) -> sa.Row[Any]:
         return await self._order(symbol, "BUY", quantity, order)
 

@@ -5,6 +5,7 @@ the desk → the DAL, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -14,16 +15,18 @@ from typing import Any
 
 import pytest
 
+from bot.confirmations import Confirmations
 from dal.database import Database, ScopedDal
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.scope import Actor
-from bot.confirmations import Confirmations
+from strategies.examples import REGISTRY
+from strategies.runtime import StrategyRuntime
 from tests.botkit import BotHarness, approved_user, joined
 from tests.factories import make_user
 from tests.fake_binance import API_KEY, API_SECRET, FakeBinance
 from trading.binance_gateway import BinanceGateway, binance_account_check, binance_gateways
 from trading.desk import OrderDesk
-from trading.market import Market
+from trading.market import Bar, Market
 
 D = Decimal
 
@@ -365,6 +368,15 @@ async def test_keys_never_reach_logs_or_the_database(
     assert API_KEY not in str(tuple(row)) and API_SECRET not in str(tuple(row))
 
 
+async def no_open_orders(live: Live) -> None:
+    deadline = asyncio.get_running_loop().time() + 15
+    while await live.dal.orders.open_orders(live.pid):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("an order stayed open")
+        await asyncio.sleep(0.02)
+    await live.desk.idle()
+
+
 async def wait_status(live: Live, order_id: int, status: str) -> Any:
     row = None
 
@@ -408,7 +420,7 @@ async def test_an_exchange_account_from_the_chat_keys_test_and_going_live(
     assert "LIVE" not in joined(await h.send(4242, "/account"))  # nothing changed yet
     assert "is LIVE" in joined(await h.press(4242, go_live or ""))
     assert "Bn — LIVE BINANCE account Spot" in joined(await h.send(4242, "/portfolios"))
-    assert "#%d Spot — LIVE BINANCE" % account.id in joined(await h.send(4242, "/account"))
+    assert f"#{account.id} Spot — LIVE BINANCE" in joined(await h.send(4242, "/account"))
     audit = await live.db.scoped(carol).audit.recent()
     assert any(
         a.entity_type == "ACCOUNT" and (a.details_json or {}).get("trading_mode") == "live"
@@ -433,3 +445,47 @@ async def test_switching_mode_waits_for_open_orders_and_reconnects_in_the_new_mo
     assert live.pid not in live.desk.gateways  # closed; the next order opens it anew
     preview = await live.desk.preview(live.dal, live.order("BUY", "0.01"))
     assert preview.venue == "LIVE"
+
+
+async def test_the_kill_switch_reaches_binance_per_order(live: Live) -> None:
+    await live.gateway()
+    first = await live.desk.place(live.dal, live.order("BUY", "0.01", "59000"))
+    second = await live.desk.place(live.dal, live.order("BUY", "0.01", "58000"))
+    await wait_for(lambda: len(live.fake.orders) == 2)
+    outcomes = await live.desk.kill_switch(live.dal)
+    assert [(o.order_id, o.outcome) for o in outcomes] == [
+        (first.id, "canceled"),
+        (second.id, "canceled"),
+    ]
+    assert {o.status for o in live.fake.orders.values()} == {"CANCELED"}
+
+
+async def test_a_strategy_trades_end_to_end_and_the_books_match_the_exchange(
+    live: Live,
+) -> None:
+    """strategy → desk → risk → Binance gateway → fake exchange → stream → fills → positions,
+    equal to a recompute; the ledger's balances equal Binance's to the last digit."""
+    await live.gateway()
+    runtime = StrategyRuntime(live.db, live.market, live.desk, REGISTRY, live.notes)
+    await runtime.start_strategy(live.user, "sma_cross", portfolio_id=live.pid)
+    live.market.instrument_ids.update(live.ids)
+    t0 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    closes = [D(60000) - 10 * i for i in range(20)] + [D(59900) + 50 * i for i in range(8)]
+    closes += [D(60300) - 80 * i for i in range(8)]
+    for minute, close in enumerate(closes):
+        live.fake.prices["BTCUSDT"] = close
+        bar = Bar("BTCUSDT", t0 + dt.timedelta(minutes=minute), close, close, close, close)
+        await live.market.on_bar(bar)
+        await runtime.settle()
+        await no_open_orders(live)  # a minute passes between bars: the order is done by then
+    await wait_for(lambda: len(live.fake.trades) >= 2)
+    await asyncio.sleep(0.3)
+    await live.desk.idle()
+    await runtime.stop()
+    trades = await live.trades()
+    assert [t.side for t in sorted(trades, key=lambda t: t.id)] == ["BUY", "SELL"]
+    assert all(t.order_id is not None for t in trades)
+    assert await live.dal.positions.verify(live.pid) == []
+    ledger = await live.dal.valuation.totals(live.pid)
+    exchange = {a: live.fake.free[a] + live.fake.locked[a] for a in ("USDT", "BTC")}
+    assert {a: ledger.get(a, D(0)) for a in exchange} == exchange

@@ -367,6 +367,31 @@ class OrderDesk:
         await gateway.place(GatewayOrder.of(row, symbol, owner_zone, self._now()))
         return row
 
+    async def sellable(
+        self, dal: ScopedDal, portfolio_id: int, symbol: str, quantity: Decimal
+    ) -> Decimal:
+        """How much of ``quantity`` a SELL that closes a long position can really sell: on a
+        spot account no more than the free balance of the base asset, down to the lot size.
+        An exchange that charges a BUY's fee in the base asset (Binance) leaves less than
+        the position's quantity; selling the position's quantity would be refused."""
+        portfolio = await dal.portfolios.get(portfolio_id)
+        account = await dal.accounts.get(portfolio.account_id)
+        if account.margin_leverage is not None or quantity <= 0:
+            return quantity
+        gateway = await self.gateway_for(portfolio_id, dal)
+        order = await self._on_gateway_exchange(
+            dal, {"portfolio_id": portfolio_id, "symbol": symbol}, gateway
+        )
+        instrument = await dal.instruments.get(symbol=symbol, exchange=order.get("exchange"))
+        held = {b.asset: b.free for b in await dal.valuation.balances(portfolio_id)}
+        free = held.get(instrument.base_asset, Decimal(0))
+        if free >= quantity:
+            return quantity
+        with localcontext(DECIMAL_CONTEXT):
+            lot = instrument.lot_size
+            capped = (free // lot) * lot if lot else free
+        return capped if capped > 0 else quantity  # nothing to sell: let the check say so
+
     # --- canceling ------------------------------------------------------------------------
     async def cancel(self, dal: ScopedDal, order_id: int) -> CancelOutcome:
         """Ask the order's gateway to cancel it and wait (a while) for the answer. An order of

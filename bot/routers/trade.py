@@ -217,7 +217,12 @@ def router() -> Router:
             await message.answer(f"No {whose} {q(symbol)} position in {q(portfolio.name)}.")
             return
         (position,) = held
-        trade = HeldTrade([closing_order(position, portfolio.id)])
+        closing = closing_order(position, portfolio.id)
+        if closing["side"] == "SELL":
+            closing["quantity"] = await desk.sellable(
+                dal, portfolio.id, symbol, closing["quantity"]
+            )
+        trade = HeldTrade([closing])
         note = ""
         running = {
             (run.strategy_id, run.portfolio_id)

@@ -49,4 +49,4 @@ class SmaCross(Strategy):
         if above and held <= 0:
             await ctx.buy(symbol, self.quantity)
         elif not above and held > 0:
-            await ctx.sell(symbol, held)
+            await ctx.sell(symbol, await ctx.sellable(symbol, held))
