@@ -213,7 +213,7 @@ async def test_tradebook_run_in_telegram_mode_end_to_end(tmp_path: Path) -> None
 
         # --- the strategy runtime: the example strategy trades and its fills are told ----
         await _command(api, ALICE, "/strategy start sma_cross", "Started sma_cross 1.0.")
-        await api.wait_for("a strategy fill", _sent_to(ALICE_ID, "Filled: "), timeout=60)
+        await api.wait_for("a strategy fill", _sent_to(ALICE_ID, "0.01 BTCUSDT at"), timeout=60)
         await _command(api, BOB, '/schedule add "* * * * *" report positions', "Schedule #")
         await _command(api, BOB, "/strategy start sma_cross", "Started sma_cross 1.0.")
         # Bob blocks the bot: the next fill notification to him gets 403.
@@ -267,7 +267,7 @@ async def test_tradebook_run_in_telegram_mode_end_to_end(tmp_path: Path) -> None
         ] == [("BUY", "0.1", "3001.5")]
         assert any(r["symbol"] == "BTCUSDT" and r["strategy_id"] for r in rows)
 
-        await _command(api, ALICE, '/schedule add "* * * * *" report pnl', "Schedule #")
+        await _command(api, ALICE, '/schedule add "* * * * *" report pnl all', "Schedule #")
 
         # --- Bob's chat: one 403, then nothing more is tried -----------------------------
         blocked = await api.wait_for(
@@ -290,8 +290,9 @@ async def test_tradebook_run_in_telegram_mode_end_to_end(tmp_path: Path) -> None
         eth_notices = [c for c in api.calls if c.ok and c.text.startswith(eth_fill)]
         assert len(eth_notices) == 1  # retried, never sent twice
 
-        # --- after a restart: the reports that came due while it was down run once ------
-        # (cron fires on whole minutes; moving next_run_at back stands for the downtime)
+        # --- a restart: reports that came due while it was down run at start-up; a ------
+        # blocked user still gets neither reports nor notices (cron fires on whole minutes:
+        # moving next_run_at back stands for the downtime, instead of waiting for a minute)
         down_since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         async with engine.begin() as conn:
             await conn.execute(schedules.update().values(next_run_at=down_since))
@@ -299,7 +300,7 @@ async def test_tradebook_run_in_telegram_mode_end_to_end(tmp_path: Path) -> None
         restarted = dt.datetime.now(dt.UTC)
         bot = await Tradebook.start(env, tmp_path)
         await api.wait_for(
-            "Alice's scheduled report", _sent_to(ALICE_ID, "PnL — Main, today"), mark, 60
+            "Alice's scheduled report", _sent_to(ALICE_ID, "PnL — Main, all time"), mark, 60
         )
         await api.wait_for("its chart", _sent_to(ALICE_ID, "PnL", "sendphoto"), mark)
         await _until("both schedules run", lambda: _schedules_ran_since(engine, restarted))
