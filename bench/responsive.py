@@ -97,12 +97,13 @@ async def _run_mode(
                 run.bot[command].append((time.perf_counter() - start) * 1000)
                 await asyncio.sleep(COMMAND_PAUSE_S)
 
+    tag = f"lag{id(run)}"
+    (target,) = await make_targets(db, [writer], iid, tag) if batch else (None,)
+
     async def ingest() -> None:
-        if batch == 0:  # the bot alone, for as long as a short ingestion run
+        if target is None:  # the bot alone, for as long as a short ingestion run
             await asyncio.sleep(1.5)
             return
-        tag = f"lag{id(run)}"
-        (target,) = await make_targets(db, [writer], iid, tag)
         trades = db.scoped(writer).trades
         start = time.perf_counter()
         for i in range(0, fills_n, batch):
@@ -114,7 +115,6 @@ async def _run_mode(
             else:
                 await trades.ingest_fills(fills)
         run.fills_per_s = fills_n / (time.perf_counter() - start)
-        await check_portfolios(db, {target.portfolio_id: fills_n + 1})
 
     gc.collect()
     tasks = [asyncio.create_task(probe())]
@@ -126,6 +126,8 @@ async def _run_mode(
         finally:
             done.set()
             await asyncio.gather(*tasks)
+    if target is not None:  # once the clock has stopped: the check replays every trade
+        await check_portfolios(db, {target.portfolio_id: fills_n + 1})
     run.gc_pauses = [(end - start) * 1000 for start, end in pauses.spans]
     for start, end in samples:
         lag = (end - start - PROBE_SLEEP_S) * 1000
