@@ -39,10 +39,12 @@ from strategies.examples import REGISTRY
 from strategies.runtime import StrategyRuntime
 from tradebook.ops.jobs import run_scheduled_jobs
 from tradebook.settings import Settings
-from trading.desk import GatewayFactory, OrderDesk
+from trading.binance_feed import BinanceFeed
+from trading.binance_gateway import binance_account_check, binance_gateways
+from trading.desk import AccountCheck, GatewayFactory, OrderDesk
 from trading.desk import Notify as Notifier
 from trading.events import OrderGateway
-from trading.feeds import CsvReplayFeed, PriceFeed, RandomWalkFeed
+from trading.feeds import CsvReplayFeed, PriceFeed, RandomWalkFeed, market_data_setting
 from trading.market import Bar, Market
 from trading.paper import PaperGateway
 from trading.paper_engine import PaperConfig
@@ -78,6 +80,11 @@ class Trading:
             for inst in self.feed.instruments:
                 row = await s.instruments.ensure(inst.__dict__)
                 self.market.instrument_ids[inst.symbol] = row.id
+            if isinstance(self.feed, BinanceFeed):  # real prices: Binance's own too
+                for row in await s.instruments.list():
+                    if row.exchange == "BINANCE" and row.symbol in self.market.instrument_ids:
+                        self.market.also_marks.setdefault(row.symbol, []).append(row.id)
+        self.market.stale_since = lambda: getattr(self.feed, "stale_since", None)
         await self.desk.start()
         await self.strategies.start()
         self.alerts.attach()
@@ -159,16 +166,37 @@ def build_trading(
     paced: bool = True,
     lockstep: bool = False,
     alert_cooldown_s: float = 0.0,
+    exchanges: ExchangeSettings | None = None,
 ) -> Trading:
     market = Market()
-    desk = OrderDesk(db, market, notify, gateway_factories(paper, market), terms=paper_terms(paper))
+    factories = gateway_factories(paper, market)
+    checks: dict[str, AccountCheck] = {}
+    if exchanges is not None:
+        factories["BINANCE"] = binance_gateways(
+            db,
+            notify,
+            exchanges.secrets_dir,
+            exchanges.binance_base_url,
+            reconcile_every_s=exchanges.reconcile_every_s,
+        )
+        checks["BINANCE"] = binance_account_check(exchanges.secrets_dir, exchanges.binance_base_url)
+    desk = OrderDesk(db, market, notify, factories, terms=paper_terms(paper), account_checks=checks)
     strategies = StrategyRuntime(db, market, desk, registry, notify)
     alerts = AlertEngine(db, market, desk, notify, cooldown_s=alert_cooldown_s)
     return Trading(db, feed, market, desk, strategies, alerts, paced, lockstep)
 
 
+@dataclass(frozen=True)
+class ExchangeSettings:
+    """Where exchange accounts find their keys and their exchange."""
+
+    secrets_dir: Path
+    binance_base_url: str | None = None
+    reconcile_every_s: float = 60.0
+
+
 def gateway_factories(paper: PaperConfig, market: Market) -> dict[str, GatewayFactory]:
-    """A gateway per broker this tradebook can trade at (brokers.code → factory)."""
+    """The paper gateway (brokers.code → factory); exchanges are added by ``build_trading``."""
 
     def paper_gateway(portfolio: sa.Row[Any], account: sa.Row[Any]) -> OrderGateway:
         return PaperGateway(paper, market, currency=account.base_currency)
@@ -192,8 +220,15 @@ def paper_config(settings: Settings) -> PaperConfig:
 async def build_feed(settings: Settings, db: Database) -> PriceFeed:
     """The configured feed; the random walk continues from the last stored marks."""
     interval = dt.timedelta(seconds=float(1 / settings.paper_speed))
-    if settings.paper_feed != "random":
-        return CsvReplayFeed(Path(settings.paper_feed), interval=interval)
+    kind, path = market_data_setting(settings.market_data or "random")
+    if settings.market_data is None and settings.paper_feed != "random":
+        kind, path = "csv", settings.paper_feed
+    if kind == "csv":
+        return CsvReplayFeed(Path(path or ""), interval=interval)
+    if kind == "binance":
+        feed = BinanceFeed(settings.market_symbols, base_url=settings.binance_base_url)
+        await feed.load()  # exchange info and the warm-up minutes
+        return feed
     return RandomWalkFeed(interval=interval, seed=None, start_prices=await stored_prices(db))
 
 
@@ -211,6 +246,11 @@ async def trading_for(settings: Settings, db: Database, bot: Bot) -> Trading:
         REGISTRY,
         paper_config(settings),
         alert_cooldown_s=settings.alert_cooldown_seconds,
+        exchanges=ExchangeSettings(
+            settings.secrets_dir,
+            settings.binance_base_url,
+            float(settings.binance_reconcile_seconds),
+        ),
     )
 
 

@@ -46,6 +46,17 @@ class Settings(BaseSettings):
     paper_currency: str = "USDT"
     strategies: Literal["on", "off"] = "on"
     paper_feed: str = "random"
+    # Prices: random (the default random walk), csv:PATH, or binance (Binance's public 1-minute
+    # klines; paper trading, marks, alerts and strategies then run on real prices). Unset:
+    # paper_feed says it (its older name).
+    market_data: str | None = None
+    market_symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["BTCUSDT", "ETHUSDT"]
+    )
+    # Binance: another server speaking its API for every Binance account and the market feed
+    # (the tests' fake); None: Binance itself (testnet or live per account).
+    binance_base_url: str | None = None
+    binance_reconcile_seconds: int = Field(default=60, ge=5, le=3600)
     paper_speed: Decimal = Field(default=Decimal("5"), gt=0, le=10000)
     paper_fee_bps: Decimal = Field(default=Decimal("10"), ge=0, le=1000)
     paper_slippage_bps: Decimal = Field(default=Decimal("5"), ge=0, le=1000)
@@ -116,6 +127,28 @@ class Settings(BaseSettings):
             raise ValueError("give the amount as text, not a float")
         if value == "":
             return None
+        return value
+
+    @field_validator("market_data")
+    @classmethod
+    def _market_data(cls, value: str | None) -> str | None:
+        from trading.feeds import market_data_setting
+
+        if value is None or not value.strip():
+            return None
+        kind, path = market_data_setting(value)
+        if kind == "csv" and not Path(path or "").is_file():
+            raise ValueError(f"{path!r} is not a CSV file")
+        return value.strip()
+
+    @field_validator("market_symbols", mode="before")
+    @classmethod
+    def _symbols(cls, value: object) -> object:
+        if isinstance(value, str):
+            symbols = [s.strip().upper() for s in value.split(",") if s.strip()]
+            if not symbols:
+                raise ValueError("name at least one symbol, e.g. BTCUSDT,ETHUSDT")
+            return symbols
         return value
 
     @field_validator("paper_feed")

@@ -91,6 +91,11 @@ class Market:
     def __init__(self) -> None:
         self.marks = MarkBook()
         self.instrument_ids: dict[str, int] = {}  # symbol → instruments.id
+        # Instruments of another exchange priced by the same bars (a real feed's symbols on
+        # the exchange accounts that trade them): symbol → their ids.
+        self.also_marks: dict[str, list[int]] = {}
+        # Since when the feed has sent nothing new (None: it is current, or cannot tell).
+        self.stale_since: Callable[[], dt.datetime | None] = lambda: None
         self.last_bar_time: dt.datetime | None = None
         self._listeners: list[tuple[str, BarListener]] = []
         self.ended = asyncio.Event()
@@ -106,6 +111,8 @@ class Market:
         others still get the bar."""
         self.last_bar_time = bar.time
         self.marks.update(bar, self.instrument_ids.get(bar.symbol))
+        for instrument_id in self.also_marks.get(bar.symbol, ()):
+            self.marks.marks[instrument_id] = bar.close
         for name, listener in list(self._listeners):
             try:
                 await listener(bar)

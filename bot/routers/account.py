@@ -60,9 +60,14 @@ def router() -> Router:
     ) -> None:
         portfolio = await resolve_portfolio(dal, (command.args or "").strip() or None)
         now = dt.datetime.now(dt.UTC)
-        await send_reply(
-            bot, message.chat.id, await status_report(dal, portfolio, now, live_marks(desk))
-        )
+        report = await status_report(dal, portfolio, now, live_marks(desk))
+        stale = desk.market.stale_since() if desk is not None else None
+        if stale is not None:
+            report.texts[0] = (
+                f"⚠ Prices are stale since {stale:%Y-%m-%d %H:%M} UTC: the price feed sent "
+                f"nothing new; paper orders wait for fresh prices.\n{report.texts[0]}"
+            )
+        await send_reply(bot, message.chat.id, report)
 
     @r.message(Command("profit", "performance", ignore_case=True))
     async def profit(
