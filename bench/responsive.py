@@ -122,6 +122,7 @@ async def _run_mode(
         tasks.append(asyncio.create_task(bot()))
     with _GcPauses() as pauses:
         try:
+            await asyncio.sleep(2 * PROBE_SLEEP_S)  # the probe is asleep: it sees any stall
             await ingest()
         finally:
             done.set()
@@ -177,13 +178,13 @@ def summarize(runs: list[LagRun]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for mode in dict.fromkeys(r.mode for r in runs):
         mine = [r for r in runs if r.mode == mode]
-        lags = [x for r in mine for x in r.lags]
+        lags = [x for r in mine for x in r.lags] or [0.0]
         outside = [x for r in mine for x in r.lags_outside_gc]
         row: dict[str, Any] = {
             "lag_max_ms": round(max(lags), 1),
             "lag_p99_ms": round(percentile(lags, 99), 1),
             "lag_max_outside_gc_ms": round(max(outside), 1) if outside else None,
-            "lag_max_per_run_ms": [round(max(r.lags), 1) for r in mine],
+            "lag_max_per_run_ms": [round(max(r.lags, default=0.0), 1) for r in mine],
             "lag_samples": len(lags),
             "gc_gen2_pauses_ms": [round(p, 1) for r in mine for p in r.gc_pauses],
             "load": [round(r.load, 2) for r in mine],
