@@ -23,7 +23,7 @@ from strategies.examples import REGISTRY
 from strategies.runtime import StrategyRuntime
 from tests.botkit import BotHarness, approved_user, joined
 from tests.factories import make_user
-from tests.fake_binance import API_KEY, API_SECRET, FakeBinance
+from tests.fake_binance import API_KEY, API_SECRET, FakeBinance, SymbolRules
 from trading.binance_gateway import BinanceGateway, binance_account_check, binance_gateways
 from trading.desk import OrderDesk
 from trading.market import Bar, Market
@@ -489,3 +489,32 @@ async def test_a_strategy_trades_end_to_end_and_the_books_match_the_exchange(
     ledger = await live.dal.valuation.totals(live.pid)
     exchange = {a: live.fake.free[a] + live.fake.locked[a] for a in ("USDT", "BTC")}
     assert {a: ledger.get(a, D(0)) for a in exchange} == exchange
+
+
+async def test_a_binance_portfolio_trades_binances_instrument_never_the_paper_one(
+    live: Live,
+) -> None:
+    """Found running tradebook against the fake: a symbol known only as a paper instrument
+    was ordered on it and sent to Binance, whose fills then matched no order."""
+    live.fake.rules["SOLUSDT"] = SymbolRules("SOLUSDT", "SOL", "USDT", D("0.01"), D("0.001"), D(5))
+    live.fake.prices["SOLUSDT"] = D("150")
+    async with live.db.session(Actor.system()) as s:
+        paper_sol = await s.instruments.create(
+            {"symbol": "SOLUSDT", "exchange": "PAPER", "asset_type": "CRYPTO", "currency": "USDT"}
+        )
+    await live.gateway()
+    order = await live.desk.place(
+        live.dal, {**live.order("BUY", "1", "150", symbol="SOLUSDT"), "exchange": None}
+    )
+    row = await wait_status(live, order.id, "FILLED")
+    async with live.db.session(Actor.system()) as s:
+        instrument = await s.instruments.get(row.instrument_id)
+    assert (instrument.exchange, instrument.symbol) == ("BINANCE", "SOLUSDT")
+    assert instrument.id != paper_sol.id and instrument.lot_size == D("0.001")
+    assert await live.dal.unapplied_events.list() == []
+    with pytest.raises(NotFound, match="DOGEUSDT is not listed on Binance Spot"):
+        await live.desk.preview(live.dal, live.order("BUY", "1", "1", symbol="DOGEUSDT"))
+    with pytest.raises(InvalidInput, match="trades on BINANCE, not PAPER"):
+        await live.desk.preview(
+            live.dal, {**live.order("BUY", "1", "150", symbol="SOLUSDT"), "exchange": "PAPER"}
+        )

@@ -81,9 +81,10 @@ class Trading:
                 row = await s.instruments.ensure(inst.__dict__)
                 self.market.instrument_ids[inst.symbol] = row.id
             if isinstance(self.feed, BinanceFeed):  # real prices: Binance's own too
+                self.market.priced_exchange = "BINANCE"
                 for row in await s.instruments.list():
-                    if row.exchange == "BINANCE" and row.symbol in self.market.instrument_ids:
-                        self.market.also_marks.setdefault(row.symbol, []).append(row.id)
+                    if row.symbol in self.market.instrument_ids:
+                        self.market.alias(row.symbol, row.id, row.exchange)
         self.market.stale_since = lambda: getattr(self.feed, "stale_since", None)
         await self.desk.start()
         await self.strategies.start()

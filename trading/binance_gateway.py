@@ -317,6 +317,22 @@ class BinanceGateway:
         wanted = (await self.ledger.symbols()) | {o.symbol for o in self.open.values()}
         await self._ensure_instruments(wanted)
 
+    async def ensure_instrument(self, symbol: str) -> None:
+        """The instrument of a symbol about to be traded, from Binance's rules (NotFound
+        when Binance does not list it)."""
+        if symbol in self.known:
+            return
+        try:
+            await self._load_rules()
+        except BaseError as exc:
+            raise TradebookError(
+                f"Binance cannot be reached to read its rules for {symbol} "
+                f"({type(exc).__name__}); try again shortly"
+            ) from None
+        if symbol not in self.rules:
+            raise NotFound(f"{symbol} is not listed on Binance Spot")
+        await self._ensure_instruments({symbol})
+
     async def _ensure_instruments(self, symbols: set[str]) -> None:
         new = [self.rules[s] for s in sorted(symbols - self.known) if s in self.rules]
         if new:

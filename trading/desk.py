@@ -303,15 +303,20 @@ class OrderDesk:
     async def _on_gateway_exchange(
         self, dal: ScopedDal, order: dict[str, Any], gateway: OrderGateway
     ) -> dict[str, Any]:
-        """A symbol listed on several exchanges means the gateway's own (BTCUSDT of a
-        Binance portfolio is Binance's, of a paper portfolio the paper one)."""
+        """An exchange gateway trades its exchange's instruments only: BTCUSDT of a Binance
+        portfolio is Binance's (created from the exchange's rules on first use), never the
+        paper one of the same name."""
         exchange = getattr(gateway, "exchange", None)
-        if exchange is None or order.get("exchange") or order.get("instrument_id"):
+        if exchange is None or order.get("instrument_id"):
             return order
-        try:
-            await dal.instruments.get(symbol=order["symbol"], exchange=exchange)
-        except NotFound:
-            return order
+        if order.get("exchange") and str(order["exchange"]).upper() != exchange:
+            raise InvalidInput(f"this portfolio trades on {exchange}, not {order['exchange']}")
+        symbol = str(order["symbol"]).upper()
+        ensure = getattr(gateway, "ensure_instrument", None)
+        if ensure is not None:
+            await ensure(symbol)
+            instrument = await dal.instruments.get(symbol=symbol, exchange=exchange)
+            self.market.alias(symbol, instrument.id, exchange)  # real prices, if the feed has them
         return {**order, "exchange": exchange}
 
     async def _checks(

@@ -91,14 +91,27 @@ class Market:
     def __init__(self) -> None:
         self.marks = MarkBook()
         self.instrument_ids: dict[str, int] = {}  # symbol → instruments.id
-        # Instruments of another exchange priced by the same bars (a real feed's symbols on
-        # the exchange accounts that trade them): symbol → their ids.
+        # The exchange whose real prices the feed carries (None: simulated prices), and its
+        # instruments priced by the same bars as the feed's own: symbol → their ids.
+        self.priced_exchange: str | None = None
         self.also_marks: dict[str, list[int]] = {}
         # Since when the feed has sent nothing new (None: it is current, or cannot tell).
         self.stale_since: Callable[[], dt.datetime | None] = lambda: None
         self.last_bar_time: dt.datetime | None = None
         self._listeners: list[tuple[str, BarListener]] = []
         self.ended = asyncio.Event()
+
+    def alias(self, symbol: str, instrument_id: int, exchange: str | None) -> None:
+        """Price an exchange's instrument with the feed's bars of the same symbol, when the
+        feed carries that exchange's real prices (never simulated prices)."""
+        if exchange is None or exchange != self.priced_exchange:
+            return
+        ids = self.also_marks.setdefault(symbol, [])
+        if instrument_id not in ids:
+            ids.append(instrument_id)
+        price = self.marks.by_symbol.get(symbol)
+        if price is not None:
+            self.marks.marks[instrument_id] = price
 
     def subscribe(self, name: str, listener: BarListener) -> None:
         self._listeners.append((name, listener))
