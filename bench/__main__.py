@@ -21,6 +21,7 @@ from typing import Any
 
 from bench.common import CheckFailed, ProductionLogging, fresh_database, median
 from bench.ingest import ROUNDS, DalImpl, _run_writers, bench_engine, make_targets
+from bench.live import run_live
 from bench.seed import check_seed, latencies, seed
 
 RESULTS = Path(__file__).parent / "results"
@@ -377,7 +378,7 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--full", action="store_true", help="one year of seed history")
     parser.add_argument("--quick", action="store_true", help="small runs (a smoke test)")
     parser.add_argument("--engines", default="sqlite,postgresql")
-    parser.add_argument("--only", default="ingest,seed,scaling,charts,lag")
+    parser.add_argument("--only", default="ingest,seed,scaling,charts,lag,live")
     parser.add_argument(
         "--rounds", type=int, default=ROUNDS, help=f"rounds per comparison (default {ROUNDS})"
     )
@@ -411,6 +412,7 @@ async def main(argv: list[str]) -> int:
             ),
             "charts": lambda: run_charts(report),
             "lag": lambda: run_lag(engines, days, scale, max(3, args.rounds // 2 + 1), report),
+            "live": lambda: run_live(engines, args.quick, report),
         }
         report["section_seconds"] = {}
         for name, run_section in sections.items():

@@ -471,6 +471,7 @@ class BinanceGateway:
                     await self._trades_after(symbol, {"startTime": start}, client_ids)
                 for broker_order_id in sorted(orders_to_check.get(symbol, ()), key=str):
                     await self._trades_of(symbol, broker_order_id, client_ids)
+            await self._events.join()  # compare balances once what was fetched is applied
             await self._check_balances()
             self.caught_up += 1
 
