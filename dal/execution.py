@@ -8,7 +8,8 @@ Every query function and service in dal/ is plain synchronous SQLAlchemy Core on
   pool of reader threads for read-only sessions. A service call is one synchronous call, however
   many statements it runs: SQLAlchemy's aiosqlite adapter would pay several thread hops per
   statement (docs/performance.md). The single writer connection serializes writers by
-  construction; ``BEGIN IMMEDIATE`` and the busy timeout cover other processes.
+  construction; ``BEGIN IMMEDIATE`` and the busy timeout cover other processes. WAL
+  checkpoints run on a thread of their own (``_Checkpointer``), not inside a COMMIT.
 * PostgreSQL: on one pooled asyncpg connection held for the session, each service call in one
   ``AsyncConnection.run_sync`` (greenlet) step; rows are locked with ``SELECT … FOR UPDATE``.
 
@@ -20,20 +21,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from dal.engine import BUSY_TIMEOUT_MS, create_engine, create_sync_sqlite_engine
+from dal.engine import (
+    BUSY_TIMEOUT_MS,
+    WAL_AUTOCHECKPOINT_PAGES,
+    create_engine,
+    create_sync_sqlite_engine,
+)
 from dal.errors import DatabaseUnavailable
 
 T = TypeVar("T")
+log = logging.getLogger("tradebook.dal")
 READER_THREADS = 2
+# SQLite's automatic checkpoint runs inside the COMMIT that takes the WAL past its threshold:
+# it copies the WAL's pages back into the database file and syncs the file, which held the
+# event loop for tens of milliseconds at a time (docs/performance.md, "The event loop while
+# fills pour in"). The writer connection leaves checkpoints to a thread of its own
+# (_Checkpointer), at most one every CHECKPOINT_INTERVAL_S, and keeps the automatic one only as
+# a backstop far above what that thread lets the WAL grow to.
+CHECKPOINT_INTERVAL_S = 0.1
+BACKSTOP_AUTOCHECKPOINT_PAGES = 10 * WAL_AUTOCHECKPOINT_PAGES
 
 
 class _Lane:
@@ -64,6 +81,61 @@ class _Lane:
         self._pool.shutdown(wait=True)
 
 
+class _Checkpointer:
+    """PASSIVE checkpoints of the WAL on a thread and a connection of their own, started after
+    commits of the writer connection: at most one at a time and one every
+    ``CHECKPOINT_INTERVAL_S``. A passive checkpoint waits for no reader and no writer, so the
+    loop and the writer go on meanwhile; frames a reader still needs wait for the next one."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tradebook-checkpoint")
+        self._conn: Any = None  # the thread's connection (a pool proxy of a sqlite3 one)
+        self._job: Future[tuple[int, int, int] | None] | None = None
+        self._last = float("-inf")  # time.monotonic() when the last checkpoint was started
+        self._closed = False
+
+    def committed(self) -> None:
+        """After a COMMIT on the writer connection, on whichever thread ran it (the write lock
+        keeps two of these from running at once)."""
+        now = time.monotonic()
+        if self._closed or now - self._last < CHECKPOINT_INTERVAL_S:
+            return
+        if self._job is not None and not self._job.done():
+            return
+        self._last = now
+        self._job = self._pool.submit(self._checkpoint)
+
+    def _checkpoint(self) -> tuple[int, int, int] | None:
+        """(busy, frames in the WAL, frames copied back), as SQLite reports them."""
+        try:
+            if self._conn is None:
+                self._conn = self._engine.raw_connection()
+            cursor = self._conn.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            return cursor.fetchone()  # type: ignore[no-any-return]  # sqlite3 rows are tuples
+        except Exception:  # the next commit tries again; the backstop still holds
+            log.warning("WAL checkpoint failed", exc_info=True)
+            return None
+
+    async def settled(self) -> None:
+        """Wait for the checkpoint under way, if any."""
+        job = self._job
+        if job is not None:
+            await asyncio.wrap_future(job)
+
+    async def close(self) -> None:
+        self._closed = True
+        await self.settled()
+
+        def close_connection() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await asyncio.wrap_future(self._pool.submit(close_connection))
+        self._pool.shutdown(wait=False)
+
+
 class _Writer:
     """The one SQLite connection every write transaction of this process uses, and the thread
     that runs the transactions that should not run on the event loop.
@@ -83,6 +155,7 @@ class _Writer:
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="tradebook-writer")
+        self.checkpointer = _Checkpointer(engine)
         self._conn: sa.Connection | None = None
         self._closed = False
         self.lock = asyncio.Lock()
@@ -120,6 +193,8 @@ class _Writer:
         if self._conn is None or self._conn.closed:
             conn = self._engine.connect()
             _set_busy_timeout(conn, 0)
+            driver = conn.connection.driver_connection
+            driver.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_AUTOCHECKPOINT_PAGES}")  # type: ignore[union-attr]  # a live sqlite3 connection here
             self._conn = conn
         return self._conn
 
@@ -158,6 +233,7 @@ class _Writer:
                 self._conn.close()
                 self._conn = None
             self._thread.shutdown(wait=True)
+            await self.checkpointer.close()
 
 
 async def _until_done(job: asyncio.Future[Any]) -> None:
@@ -199,6 +275,7 @@ def _commit(writer: _Writer, conn: sa.Connection) -> None:
         except BaseException:
             writer.discard()
         raise
+    writer.checkpointer.committed()
 
 
 def _rollback(writer: _Writer, conn: sa.Connection) -> None:

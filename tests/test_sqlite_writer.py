@@ -318,3 +318,36 @@ async def test_a_write_inside_an_open_write_session_of_the_same_task_is_refused(
                 await db.scoped(actor).positions.snapshot(pid)
         await s.trades.ingest_fill(fill(pid, iid, "BUY", "1", "100", trade_id="n2"))
     assert await _trade_count(db, actor, pid) == 2
+
+
+async def test_checkpoints_run_on_their_own_thread_not_in_the_commit(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer connection's automatic checkpoint is only a backstop far above the usual
+    threshold: the checkpointer thread copies the WAL back after commits, so a COMMIT on the
+    loop's thread does not."""
+    from dal import execution
+
+    monkeypatch.setattr(execution, "CHECKPOINT_INTERVAL_S", 0.0)
+    done: list[tuple[str, Any]] = []
+    checkpoint = execution._Checkpointer._checkpoint
+
+    def recorded(self: Any) -> Any:
+        result = checkpoint(self)
+        done.append((threading.current_thread().name, result))
+        return result
+
+    monkeypatch.setattr(execution._Checkpointer, "_checkpoint", recorded)
+    actor, pid, iid = await _trader(db)
+    dal = db.scoped(actor)
+    for i in range(20):
+        await dal.trades.ingest_fill(fill(pid, iid, "BUY", "1", "100", trade_id=f"c{i}"))
+    writer = db._get_runner().writer  # type: ignore[union-attr]  # a SQLiteRunner here
+    await writer.checkpointer.settled()
+    driver = writer.connection().connection.driver_connection
+    assert driver is not None
+    (pages,) = driver.execute("PRAGMA wal_autocheckpoint").fetchone()
+    assert pages == execution.BACKSTOP_AUTOCHECKPOINT_PAGES
+    assert done and {name for name, _ in done} == {"tradebook-checkpoint_0"}
+    assert all(result is not None and result[0] == 0 for _, result in done)
+    assert sum(result[2] for _, result in done) > 0  # frames were copied back
