@@ -165,13 +165,10 @@ async def profit_report(
     marks: Mapping[int, Decimal] | None = None,
     period_word: str = "all",
 ) -> Reply:
-    since = period.since.astimezone(ZoneInfo(zone)).date() if period.since else None
-    async with dal.session(readonly=True) as s:  # one snapshot, one connection
-        summary = await s.trades.pnl(
-            portfolio.id, period.since, period.until, ZoneInfo(zone), daily=False
-        )
-        value = await s.valuation.value(portfolio.id, marks)
-        history = await s.equity.curve(portfolio.id, since)
+    profit = await dal.equity.profit(
+        portfolio.id, period.since, period.until, ZoneInfo(zone), marks
+    )
+    summary, value, series = profit.summary, profit.valuation, profit.closes
     title = f"<b>Profit — {q(portfolio.name)}, {q(period.label)}</b>"
     lines = ["realized PnL"]
     lines += [f"  {signed(v)} {cur}" for cur, v in sorted(summary.realized.items())] or ["  none"]
@@ -201,7 +198,6 @@ async def profit_report(
         (worst_symbol, worst), (best_symbol, best) = ranked[0], ranked[-1]
         lines.append(f"best {best_symbol} {signed(best.realized)} {best.currency}")
         lines.append(f"worst {worst_symbol} {signed(worst.realized)} {worst.currency}")
-    series = [(row.day, row.equity) for row in history if row.currency == value.currency]
     markup = None
     if len(series) > 1:
         amount, fraction = max_drawdown(series)

@@ -18,6 +18,27 @@ from dal.types import new_uid
 accounts = t.accounts
 portfolios = t.portfolios
 
+# The user's current portfolio (users.current_portfolio_id, unless archived), else the default,
+# for an approved and active user: ``PortfolioService.current`` in one statement.
+_CURRENT_OF_APPROVED_USER = (
+    sa.select(portfolios)
+    .join(t.users, t.users.c.id == portfolios.c.user_id)
+    .where(
+        t.users.c.id == sa.bindparam("user_id"),
+        t.users.c.is_active == sa.true(),
+        t.users.c.approved_at.is_not(None),
+        sa.or_(
+            sa.and_(
+                portfolios.c.id == t.users.c.current_portfolio_id,
+                portfolios.c.archived_at.is_(None),
+            ),
+            portfolios.c.is_default,
+        ),
+    )
+    .order_by(portfolios.c.is_default)  # the current one first, when it is not the default
+    .limit(1)
+)
+
 
 def broker_code_of(conn: sa.Connection, portfolio_id: int) -> str:
     """The code of the broker a portfolio trades at (the caller has checked ownership)."""
@@ -253,6 +274,14 @@ class PortfolioService:
     @read_only
     def current(self) -> sa.Row[Any]:
         """The bot's portfolio context: users.current_portfolio_id, else the default."""
+        if self.tx.actor.user_id is not None and "user" not in self.tx.state:
+            # A fresh session (every bot command's): one statement. No row proves nothing;
+            # the steps below then raise the precise error.
+            row = self.tx.conn.execute(
+                _CURRENT_OF_APPROVED_USER, {"user_id": self.tx.actor.user_id}
+            ).one_or_none()
+            if row is not None:
+                return row
         user = self.tx.user_row()
         if user.current_portfolio_id is not None:
             row = self.tx.conn.execute(

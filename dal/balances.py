@@ -56,6 +56,22 @@ _CASH = (
     .where(t.cash_movements.c.portfolio_id == sa.bindparam("portfolio_id"))
     .group_by(t.cash_movements.c.currency)
 )
+# Both in one statement: a cash row is (currency, NULL, NULL, its sum, NULL, NULL); a trade
+# row always has a quote currency. The trade rows come first: their column types convert
+# the amounts of every row.
+_CASH_AND_FLOWS = sa.union_all(
+    _FLOWS,
+    sa.select(
+        t.cash_movements.c.currency,
+        sa.null(),
+        sa.null(),
+        decimal_sum(t.cash_movements.c.amount),
+        sa.null(),
+        sa.null(),
+    )
+    .where(t.cash_movements.c.portfolio_id == sa.bindparam("portfolio_id"))
+    .group_by(t.cash_movements.c.currency),
+)
 _OPEN_ORDERS = (
     sa.select(
         orders.c.side,
@@ -106,21 +122,29 @@ def cash_totals(conn: sa.Connection, portfolio_id: int) -> dict[str, Decimal]:
     return _canonical({currency: amount for currency, amount in rows})
 
 
-def totals(
-    conn: sa.Connection, portfolio_id: int, cash: Mapping[str, Decimal] | None = None
-) -> dict[str, Decimal]:
-    """Each asset's total balance (assets that were never touched are absent); ``cash`` is
-    the portfolio's ``cash_totals`` when the caller has read them already."""
+def cash_and_totals(
+    conn: sa.Connection, portfolio_id: int
+) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+    """``cash_totals`` and ``totals`` of the portfolio, read in one statement."""
+    cash: dict[str, Decimal] = {}
     result: dict[str, Decimal] = defaultdict(Decimal)
-    params = {"portfolio_id": portfolio_id}
     with localcontext(DECIMAL_CONTEXT):
-        for currency, amount in (cash_totals(conn, portfolio_id) if cash is None else cash).items():
-            result[currency] += amount
-        for base, quote, fee_currency, quantity, proceeds, fees in conn.execute(_FLOWS, params):
-            result[base] += quantity
-            result[quote] += proceeds
-            result[fee_currency or quote] -= fees
-    return _canonical(result)
+        for base, quote, fee_currency, quantity, proceeds, fees in conn.execute(
+            _CASH_AND_FLOWS, {"portfolio_id": portfolio_id}
+        ):
+            if quote is None:  # the cash ledger in the currency ``base``
+                cash[base] = quantity
+                result[base] += quantity
+            else:
+                result[base] += quantity
+                result[quote] += proceeds
+                result[fee_currency or quote] -= fees
+    return _canonical(cash), _canonical(result)
+
+
+def totals(conn: sa.Connection, portfolio_id: int) -> dict[str, Decimal]:
+    """Each asset's total balance (assets that were never touched are absent)."""
+    return cash_and_totals(conn, portfolio_id)[1]
 
 
 def totals_from_trades(conn: sa.Connection, portfolio_id: int) -> dict[str, Decimal]:
@@ -218,11 +242,17 @@ def balances(
     conn: sa.Connection,
     portfolio_id: int,
     marks: Mapping[int, Decimal],
-    cash: Mapping[str, Decimal] | None = None,
+    held: Mapping[str, Decimal] | None = None,
 ) -> list[Balance]:
-    """Every asset the portfolio holds or reserves, by name."""
-    held = totals(conn, portfolio_id, cash)
-    held_back = reserved(conn, portfolio_id, marks)
+    """Every asset the portfolio holds or reserves, by name; ``held`` is the portfolio's
+    ``totals`` when the caller has read them already."""
+    if held is None:
+        held = totals(conn, portfolio_id)
+    return balance_list(held, reserved(conn, portfolio_id, marks))
+
+
+def balance_list(held: Mapping[str, Decimal], held_back: Mapping[str, Decimal]) -> list[Balance]:
+    """Balances from the totals and the reservations per asset: every asset with either."""
     return [
         Balance(asset, held.get(asset, ZERO), held_back.get(asset, ZERO))
         for asset in sorted(set(held) | set(held_back))

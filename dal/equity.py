@@ -11,7 +11,9 @@ not rewrite that past day: the snapshot stays what the portfolio was worth when 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,11 +25,13 @@ from dal.balances import Balance
 from dal.decimals import DECIMAL_CONTEXT
 from dal.errors import Forbidden
 from dal.marks import stored_marks
-from dal.models import check_marks
+from dal.models import aware_arg, check_marks
 from dal.ownership import owned_portfolio, owned_portfolio_rows
 from dal.position_math import ZERO, canonical_amount
 from dal.scope import Tx, read_only
-from dal.valuation import Prices, value_portfolio
+from dal.trades import PnlSummary, period_pnl
+from dal.types import trimmed_on_postgresql
+from dal.valuation import Prices, Valuation, value_portfolio
 
 snapshots = t.equity_snapshots
 
@@ -56,6 +60,20 @@ def net_deposits(
             if rate is not None:
                 total += amount * rate
     return canonical_amount(total)
+
+
+@functools.cache
+def _closes(dialect: str, since: bool) -> sa.Select[Any]:
+    """The daily closes in one currency, oldest first (``since``: from a day on)."""
+    query = (
+        sa.select(snapshots.c.day, trimmed_on_postgresql(snapshots.c.equity, dialect))
+        .where(
+            snapshots.c.portfolio_id == sa.bindparam("portfolio_id"),
+            snapshots.c.currency == sa.bindparam("currency"),
+        )
+        .order_by(snapshots.c.day)
+    )
+    return query.where(snapshots.c.day >= sa.bindparam("since")) if since else query
 
 
 def _text_map(values: Mapping[Any, Decimal]) -> dict[str, str]:
@@ -100,6 +118,15 @@ def rederive(conn: sa.Connection, snapshot: Any) -> Decimal:
     return value_portfolio(conn, snapshot.portfolio_id, snapshot.currency, marks, held).equity
 
 
+@dataclass(frozen=True)
+class Profit:
+    """The reads behind /profit (``EquityService.profit``)."""
+
+    summary: PnlSummary  # the period's realized PnL, fees and trades (no daily series)
+    valuation: Valuation  # now, in the account's currency (open orders' reservations not read)
+    closes: list[tuple[dt.date, Decimal]]  # daily equity closes in that currency, oldest first
+
+
 class EquityService:
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
@@ -141,6 +168,35 @@ class EquityService:
         chart or a period's closing equity needs."""
         columns = (snapshots.c.day, snapshots.c.currency, snapshots.c.equity)
         return self._snapshots(portfolio_id, since, columns)
+
+    @read_only
+    def profit(
+        self,
+        portfolio_id: int,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        tz: dt.tzinfo = dt.UTC,
+        marks: Mapping[int, Decimal] | None = None,
+    ) -> Profit:
+        """What /profit shows, read in one call: ``TradeService.pnl`` of [since, until)
+        without its daily series, the valuation at ``marks`` (default: the last stored marks)
+        in the account's currency, and the daily closes in that currency from ``since``'s
+        day in ``tz`` on (all of them without ``since``)."""
+        (portfolio,) = owned_portfolio_rows(
+            self.tx, portfolio_id, _PORTFOLIO.where(t.portfolios.c.id == portfolio_id)
+        )
+        since, until = aware_arg(since, "since"), aware_arg(until, "until")
+        conn = self.tx.conn
+        summary = period_pnl(conn, portfolio_id, since, until, tz, portfolio.timezone, False)
+        currency = portfolio.base_currency
+        checked = None if marks is None else check_marks(dict(marks))
+        valuation = value_portfolio(conn, portfolio_id, currency, checked, open_orders=False)
+        params: dict[str, Any] = {"portfolio_id": portfolio_id, "currency": currency}
+        if since is not None:
+            params["since"] = since.astimezone(tz).date()
+        query = _closes(self.tx.dialect, since is not None)
+        closes = [(day, equity) for day, equity in conn.execute(query, params).all()]
+        return Profit(summary, valuation, closes)
 
     @read_only
     def history(

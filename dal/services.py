@@ -294,6 +294,7 @@ class Equity(Facade):
     service = EquityService
     curve = expose(EquityService.curve)
     history = expose(EquityService.history)
+    profit = expose(EquityService.profit)
     snapshot = expose(EquityService.snapshot)
     snapshot_all = expose(EquityService.snapshot_all)
 

@@ -193,30 +193,44 @@ class TradeService:
         if "owner_timezone" in portfolio._mapping:  # the check read it: no second statement
             remember_zone(self.tx, portfolio_id, portfolio.owner_timezone)
         since, until = aware_arg(since, "since"), aware_arg(until, "until")
-        days = _local_days(since, until, tz, owner_zone(self.tx, portfolio_id))
-        if days is None:
-            return _pnl_from_trades(self.tx.conn, portfolio_id, since, until, tz)
-        conn = self.tx.conn
-        summary = PnlSummary()
-        with localcontext(DECIMAL_CONTEXT):
-            for row in totals_by_instrument(conn, portfolio_id, *days):
-                summary.add(
-                    row.symbol,
-                    row.currency,
-                    row.realized_pnl,
-                    row.fees,
-                    row.fee_currency,
-                    row.trade_count,
-                    row.win_count,
-                    row.loss_count,
-                    row.gross_profit,
-                    row.gross_loss,
-                    row.closing_count,
-                    row.holding_seconds,
-                )
-        if daily:
-            summary.daily = daily_totals(conn, portfolio_id, *days)
-        return summary
+        zone = owner_zone(self.tx, portfolio_id)
+        return period_pnl(self.tx.conn, portfolio_id, since, until, tz, zone, daily)
+
+
+def period_pnl(
+    conn: sa.Connection,
+    portfolio_id: int,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    tz: dt.tzinfo,
+    zone: str,
+    daily: bool = True,
+) -> PnlSummary:
+    """``TradeService.pnl`` of a portfolio the caller has checked, whose owner's time zone
+    is ``zone``."""
+    days = _local_days(since, until, tz, zone)
+    if days is None:
+        return _pnl_from_trades(conn, portfolio_id, since, until, tz)
+    summary = PnlSummary()
+    with localcontext(DECIMAL_CONTEXT):
+        for row in totals_by_instrument(conn, portfolio_id, *days):
+            summary.add(
+                row.symbol,
+                row.currency,
+                row.realized_pnl,
+                row.fees,
+                row.fee_currency,
+                row.trade_count,
+                row.win_count,
+                row.loss_count,
+                row.gross_profit,
+                row.gross_loss,
+                row.closing_count,
+                row.holding_seconds,
+            )
+    if daily:
+        summary.daily = daily_totals(conn, portfolio_id, *days)
+    return summary
 
 
 def _local_days(

@@ -265,15 +265,26 @@ def sqlite_decimal_add(a: object, b: object) -> str:
 
 
 class _SQLiteSum:
-    def __init__(self) -> None:
-        self.total = decimal.Decimal(0)
+    """The aggregate: SQLite calls ``step`` once per row, so it is the list's own append
+    (no Python frame per row), and the values are checked and added up in ``finalize``."""
 
-    def step(self, value: object) -> None:
-        if value is not None:
-            self.total = DECIMAL_CONTEXT.add(self.total, _sqlite_decimal(value))
+    def __init__(self) -> None:
+        self.values: list[object] = []
+        self.step = self.values.append
 
     def finalize(self) -> str:
-        return canonical_decimal(self.total)
+        values = self.values
+        kinds = set(map(type, values))
+        if not kinds <= _SUMMABLE:
+            bad = next(v for v in values if type(v) not in _SUMMABLE)
+            raise AmountError(f"{type(bad).__name__} {bad!r} found in a decimal column")
+        if type(None) in kinds:
+            values = [v for v in values if v is not None]
+        with decimal.localcontext(DECIMAL_CONTEXT):
+            return canonical_decimal(sum(map(decimal.Decimal, values), decimal.Decimal(0)))  # type: ignore[arg-type]  # str or int, checked above
+
+
+_SUMMABLE = {str, int, type(None)}
 
 
 def register_sqlite_decimal_functions(dbapi_conn: Any) -> None:

@@ -24,10 +24,13 @@ from dal.balances import (
     Balance,
     Terms,
     amount_text,
+    balance_list,
     balances,
+    cash_and_totals,
     cash_totals,
     lock_portfolio_balances,
     reserve_price,
+    reserved,
     totals,
 )
 from dal.decimals import DECIMAL_CONTEXT, quantize18
@@ -168,13 +171,20 @@ def value_portfolio(
     currency: str,
     marks: Mapping[int, Decimal] | None,
     held: list[Balance] | None = None,
+    *,
+    open_orders: bool = True,
 ) -> Valuation:
     """The portfolio's balances (``held``, default: now), positions and equity in
-    ``currency`` at ``marks`` (None: the last stored marks)."""
+    ``currency`` at ``marks`` (None: the last stored marks). ``open_orders=False`` leaves out
+    what open orders reserve (every balance's ``reserved`` is then 0): equity, exposure and
+    PnL do not depend on it, and it is a statement less."""
     rates, marks = prices_and_stored_marks(conn, marks)
-    cash = cash_totals(conn, portfolio_id)
     if held is None:
-        held = balances(conn, portfolio_id, marks, cash)
+        cash, held_totals = cash_and_totals(conn, portfolio_id)
+        held_back = reserved(conn, portfolio_id, marks) if open_orders else {}
+        held = balance_list(held_totals, held_back)
+    else:
+        cash = cash_totals(conn, portfolio_id)
     values: dict[str, Decimal] = {}
     unconverted: dict[str, Decimal] = {}
     positions: list[PositionValue] = []

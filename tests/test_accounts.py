@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -235,6 +236,49 @@ async def test_equity_snapshots_keep_one_row_per_local_day_and_rederive(
     ]
     assert first.balances_json == {"BTC": "0.1", "USDT": "3994"}
     assert first.marks_json == {str(btc): "61000"}
+
+
+async def test_profit_reads_in_one_call_what_pnl_valuation_and_curve_read(db: Database) -> None:
+    user, pid, btc = await bought(db)
+    tokyo = ZoneInfo("Asia/Tokyo")
+    today = dt.datetime.now(tokyo).date()
+    async with db.session(user) as s:
+        await s.users.set_timezone("Asia/Tokyo")
+        await s.cash.deposit(pid, "2", "EUR")  # a second currency, left unconverted
+        sold = fill(pid, btc, "SELL", "0.04", "62000", fee=Decimal("2"), fee_currency="USDT")
+        await s.trades.ingest_fill({**sold, "exec_time": dt.datetime.now(dt.UTC)})
+        limit = order(pid, btc, "BUY", "0.01", type="LIMIT", price="59000")
+        await s.orders.place(limit, reserve_price=Decimal("59059"))
+    async with db.session(Actor.system()) as s:
+        for back, mark in ((3, "60000"), (2, "59000"), (1, "61000")):
+            at = dt.datetime.combine(today - dt.timedelta(days=back), dt.time(23), tokyo)
+            await s.equity.snapshot_all(at, {btc: Decimal(mark)})
+    midnight = dt.datetime.combine(today - dt.timedelta(days=2), dt.time(), tokyo)
+    periods = [
+        (None, None, 3),  # all time
+        (midnight, None, 2),  # from a local midnight: the PnL summary
+        (midnight + dt.timedelta(hours=1), None, 2),  # from any time: the trades themselves
+    ]
+    for since, until, closes in periods:
+        async with db.session(user) as s:
+            profit = await s.equity.profit(pid, since, until, tokyo, {btc: MARK})
+            pnl = await s.trades.pnl(pid, since, until, tokyo, daily=False)
+            value = await s.valuation.value(pid, {btc: MARK})
+            day = since.astimezone(tokyo).date() if since else None
+            curve = await s.equity.curve(pid, day)
+        assert profit.summary == pnl
+        assert profit.closes == [(r.day, r.equity) for r in curve if r.currency == "USDT"]
+        assert len(profit.closes) == closes
+        # Everything but what open orders reserve, which /profit does not show. USDT:
+        # 3,994 + 0.04 × 62,000 − 2; BTC: 0.06 at the mark.
+        assert profit.valuation.equity == value.equity == Decimal("10132")
+        assert profit.valuation.net_deposits == value.net_deposits
+        assert profit.valuation.unrealized() == value.unrealized()
+        assert profit.valuation.unconverted == value.unconverted == {"EUR": Decimal("2")}
+        totals = [(b.asset, b.total) for b in value.balances]
+        assert [(b.asset, b.total, b.reserved) for b in profit.valuation.balances] == [
+            (asset, total, Decimal(0)) for asset, total in totals
+        ]
 
 
 async def test_a_user_snapshots_only_their_own_portfolio(db: Database) -> None:

@@ -112,6 +112,28 @@ async def test_portfolios_names_default_archive_delete(db: Database, engine: Asy
             await s.portfolios.get(empty.id)
 
 
+async def test_the_current_portfolio_is_the_chosen_one_else_the_default(db: Database) -> None:
+    actor = await make_user(db)
+    dal = db.scoped(actor)  # each call a fresh session: the one-statement read
+    main = await dal.portfolios.default()
+    (account,) = await dal.accounts.list()
+    side = await dal.portfolios.create({"name": "Side", "account_id": account.id})
+    assert (await dal.portfolios.current()).id == main.id
+    await dal.portfolios.set_current(side.id)
+    assert (await dal.portfolios.current()).id == side.id
+    async with db.session(actor) as s:  # the user row read first: the two-step read
+        await s.users.me()
+        assert (await s.portfolios.current()).id == side.id
+    await dal.portfolios.archive(side.id)
+    assert (await dal.portfolios.current()).id == main.id
+    me = await dal.users.me()
+    admin = await make_user(db, admin=True)
+    async with db.session(admin, admin=True) as s:
+        await s.users.deactivate(me.telegram_user_id)
+    with pytest.raises(NotApproved, match="deactivated"):
+        await dal.portfolios.current()
+
+
 async def test_accounts(db: Database) -> None:
     actor = await make_user(db)
     async with db.session(actor) as s:

@@ -295,6 +295,7 @@ ID_OPS: dict[str, Op] = {
     "equity.snapshot": lambda s, o, m: s.equity.snapshot(o.portfolio, T0, {m.instrument: MARK}),
     "equity.history": lambda s, o, m: s.equity.history(o.portfolio),
     "equity.curve": lambda s, o, m: s.equity.curve(o.portfolio),
+    "equity.profit": lambda s, o, m: s.equity.profit(o.portfolio, marks={m.instrument: MARK}),
     "valuation.check_order": lambda s, o, m: s.valuation.check_order(
         {
             "portfolio_id": o.portfolio,
