@@ -11,6 +11,14 @@ from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.base import BaseSession
 from aiogram.enums import ParseMode
+from aiogram.methods import (
+    AnswerCallbackQuery,
+    EditMessageText,
+    Response,
+    SendDocument,
+    SendMessage,
+    SendPhoto,
+)
 from aiogram.types import ErrorEvent
 
 from bot.commands import bot_commands
@@ -39,6 +47,15 @@ from dal.database import Database
 from dal.errors import TradebookError
 
 log = logging.getLogger("tradebook.bot")
+
+# aiogram reads every Bot API answer as ``Response[<the method's result type>]``, a generic
+# pydantic class that pydantic caches only weakly: in the running bot the garbage collector
+# frees it every so often, and the next answer builds it again, validator and all, which
+# costs more than the rest of the command. Held here for the calls every command makes.
+_ANSWER_TYPES = tuple(
+    Response[method.__returning__]  # type: ignore[name-defined]  # a class made at run time
+    for method in (SendMessage, SendPhoto, SendDocument, AnswerCallbackQuery, EditMessageText)
+)
 
 
 def build_dispatcher(db: Database, **workflow_data: Any) -> Dispatcher:
