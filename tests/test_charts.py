@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import weakref
 from decimal import Decimal, localcontext
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -34,6 +33,7 @@ from matplotlib.text import Annotation, Text
 from PIL import Image
 
 from bot.charts import (
+    _LAYOUTS,
     COLOURS,
     RED,
     _equity_figure,
@@ -244,13 +244,46 @@ def test_no_data_still_a_png() -> None:
     open_png(equity_curve_png([], "USDT", "empty"))
 
 
-def test_figures_are_not_kept() -> None:
-    fig = _pnl_figure([(D0, "USDT", Decimal(1))], "t")
-    _png(fig)
-    ref = weakref.ref(fig)
-    del fig
+def figures_alive() -> int:
     gc.collect()
-    assert ref() is None  # nothing global (pyplot's figure manager) holds it
+    return sum(isinstance(o, Figure) for o in gc.get_objects())
+
+
+def test_a_figure_per_layout_is_reused_and_none_accumulates() -> None:
+    one = [(D0, "USDT", Decimal(1))]
+    at = dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.UTC)
+    assert _pnl_figure(one, "t") is _per_trade_figure([(at, "USDT", Decimal(1))], "t")
+    assert _equity_figure(EQUITY, "USDT", "t") is _equity_figure([], "USDT", "t")
+    alive = figures_alive()
+    for _ in range(5):
+        equity_curve_png(EQUITY, "USDT", "t")
+        cumulative_pnl_png(one, "t")
+    assert figures_alive() == alive
+
+
+def test_a_reused_figure_draws_what_a_new_one_would() -> None:
+    at = dt.datetime(2024, 3, 1, 8, 0, tzinfo=ZoneInfo("Europe/Berlin"))
+    trades = [(at + dt.timedelta(minutes=7 * i), "USDT", Decimal(i % 5 - 2)) for i in range(30)]
+    days = [(day(i), "USDT", Decimal(i % 7 - 3)) for i in range(60)]
+    charts = [
+        lambda: equity_curve_png(EQUITY, "USDT", "six days"),
+        lambda: equity_curve_png([], "USDT", "no data"),
+        lambda: equity_curve_png([(D0, Decimal("983.7"))], "EUR", "one day"),
+        lambda: cumulative_pnl_png(days + [(day(i), "EUR", Decimal(1)) for i in range(3)], "2"),
+        lambda: cumulative_pnl_png([(D0, "USDT", Decimal("-10.5"))], "one day"),
+        lambda: cumulative_pnl_png([], "no data"),
+        lambda: cumulative_pnl_per_trade_png(trades, "per trade"),
+        lambda: cumulative_pnl_per_trade_png(trades[:1], "one trade"),
+    ]
+    new = []
+    for draw in charts:
+        _LAYOUTS.clear()  # the next chart makes its figure
+        new.append(draw())
+    for draw, png in [
+        *zip(charts, new, strict=True),
+        *reversed(list(zip(charts, new, strict=True))),
+    ]:
+        assert draw() == png  # the same bytes, drawn after any other chart
 
 
 def test_import_is_lazy_and_pyplot_unused() -> None:
