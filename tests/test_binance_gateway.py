@@ -26,6 +26,7 @@ from tests.factories import make_user
 from tests.fake_binance import API_KEY, API_SECRET, FakeBinance, SymbolRules
 from trading.binance_gateway import BinanceGateway, binance_account_check, binance_gateways
 from trading.desk import OrderDesk
+from trading.events import FillEvent
 from trading.market import Bar, Market
 
 D = Decimal
@@ -518,3 +519,46 @@ async def test_a_binance_portfolio_trades_binances_instrument_never_the_paper_on
         await live.desk.preview(
             live.dal, {**live.order("BUY", "1", "150", symbol="SOLUSDT"), "exchange": "PAPER"}
         )
+
+
+async def test_a_burst_of_fills_is_applied_in_batches_exactly_once(
+    live: Live, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tradebook.gateway")
+    gateway = await live.gateway()
+    order = await live.desk.place(live.dal, live.order("BUY", "0.15", "59000"))
+    await wait_for(lambda: bool(live.fake.orders))
+    (remote,) = live.fake.orders.values()
+    await live.settled()
+    caught_up = gateway.caught_up
+    live.fake.mute_stream = True
+    for _ in range(150):
+        await live.fake.trade(remote.order_id, D("0.001"))
+    await live.fake.drop_stream()
+    live.fake.mute_stream = False
+    await wait_for(lambda: gateway.caught_up > caught_up)
+    await live.desk.idle()
+    assert len(await live.trades()) == 150
+    row = await live.dal.orders.get(order.id)
+    assert (row.status, row.filled_quantity) == ("FILLED", D("0.15"))
+    assert await live.dal.positions.verify(live.pid) == []
+    assert "fills applied as one batch" in caplog.text
+
+
+async def test_a_batch_with_a_bad_fill_applies_the_others_and_keeps_the_bad_one(
+    live: Live,
+) -> None:
+    await live.gateway()
+    t = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+
+    def fill(trade_id: str, price: str) -> FillEvent:
+        return FillEvent(
+            "BTCUSDT", "BINANCE", "9", None, trade_id, "BUY", D("0.01"), D(price), D(0), None, t
+        )
+
+    await live.desk.apply(live.dal, live.pid, fill("1", "60000"))
+    # The second contradicts the stored trade 1 (another price under the same id).
+    await live.desk.apply_fills(live.dal, live.pid, [fill("2", "60000"), fill("1", "61000")])
+    assert sorted(t.broker_trade_id for t in await live.trades()) == ["1", "2"]
+    (kept,) = await live.dal.unapplied_events.list()
+    assert "already ingested with different price" in kept.error

@@ -4,8 +4,8 @@ account meta or the logs."""
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa

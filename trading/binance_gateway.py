@@ -53,7 +53,7 @@ from dal.vocabulary import FINAL_STATUSES, NotificationKind
 from trading.brokers import binance, binance_rest
 from trading.brokers.credentials import Credentials, load_credentials
 from trading.desk import AccountCheck, GatewayFactory, Notify
-from trading.events import BrokerEvent, FillEvent, OrderUpdate
+from trading.events import BrokerEvent, EventQueue, FillEvent, OrderUpdate
 
 log = logging.getLogger("tradebook.binance")
 # ccxt's DEBUG lines show every signed request with its API key header: never emitted.
@@ -239,7 +239,7 @@ class BinanceGateway:
         self.banned_until: dt.datetime | None = None
         self.connected = asyncio.Event()
         self.caught_up = 0  # completed catch-ups (tests wait on it)
-        self._events: asyncio.Queue[BrokerEvent] = asyncio.Queue()
+        self._events = EventQueue()
         self._raw: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._catching_up = asyncio.Lock()
@@ -585,6 +585,10 @@ class BinanceGateway:
     async def events(self) -> AsyncIterator[BrokerEvent]:
         while True:
             yield await self._events.get()
+
+    def ready_fills(self, limit: int) -> list[FillEvent]:
+        """Fills already waiting behind the one just taken (the desk applies them at once)."""
+        return self._events.take_fills(limit)
 
     def event_done(self) -> None:
         self._events.task_done()

@@ -45,7 +45,7 @@ from dal.scope import Actor
 from dal.valuation import OrderCheck
 from dal.vocabulary import OPEN_STATUSES, NotificationKind, venue
 from trading.events import BrokerEvent, FillEvent, OrderGateway, OrderUpdate, event_from_json
-from trading.mapping import apply_event
+from trading.mapping import apply_event, apply_fills
 from trading.market import Market
 
 log = logging.getLogger("tradebook.desk")
@@ -61,6 +61,7 @@ FillListener = Callable[[int, int, FillEvent], Awaitable[None]]  # (user, portfo
 APPLY_ATTEMPTS = 4  # tries of one broker event before it is kept for later
 APPLY_PAUSE_S = 0.05  # first pause between tries; doubles each time
 CANCEL_ANSWER_S = 5.0  # how long a cancel waits for the broker's answer
+FILL_BATCH = 100  # fills applied in one transaction when they arrive together
 
 
 class GatewayFactory(Protocol):
@@ -466,13 +467,37 @@ class OrderDesk:
 
     # --- broker events --------------------------------------------------------------------
     async def _pump_events(self, portfolio_id: int, dal: ScopedDal, gateway: OrderGateway) -> None:
+        ready_fills = getattr(gateway, "ready_fills", None)
         async for event in gateway.events():
+            batch: list[FillEvent] = []
+            if isinstance(event, FillEvent) and ready_fills is not None:
+                batch = [event, *ready_fills(FILL_BATCH - 1)]
             try:
-                await self.apply(dal, portfolio_id, event)
+                if len(batch) > 1:
+                    await self.apply_fills(dal, portfolio_id, batch)
+                else:
+                    await self.apply(dal, portfolio_id, event)
             except Exception:  # keep the stream alive whatever one event does
                 log.exception("broker event %s failed", event)
             finally:
-                gateway.event_done()
+                for _ in range(max(len(batch), 1)):
+                    gateway.event_done()
+
+    async def apply_fills(self, dal: ScopedDal, portfolio_id: int, fills: list[FillEvent]) -> None:
+        """A burst of fills in one transaction; if that fails, each on its own (with its
+        retries, and kept when it still fails)."""
+        try:
+            trades = await apply_fills(dal, portfolio_id, fills)
+        except Exception as exc:
+            log.warning(
+                "a batch of %d fills failed (%s); applying them one by one", len(fills), exc
+            )
+            for fill in fills:
+                await self.apply(dal, portfolio_id, fill)
+            return
+        user_id = dal.actor.user_id or 0
+        for fill, trade in zip(fills, trades, strict=True):
+            await self._after(user_id, portfolio_id, fill, trade)
 
     async def apply(self, dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> None:
         """Apply one broker event, retried; kept durably (and its owner told) when it still

@@ -12,7 +12,9 @@ portfolio as a manual order.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -130,3 +132,46 @@ def _typed(fields: dict[str, Any], cls: type) -> dict[str, Any]:
             value = dt.datetime.fromisoformat(value)
         out[name] = value
     return out
+
+
+class EventQueue:
+    """A gateway's broker events in arrival order, with what asyncio.Queue gives (``get``,
+    ``task_done``, ``join``) plus ``take_fills``: the fills waiting right behind, so the desk
+    can apply a burst of them in one transaction."""
+
+    def __init__(self) -> None:
+        self._items: deque[BrokerEvent] = deque()
+        self._ready = asyncio.Event()
+        self._unfinished = 0
+        self._finished = asyncio.Event()
+        self._finished.set()
+
+    def put_nowait(self, event: BrokerEvent) -> None:
+        self._items.append(event)
+        self._unfinished += 1
+        self._finished.clear()
+        self._ready.set()
+
+    async def get(self) -> BrokerEvent:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def take_fills(self, limit: int) -> list[FillEvent]:
+        """Up to ``limit`` fills from the head of the queue, stopping at anything else."""
+        taken: list[FillEvent] = []
+        while self._items and len(taken) < limit and isinstance(self._items[0], FillEvent):
+            event = self._items.popleft()
+            assert isinstance(event, FillEvent)
+            taken.append(event)
+        return taken
+
+    def task_done(self) -> None:
+        self._unfinished -= 1
+        if self._unfinished <= 0:
+            self._unfinished = 0
+            self._finished.set()
+
+    async def join(self) -> None:
+        await self._finished.wait()

@@ -22,6 +22,7 @@ from typing import Any
 
 from dal.database import ScopedDal
 from dal.errors import NotFound
+from dal.models import Fill
 from dal.vocabulary import ENDED_STATUSES, FINAL_STATUSES
 from trading.events import BrokerEvent, FillEvent, OrderUpdate
 
@@ -63,19 +64,7 @@ async def apply_event(dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> 
                     order.id, order.status, broker_order_id=event.broker_order_id
                 )
             result = await s.trades.ingest_fill(
-                {
-                    "portfolio_id": portfolio_id,
-                    "instrument_id": instrument.id,
-                    "order_id": order.id if order is not None else None,
-                    "side": event.side,
-                    "quantity": event.quantity,
-                    "price": event.price,
-                    "fee": event.fee,
-                    "fee_currency": event.fee_currency if event.fee else None,
-                    "exec_time": event.exec_time,
-                    "broker_trade_id": event.broker_trade_id,
-                    "meta": {"broker_order_id": event.broker_order_id},
-                }
+                _fill_row(portfolio_id, instrument.id, order, event)
             )
             log.info(
                 "fill",
@@ -113,6 +102,57 @@ async def apply_event(dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> 
                 order.id, order.status, broker_order_id=event.broker_order_id
             )
         return order
+
+
+async def apply_fills(dal: ScopedDal, portfolio_id: int, fills: list[FillEvent]) -> list[Any]:
+    """Apply many fills in one transaction (a burst from the stream, a catch-up): the same
+    lookups as ``apply_event`` for each, then one set-based ingestion. All or nothing."""
+    async with dal.session() as s:
+        instruments: dict[tuple[str, str | None], Any] = {}
+        orders: dict[tuple[int, str | None, str | None], Any] = {}
+        rows: list[Fill | dict[str, Any]] = []
+        for event in fills:
+            where = (event.symbol, event.exchange)
+            if where not in instruments:
+                instruments[where] = await s.instruments.get(
+                    symbol=event.symbol, exchange=event.exchange
+                )
+            instrument = instruments[where]
+            key = (instrument.id, event.client_order_id, event.broker_order_id)
+            order = orders.get(key)
+            if order is None:
+                order = await _find_order(
+                    s, portfolio_id, instrument.id, event.client_order_id, event.broker_order_id
+                )
+                if order is None and event.order is not None:
+                    order = await _create_manual_order(s, portfolio_id, instrument.id, event.order)
+                if order is not None and order.broker_order_id is None:
+                    order = await s.orders.update_status(
+                        order.id, order.status, broker_order_id=event.broker_order_id
+                    )
+                orders[key] = order
+            rows.append(_fill_row(portfolio_id, instrument.id, order, event))
+        results = await s.trades.ingest_fills(rows)
+        log.info("fills applied as one batch", extra={"fills": len(results)})
+        return [r.trade for r in results]
+
+
+def _fill_row(
+    portfolio_id: int, instrument_id: int, order: Any, event: FillEvent
+) -> dict[str, Any]:
+    return {
+        "portfolio_id": portfolio_id,
+        "instrument_id": instrument_id,
+        "order_id": order.id if order is not None else None,
+        "side": event.side,
+        "quantity": event.quantity,
+        "price": event.price,
+        "fee": event.fee,
+        "fee_currency": event.fee_currency if event.fee else None,
+        "exec_time": event.exec_time,
+        "broker_trade_id": event.broker_trade_id,
+        "meta": {"broker_order_id": event.broker_order_id},
+    }
 
 
 async def _create_manual_order(
