@@ -56,11 +56,17 @@ class UserService:
 
     # --- open to everyone -----------------------------------------------------------------------
     def register(
-        self, telegram_user_id: int | str, username: str | None = None, chat_id: int | None = None
+        self,
+        telegram_user_id: int | str,
+        username: str | None = None,
+        chat_id: int | None = None,
+        *,
+        wrote_to_us: bool = True,
     ) -> sa.Row[Any]:
         """Register a Telegram user as pending (idempotent; refreshes username and chat id).
         Tradebook itself (the system actor) registers the sender of /start; no user can
-        register, or rewrite the chat of, anyone."""
+        register, or rewrite the chat of, anyone. ``wrote_to_us``: the user sent something,
+        so a chat marked unreachable works again (not so for admins listed in the settings)."""
         if not self.tx.actor.is_system:
             self.tx.require_user()
             raise Forbidden("users are registered by tradebook when they send /start")
@@ -72,7 +78,7 @@ class UserService:
                 changes["username"] = username
             if chat_id is not None and chat_id != existing.telegram_chat_id:
                 changes["telegram_chat_id"] = chat_id
-            if existing.unreachable_at is not None:
+            if wrote_to_us and existing.unreachable_at is not None:
                 changes["unreachable_at"] = None  # they wrote to us: the chat works again
             if changes:
                 conn.execute(users.update().where(users.c.id == existing.id).values(**changes))
@@ -296,7 +302,7 @@ class UserService:
             raise Forbidden("only tradebook itself bootstraps admins")
         rows = []
         for telegram_id in telegram_ids:
-            row = self.register(telegram_id)
+            row = self.register(telegram_id, wrote_to_us=False)  # a restart is not a message
             if not (row.is_admin and row.is_active and row.approved_at is not None):
                 self.tx.conn.execute(
                     users.update()

@@ -158,3 +158,17 @@ async def test_a_bad_period_or_a_cron_that_never_fires_is_refused_when_stored(
                 {"name": "y", "cron": "0 0 31 2 *", "config": {"report": "pnl"}}
             )
         assert await s.schedules.list() == []
+
+
+async def test_a_restart_does_not_make_a_configured_admin_who_blocked_the_bot_reachable(
+    db: Database,
+) -> None:
+    """Admins listed in the settings are bootstrapped at every start-up; that is no message
+    from them, so a chat they blocked stays unreachable until they /start again."""
+    async with db.session(Actor.system()) as s:
+        (admin,) = await s.users.bootstrap_admins([8801])
+        await s.users.set_reachable(admin.id, False)
+        await s.users.bootstrap_admins([8801])  # the next start-up
+        assert (await s.users.find_by_id(admin.id)).unreachable_at is not None
+        await s.users.register(8801, "boss", chat_id=8801)  # they sent /start
+        assert (await s.users.find_by_id(admin.id)).unreachable_at is None
