@@ -428,6 +428,8 @@ async def test_an_exchange_account_from_the_chat_keys_test_and_going_live(
         for a in audit
     )
     assert "expired" in joined(await h.press(4242, go_live or ""))  # once only
+    everything = "\n".join(str(call.params) for call in h.session.calls)
+    assert API_KEY not in everything and API_SECRET not in everything
     assert "TESTNET" in joined(await h.send(4242, "/account testnet Spot"))
 
 
@@ -562,3 +564,40 @@ async def test_a_batch_with_a_bad_fill_applies_the_others_and_keeps_the_bad_one(
     assert sorted(t.broker_trade_id for t in await live.trades()) == ["1", "2"]
     (kept,) = await live.dal.unapplied_events.list()
     assert "already ingested with different price" in kept.error
+
+
+async def test_an_order_binance_does_not_know_is_reported_never_assumed_canceled(
+    live: Live,
+) -> None:
+    """As after a crash between the order row and the REST call: the row is open, Binance
+    has never heard of it. Catch-up asks by id, tells the owner, changes nothing; a cancel
+    then settles it."""
+    await live.desk.stop()
+    async with live.db.session(live.user) as s:
+        ghost = await s.orders.place(
+            {**live.order("BUY", "0.01", "59000"), "client_order_id": "tb-ghost"}
+        )
+    live.desk = await start_desk(live.db, live.fake, live.notes, live.market)
+    await live.gateway()
+    await wait_for(lambda: "Binance does not know it" in live.notes.joined())
+    assert f"order #{ghost.id} (BUY 0.01 BTCUSDT) is open in tradebook" in live.notes.joined()
+    assert (await live.dal.orders.get(ghost.id)).status == "NEW"
+    assert ("GET", "/api/v3/order") in live.fake.requests
+    outcome = await live.desk.cancel(live.dal, ghost.id)
+    assert outcome.outcome == "canceled"
+    assert (await live.dal.orders.get(ghost.id)).status == "CANCELED"
+
+
+async def test_a_balance_difference_with_binance_is_reported_not_overwritten(
+    live: Live,
+) -> None:
+    async with live.db.session(live.user) as s:
+        await s.cash.withdraw(live.pid, "1000", "USDT")  # the ledger: 9,000; Binance: 10,000
+    await live.gateway()
+    await wait_for(lambda: "Binance reconciliation: USDT" in live.notes.joined())
+    assert "USDT: Binance holds 10000, the ledger 9000" in live.notes.joined()
+    assert (await live.dal.valuation.totals(live.pid))["USDT"] == D(9000)
+    told = live.notes.joined().count("Binance reconciliation: USDT")
+    gateway = await live.gateway()
+    await gateway.catch_up()
+    assert live.notes.joined().count("Binance reconciliation: USDT") == told  # once
