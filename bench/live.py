@@ -25,7 +25,8 @@ from bench.common import fresh_database, make_users, percentile
 from dal.database import Database
 from dal.scope import Actor
 from tests.fake_binance import API_KEY, API_SECRET, FakeBinance
-from trading.binance_gateway import BinanceClient, BinanceGateway, binance_gateways
+from trading.binance_client import BinanceClient
+from trading.binance_gateway import BinanceGateway, binance_gateways
 from trading.desk import OrderDesk
 from trading.events import FillEvent
 from trading.market import Market

@@ -24,7 +24,8 @@ from strategies.runtime import StrategyRuntime
 from tests.botkit import BotHarness, approved_user, joined
 from tests.factories import make_user
 from tests.fake_binance import API_KEY, API_SECRET, FakeBinance, SymbolRules
-from trading.binance_gateway import BinanceGateway, binance_account_check, binance_gateways
+from trading.binance_client import binance_account_check
+from trading.binance_gateway import BinanceGateway, binance_gateways
 from trading.desk import OrderDesk
 from trading.events import FillEvent
 from trading.market import Bar, Market

@@ -39,8 +39,9 @@ from strategies.examples import REGISTRY
 from strategies.runtime import StrategyRuntime
 from tradebook.ops.jobs import run_scheduled_jobs
 from tradebook.settings import Settings
+from trading.binance_client import binance_account_check
 from trading.binance_feed import BinanceFeed
-from trading.binance_gateway import binance_account_check, binance_gateways
+from trading.binance_gateway import binance_gateways
 from trading.desk import AccountCheck, GatewayFactory, OrderDesk
 from trading.desk import Notify as Notifier
 from trading.events import OrderGateway

@@ -42,7 +42,7 @@ from typing import Any
 import ccxt.pro as ccxtpro
 
 from dal.decimals import check_amount
-from trading.binance_gateway import rebased_urls
+from trading.binance_client import rebased_urls
 from trading.brokers import binance_rest
 from trading.feeds import FeedInstrument, PriceFeed
 from trading.market import Bar

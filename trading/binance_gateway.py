@@ -11,11 +11,12 @@ decimal text Binance sent: ccxt's unified structures hold floats and are never r
   status is applied. Not found after a few looks: it never reached Binance and is REJECTED.
 * **Events** are the stream's ``executionReport``s, every one as it came (a hook on ccxt's
   handler, before ccxt folds them into its order cache), mapped by trading/brokers/binance.py.
-* **Catch-up** after every (re)subscription and every ``reconcile_every_s``: the exchange's
-  open orders, the status of every order open here but not there (asked by client id, never
-  assumed canceled), and every trade after the last one stored per symbol (``myTrades`` from
-  ``fromId``). The desk applies events idempotently (broker trade ids), so a fill seen twice
-  is stored once and a fill missed while disconnected is recovered exactly once.
+* **Catch-up** after every (re)subscription: the exchange's open orders, the status of every
+  order open here but not there (asked by client id, never assumed canceled), and every trade
+  after the last one known per symbol (``myTrades`` from ``fromId``); every
+  ``reconcile_every_s`` the same with the trades of the last two intervals. The desk applies
+  events idempotently (broker trade ids), so a fill seen twice is stored once and a fill
+  missed while disconnected is recovered exactly once. Balances are compared, never written.
 * **Errors:** 429 waits ``Retry-After`` and tries again; 418 stops all requests of the account
   until the ban ends and tells the owner and the admins; -1021 (timestamp outside recvWindow)
   re-reads the server time and tries once more; any other Binance error refuses the order with
@@ -27,22 +28,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
-import ccxt.pro as ccxtpro
 import sqlalchemy as sa
 from ccxt.base.errors import (
     BaseError,
-    DDoSProtection,
-    ExchangeError,
-    ExchangeNotAvailable,
     NetworkError,
 )
 
@@ -50,14 +45,21 @@ from dal.database import Database
 from dal.errors import InvalidInput, NotFound, TradebookError
 from dal.scope import Actor
 from dal.vocabulary import FINAL_STATUSES, NotificationKind
+from trading.binance_client import (
+    Ambiguous,
+    BinanceApiError,
+    BinanceClient,
+    NotOnExchange,
+    Refused,
+    Throttled,
+    make_client,
+)
 from trading.brokers import binance, binance_rest
-from trading.brokers.credentials import Credentials, load_credentials
-from trading.desk import AccountCheck, GatewayFactory, Notify
+from trading.brokers.credentials import load_credentials
+from trading.desk import GatewayFactory, Notify
 from trading.events import BrokerEvent, EventQueue, FillEvent, OrderUpdate
 
 log = logging.getLogger("tradebook.binance")
-# ccxt's DEBUG lines show every signed request with its API key header: never emitted.
-logging.getLogger("ccxt").setLevel(logging.INFO)
 
 RESOLVE_TRIES = 5  # looks for an order whose placement answer was lost
 RATE_LIMIT_TRIES = 3  # a request refused with 429 is sent this many times at most
@@ -70,125 +72,6 @@ _TYPES = {
     "STOP": "STOP_LOSS",
     "STOP_LIMIT": "STOP_LOSS_LIMIT",
 }
-
-
-class Throttled(DDoSProtection):  # type: ignore[misc]  # ccxt's errors are untyped
-    """429 (too many requests) or 418 (banned), with Binance's Retry-After."""
-
-    def __init__(self, status: int, retry_after_s: float, body: str) -> None:
-        super().__init__(f"binance {status} {body}")
-        self.status = status
-        self.retry_after_s = retry_after_s
-
-
-class Refused(TradebookError):
-    """Binance refused the request; ``code`` is Binance's error code when it gave one."""
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class NotOnExchange(Refused):
-    """Binance does not know the order (-2013 on a query, -2011 on a cancel)."""
-
-
-class Ambiguous(TradebookError):
-    """No answer (time-out, 5xx, connection lost): the request may or may not have acted."""
-
-
-class BinanceApiError(ExchangeError):  # type: ignore[misc]  # ccxt's errors are untyped
-    """A 4xx answer with Binance's ``{"code": …, "msg": …}``, as Binance sent it (ccxt's own
-    mapping matches on the message and drops the code)."""
-
-    def __init__(self, status: int, code: int, msg: str) -> None:
-        super().__init__(f"binance {status} {code}: {msg}")
-        self.status, self.code, self.msg = status, code, msg
-
-
-class BinanceClient(ccxtpro.binance):  # type: ignore[misc]  # ccxt is untyped
-    """ccxt's Binance with two hooks: every ``executionReport`` goes to ``sink`` as it came,
-    and errors keep what Binance said: 418/429 raise ``Throttled`` with its Retry-After, other
-    4xx ``BinanceApiError`` with its code. 5xx stay ccxt's (network errors: the outcome is
-    unknown, as Binance's docs say of them)."""
-
-    sink: Callable[[dict[str, Any]], None] | None = None
-
-    def handle_order_update(self, client: Any, message: dict[str, Any]) -> Any:
-        if self.sink is not None:
-            self.sink(message)
-        return super().handle_order_update(client, message)
-
-    def handle_errors(
-        self,
-        code: int,
-        reason: str,
-        url: str,
-        method: str,
-        headers: Any,
-        body: str,
-        response: Any,
-        request_headers: Any,
-        request_body: Any,
-    ) -> Any:
-        if code in (418, 429):
-            retry_after = (headers or {}).get("Retry-After") or "1"
-            try:
-                seconds = float(retry_after)
-            except ValueError:
-                seconds = 1.0
-            raise Throttled(code, max(seconds, 0.0), body)
-        if code >= 500:  # Binance: the request may or may not have been executed
-            raise ExchangeNotAvailable(f"binance {code} {reason}")
-        if 400 <= code < 500 and body:
-            try:
-                answer = json.loads(body)
-            except ValueError:
-                answer = None
-            if isinstance(answer, dict) and isinstance(answer.get("code"), int):
-                raise BinanceApiError(code, answer["code"], str(answer.get("msg", ""))[:200])
-        return super().handle_errors(
-            code, reason, url, method, headers, body, response, request_headers, request_body
-        )
-
-
-def make_client(
-    credentials: Credentials, mode: str, base_url: str | None, timeout_ms: int = 10_000
-) -> BinanceClient:
-    """A client for one account: the live exchange, Binance's Spot testnet, or (``base_url``)
-    a server speaking Binance's API elsewhere, such as the fake the tests run."""
-    client = BinanceClient(
-        {
-            "apiKey": credentials.api_key.get_secret_value(),
-            "secret": credentials.api_secret.get_secret_value(),
-            "enableRateLimit": True,
-            "timeout": timeout_ms,  # then the answer counts as lost (see _resolve)
-            "options": {
-                "fetchMarkets": {"types": ["spot"]},
-                "fetchCurrencies": False,
-                "fetchMargins": False,
-                "adjustForTimeDifference": False,
-            },
-        }
-    )
-    if base_url:
-        ws_base = "ws" + base_url.removeprefix("http")
-        client.urls["api"] = _rebased(client.urls["api"], base_url.rstrip("/"), ws_base.rstrip("/"))
-    elif mode != "live":
-        client.set_sandbox_mode(True)
-    return client
-
-
-def _rebased(urls: Any, http: str, ws: str) -> Any:
-    if isinstance(urls, dict):
-        return {k: _rebased(v, http, ws) for k, v in urls.items()}
-    if isinstance(urls, str):
-        parts = urlsplit(urls)
-        return (ws if parts.scheme.startswith("ws") else http) + parts.path
-    return urls
-
-
-rebased_urls = _rebased  # public: trading/binance_feed.py points its client the same way
 
 
 class Ledger(Protocol):
@@ -737,32 +620,3 @@ def binance_gateways(
         return BinanceGateway(client, ledger, tell_owner, tell_admins, **gateway_settings)
 
     return factory
-
-
-def binance_account_check(
-    secrets_dir: Path, base_url: str | None = None, timeout_ms: int = 10_000
-) -> AccountCheck:
-    """``/account test``: ask Binance for the account with its keys; one line either way."""
-
-    async def check(account: sa.Row[Any]) -> str:
-        try:
-            credentials = load_credentials(account, secrets_dir)
-        except NotFound as exc:
-            return str(exc)
-        client = make_client(credentials, account.trading_mode, base_url, timeout_ms)
-        where = f"Binance {account.trading_mode.upper()}"
-        try:
-            answer = await client.private_get_account({})
-        except BinanceApiError as exc:
-            return f"{where} refused the keys of {account.name!r}: {exc.msg} ({exc.code})."
-        except Throttled as exc:
-            return f"{where} is limiting this connection ({exc.status}); try again later."
-        except BaseError as exc:
-            return f"{where} could not be reached ({type(exc).__name__}); try again later."
-        finally:
-            await client.close()
-        trading = "trading allowed" if answer.get("canTrade") else "trading NOT allowed"
-        permissions = ", ".join(str(p) for p in answer.get("permissions", [])) or "none"
-        return f"Keys of {account.name!r} work on {where}: {trading}; permissions {permissions}."
-
-    return check
