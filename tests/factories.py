@@ -84,3 +84,16 @@ def fill(
         "broker_trade_id": trade_id,
         **kw,
     }
+
+
+class Notes:
+    """A ``Notify`` that keeps what was said: (user id, text) in order."""
+
+    def __init__(self) -> None:
+        self.texts: list[tuple[int, str]] = []
+
+    async def __call__(self, user_id: int, text: str, kind: str = "") -> None:
+        self.texts.append((user_id, text))
+
+    def joined(self) -> str:
+        return "\n".join(text for _, text in self.texts)

@@ -22,7 +22,7 @@ from dal.scope import Actor
 from strategies.examples import REGISTRY
 from strategies.runtime import StrategyRuntime
 from tests.botkit import BotHarness, approved_user, joined
-from tests.factories import make_user
+from tests.factories import Notes, make_user
 from tests.fake_binance import API_KEY, API_SECRET, FakeBinance, SymbolRules
 from trading.binance_client import binance_account_check
 from trading.binance_gateway import BinanceGateway, binance_gateways
@@ -31,17 +31,6 @@ from trading.events import FillEvent
 from trading.market import Bar, Market
 
 D = Decimal
-
-
-class Notes:
-    def __init__(self) -> None:
-        self.texts: list[tuple[int, str]] = []
-
-    async def __call__(self, user_id: int, text: str, kind: str = "") -> None:
-        self.texts.append((user_id, text))
-
-    def joined(self) -> str:
-        return "\n".join(text for _, text in self.texts)
 
 
 @dataclass

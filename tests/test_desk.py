@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from dal.database import Database
 from dal.scope import Actor
 from strategies.examples import REGISTRY
-from tests.factories import default_portfolio, make_user
+from tests.factories import Notes, default_portfolio, make_user
 from tradebook.app import Trading, build_trading, stored_prices
 from trading.desk import OrderDesk, event_to_json
 from trading.events import BrokerEvent, FillEvent, OrderUpdate, event_from_json
@@ -26,17 +26,6 @@ from trading.market import Bar, Market
 from trading.paper_engine import PaperConfig
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
-
-
-class Notes:
-    def __init__(self) -> None:
-        self.texts: list[tuple[int, str]] = []
-
-    async def __call__(self, user_id: int, text: str, kind: str = "") -> None:
-        self.texts.append((user_id, text))
-
-    def joined(self) -> str:
-        return "\n".join(text for _, text in self.texts)
 
 
 def trading(db: Database, notes: Notes) -> Trading:
