@@ -565,8 +565,8 @@ FUZZ_TOKENS = [
 async def test_random_arguments_to_every_command_get_a_short_clear_reply(
     h: Trading, engine_name: str, db_url: str
 ) -> None:
-    """A fuzz over every command (a fixed seed, so a failure reruns the same): whatever the
-    arguments, a reply comes, fits in one message, and is never the unexpected-error one;
+    """A fuzz over every command (a fixed seed, so a failure reruns the same), with argument
+    lists from tricky tokens and then arbitrary text: whatever the arguments, a reply comes, fits in one message, and is never the unexpected-error one;
     and a command that fails (its error reply comes from the error handler) writes nothing:
     not a row inserted, updated or deleted."""
     if engine_name != "sqlite":
@@ -602,9 +602,19 @@ async def test_random_arguments_to_every_command_get_a_short_clear_reply(
     rng = random.Random(30)
     problems = []
     failed = 0
-    for _ in range(600):
+
+    def random_text() -> str:  # any characters a chat can carry, quotes and controls included
+        return "".join(
+            chr(rng.choice([rng.randint(32, 126), rng.randint(0x80, 0x2FFF), rng.randint(1, 31)]))
+            for _ in range(rng.randint(1, 40))
+        )
+
+    for i in range(800):
         command = rng.choice(COMMANDS)
-        args = " ".join(rng.choice(FUZZ_TOKENS) for _ in range(rng.randint(0, 4)))
+        if i < 600:
+            args = " ".join(rng.choice(FUZZ_TOKENS) for _ in range(rng.randint(0, 4)))
+        else:
+            args = random_text()
         sender = ALICE  # admin commands: "not allowed" is their clear reply
         text = f"/{command.name} {args}".strip()
         before, failures_before = version(), len(failures)
