@@ -566,9 +566,10 @@ async def test_random_arguments_to_every_command_get_a_short_clear_reply(
     h: Trading, engine_name: str, db_url: str
 ) -> None:
     """A fuzz over every command (a fixed seed, so a failure reruns the same), with argument
-    lists from tricky tokens and then arbitrary text: whatever the arguments, a reply comes, fits in one message, and is never the unexpected-error one;
-    and a command that fails (its error reply comes from the error handler) writes nothing:
-    not a row inserted, updated or deleted."""
+    lists from tricky tokens and then arbitrary text: whatever the arguments, a reply comes,
+    fits in one message, and is never the unexpected-error one; and a command that fails (its
+    error reply comes from the error handler) writes nothing: not a row inserted, updated or
+    deleted."""
     if engine_name != "sqlite":
         pytest.skip("the handlers are the same on both engines")
     import random
