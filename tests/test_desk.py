@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dal.database import Database
+from dal.errors import NotFound
 from dal.scope import Actor
 from strategies.examples import REGISTRY
 from tests.factories import Notes, default_portfolio, make_user
@@ -95,6 +96,12 @@ async def test_cancel_outcomes_canceled_closed_and_not_found(db: Database) -> No
     stranger = db.scoped(await make_user(db))
     with pytest.raises(Exception, match=f"no order #{order.id}"):
         await t.desk.cancel(stranger, order.id)
+    # The portfolio's gateway is open: placing into it is still refused to anyone else.
+    assert pid in t.desk.gateways
+    with pytest.raises(NotFound):
+        await t.desk.place(stranger, limit_buy(pid, "100"))
+    with pytest.raises(NotFound):  # no order row was written for it either
+        await dal.orders.get(order.id + 1)
     await t.stop()
 
 

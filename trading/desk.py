@@ -167,6 +167,7 @@ class OrderDesk:
         self.terms = terms  # the fee and slippage a BUY reserves for (the paper broker's)
         self.gateways: dict[int, OrderGateway] = {}  # portfolio id → gateway
         self.venues: dict[int, str] = {}  # portfolio id → PAPER / TESTNET / LIVE
+        self._on_exchange: set[tuple[str, str]] = set()  # (exchange, symbol) with instrument
         self.fill_listeners: list[FillListener] = []
         self._pumps: dict[int, asyncio.Task[None]] = {}  # portfolio id → its event pump
         self._gateway_lock = asyncio.Lock()
@@ -314,10 +315,11 @@ class OrderDesk:
             raise InvalidInput(f"this portfolio trades on {exchange}, not {order['exchange']}")
         symbol = str(order["symbol"]).upper()
         ensure = getattr(gateway, "ensure_instrument", None)
-        if ensure is not None:
+        if ensure is not None and (exchange, symbol) not in self._on_exchange:
             await ensure(symbol)
             instrument = await dal.instruments.get(symbol=symbol, exchange=exchange)
             self.market.alias(symbol, instrument.id, exchange)  # real prices, if the feed has them
+            self._on_exchange.add((exchange, symbol))  # instruments are never deleted
         return {**order, "exchange": exchange}
 
     async def _checks(
@@ -332,7 +334,11 @@ class OrderDesk:
         REJECTED with the reason; BLOCK and WARN both write breaches and tell the owner."""
         order = {"type": "MARKET", **order}
         order.setdefault("client_order_id", f"tb-{uuid.uuid4().hex}")  # ≤ 36: Binance's limit
-        gateway = await self.gateway_for(order["portfolio_id"], dal)  # no gateway, no order
+        # No gateway, no order. An open gateway is not owner-checked again here: the order
+        # row below is (orders.place), and nothing reaches the gateway before it is written.
+        gateway = self.gateways.get(order["portfolio_id"]) or await self.gateway_for(
+            order["portfolio_id"], dal
+        )
         order = await self._on_gateway_exchange(dal, order, gateway)
         marks = dict(self.market.marks.marks)
 
