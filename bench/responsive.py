@@ -5,8 +5,10 @@ batches of 100), while a task measures the event loop's lag (it sleeps 1 ms at a
 records how late it wakes up): first alone, then while the bot answers ``/positions`` and
 ``/pnl 30d`` for a user with a seeded history, driven through aiogram (``bench/botdriver.py``)
 one command every 20 ms. The bot is also timed with no ingestion in the same rounds (``bot
-alone``), so what the ingestion costs the bot shows beside the absolute figures. Every run
-ends with the exact check of the writer's portfolio. Collections of the garbage collector's
+alone``), and the probe alone (``nothing``) shows what the machine itself adds to the lag (a
+shared, busy machine delays any process by tens of milliseconds now and then), so what the
+ingestion costs shows beside the absolute figures. Every run ends with the exact check of the
+writer's portfolio. Collections of the garbage collector's
 oldest generation hold the loop too, whatever runs: they are recorded, and the lag is also
 given for the samples that overlap none of them.
 """
@@ -101,7 +103,7 @@ async def _run_mode(
     (target,) = await make_targets(db, [writer], iid, tag) if batch else (None,)
 
     async def ingest() -> None:
-        if target is None:  # the bot alone, for as long as a short ingestion run
+        if target is None:  # no writer, for as long as a short ingestion run
             await asyncio.sleep(1.5)
             return
         trades = db.scoped(writer).trades
@@ -155,6 +157,7 @@ async def bench_lag(bdb: BenchDb, days: int, rounds: int, scale: float) -> list[
         n_single = max(150, int(1500 * scale))
         n_batch = max(1500, int(15000 * scale) // 100 * 100)
         modes = [
+            ("nothing", 0, 0, False),  # the probe alone: what the machine itself adds
             ("1 fill/tx", 1, n_single, False),
             ("100 fills/tx", 100, n_batch, False),
             ("bot alone", 0, 0, True),
