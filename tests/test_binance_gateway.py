@@ -591,3 +591,38 @@ async def test_a_balance_difference_with_binance_is_reported_not_overwritten(
     gateway = await live.gateway()
     await gateway.catch_up()
     assert live.notes.joined().count("Binance reconciliation: USDT") == told  # once
+
+
+async def test_a_trade_made_by_hand_on_binance_waits_while_its_instrument_cannot_be_written(
+    live: Live,
+) -> None:
+    live.fake.rules["SOLUSDT"] = SymbolRules("SOLUSDT", "SOL", "USDT", D("0.01"), D("0.001"), D(5))
+    live.fake.prices["SOLUSDT"] = D("150")
+    gateway = await live.gateway()
+    real_apply = gateway.ledger.apply_rules
+    failures = []
+
+    async def flaky(rules: list[dict[str, Any]]) -> None:
+        if not failures:
+            failures.append(rules)
+            raise RuntimeError("database briefly unavailable")
+        await real_apply(rules)
+
+    gateway.ledger.apply_rules = flaky  # type: ignore[method-assign]  # a passing outage
+    gateway.reconnect_pause_s = 0.05
+    # An order entered on Binance's own site: tradebook has never seen it.
+    await live.fake._new_order(
+        {
+            "symbol": "SOLUSDT",
+            "side": "BUY",
+            "type": "MARKET",
+            "quantity": "1",
+            "newClientOrderId": "web_1",
+        }
+    )
+    await wait_for(lambda: bool(failures))
+    await wait_for(lambda: "Filled: BUY 1 SOLUSDT" in live.notes.joined())
+    await live.desk.idle()
+    (trade,) = await live.trades()
+    order = await live.dal.orders.get(trade.order_id)
+    assert (order.client_order_id, order.strategy_id, order.status) == ("web_1", None, "FILLED")

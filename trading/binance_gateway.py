@@ -188,6 +188,8 @@ class BinanceGateway:
                 await self.catch_up(since=since)
             except (TradebookError, NetworkError) as exc:
                 log.warning("Binance reconciliation failed: %s", exc)
+            except Exception:  # the next interval tries again; the loop must go on
+                log.exception("Binance reconciliation failed")
 
     async def _load_rules(self) -> None:
         if self.rules:
@@ -441,7 +443,9 @@ class BinanceGateway:
 
     # --- the stream -------------------------------------------------------------------------
     async def _translate(self) -> None:
-        """Raw executionReports → broker events, in the order they came."""
+        """Raw executionReports → broker events, in the order they came. A message that
+        cannot be read is reported (its trades come back with the next catch-up); one whose
+        instrument cannot be written now is tried again, never dropped for a passing error."""
         while True:
             message = await self._raw.get()
             try:
@@ -453,7 +457,15 @@ class BinanceGateway:
                     "its trades from Binance again"
                 )
                 continue
-            await self._ensure_instruments({e.symbol for e in events})
+            pause = self.reconnect_pause_s
+            while True:
+                try:
+                    await self._ensure_instruments({e.symbol for e in events})
+                    break
+                except Exception:
+                    log.exception("Binance event held: its instrument could not be written")
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, RECONNECT_MAX_S)
             self._emit(events)
 
     def _emit(self, events: list[BrokerEvent]) -> None:
