@@ -600,7 +600,7 @@ async def test_a_trade_made_by_hand_on_binance_waits_while_its_instrument_cannot
     live.fake.prices["SOLUSDT"] = D("150")
     gateway = await live.gateway()
     real_apply = gateway.ledger.apply_rules
-    failures = []
+    failures: list[list[dict[str, Any]]] = []
 
     async def flaky(rules: list[dict[str, Any]]) -> None:
         if not failures:
