@@ -60,7 +60,8 @@ from dal.clock import utc_now
 from dal.database import Database
 from dal.decimals import DECIMAL_CONTEXT, NOTIONAL_CONTEXT, amount_text, average_price
 from dal.decimals import notional_text as notional_text_
-from dal.engine import BUSY_TIMEOUT_MS, JOURNAL_SIZE_LIMIT_BYTES, WAL_AUTOCHECKPOINT_PAGES
+from dal.engine import BUSY_TIMEOUT_MS, JOURNAL_SIZE_LIMIT_BYTES, create_sync_sqlite_engine
+from dal.execution import BACKSTOP_AUTOCHECKPOINT_PAGES, _Checkpointer
 from dal.models import Fill
 from dal.pnl_summary import trade_notional
 from dal.position_math import ZERO, FillResult, PositionState, apply_fill, holding_seconds
@@ -431,12 +432,20 @@ class SamePlanSqlite3:
             "foreign_keys=ON",
             f"busy_timeout={BUSY_TIMEOUT_MS}",
             "synchronous=NORMAL",
-            f"wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}",
+            # The DAL's writer: checkpoints on a thread of their own after commits, the
+            # automatic one only as a backstop (dal/execution.py).
+            f"wal_autocheckpoint={BACKSTOP_AUTOCHECKPOINT_PAGES}",
             f"journal_size_limit={JOURNAL_SIZE_LIMIT_BYTES}",
         ):
             conn.execute(f"PRAGMA {pragma}")
         register_sqlite_decimal_functions(conn)
         self.conn = conn
+        self._checkpoint_engine = create_sync_sqlite_engine(
+            f"sqlite:///{path}",
+            poolclass=sa.pool.NullPool,
+            connect_args={"check_same_thread": False},
+        )
+        self.checkpointer = _Checkpointer(self._checkpoint_engine)
         self.plan = plan
         self.symbol = target_symbol
         self.trace: list[tuple[str, str]] | None = None  # (sql, style) when checking the plan
@@ -475,6 +484,7 @@ class SamePlanSqlite3:
         except BaseException:
             self.conn.rollback()
             raise
+        self.checkpointer.committed()
 
     def _one(self, fill: dict, user_id: int) -> None:
         x = self._x
@@ -637,6 +647,8 @@ class SamePlanSqlite3:
 
     async def close(self) -> None:
         self.conn.close()
+        await self.checkpointer.close()
+        self._checkpoint_engine.dispose()
 
 
 # --- asyncpg ----------------------------------------------------------------------------------
