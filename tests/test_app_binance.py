@@ -102,3 +102,13 @@ async def wait_for(condition: object, timeout: float = 10.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+def test_a_bot_without_binance_never_loads_ccxt() -> None:
+    """ccxt costs about 70 MB resident: imported when a Binance account or feed is used."""
+    import subprocess
+    import sys
+
+    code = "import sys, tradebook.app, tradebook.cli; print('ccxt' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -39,9 +39,6 @@ from strategies.examples import REGISTRY
 from strategies.runtime import StrategyRuntime
 from tradebook.ops.jobs import run_scheduled_jobs
 from tradebook.settings import Settings
-from trading.binance_client import binance_account_check
-from trading.binance_feed import BinanceFeed
-from trading.binance_gateway import binance_gateways
 from trading.desk import AccountCheck, GatewayFactory, OrderDesk
 from trading.desk import Notify as Notifier
 from trading.events import OrderGateway
@@ -81,8 +78,9 @@ class Trading:
             for inst in self.feed.instruments:
                 row = await s.instruments.ensure(inst.__dict__)
                 self.market.instrument_ids[inst.symbol] = row.id
-            if isinstance(self.feed, BinanceFeed):  # real prices: Binance's own too
-                self.market.priced_exchange = "BINANCE"
+            real = getattr(self.feed, "prices_of", None)  # real prices: that exchange's too
+            if real is not None:
+                self.market.priced_exchange = real
                 for row in await s.instruments.list():
                     if row.symbol in self.market.instrument_ids:
                         self.market.alias(row.symbol, row.id, row.exchange)
@@ -174,14 +172,7 @@ def build_trading(
     factories = gateway_factories(paper, market)
     checks: dict[str, AccountCheck] = {}
     if exchanges is not None:
-        factories["BINANCE"] = binance_gateways(
-            db,
-            notify,
-            exchanges.secrets_dir,
-            exchanges.binance_base_url,
-            reconcile_every_s=exchanges.reconcile_every_s,
-        )
-        checks["BINANCE"] = binance_account_check(exchanges.secrets_dir, exchanges.binance_base_url)
+        factories["BINANCE"], checks["BINANCE"] = binance_entry(db, notify, exchanges)
     desk = OrderDesk(db, market, notify, factories, terms=paper_terms(paper), account_checks=checks)
     strategies = StrategyRuntime(db, market, desk, registry, notify)
     alerts = AlertEngine(db, market, desk, notify, cooldown_s=alert_cooldown_s)
@@ -195,6 +186,34 @@ class ExchangeSettings:
     secrets_dir: Path
     binance_base_url: str | None = None
     reconcile_every_s: float = 60.0
+
+
+def binance_entry(
+    db: Database, notify: Notifier, exchanges: ExchangeSettings
+) -> tuple[GatewayFactory, AccountCheck]:
+    """Binance's gateway factory and key check. ccxt (≈ 70 MB resident) is imported when a
+    Binance account is first used, not by every bot that has none."""
+
+    def factory(portfolio: sa.Row[Any], account: sa.Row[Any]) -> OrderGateway:
+        from trading.binance_gateway import binance_gateways
+
+        make = binance_gateways(
+            db,
+            notify,
+            exchanges.secrets_dir,
+            exchanges.binance_base_url,
+            reconcile_every_s=exchanges.reconcile_every_s,
+        )
+        return make(portfolio, account)
+
+    async def check(account: sa.Row[Any]) -> str:
+        from trading.binance_client import binance_account_check
+
+        return await binance_account_check(exchanges.secrets_dir, exchanges.binance_base_url)(
+            account
+        )
+
+    return factory, check
 
 
 def gateway_factories(paper: PaperConfig, market: Market) -> dict[str, GatewayFactory]:
@@ -228,6 +247,8 @@ async def build_feed(settings: Settings, db: Database) -> PriceFeed:
     if kind == "csv":
         return CsvReplayFeed(Path(path or ""), interval=interval)
     if kind == "binance":
+        from trading.binance_feed import BinanceFeed  # ccxt: only when Binance is used
+
         feed = BinanceFeed(settings.market_symbols, base_url=settings.binance_base_url)
         await feed.load()  # exchange info and the warm-up minutes
         return feed

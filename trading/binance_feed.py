@@ -140,6 +140,7 @@ class BinanceFeed(PriceFeed):
     ``stale_after``. ``close()`` releases the connections (``stream()`` does when it ends)."""
 
     interval = INTERVAL
+    prices_of = "BINANCE"
 
     def __init__(
         self,

@@ -64,6 +64,7 @@ log = logging.getLogger("tradebook.binance")
 RESOLVE_TRIES = 5  # looks for an order whose placement answer was lost
 RATE_LIMIT_TRIES = 3  # a request refused with 429 is sent this many times at most
 RECONNECT_MAX_S = 60.0
+_FILL_STATUSES = ("NEW", "PARTIALLY_FILLED", "FILLED")
 MY_TRADES_LIMIT = 1000  # Binance's maximum page of myTrades
 CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")  # Binance's newClientOrderId rule
 _TYPES = {
@@ -127,6 +128,7 @@ class BinanceGateway:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._catching_up = asyncio.Lock()
         self._reported: set[str] = set()
+        self._sent_ids: dict[str, str] = {}  # client order id → the Binance id already sent
         client.sink = self._raw.put_nowait
 
     # --- life cycle -------------------------------------------------------------------------
@@ -475,7 +477,23 @@ class BinanceGateway:
                 self.cursor[event.symbol] = max(self.cursor.get(event.symbol, 0), trade_id)
             elif event.status in FINAL_STATUSES and event.client_order_id:
                 self.open.pop(event.client_order_id, None)
+            if self._changes_nothing(event):
+                continue
             self._events.put_nowait(event)
+
+    def _changes_nothing(self, event: BrokerEvent) -> bool:
+        """A NEW, PARTIALLY_FILLED or FILLED update of an order whose Binance id was already
+        sent changes nothing (fills drive those statuses; trading/mapping.py): not sent
+        again, so a fill costs one transaction instead of two."""
+        if isinstance(event, FillEvent) or event.status not in _FILL_STATUSES:
+            return False
+        key = event.client_order_id or event.broker_order_id
+        if key is None or event.broker_order_id is None:
+            return False
+        if self._sent_ids.get(key) == event.broker_order_id:
+            return True
+        self._sent_ids[key] = event.broker_order_id
+        return False
 
     async def events(self) -> AsyncIterator[BrokerEvent]:
         while True:

@@ -538,6 +538,11 @@ class OrderDesk:
                 f"Filled: {what}{order}{realized_text(row)}{venue_tag}",
                 NotificationKind.FILLS,
             )
+            waiting = self._answers.get(row.order_id) if row.order_id else None
+            if waiting is not None and not waiting.done():  # a cancel meets a fill that ends it
+                filled = await self.db.scoped(Actor.user(user_id)).orders.get(row.order_id)
+                if filled.status not in OPEN_STATUSES:
+                    waiting.set_result(filled.status)
             for listener in self.fill_listeners:
                 try:
                     await listener(user_id, portfolio_id, event)

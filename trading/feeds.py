@@ -60,6 +60,9 @@ class PriceFeed:
     warmup: int = 0  # steps handed out at once before pacing starts (indicator history)
     interval: dt.timedelta = dt.timedelta(seconds=1)
     start: dt.datetime | None = None  # None: the wall clock
+    # The exchange whose real prices these are (its instruments of the same symbols are
+    # marked by them too); None: simulated or replayed prices, which mark nothing else.
+    prices_of: str | None = None
 
     def steps(self) -> Iterator[list[Candle]]:
         """One list of candles (one per symbol) per step; ends when the prices end."""
