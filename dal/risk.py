@@ -180,7 +180,7 @@ class RiskService:
         zone = conn.execute(
             sa.select(t.users.c.timezone).where(t.users.c.id == portfolio.user_id)
         ).scalar_one()
-        equity = value_portfolio(conn, portfolio_id, currency, marks).equity
+        equity = value_portfolio(conn, portfolio_id, currency, marks, open_orders=False).equity
         since = local_midnight(now, zone)
         with localcontext(DECIMAL_CONTEXT):
             realized_today = sum(
@@ -223,6 +223,8 @@ class RiskService:
         marks = check_marks(marks)
         instrument = resolve_instrument(self.tx, new.instrument_id, new.symbol, new.exchange)
         limits = self.load_policies(new.portfolio_id, new.strategy_id)
+        if not limits:  # no policy in effect (the portfolio is owner-checked): nothing to measure
+            return Verdict("allow", (), ())
         snapshot = self.snapshot(new.portfolio_id, marks, instrument.currency, now)
         intent = OrderIntent(
             instrument_id=instrument.id,
