@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import logging
 import signal
 import sys
@@ -468,6 +469,9 @@ async def until_telegram_answers(bot: Bot, stop: asyncio.Event, first_pause_s: f
 async def run(settings: Settings) -> int:
     """`tradebook run`: long-poll Telegram when a token is set, else console mode; trading
     runs in the same event loop, and so do backups and maintenance on their schedules."""
+    # Everything imported so far lives as long as the process: the garbage collector's full
+    # passes need not walk it again each time (they held the event loop, docs/performance.md).
+    gc.freeze()
     db = Database.from_settings(settings)
     jobs = asyncio.create_task(run_scheduled_jobs(settings, db))
     beat = asyncio.create_task(heartbeat(settings.heartbeat_file))
