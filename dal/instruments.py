@@ -42,6 +42,12 @@ def resolve_instrument(
         return row
     if not symbol:
         raise InvalidInput("give an instrument id or symbol")
+    key = (symbol.upper(), exchange.upper() if exchange else None)
+    by_symbol: dict[tuple[str, str | None], sa.Row[Any]] = tx.cache.setdefault(
+        "instruments_by_symbol", {}
+    )
+    if key in by_symbol:  # an order's checks and its row resolve the same symbol
+        return by_symbol[key]
     query = sa.select(instruments).where(instruments.c.symbol == symbol.upper())
     if exchange:
         query = query.where(instruments.c.exchange == exchange.upper())
@@ -52,6 +58,7 @@ def resolve_instrument(
     if len(rows) > 1:
         places = ", ".join(r.exchange or "-" for r in rows)
         raise InvalidInput(f"{symbol.upper()} trades on several exchanges ({places}); name one")
+    by_symbol[key] = rows[0]
     return rows[0]
 
 
@@ -142,6 +149,7 @@ class InstrumentService:
                     instruments.update().where(instruments.c.id == row.id).values(**changed)
                 )
                 self.tx.cache.get("instruments", {}).pop(row.id, None)
+                self.tx.cache.pop("instruments_by_symbol", None)
                 self.tx.audit(
                     "INSTRUMENT", row.id, "UPDATE", {k: str(v) for k, v in changed.items()}
                 )
