@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -206,52 +207,81 @@ async def run_seed(engines: list[str], days: int, full: bool, report: dict[str, 
     report["seed"] = out
 
 
-async def run_scaling(
-    engines: list[str], sizes: list[int], days: int, report: dict[str, Any]
-) -> None:
-    print(f"\n== 3. Scaling: history of 1/10/100 portfolios ({days} days × 200 fills each) ==")
-    out = []
-    for engine in engines:
-        for size in sizes:
-            async with fresh_database(engine, f"scale{size}") as bdb:
-                seeded = await seed(bdb, users=size, portfolios_per_user=1, days=days, per_day=200)
-                try:
-                    db = seeded.db
-                    _, actor = seeded.users[0]
-                    from bench.ingest import Case
+SCALING_TARGET = 0.95  # ingestion with 100 portfolios of history / with 1
 
+
+async def run_scaling(
+    engines: list[str], sizes: list[int], days: int, rounds: int, report: dict[str, Any]
+) -> None:
+    """Ingestion into databases holding the history of 1, 10 and 100 portfolios, all seeded
+    first and then written to in interleaved rounds (1, 10, 100, 1, 10, 100, …), so each
+    round's ratio to the 1-portfolio database compares moments of the same machine."""
+    from bench.ingest import Case
+
+    out: list[dict[str, Any]] = []
+    print(
+        f"\n== 3. Scaling: history of {'/'.join(map(str, sizes))} portfolios ({days} days × 200 "
+        f"fills each); ingestion in {rounds} interleaved rounds =="
+    )
+    for engine in engines:
+        async with contextlib.AsyncExitStack() as stack:
+            seeded = {}
+            for size in sizes:
+                bdb = await stack.enter_async_context(fresh_database(engine, f"scale{size}"))
+                seeded[size] = await seed(
+                    bdb, users=size, portfolios_per_user=1, days=days, per_day=200
+                )
+                stack.push_async_callback(seeded[size].db.dispose)
+            case = Case(engine, "1 fill/tx", 1, 1, 600 if engine == "sqlite" else 300)
+            rates: dict[int, list[float]] = {size: [] for size in sizes}
+            loads: list[float] = []
+            for round_ in range(rounds):
+                loads.append(round(os.getloadavg()[0], 2))
+                for size in sizes:
+                    db = seeded[size].db
+                    _, actor = seeded[size].users[0]
                     iid = await _first_instrument(db, actor)
-                    targets = await make_targets(db, [actor], iid, f"scale{size}")
-                    case = Case(engine, "1 fill/tx", 1, 1, 600 if engine == "sqlite" else 300)
-                    seconds, errors = await _run_writers(DalImpl(db), targets, case, "s")
+                    targets = await make_targets(db, [actor], iid, f"scale{size}-r{round_}")
+                    seconds, errors = await _run_writers(DalImpl(db), targets, case, f"r{round_}")
                     if errors:
                         raise CheckFailed(f"scaling {engine} {size}: {errors} errors")
-                    lat = await latencies(seeded, n=30, bot=False)
-                finally:
-                    await db.dispose()
-            row = {
-                "engine": engine,
-                "portfolios": size,
-                "fills": seeded.fills,
-                "ingest_fills_per_s": round(case.fills_per_writer / seconds),
-                **{
-                    f"{k} p95_ms": round(v["p95_ms"], 2)
-                    for k, v in lat.items()
-                    if not k.startswith("recompute")
-                },
-            }
-            out.append(row)
+                    rates[size].append(case.fills_per_writer / seconds)
+            smallest = sizes[0]
+            for size in sizes:
+                lat = await latencies(seeded[size], n=30, bot=False)
+                ratios = [r / base for r, base in zip(rates[size], rates[smallest], strict=True)]
+                row = {
+                    "engine": engine,
+                    "portfolios": size,
+                    "fills": seeded[size].fills,
+                    "ingest_fills_per_s": round(median(rates[size])),
+                    "ratio_to_1": round(median(ratios), 2),
+                    "ratio_spread": _spread(ratios, 2),
+                    "loads": loads,
+                    **{
+                        f"{k} p95_ms": round(v["p95_ms"], 2)
+                        for k, v in lat.items()
+                        if not k.startswith("recompute")
+                    },
+                }
+                out.append(row)
     keys = [k for k in out[0] if k.endswith("p95_ms")] if out else []
     print(
-        f"\n{'engine':11} {'portfolios':>10} {'fills':>8} {'ingest/s':>9}  "
+        f"\n{'engine':11} {'portfolios':>10} {'fills':>8} {'ingest/s':>9} {'× 1 pf':>7}  "
         + "  ".join(k.replace(" p95_ms", "").split(" (")[0] + " p95" for k in keys)
     )
     for r in out:
+        verdict = ""
+        if r["portfolios"] == max(sizes) and r["portfolios"] != sizes[0]:
+            met = float(r["ratio_to_1"]) >= SCALING_TARGET
+            verdict = f"  (target ≥ {SCALING_TARGET}×: {_ok(met)})"
         print(
-            f"{r['engine']:11} {r['portfolios']:10} {r['fills']:8} {r['ingest_fills_per_s']:9}  "
+            f"{r['engine']:11} {r['portfolios']:10} {r['fills']:8} {r['ingest_fills_per_s']:9} "
+            f"{r['ratio_to_1']:>6.2f}×  "
             + "  ".join(
                 f"{r[k]:>{len(k.replace(' p95_ms', '').split(' (')[0]) + 4}.2f}" for k in keys
             )
+            + verdict
         )
     report["scaling"] = out
 
@@ -408,7 +438,11 @@ async def main(argv: list[str]) -> int:
             "ingest": lambda: run_ingest(engines, scale, args.rounds, logs, report),
             "seed": lambda: run_seed(engines, days, args.full, report),
             "scaling": lambda: run_scaling(
-                engines, [1, 10] if args.quick else [1, 10, 100], 1 if args.quick else 10, report
+                engines,
+                [1, 10] if args.quick else [1, 10, 100],
+                1 if args.quick else 10,
+                max(2, args.rounds) if args.quick else args.rounds,
+                report,
             ),
             "charts": lambda: run_charts(report),
             "lag": lambda: run_lag(engines, days, scale, max(3, args.rounds // 2 + 1), report),
