@@ -535,6 +535,12 @@ async def test_a_burst_of_fills_is_applied_in_batches_exactly_once(
     assert (row.status, row.filled_quantity) == ("FILLED", D("0.15"))
     assert await live.dal.positions.verify(live.pid) == []
     assert "fills applied as one batch" in caplog.text
+    # One notice per batch, not 150: "Filled 100 times [TESTNET]:" / "• BUY 0.1 BTCUSDT at
+    # avg 59000 (order #1), 100 fills", then the rest.
+    summaries = [t for _, t in live.notes.texts if t.startswith("Filled ") and " times" in t]
+    assert sum(int(t.split()[1]) for t in summaries) == 150
+    assert all(f"at avg 59000 (order #{order.id})" in t for t in summaries)
+    assert not any(t.startswith("Filled: BUY 0.001") for _, t in live.notes.texts)
 
 
 async def test_a_batch_with_a_bad_fill_applies_the_others_and_keeps_the_bad_one(

@@ -8,7 +8,7 @@ import datetime as dt
 import itertools
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import given
@@ -303,3 +303,27 @@ async def test_orders_beyond_the_free_balance_are_stored_rejected_and_told(
     async with db.session(user) as s:
         (usdt,) = await s.valuation.balances(pid)
     assert (usdt.total, usdt.reserved) == (Decimal("10000"), Decimal("5905.9"))
+
+
+def test_a_summary_of_many_fills_is_exact_per_order() -> None:
+    from types import SimpleNamespace
+
+    from trading.desk import fills_summary
+    from trading.events import FillEvent
+
+    def fill(trade_id: str, side: Literal["BUY", "SELL"], qty: str, price: str) -> FillEvent:
+        return FillEvent(
+            "BTCUSDT", "X", "9", None, trade_id, side, Decimal(qty), Decimal(price), Decimal(0),
+            None, T0,
+        )  # fmt: skip
+
+    applied = [
+        (fill("1", "BUY", "1", "100"), SimpleNamespace(order_id=7, realized_pnl=Decimal(0))),
+        (fill("2", "BUY", "2", "101"), SimpleNamespace(order_id=7, realized_pnl=Decimal(0))),
+        (fill("3", "SELL", "1", "110"), SimpleNamespace(order_id=8, realized_pnl=Decimal("9.5"))),
+    ]
+    assert fills_summary(applied, "LIVE") == (
+        "Filled 3 times [LIVE]:\n"
+        "• BUY 3 BTCUSDT at avg 100.666666666666666667 (order #7), 2 fills\n"
+        "• SELL 1 BTCUSDT at avg 110 (order #8), 1 fill, realized +9.5"
+    )

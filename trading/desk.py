@@ -62,6 +62,8 @@ APPLY_ATTEMPTS = 4  # tries of one broker event before it is kept for later
 APPLY_PAUSE_S = 0.05  # first pause between tries; doubles each time
 CANCEL_ANSWER_S = 5.0  # how long a cancel waits for the broker's answer
 FILL_BATCH = 100  # fills applied in one transaction when they arrive together
+NOTICE_EACH_UP_TO = 5  # fills applied together beyond this get one summary notice
+SUMMARY_LINES = 20  # orders listed in that summary
 
 
 class GatewayFactory(Protocol):
@@ -504,8 +506,13 @@ class OrderDesk:
                 await self.apply(dal, portfolio_id, fill)
             return
         user_id = dal.actor.user_id or 0
+        each = len(fills) <= NOTICE_EACH_UP_TO
         for fill, trade in zip(fills, trades, strict=True):
-            await self._after(user_id, portfolio_id, fill, trade)
+            await self._after(user_id, portfolio_id, fill, trade, notice=each)
+        if not each:  # a catch-up: one notice, not one per fill
+            where = self.venues.get(portfolio_id)
+            text = fills_summary(list(zip(fills, trades, strict=True)), where)
+            await self.notify(user_id, text, NotificationKind.FILLS)
 
     async def apply(self, dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> None:
         """Apply one broker event, retried; kept durably (and its owner told) when it still
@@ -529,17 +536,20 @@ class OrderDesk:
             return
         await self._after(user_id, portfolio_id, event, row)
 
-    async def _after(self, user_id: int, portfolio_id: int, event: BrokerEvent, row: Any) -> None:
+    async def _after(
+        self, user_id: int, portfolio_id: int, event: BrokerEvent, row: Any, notice: bool = True
+    ) -> None:
         if isinstance(event, FillEvent):
             what = f"{event.side} {event.quantity} {event.symbol} at {event.price}"
             order = f" (order #{row.order_id})" if row.order_id else ""
             where = self.venues.get(portfolio_id)
             venue_tag = f" [{where}]" if where else ""
-            await self.notify(
-                user_id,
-                f"Filled: {what}{order}{realized_text(row)}{venue_tag}",
-                NotificationKind.FILLS,
-            )
+            if notice:
+                await self.notify(
+                    user_id,
+                    f"Filled: {what}{order}{realized_text(row)}{venue_tag}",
+                    NotificationKind.FILLS,
+                )
             waiting = self._answers.get(row.order_id) if row.order_id else None
             if waiting is not None and not waiting.done():  # a cancel meets a fill that ends it
                 filled = await self.db.scoped(Actor.user(user_id)).orders.get(row.order_id)
@@ -600,6 +610,30 @@ class OrderDesk:
         """Wait until every gateway's events so far are applied."""
         for gateway in list(self.gateways.values()):
             await gateway.drained()
+
+
+def fills_summary(applied: list[tuple[FillEvent, Any]], venue: str | None) -> str:
+    """One notice for many fills applied at once: per order, side and symbol, the quantity,
+    the average price (exact: notional over quantity, 18 places) and the realized PnL."""
+    groups: dict[tuple[int | None, str, str], list[tuple[FillEvent, Any]]] = {}
+    for fill, trade in applied:
+        groups.setdefault((trade.order_id, fill.side, fill.symbol), []).append((fill, trade))
+    lines = [f"Filled {len(applied)} times" + (f" [{venue}]" if venue else "") + ":"]
+    with localcontext(DECIMAL_CONTEXT):
+        for (order_id, side, symbol), group in list(groups.items())[:SUMMARY_LINES]:
+            quantity = sum((f.quantity for f, _ in group), Decimal(0))
+            notional = sum((f.quantity * f.price for f, _ in group), Decimal(0))
+            average = (notional / quantity).quantize(Decimal("1e-18")).normalize()
+            realized = sum((t.realized_pnl or Decimal(0) for _, t in group), Decimal(0))
+            order = f" (order #{order_id})" if order_id else ""
+            pnl = f", realized {realized:+f}" if realized else ""
+            lines.append(
+                f"• {side} {quantity.normalize():f} {symbol} at avg {average:f}{order}, "
+                f"{len(group)} fill{'' if len(group) == 1 else 's'}{pnl}"
+            )
+    if len(groups) > SUMMARY_LINES:
+        lines.append(f"… and {len(groups) - SUMMARY_LINES} more orders (/orders)")
+    return "\n".join(lines)
 
 
 def realized_text(trade: Any) -> str:
