@@ -39,11 +39,7 @@ class Throttled(DDoSProtection):  # type: ignore[misc]  # ccxt's errors are unty
 
 
 class Refused(TradebookError):
-    """Binance refused the request; ``code`` is Binance's error code when it gave one."""
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
+    """Binance refused the request (the message carries Binance's code when it gave one)."""
 
 
 class NotOnExchange(Refused):

@@ -121,7 +121,6 @@ class BinanceGateway:
         self.known: set[str] = set()  # symbols whose instruments exist
         self.cursor: dict[str, int] = {}  # symbol → highest trade id seen
         self.banned_until: dt.datetime | None = None
-        self.connected = asyncio.Event()
         self.caught_up = 0  # completed catch-ups (tests wait on it)
         self._events = EventQueue()
         self._raw: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -163,7 +162,6 @@ class BinanceGateway:
                 # delivers meanwhile must not move it past ones missed while disconnected.
                 resume = dict(self.cursor) or await self.ledger.last_trade_ids()
                 await self.client.authenticate({"type": "spot"})  # the user-data subscription
-                self.connected.set()
                 await self.catch_up(resume)
                 pause = self.reconnect_pause_s
                 reconcile = self._spawn(self._reconcile_every(), "reconcile")
@@ -175,7 +173,6 @@ class BinanceGateway:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.connected.clear()
                 log.warning("Binance stream lost (%s); reconnecting in %.0f s", exc, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RECONNECT_MAX_S)
@@ -541,10 +538,10 @@ class BinanceGateway:
                     log.error(text)
                     await self.tell_owner(text)
                     await self.tell_admins(text)
-                    raise Refused(text, 418) from None
+                    raise Refused(text) from None
                 throttled += 1
                 if throttled >= RATE_LIMIT_TRIES:
-                    raise Refused("Binance kept refusing: too many requests (429)", 429) from None
+                    raise Refused("Binance kept refusing: too many requests (429)") from None
                 log.warning("Binance 429: waiting %.1f s (Retry-After)", exc.retry_after_s)
                 await asyncio.sleep(exc.retry_after_s)
             except BinanceApiError as exc:
@@ -554,8 +551,8 @@ class BinanceGateway:
                     await self.client.load_time_difference()
                     continue
                 if exc.code in (-2013, -2011):
-                    raise NotOnExchange(f"Binance: {exc.msg}", exc.code) from None
-                raise Refused(f"Binance {exc.code}: {exc.msg}", exc.code) from None
+                    raise NotOnExchange(f"Binance: {exc.msg}") from None
+                raise Refused(f"Binance {exc.code}: {exc.msg}") from None
             except NetworkError as exc:  # time-out, 5xx, connection lost: outcome unknown
                 raise Ambiguous(f"{type(exc).__name__}: {str(exc)[:120]}") from None
             except BaseError as exc:

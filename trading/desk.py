@@ -43,7 +43,7 @@ from dal.errors import Conflict, InvalidInput, NotFound, TradebookError
 from dal.risk_rules import Verdict
 from dal.scope import Actor
 from dal.valuation import OrderCheck
-from dal.vocabulary import OPEN_STATUSES, NotificationKind, venue
+from dal.vocabulary import EXCHANGE_GATEWAYS, OPEN_STATUSES, NotificationKind, venue
 from trading.events import BrokerEvent, FillEvent, OrderGateway, OrderUpdate, event_from_json
 from trading.mapping import apply_event, apply_fills
 from trading.market import Market
@@ -256,19 +256,18 @@ class OrderDesk:
     # --- exchange accounts ------------------------------------------------------------------
     async def check_account(self, dal: ScopedDal, account_id: int) -> str:
         """Try an exchange account's keys against its exchange (owner-checked); one line."""
-        account = await dal.accounts.get(account_id)
-        broker = await self._broker_of(dal, account)
-        check = self.account_checks.get(broker)
+        account = await _account_with_broker(dal, account_id)
+        check = self.account_checks.get(account.broker_code)
         if check is None:
-            return f"{broker} accounts have no exchange connection to test here."
+            return f"{account.broker_code} accounts have no exchange connection to test here."
         return await check(account)
 
     async def set_trading_mode(self, dal: ScopedDal, account_id: int, mode: str) -> sa.Row[Any]:
         """Send an exchange account's orders to its testnet or the live exchange. Refused
         while it has open orders (they live where they were placed); its gateways are closed
         and come back in the new mode at the next order."""
-        account = await dal.accounts.get(account_id)
-        if await self._broker_of(dal, account) not in self.account_checks:
+        account = await _account_with_broker(dal, account_id)
+        if account.broker_code not in EXCHANGE_GATEWAYS:
             raise InvalidInput(f"account {account.name!r} is not an exchange account")
         portfolios = [p for p in await dal.portfolios.list() if p.account_id == account.id]
         for portfolio in portfolios:
@@ -282,12 +281,6 @@ class OrderDesk:
             for portfolio in portfolios:
                 await self._drop_gateway(portfolio.id)
         return row
-
-    async def _broker_of(self, dal: ScopedDal, account: sa.Row[Any]) -> str:
-        for row in await dal.accounts.list():
-            if row.id == account.id:
-                return str(row.broker_code)
-        raise NotFound(f"no account #{account.id}")
 
     async def has_gateway(self, portfolio_id: int, dal: ScopedDal) -> bool:
         broker = await dal.portfolios.broker_code(portfolio_id)
@@ -610,6 +603,14 @@ class OrderDesk:
         """Wait until every gateway's events so far are applied."""
         for gateway in list(self.gateways.values()):
             await gateway.drained()
+
+
+async def _account_with_broker(dal: ScopedDal, account_id: int) -> sa.Row[Any]:
+    """One of the actor's accounts with its broker's code (``broker_code``)."""
+    for row in await dal.accounts.list():
+        if row.id == account_id:
+            return row
+    raise NotFound(f"no account #{account_id}")
 
 
 def fills_summary(applied: list[tuple[FillEvent, Any]], venue: str | None) -> str:

@@ -57,12 +57,7 @@ async def apply_event(dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> 
             s, portfolio_id, instrument.id, event.client_order_id, event.broker_order_id
         )
         if isinstance(event, FillEvent):
-            if order is None and event.order is not None:
-                order = await _create_manual_order(s, portfolio_id, instrument.id, event.order)
-            if order is not None and order.broker_order_id is None:
-                order = await s.orders.update_status(
-                    order.id, order.status, broker_order_id=event.broker_order_id
-                )
+            order = await _fill_order(s, portfolio_id, instrument.id, event, order)
             result = await s.trades.ingest_fill(
                 _fill_row(portfolio_id, instrument.id, order, event)
             )
@@ -108,33 +103,35 @@ async def apply_fills(dal: ScopedDal, portfolio_id: int, fills: list[FillEvent])
     """Apply many fills in one transaction (a burst from the stream, a catch-up): the same
     lookups as ``apply_event`` for each, then one set-based ingestion. All or nothing."""
     async with dal.session() as s:
-        instruments: dict[tuple[str, str | None], Any] = {}
         orders: dict[tuple[int, str | None, str | None], Any] = {}
         rows: list[Fill | dict[str, Any]] = []
         for event in fills:
-            where = (event.symbol, event.exchange)
-            if where not in instruments:
-                instruments[where] = await s.instruments.get(
-                    symbol=event.symbol, exchange=event.exchange
-                )
-            instrument = instruments[where]
+            # The session resolves a symbol once (dal/instruments.py keeps it per transaction).
+            instrument = await s.instruments.get(symbol=event.symbol, exchange=event.exchange)
             key = (instrument.id, event.client_order_id, event.broker_order_id)
-            order = orders.get(key)
-            if order is None:
-                order = await _find_order(
+            if key not in orders:
+                found = await _find_order(
                     s, portfolio_id, instrument.id, event.client_order_id, event.broker_order_id
                 )
-                if order is None and event.order is not None:
-                    order = await _create_manual_order(s, portfolio_id, instrument.id, event.order)
-                if order is not None and order.broker_order_id is None:
-                    order = await s.orders.update_status(
-                        order.id, order.status, broker_order_id=event.broker_order_id
-                    )
-                orders[key] = order
-            rows.append(_fill_row(portfolio_id, instrument.id, order, event))
+                orders[key] = await _fill_order(s, portfolio_id, instrument.id, event, found)
+            rows.append(_fill_row(portfolio_id, instrument.id, orders[key], event))
         results = await s.trades.ingest_fills(rows)
         log.info("fills applied as one batch", extra={"fills": len(results)})
         return [r.trade for r in results]
+
+
+async def _fill_order(
+    s: Any, portfolio_id: int, instrument_id: int, event: FillEvent, order: Any
+) -> Any:
+    """The order a fill links to: the one found, else the one the broker describes with the
+    fill (created as a manual order), with its broker id recorded if it had none."""
+    if order is None and event.order is not None:
+        order = await _create_manual_order(s, portfolio_id, instrument_id, event.order)
+    if order is not None and order.broker_order_id is None:
+        order = await s.orders.update_status(
+            order.id, order.status, broker_order_id=event.broker_order_id
+        )
+    return order
 
 
 def _fill_row(
