@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -97,3 +99,13 @@ class Notes:
 
     def joined(self) -> str:
         return "\n".join(text for _, text in self.texts)
+
+
+async def wait_until(condition: Callable[[], object], timeout: float) -> None:
+    """Poll ``condition`` until it holds, or fail the test after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)

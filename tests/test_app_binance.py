@@ -3,7 +3,6 @@ settings, Binance's symbols are marked by the real feed, and /status says when i
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,15 +14,11 @@ from dal.database import Database
 from dal.scope import Actor
 from strategies.examples import REGISTRY
 from tests.botkit import BotHarness, approved_user, joined
+from tests.factories import Notes, wait_until
 from tests.fake_binance import FakeBinance
 from tradebook.app import ExchangeSettings, build_feed, build_trading, paper_config
 from tradebook.settings import Settings
 from trading.binance_feed import BinanceFeed
-
-
-class Notes:
-    async def __call__(self, user_id: int, text: str, kind: str = "") -> None:
-        return None
 
 
 @pytest.fixture
@@ -65,7 +60,7 @@ async def test_binance_market_data_and_gateways_come_from_the_settings(
         paper_btc = trading.market.instrument_ids["BTCUSDT"]
         assert trading.market.also_marks == {"BTCUSDT": [binance_btc.id]}
         trading.start_feed()
-        await wait_for(lambda: paper_btc in trading.market.marks.marks)
+        await wait_until(lambda: paper_btc in trading.market.marks.marks, 10.0)
         warm = trading.market.marks.marks[paper_btc]
         assert trading.market.marks.marks[binance_btc.id] == warm  # Binance's own, same price
 
@@ -93,15 +88,6 @@ def test_the_market_data_setting_is_checked_when_read(tmp_path: Path) -> None:
         "BTCUSDT",
         "ETHUSDT",
     ]
-
-
-async def wait_for(condition: object, timeout: float = 10.0) -> None:
-    assert callable(condition)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def test_a_bot_without_binance_never_loads_ccxt() -> None:

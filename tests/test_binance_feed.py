@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dal.decimals import AmountError
+from tests.factories import wait_until
 from tests.fake_binance import MINUTE_MS, FakeBinance
 from trading.binance_feed import BinanceFeed, closed_bars, kline_bar
 from trading.feeds import FeedInstrument, market_data_setting
@@ -33,12 +34,7 @@ def at(ms: int) -> dt.datetime:
 
 
 async def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+    await wait_until(condition, timeout)
 
 
 class Reader:

@@ -22,7 +22,7 @@ from dal.scope import Actor
 from strategies.examples import REGISTRY
 from strategies.runtime import StrategyRuntime
 from tests.botkit import BotHarness, approved_user, joined
-from tests.factories import Notes, make_user
+from tests.factories import Notes, make_user, wait_until
 from tests.fake_binance import API_KEY, API_SECRET, FakeBinance, SymbolRules
 from trading.binance_client import binance_account_check
 from trading.binance_gateway import BinanceGateway, binance_gateways
@@ -77,11 +77,7 @@ class Live:
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+    await wait_until(condition, timeout)
 
 
 async def start_desk(
