@@ -118,12 +118,24 @@ def notional_text(value: decimal.Decimal) -> str:
 
 def average_price(notional: decimal.Decimal, quantity: decimal.Decimal) -> decimal.Decimal:
     """``notional / quantity`` rounded once, half-even, to 18 fractional digits (exact
-    rational arithmetic: no intermediate rounding)."""
-    from fractions import Fraction
-
-    ratio = Fraction(notional) / Fraction(quantity) * 10**SCALE
-    whole, rest = divmod(ratio.numerator, ratio.denominator)
+    integer arithmetic: no intermediate rounding)."""
+    n_sign, n_digits, n_exp = notional.as_tuple()
+    q_sign, q_digits, q_exp = quantity.as_tuple()
+    assert isinstance(n_exp, int) and isinstance(q_exp, int)  # finite amounts
+    numerator = int("".join(map(str, n_digits)))
+    denominator = int("".join(map(str, q_digits)))
+    # notional / quantity × 10^18 = numerator × 10^(n_exp - q_exp + 18) / denominator
+    shift = n_exp - q_exp + SCALE
+    if shift >= 0:
+        numerator *= 10**shift
+    else:
+        denominator *= 10**-shift
+    whole, rest = divmod(numerator, denominator)
     twice = 2 * rest
-    if twice > ratio.denominator or (twice == ratio.denominator and whole % 2):
+    if twice > denominator or (twice == denominator and whole % 2):
         whole += 1
-    return decimal.Decimal(canonical_decimal(decimal.Decimal(whole).scaleb(-SCALE)))
+    if n_sign != q_sign:
+        whole = -whole
+    return decimal.Decimal(
+        canonical_decimal(decimal.Decimal(whole).scaleb(-SCALE, DECIMAL_CONTEXT))
+    )

@@ -239,3 +239,31 @@ def test_stored_timestamps_are_fixed_width_iso_and_read_back_as_utc(moment: dt.d
     assert len(text) == 27
     back = parse_utc(text)
     assert back == utc and back.tzinfo is dt.UTC
+
+
+@given(
+    st.integers(-(10**40), 10**40),
+    st.integers(-36, 3),
+    st.integers(1, 10**20),
+    st.integers(-18, 3),
+    st.booleans(),
+)
+@settings(max_examples=500, deadline=None)
+def test_average_price_is_the_exact_ratio_rounded_once_half_even(
+    n: int, n_exp: int, q: int, q_exp: int, negative_quantity: bool
+) -> None:
+    from fractions import Fraction
+
+    from dal.decimals import average_price
+
+    notional = Decimal(n).scaleb(n_exp)
+    quantity = Decimal(-q if negative_quantity else q).scaleb(q_exp)
+    exact = Fraction(notional) / Fraction(quantity)
+    got = average_price(notional, quantity)
+    # Rounded to 18 places: within half a unit of the 18th place, and half-even on a tie.
+    error = abs(Fraction(got) - exact)
+    unit = Fraction(1, 10**18)
+    assert error <= unit / 2
+    if error == unit / 2:
+        assert int(got.scaleb(18)) % 2 == 0
+    assert format(got, "f") == canonical_decimal(got)  # canonical: no trailing zeros
