@@ -18,6 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from dal.compiled import DriverStatement
 from dal.types import register_sqlite_decimal_functions
 
 BUSY_TIMEOUT_MS = 30_000
@@ -60,7 +61,14 @@ def install_sqlite_hooks(sync_engine: Engine) -> None:
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        _BEGIN[mode].execute(conn, {})
+
+
+# Every write transaction starts with one of these: on the driver (dal/compiled.py).
+_BEGIN = {
+    mode: DriverStatement(sa.text(f"BEGIN {mode}"), dialect="sqlite")
+    for mode in ("IMMEDIATE", "DEFERRED")
+}
 
 
 def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:

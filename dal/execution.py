@@ -25,12 +25,13 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.util import greenlet_spawn
 
 from dal.engine import (
     BUSY_TIMEOUT_MS,
@@ -387,29 +388,50 @@ class PostgresRunner:
     @contextlib.asynccontextmanager
     async def connection(self, readonly: bool) -> AsyncIterator[Channel]:
         engine = self.reader if readonly else self.engine
-        try:
+        with _unavailable_told():
             conn = await engine.connect()
-        except sa.exc.TimeoutError:
-            raise DatabaseUnavailable(
-                "every database connection of this process is busy; try again "
-                "(TRADEBOOK_DB_POOL_SIZE sets how many it may hold)"
-            ) from None
-        except sa.exc.DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) == "53300":
-                raise DatabaseUnavailable(
-                    "PostgreSQL has no connection to spare (max_connections reached); lower "
-                    "TRADEBOOK_DB_POOL_SIZE or raise the server's max_connections"
-                ) from None
-            raise
         try:
             yield _AsyncChannel(conn)
         finally:
             # As ``async with`` would: the connection goes back even if this task is cancelled.
             await asyncio.shield(conn.close())
 
+    async def run_once(self, readonly: bool, fn: Callable[[sa.Connection], T]) -> T:
+        """A whole one-call transaction (check out, BEGIN, ``fn``, COMMIT, check in) in one
+        greenlet: what ``connection`` and ``_AsyncChannel.run_once`` do, without a hand-off
+        between the event loop and a greenlet for every step."""
+        engine = (self.reader if readonly else self.engine).sync_engine
+        return await greenlet_spawn(_whole_transaction, engine, fn)
+
     async def dispose(self) -> None:
         await self.engine.dispose()
         await self.reader.dispose()
+
+
+@contextlib.contextmanager
+def _unavailable_told() -> Iterator[None]:
+    """A connection that cannot be had is DatabaseUnavailable, saying why."""
+    try:
+        yield
+    except sa.exc.TimeoutError:
+        raise DatabaseUnavailable(
+            "every database connection of this process is busy; try again "
+            "(TRADEBOOK_DB_POOL_SIZE sets how many it may hold)"
+        ) from None
+    except sa.exc.DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == "53300":
+            raise DatabaseUnavailable(
+                "PostgreSQL has no connection to spare (max_connections reached); lower "
+                "TRADEBOOK_DB_POOL_SIZE or raise the server's max_connections"
+            ) from None
+        raise
+
+
+def _whole_transaction(engine: sa.Engine, fn: Callable[[sa.Connection], T]) -> T:
+    with _unavailable_told():
+        conn = engine.connect()
+    with conn, conn.begin():
+        return fn(conn)
 
 
 class Channel:

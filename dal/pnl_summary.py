@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
+from dal.compiled import DriverStatement
 from dal.decimals import DECIMAL_CONTEXT, quantize18
 from dal.position_math import ZERO, canonical_amount, holding_seconds
 from dal.scope import Tx
@@ -280,13 +281,15 @@ def add_to_summary(
         return
     zone = owner_zone(tx, portfolio_id)
     dialect = tx.conn.dialect.name
-    tx.conn.execute(
-        _UPSERT[dialect, "pnl_summary"], summary_rows(portfolio_id, summarize(entries, zone))
+    _UPSERT[dialect, "pnl_summary"].executemany(
+        tx.conn, summary_rows(portfolio_id, summarize(entries, zone))
     )
     daily_rows = daily_summary_rows(portfolio_id, summarize_daily(entries, zone, currencies))
-    tx.conn.execute(
-        _UPSERT[dialect, "pnl_daily"], daily_rows if len(daily_rows) > 1 else daily_rows[0]
-    )
+    upsert_daily = _UPSERT[dialect, "pnl_daily"]
+    if len(daily_rows) == 1:
+        upsert_daily.execute(tx.conn, daily_rows[0])
+    else:
+        upsert_daily.executemany(tx.conn, daily_rows)
 
 
 def summary_rows(portfolio_id: int, totals: dict[SummaryKey, Totals]) -> list[dict[str, object]]:
@@ -346,7 +349,11 @@ def adding_to_existing_rows(insert: sa.Insert) -> sa.Executable:
 
 
 _UPSERT = {
-    (name, table.name): adding_to_existing_rows(dialect_insert(table))
+    (name, table.name): DriverStatement(
+        adding_to_existing_rows(dialect_insert(table)),
+        column_keys=[c.name for c in table.c],
+        dialect=name,
+    )
     for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
     for table in (summary, daily)
 }

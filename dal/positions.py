@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
+from dal.compiled import DriverStatement
 from dal.decimals import DECIMAL_CONTEXT
 from dal.ownership import owned_portfolio
 from dal.pnl_summary import (
@@ -79,7 +80,13 @@ _LOCK_MANUAL = _LOCK_BY_KEY.where(positions.c.strategy_id.is_(None)).with_for_up
 _LOCK_STRATEGY = _LOCK_BY_KEY.where(
     positions.c.strategy_id == sa.bindparam("strategy_id")
 ).with_for_update()
-_UPDATE_POSITION = positions.update().where(positions.c.id == sa.bindparam("position_id"))
+_UPDATE_POSITION = DriverStatement(
+    positions.update().where(positions.c.id == sa.bindparam("position_id")),
+    column_keys=[
+        "position_id", "last_trade_id", "quantity", "cost_basis", "avg_price", "realized_pnl",
+        "opened_at", "last_exec_time", "updated_at",
+    ],
+)  # fmt: skip
 
 
 def position_lock_order(key: PositionKey) -> tuple[int, int, int]:
@@ -142,8 +149,8 @@ def write_position(
     last_exec_time: dt.datetime | None,
     last_trade_id: int | None,
 ) -> None:
-    tx.conn.execute(
-        _UPDATE_POSITION,
+    _UPDATE_POSITION.execute(
+        tx.conn,
         {
             "position_id": position_id,
             "last_trade_id": last_trade_id,
