@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from dal import schema as t
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.models import NewAccount, NewPortfolio, check_text, parse
-from dal.ownership import owned_portfolio, owned_row
+from dal.ownership import forget_portfolios, owned_portfolio, owned_row
+from dal.pnl_summary import owner_zone
 from dal.scope import Tx, read_only
 from dal.types import new_uid
 
@@ -252,6 +253,12 @@ class PortfolioService:
         return owned_portfolio(self.tx, portfolio_id)
 
     @read_only
+    def owner_zone(self, portfolio_id: int) -> str:
+        """The time zone of the portfolio's owner: where a DAY order of it ends."""
+        owned_portfolio(self.tx, portfolio_id)
+        return owner_zone(self.tx, portfolio_id)
+
+    @read_only
     def by_name(self, name: str) -> sa.Row[Any]:
         return portfolio_by_name(self.tx, name)
 
@@ -348,6 +355,7 @@ class PortfolioService:
             "CREATE",
             {"name": new.name, "account_id": account.id, "default": make_default},
         )
+        forget_portfolios(self.tx)
         return owned_portfolio(self.tx, portfolio_id)
 
     def update(
@@ -373,6 +381,7 @@ class PortfolioService:
                 portfolios.update().where(portfolios.c.id == row.id).values(**changes)
             )
             self.tx.audit("PORTFOLIO", row.id, "UPDATE", changes)
+            forget_portfolios(self.tx)
         return owned_portfolio(self.tx, portfolio_id)
 
     def set_default(self, portfolio_id: int) -> sa.Row[Any]:
@@ -386,6 +395,7 @@ class PortfolioService:
         )
         conn.execute(portfolios.update().where(portfolios.c.id == row.id).values(is_default=True))
         self.tx.audit("PORTFOLIO", row.id, "UPDATE", {"is_default": True})
+        forget_portfolios(self.tx)
         return owned_portfolio(self.tx, portfolio_id)
 
     def archive(self, portfolio_id: int) -> sa.Row[Any]:
@@ -401,6 +411,7 @@ class PortfolioService:
                 .values(archived_at=self.tx.now())
             )
             self.tx.audit("PORTFOLIO", row.id, "ARCHIVE", {"name": row.name})
+            forget_portfolios(self.tx)
         return owned_portfolio(self.tx, portfolio_id)
 
     def delete(self, portfolio_id: int) -> None:
@@ -414,3 +425,4 @@ class PortfolioService:
             )
         self.tx.conn.execute(portfolios.delete().where(portfolios.c.id == row.id))
         self.tx.audit("PORTFOLIO", row.id, "DELETE", {"name": row.name})
+        forget_portfolios(self.tx)

@@ -283,6 +283,17 @@ def lock_portfolio_balances(conn: sa.Connection, portfolio_id: int) -> None:
         )
 
 
+def lock_portfolio_account(conn: sa.Connection, portfolio_id: int) -> Any:
+    """``lock_portfolio_balances`` and the portfolio's account terms (margin leverage, base
+    currency) in one statement."""
+    return conn.execute(
+        sa.select(t.accounts.c.margin_leverage, t.accounts.c.base_currency)
+        .join(t.portfolios, t.portfolios.c.account_id == t.accounts.c.id)
+        .where(t.portfolios.c.id == portfolio_id)
+        .with_for_update(key_share=True, of=t.portfolios)
+    ).one()
+
+
 def amount_text(value: Decimal, asset: str) -> str:
     """An amount as refusals show it: grouped thousands, no trailing zeros."""
     text = f"{canonical_amount(value):,f}"

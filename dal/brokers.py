@@ -20,7 +20,7 @@ class BrokerService:
         self.tx = tx
 
     def list(self) -> list[sa.Row[Any]]:
-        self.tx.require_user()
+        self.tx.require_approved()
         return list(self.tx.conn.execute(sa.select(brokers).order_by(brokers.c.code)))
 
     def create(self, code: str, name: str) -> sa.Row[Any]:

@@ -147,7 +147,7 @@ class EquityService:
 
     def snapshot_all(self, at: dt.datetime, marks: Mapping[int, Decimal]) -> int:
         """Record every live portfolio's equity (tradebook's daily job; the system only)."""
-        self.tx.require_user()
+        self.tx.require_approved()
         if not self.tx.actor.is_system:
             raise Forbidden("equity snapshots of every portfolio are taken by tradebook itself")
         checked = check_marks(dict(marks))

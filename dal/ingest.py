@@ -35,11 +35,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
+from dal.compiled import DriverStatement
 from dal.decimals import DECIMAL_CONTEXT, NOTIONAL_CONTEXT, average_price
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import resolve_instrument
 from dal.models import Fill, valid_id
-from dal.ownership import OF_APPROVED_OWNER, one_statement_check, owned_portfolio_fast, owner_params
+from dal.ownership import OF_APPROVED_OWNER, one_statement_check, owned_portfolio, owner_params
 from dal.pnl_summary import (
     Entry,
     add_to_summary,
@@ -71,6 +72,12 @@ orders = t.orders
 log = logging.getLogger("tradebook.ingest")
 
 _TRADE_CONFLICT_TARGET = [trades.c.portfolio_id, trades.c.instrument_id, trades.c.broker_trade_id]
+# What a fill's trade row is inserted with (the rest are the table's defaults).
+_TRADE_COLUMNS = [
+    "uid", "portfolio_id", "instrument_id", "strategy_id", "order_id", "side", "quantity",
+    "price", "fee", "fee_currency", "realized_pnl", "exec_time", "broker_trade_id",
+    "position_opened_at", "meta_json",
+]  # fmt: skip
 # Fields a replay must repeat exactly; anything else under the same broker trade id conflicts.
 _REPLAY_FIELDS = ("side", "quantity", "price", "fee", "fee_currency", "exec_time", "order_id")
 
@@ -88,6 +95,10 @@ _INSERT_TRADES = {
     .returning(*trades.c)
     for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
 }
+_INSERT_ONE_TRADE = {
+    name: DriverStatement(statement, column_keys=_TRADE_COLUMNS, dialect=name)
+    for name, statement in _INSERT_TRADES.items()
+}
 _TRADES_BY_ID = sa.select(trades).where(trades.c.id.in_(sa.bindparam("ids", expanding=True)))
 _LOCK_ORDER = sa.select(orders).where(orders.c.id == sa.bindparam("order_id")).with_for_update()
 # Sorted, so concurrent transactions lock orders in the same order (no deadlock on PostgreSQL).
@@ -98,6 +109,13 @@ _LOCK_ORDERS = (
     .with_for_update()
 )
 _UPDATE_ORDER = orders.update().where(orders.c.id == sa.bindparam("order_id"))
+_SET_BROKER_ID = DriverStatement(
+    orders.update()
+    .where(orders.c.id == sa.bindparam("order_id"), orders.c.broker_order_id.is_(None))
+    .values(broker_order_id=sa.bindparam("b_broker_order_id"))
+)
+_ORDER_FILL_STATE = ("filled_quantity", "avg_fill_price", "fill_notional", "status", "updated_at")
+_UPDATE_ONE_ORDER = DriverStatement(_UPDATE_ORDER, column_keys=["order_id", *_ORDER_FILL_STATE])
 
 
 # A fill on its way in, one stage at a time: what it refers to (planned), its position math
@@ -227,7 +245,9 @@ def _read_statement() -> sa.Select[Any]:
 
 
 # The owner's row FOR SHARE as well (PostgreSQL), so its zone is current: lock_owner_zones.
-_READ_AT_ONCE = _read_statement().suffix_with("FOR SHARE OF users", dialect="postgresql")
+_READ_AT_ONCE = DriverStatement(
+    _read_statement().suffix_with("FOR SHARE OF users", dialect="postgresql")
+)
 _ROW_SPLIT = (len(t.portfolios.c) + 1, len(t.portfolios.c) + 1 + len(orders.c))
 
 
@@ -242,11 +262,12 @@ def _read_at_once(tx: Tx, fill: Fill) -> _Known | None:
         or not one_statement_check(tx, fill.portfolio_id)
     ):
         return None
-    row = tx.conn.execute(
-        _READ_AT_ONCE, {**owner_params(tx, fill.portfolio_id), "order_id": fill.order_id}
-    ).one_or_none()
-    if row is None:
+    rows = _READ_AT_ONCE.execute(
+        tx.conn, {**owner_params(tx, fill.portfolio_id), "order_id": fill.order_id}
+    )
+    if not rows:
         return None
+    row = rows[0]
     a, b = _ROW_SPLIT
     return _Known(_PORTFOLIO_ROW(*row[:a]), _ORDER_ROW(*row[a:b]), _POSITION_ROW(*row[b:]))
 
@@ -259,10 +280,7 @@ def _plan(tx: Tx, fills: list[Fill], known: _Known | None = None) -> list[_Plann
         remember_zone(tx, known.portfolio.id, known.portfolio.owner_timezone)
     for fill in fills:
         if fill.portfolio_id not in portfolios:
-            portfolio = owned_portfolio_fast(tx, fill.portfolio_id, writable=True)
-            portfolios[fill.portfolio_id] = portfolio
-            if "owner_timezone" in portfolio._mapping:
-                remember_zone(tx, portfolio.id, portfolio.owner_timezone)
+            portfolios[fill.portfolio_id] = owned_portfolio(tx, fill.portfolio_id, writable=True)
     if known is None:
         lock_owner_zones(tx, portfolios)
     instruments = [
@@ -290,6 +308,11 @@ def _plan(tx: Tx, fills: list[Fill], known: _Known | None = None) -> list[_Plann
                 )
             if strategy_id is not None and strategy_id != order.strategy_id:
                 raise InvalidInput(f"fill strategy #{strategy_id} differs from its order's")
+            if fill.broker_order_id is not None and order.broker_order_id not in (
+                None,
+                fill.broker_order_id,
+            ):
+                raise Conflict(f"order #{order.id} already has broker id {order.broker_order_id!r}")
             strategy_id = order.strategy_id
         elif strategy_id is not None and strategy_id not in strategies_checked:
             strategy = owned_strategy(tx, strategy_id)
@@ -349,8 +372,11 @@ def _insert_trades(tx: Tx, priced: list[_Priced]) -> list[_Written]:
     """One multi-row insert; a fill it skipped (its broker trade id exists) is a replay."""
     conn = tx.conn
     params = [_trade_params(p) for p in priced]
-    statement = _INSERT_TRADES[conn.dialect.name]
-    rows = conn.execute(statement, params if len(params) > 1 else params[0])
+    rows: Sequence[Any]
+    if len(params) == 1:
+        rows = _INSERT_ONE_TRADE[conn.dialect.name].execute(conn, params[0])
+    else:
+        rows = conn.execute(_INSERT_TRADES[conn.dialect.name], params).all()
     inserted = {row.uid: row for row in rows}
     written = []
     for p in priced:
@@ -463,10 +489,26 @@ def _order_updates(tx: Tx, new: Sequence[_Planned]) -> list[dict[str, Any]]:
     ]
 
 
+def _record_broker_ids(tx: Tx, new: Sequence[_Planned]) -> None:
+    """The broker's ids of orders that had none, from their fills."""
+    ids = {
+        p.order.id: p.fill.broker_order_id
+        for p in new
+        if p.order is not None and p.order.broker_order_id is None and p.fill.broker_order_id
+    }
+    for order_id, broker_order_id in sorted(ids.items()):
+        _SET_BROKER_ID.execute(
+            tx.conn, {"order_id": order_id, "b_broker_order_id": broker_order_id}
+        )
+
+
 def _advance_orders(tx: Tx, new: list[_Written]) -> None:
+    _record_broker_ids(tx, new)
     params = _order_updates(tx, new)
-    if params:
-        tx.conn.execute(_UPDATE_ORDER, params if len(params) > 1 else params[0])
+    if len(params) == 1:
+        _UPDATE_ONE_ORDER.execute(tx.conn, params[0])
+    elif params:
+        tx.conn.execute(_UPDATE_ORDER, params)
 
 
 def _write_positions(
@@ -609,18 +651,7 @@ def _fused_statement(with_order: bool) -> sa.Select[Any]:
         writes.append(
             orders.update()
             .where(orders.c.id == sa.bindparam("o_order_id"), inserted)
-            .values(
-                {
-                    name: sa.bindparam(f"o_{name}")
-                    for name in (
-                        "filled_quantity",
-                        "avg_fill_price",
-                        "fill_notional",
-                        "status",
-                        "updated_at",
-                    )
-                }
-            )
+            .values({name: sa.bindparam(f"o_{name}") for name in _ORDER_FILL_STATE})
             .cte("order_update")
         )
     positions = t.positions
@@ -658,7 +689,10 @@ def _wrote(cte: Any) -> sa.Exists:
     return sa.exists(sa.select(cte.c.portfolio_id))
 
 
-_FUSED = {with_order: _fused_statement(with_order) for with_order in (False, True)}
+_FUSED = {
+    with_order: DriverStatement(_fused_statement(with_order), dialect="postgresql")
+    for with_order in (False, True)
+}
 
 
 def _write_one_fill_at_once(tx: Tx, p: _Priced, position: sa.Row[Any]) -> IngestResult | None:
@@ -694,9 +728,11 @@ def _write_one_fill_at_once(tx: Tx, p: _Priced, position: sa.Row[Any]) -> Ingest
             "a_created_at": now,
         }
     )
-    trade = tx.conn.execute(_FUSED[bool(order_updates)], params).one_or_none()
-    if trade is None:
+    _record_broker_ids(tx, [p])
+    rows = _FUSED[bool(order_updates)].execute(tx.conn, params)
+    if not rows:
         return IngestResult(_replayed(tx.conn, p), True)
+    (trade,) = rows
     _log_fill(p, trade.id, False)
     return IngestResult(trade, False)
 

@@ -98,7 +98,7 @@ class InstrumentService:
         self.tx = tx
 
     def list(self, asset_type: str | None = None) -> list[sa.Row[Any]]:
-        self.tx.require_user()
+        self.tx.require_approved()
         query = sa.select(instruments).order_by(instruments.c.symbol, instruments.c.exchange)
         if asset_type:
             query = query.where(instruments.c.asset_type == asset_type.upper())
@@ -110,7 +110,7 @@ class InstrumentService:
         symbol: str | None = None,
         exchange: str | None = None,
     ) -> sa.Row[Any]:
-        self.tx.require_user()
+        self.tx.require_approved()
         return resolve_instrument(self.tx, instrument_id, symbol, exchange)
 
     def create(self, data: NewInstrument | dict[str, Any]) -> sa.Row[Any]:

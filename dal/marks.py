@@ -42,7 +42,7 @@ class MarkService:
 
     def save(self, prices: dict[int, Decimal], as_of: dt.datetime) -> None:
         """Store the latest marks (instrument id → price); tradebook itself only."""
-        self.tx.require_user()
+        self.tx.require_approved()
         if not self.tx.actor.is_system:
             raise Forbidden("marks are written by tradebook's market-data feed")
         checked = check_marks(prices)
@@ -57,7 +57,7 @@ class MarkService:
 
     def latest(self) -> list[sa.Row[Any]]:
         """Every stored mark with its instrument's symbol."""
-        self.tx.require_user()
+        self.tx.require_approved()
         return list(
             self.tx.conn.execute(
                 sa.select(marks, t.instruments.c.symbol)

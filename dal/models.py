@@ -389,6 +389,8 @@ class Fill(Input):
     fee_currency: Annotated[Currency | None, Upper] = None
     exec_time: AwareTime
     broker_trade_id: ExternalId | None = None
+    # The broker's id of the fill's order: recorded on the order when it has none yet.
+    broker_order_id: ExternalId | None = None
     meta: Meta = Field(default_factory=dict)
 
     @field_validator("exec_time")

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
 from dal.decimals import check_amount
@@ -34,6 +35,12 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 # Fields that must match when an idempotency key is reused.
 _IDENTITY_FIELDS = ("instrument_id", "side", "type", "quantity", "price", "stop_price")
+
+
+_INSERT_ORDER = {
+    name: dialect_insert(orders).on_conflict_do_nothing()
+    for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
+}
 
 
 def owned_order(tx: Tx, order_id: int) -> sa.Row[Any]:
@@ -121,15 +128,14 @@ class OrderService:
             "client_order_id": new.client_order_id,
             "broker_order_id": new.broker_order_id,
         }
-        existing = self._existing(values)
-        if existing is not None:
-            return existing
         now = tx.now()
         meta = dict(new.meta)
         if reason:
             meta["reject_reason"] = reason
-        order_id = tx.conn.execute(
-            orders.insert()
+        # Inserted unless its client or broker id is taken: then the order with that id is
+        # the answer (the same order placed again) or a Conflict (another order's id).
+        row = tx.conn.execute(
+            _INSERT_ORDER[tx.dialect]
             .values(
                 uid=new_uid(),
                 status=status,
@@ -139,8 +145,14 @@ class OrderService:
                 reserve_price=None if reserve_price is None else check_amount(reserve_price),
                 **values,
             )
-            .returning(orders.c.id)
-        ).scalar_one()
+            .returning(*orders.c)
+        ).one_or_none()
+        if row is None:
+            existing = self._existing(values)
+            if existing is None:  # taken by an order since deleted: cannot happen to orders
+                raise Conflict("this order's id is taken; place it again")
+            return existing
+        order_id = row.id
         details = {k: v for k, v in values.items() if v is not None}
         tx.audit(
             "ORDER",
@@ -149,7 +161,6 @@ class OrderService:
             {**details, **({"reason": reason} if reason else {})},
             user_id=portfolio.user_id,
         )
-        row = owned_order(tx, order_id)
         log.info(
             "order %s (in transaction) %s %s #%s",
             "placed" if status == "NEW" else "rejected",
@@ -185,11 +196,17 @@ class OrderService:
         return owned_order(self.tx, order_id)
 
     def by_client_id(self, portfolio_id: int, client_order_id: str) -> sa.Row[Any]:
-        owned_portfolio(self.tx, portfolio_id)
-        row = order_by_client_id(self.tx.conn, portfolio_id, client_order_id)
-        if row is None:
+        rows = owned_portfolio_rows(
+            self.tx,
+            portfolio_id,
+            sa.select(orders).where(
+                orders.c.portfolio_id == portfolio_id,
+                orders.c.client_order_id == client_order_id,
+            ),
+        )
+        if not rows:
             raise NotFound(f"no order with client id {client_order_id!r}")
-        return row
+        return rows[0]
 
     def by_broker_id(
         self, portfolio_id: int, instrument_id: int, broker_order_id: str

@@ -61,13 +61,11 @@ OF_APPROVED_OWNER = (
     t.users.c.is_active == sa.true(),
     t.users.c.approved_at.is_not(None),
 )
-_PORTFOLIO_OF_APPROVED_OWNER = sa.select(portfolios).where(*OF_APPROVED_OWNER)
 _APPROVED_OWNER_OF_PORTFOLIO = sa.exists().where(*OF_APPROVED_OWNER).correlate(None)
-# The fill path's variant: the owner's time zone rides along for the fill's PnL summary
-# (dal/pnl_summary.py).
-_PORTFOLIO_OF_APPROVED_OWNER_WITH_ZONE = _PORTFOLIO_OF_APPROVED_OWNER.add_columns(
-    t.users.c.timezone.label("owner_timezone")
-)
+# The owner's time zone rides along: a fill's PnL summary and a DAY order's end need it.
+_PORTFOLIO_OF_APPROVED_OWNER = sa.select(
+    portfolios, t.users.c.timezone.label("owner_timezone")
+).where(*OF_APPROVED_OWNER)
 
 
 def owned_portfolio(tx: Tx, portfolio_id: int, *, writable: bool = False) -> sa.Row[Any]:
@@ -77,12 +75,6 @@ def owned_portfolio(tx: Tx, portfolio_id: int, *, writable: bool = False) -> sa.
     ``writable`` also refuses archived portfolios: their history stays but nothing new lands.
     """
     return _owned_portfolio(tx, portfolio_id, writable, _PORTFOLIO_OF_APPROVED_OWNER)
-
-
-def owned_portfolio_fast(tx: Tx, portfolio_id: int, *, writable: bool = False) -> sa.Row[Any]:
-    """``owned_portfolio`` for the hot path of ``ingest_fill`` (one session per fill): when
-    the one-statement check answers, the row also carries ``owner_timezone``."""
-    return _owned_portfolio(tx, portfolio_id, writable, _PORTFOLIO_OF_APPROVED_OWNER_WITH_ZONE)
 
 
 def owned_portfolio_rows(tx: Tx, portfolio_id: int, query: sa.Select[Any]) -> list[sa.Row[Any]]:
@@ -124,14 +116,27 @@ def _owned_portfolio(
 ) -> sa.Row[Any]:
     if not valid_id(portfolio_id):
         raise NotFound(f"no portfolio #{portfolio_id}")
-    row = None
-    if one_statement_check(tx, portfolio_id):
-        row = tx.conn.execute(one_statement, owner_params(tx, portfolio_id)).one_or_none()
+    # Checked once per transaction: an order's risk check, balance check and insert each ask.
+    checked: dict[int, sa.Row[Any]] = tx.state.setdefault("checked_portfolios", {})
+    row = checked.get(portfolio_id)
     if row is None:
-        row = _portfolio_in_scope(tx, portfolio_id)
+        if one_statement_check(tx, portfolio_id):
+            row = tx.conn.execute(one_statement, owner_params(tx, portfolio_id)).one_or_none()
+            if row is not None:  # the actor is approved and active, too
+                tx.state["approved"] = True
+        if row is None:
+            row = _portfolio_in_scope(tx, portfolio_id)
+        checked[portfolio_id] = row
+        if "owner_timezone" in row._mapping:  # the one-statement check read it
+            tx.state.setdefault("owner_zones", {})[portfolio_id] = row.owner_timezone
     if writable and row.archived_at is not None:
         raise Conflict(f"portfolio {row.name!r} is archived")
     return row
+
+
+def forget_portfolios(tx: Tx) -> None:
+    """After a change to portfolio rows: the next check in this transaction reads them again."""
+    tx.state.pop("checked_portfolios", None)
 
 
 def _portfolio_in_scope(tx: Tx, portfolio_id: int) -> sa.Row[Any]:

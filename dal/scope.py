@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from dal import schema as t
 from dal.clock import utc_now
+from dal.compiled import DriverStatement
 from dal.errors import Forbidden, NotApproved, NotFound
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -125,6 +126,8 @@ class Tx:
     def forget_user(self) -> None:
         self.state.pop("user", None)
         self.state.pop("owner_zones", None)
+        self.state.pop("checked_portfolios", None)
+        self.state.pop("approved", None)
 
     def require_user(self) -> sa.Row[Any] | None:
         """The approved, active acting user (None for the system actor)."""
@@ -136,6 +139,12 @@ class Tx:
         if user.approved_at is None:
             raise NotApproved("your account is waiting for approval by an admin")
         return user
+
+    def require_approved(self) -> None:
+        """``require_user`` where only the check matters: skipped once a statement of this
+        session has proved it (the one-statement portfolio check joins the approved owner)."""
+        if not self.state.get("approved"):
+            self.require_user()
 
     def require_admin(self) -> None:
         """Admin actions need the explicit admin scope (``db.session(actor, admin=True)``)."""
@@ -195,9 +204,15 @@ class Tx:
             }
             for entity_id, details, user_id in rows
         ]
-        if params:
-            self.conn.execute(_AUDIT_INSERT, params if len(params) > 1 else params[0])
+        if len(params) == 1:
+            _AUDIT_ONE.execute(self.conn, params[0])
+        elif params:
+            self.conn.execute(_AUDIT_INSERT, params)
 
 
 _AUDIT_INSERT = t.audit_log.insert()
+_AUDIT_ONE = DriverStatement(
+    _AUDIT_INSERT,
+    column_keys=["user_id", "entity_type", "entity_id", "action", "details_json", "created_at"],
+)
 _USER = sa.select(t.users).where(t.users.c.id == sa.bindparam("user_id"))

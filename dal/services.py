@@ -153,6 +153,7 @@ class Portfolios(Facade):
     delete = expose(PortfolioService.delete)
     get = expose(PortfolioService.get)
     list = expose(PortfolioService.list)
+    owner_zone = expose(PortfolioService.owner_zone)
     set_current = expose(PortfolioService.set_current)
     set_default = expose(PortfolioService.set_default)
     update = expose(PortfolioService.update)

@@ -17,11 +17,10 @@ from dal.decimals import DECIMAL_CONTEXT
 from dal.errors import NotFound
 from dal.ingest import IngestResult, ingest
 from dal.models import Fill, aware_arg, parse, valid_id
-from dal.ownership import owned_portfolio, owned_portfolio_fast
+from dal.ownership import owned_portfolio
 from dal.pnl_summary import (
     daily_totals,
     owner_zone,
-    remember_zone,
     totals_by_instrument,
 )
 from dal.position_math import holding_seconds
@@ -114,7 +113,7 @@ class TradeService:
         the session ends in error."""
         parsed = [parse(Fill, f) for f in fills]
         if not parsed:
-            self.tx.require_user()
+            self.tx.require_approved()
             return []
         return ingest(self.tx, parsed)  # checks the acting user with the first portfolio
 
@@ -189,9 +188,7 @@ class TradeService:
         end at local midnights of the owner's time zone (every /pnl period) are read from the
         PnL summary (dal/pnl_summary.py); any other range sums the trades themselves.
         ``daily=False`` leaves out the per-day series (what only a chart needs)."""
-        portfolio = owned_portfolio_fast(self.tx, portfolio_id)
-        if "owner_timezone" in portfolio._mapping:  # the check read it: no second statement
-            remember_zone(self.tx, portfolio_id, portfolio.owner_timezone)
+        owned_portfolio(self.tx, portfolio_id)  # remembers the owner's zone when it reads it
         since, until = aware_arg(since, "since"), aware_arg(until, "until")
         zone = owner_zone(self.tx, portfolio_id)
         return period_pnl(self.tx.conn, portfolio_id, since, until, tz, zone, daily)

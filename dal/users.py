@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from dal import schema as t
 from dal.errors import Conflict, Forbidden, InvalidInput, NotFound
 from dal.models import valid_id
+from dal.ownership import forget_portfolios
 from dal.pnl_summary import rebuild_summary
 from dal.scope import Tx, long_running
 from dal.types import new_uid
@@ -68,7 +69,7 @@ class UserService:
         register, or rewrite the chat of, anyone. ``wrote_to_us``: the user sent something,
         so a chat marked unreachable works again (not so for admins listed in the settings)."""
         if not self.tx.actor.is_system:
-            self.tx.require_user()
+            self.tx.require_approved()
             raise Forbidden("users are registered by tradebook when they send /start")
         conn = self.tx.conn
         existing = user_by_telegram_id(conn, telegram_user_id)
@@ -374,6 +375,7 @@ def ensure_paper_portfolio(tx: Tx, user_id: int) -> None:
             t.portfolios.update().where(t.portfolios.c.id == taken.id).values(is_default=True)
         )
         tx.audit("PORTFOLIO", taken.id, "UPDATE", {"is_default": True}, user_id=user_id)
+        forget_portfolios(tx)
         return
     portfolio_id = conn.execute(
         t.portfolios.insert()

@@ -28,7 +28,7 @@ from dal.balances import (
     balances,
     cash_and_totals,
     cash_totals,
-    lock_portfolio_balances,
+    lock_portfolio_account,
     reserve_price,
     reserved,
     totals,
@@ -247,14 +247,9 @@ def check_order(tx: Tx, order: NewOrder, marks: Mapping[int, Decimal], terms: Te
     """An order against the portfolio's free balances, as a spot exchange checks it, or
     against its buying power on a margin account. Takes the portfolio's balance lock."""
     conn = tx.conn
-    lock_portfolio_balances(conn, order.portfolio_id)
+    account = lock_portfolio_account(conn, order.portfolio_id)
     instrument = resolve_instrument(tx, order.instrument_id, order.symbol, order.exchange)
     check_increments(instrument, order.quantity, order.price, order.stop_price)  # before Confirm
-    account = conn.execute(
-        sa.select(t.accounts.c.margin_leverage, t.accounts.c.base_currency)
-        .join(t.portfolios, t.portfolios.c.account_id == t.accounts.c.id)
-        .where(t.portfolios.c.id == order.portfolio_id)
-    ).one()
     mark = marks.get(instrument.id)
     check_min_notional(instrument, order.quantity, order.price or order.stop_price or mark)
     per_unit = reserve_price(order.side, order.type, order.price, order.stop_price, mark, terms)

@@ -107,6 +107,10 @@ async def test_portfolios_names_default_archive_delete(db: Database, engine: Asy
         with pytest.raises(Conflict, match="archived"):
             await s.trades.ingest_fill(fill(main.id, inst, "BUY", "1", "5"))
         empty = await s.portfolios.create({"name": "Tmp", "account_id": account.id})
+        # A change in the session is seen by its next check (checked rows are remembered).
+        await s.portfolios.get(empty.id)
+        await s.portfolios.update(empty.id, name="Tmp2")
+        assert (await s.portfolios.get(empty.id)).name == "Tmp2"
         await s.portfolios.delete(empty.id)
         with pytest.raises(NotFound):
             await s.portfolios.get(empty.id)

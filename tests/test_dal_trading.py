@@ -190,6 +190,29 @@ async def test_order_idempotency_keys(db: Database, trader: tuple[Actor, int, in
         assert len(await s.orders.list(pid)) == 2
 
 
+async def test_a_fill_records_its_orders_broker_id_once(
+    db: Database, trader: tuple[Actor, int, int]
+) -> None:
+    actor, pid, inst = trader
+    dal = db.scoped(actor)
+    order = await dal.orders.place(
+        {"portfolio_id": pid, "instrument_id": inst, "side": "BUY", "type": "LIMIT",
+         "quantity": "3", "price": "5", "client_order_id": "cid-b"}
+    )  # fmt: skip
+    assert order.broker_order_id is None
+    one = fill(pid, inst, "BUY", "1", "5", order_id=order.id, trade_id="t-1")
+    await dal.trades.ingest_fill({**one, "broker_order_id": "B-1"})
+    assert (await dal.orders.get(order.id)).broker_order_id == "B-1"
+    # Another fill of it under the same id is fine; under another id it contradicts the order.
+    two = fill(pid, inst, "BUY", "1", "5", order_id=order.id, trade_id="t-2")
+    await dal.trades.ingest_fills([{**two, "broker_order_id": "B-1"}])
+    three = fill(pid, inst, "BUY", "1", "5", order_id=order.id, trade_id="t-3")
+    with pytest.raises(Conflict, match="already has broker id 'B-1'"):
+        await dal.trades.ingest_fill({**three, "broker_order_id": "B-2"})
+    row = await dal.orders.get(order.id)
+    assert (row.broker_order_id, row.filled_quantity) == ("B-1", Decimal(2))
+
+
 async def test_open_orders_newest_first_and_status_filter(
     db: Database, trader: tuple[Actor, int, int]
 ) -> None:

@@ -222,6 +222,7 @@ ID_OPS: dict[str, Op] = {
     "accounts.set_trading_mode": lambda s, o, m: s.accounts.set_trading_mode(o.account, "live"),
     "portfolios.get": lambda s, o, m: s.portfolios.get(o.portfolio),
     "portfolios.broker_code": lambda s, o, m: s.portfolios.broker_code(o.portfolio),
+    "portfolios.owner_zone": lambda s, o, m: s.portfolios.owner_zone(o.portfolio),
     "portfolios.update[name]": lambda s, o, m: s.portfolios.update(o.portfolio, name="Mine"),
     "portfolios.update[description]": lambda s, o, m: s.portfolios.update(
         o.portfolio, description="mine now"

@@ -353,7 +353,11 @@ class OrderDesk:
                 await s.risk.record_breach(verdict, row.portfolio_id, row.instrument_id, row.id)
             symbol = (await s.instruments.get(row.instrument_id)).symbol
             # Only a DAY order needs its owner's zone (it ends at their local midnight).
-            zone = (await s.users.me()).timezone if row.time_in_force == "DAY" else "UTC"
+            zone = (
+                await s.portfolios.owner_zone(row.portfolio_id)
+                if row.time_in_force == "DAY"
+                else "UTC"
+            )
             return verdict, check.refusal, row, symbol, zone
 
         # One transaction, run again if PostgreSQL aborts it for a deadlock (no side effects).

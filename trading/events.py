@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -134,6 +135,18 @@ def _typed(fields: dict[str, Any], cls: type) -> dict[str, Any]:
     return out
 
 
+# Fill statuses an order update can carry (fills drive them), and how far behind an update a
+# fill of its order is looked for.
+FILL_STATUSES = ("NEW", "PARTIALLY_FILLED", "FILLED")
+LOOK_AHEAD = 8
+
+
+def _same_order(update: OrderUpdate, fill: FillEvent) -> bool:
+    if update.client_order_id and fill.client_order_id:
+        return update.client_order_id == fill.client_order_id
+    return update.broker_order_id is not None and update.broker_order_id == fill.broker_order_id
+
+
 class EventQueue:
     """A gateway's broker events in arrival order, with what asyncio.Queue gives (``get``,
     ``task_done``, ``join``) plus ``take_fills``: the fills waiting right behind, so the desk
@@ -153,10 +166,31 @@ class EventQueue:
         self._ready.set()
 
     async def get(self) -> BrokerEvent:
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        return self._items.popleft()
+        while True:
+            while not self._items:
+                self._ready.clear()
+                await self._ready.wait()
+            event = self._items.popleft()
+            if not self._superseded(event):
+                return event
+            self.task_done()
+
+    def _superseded(self, event: BrokerEvent) -> bool:
+        """An update of an order to NEW, PARTIALLY_FILLED or FILLED with a fill of the same
+        order right behind it that describes the order too: that fill records all the update
+        would (the order, or its broker id; fills drive those statuses), in its own
+        transaction, so the update is dropped instead of costing one before it. An exchange
+        sends a taker order's NEW and its first trade back to back."""
+        if not isinstance(event, OrderUpdate) or event.status not in FILL_STATUSES:
+            return False
+        for later in itertools.islice(self._items, LOOK_AHEAD):
+            if (
+                isinstance(later, FillEvent)
+                and later.order is not None
+                and _same_order(event, later)
+            ):
+                return True
+        return False
 
     def take_fills(self, limit: int) -> list[FillEvent]:
         """Up to ``limit`` fills from the head of the queue, stopping at anything else."""

@@ -124,13 +124,9 @@ async def _fill_order(
     s: Any, portfolio_id: int, instrument_id: int, event: FillEvent, order: Any
 ) -> Any:
     """The order a fill links to: the one found, else the one the broker describes with the
-    fill (created as a manual order), with its broker id recorded if it had none."""
+    fill (created as a manual order). The fill records the order's broker id if it has none."""
     if order is None and event.order is not None:
         order = await _create_manual_order(s, portfolio_id, instrument_id, event.order)
-    if order is not None and order.broker_order_id is None:
-        order = await s.orders.update_status(
-            order.id, order.status, broker_order_id=event.broker_order_id
-        )
     return order
 
 
@@ -148,6 +144,7 @@ def _fill_row(
         "fee_currency": event.fee_currency if event.fee else None,
         "exec_time": event.exec_time,
         "broker_trade_id": event.broker_trade_id,
+        "broker_order_id": event.broker_order_id,  # recorded on the order if it has none
         "meta": {"broker_order_id": event.broker_order_id},
     }
 
