@@ -286,12 +286,15 @@ def lock_portfolio_balances(conn: sa.Connection, portfolio_id: int) -> None:
 def lock_portfolio_account(conn: sa.Connection, portfolio_id: int) -> Any:
     """``lock_portfolio_balances`` and the portfolio's account terms (margin leverage, base
     currency) in one statement."""
-    return conn.execute(
-        sa.select(t.accounts.c.margin_leverage, t.accounts.c.base_currency)
-        .join(t.portfolios, t.portfolios.c.account_id == t.accounts.c.id)
-        .where(t.portfolios.c.id == portfolio_id)
-        .with_for_update(key_share=True, of=t.portfolios)
-    ).one()
+    return conn.execute(_LOCK_PORTFOLIO_ACCOUNT, {"portfolio_id": portfolio_id}).one()
+
+
+_LOCK_PORTFOLIO_ACCOUNT = (
+    sa.select(t.accounts.c.margin_leverage, t.accounts.c.base_currency)
+    .join(t.portfolios, t.portfolios.c.account_id == t.accounts.c.id)
+    .where(t.portfolios.c.id == sa.bindparam("portfolio_id"))
+    .with_for_update(key_share=True, of=t.portfolios)
+)
 
 
 def amount_text(value: Decimal, asset: str) -> str:

@@ -38,7 +38,7 @@ _IDENTITY_FIELDS = ("instrument_id", "side", "type", "quantity", "price", "stop_
 
 
 _INSERT_ORDER = {
-    name: dialect_insert(orders).on_conflict_do_nothing()
+    name: dialect_insert(orders).on_conflict_do_nothing().returning(*orders.c)
     for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
 }
 
@@ -135,17 +135,16 @@ class OrderService:
         # Inserted unless its client or broker id is taken: then the order with that id is
         # the answer (the same order placed again) or a Conflict (another order's id).
         row = tx.conn.execute(
-            _INSERT_ORDER[tx.dialect]
-            .values(
-                uid=new_uid(),
-                status=status,
-                placed_at=new.placed_at or now,
-                updated_at=now,
-                meta_json=meta,
-                reserve_price=None if reserve_price is None else check_amount(reserve_price),
+            _INSERT_ORDER[tx.dialect],
+            {
+                "uid": new_uid(),
+                "status": status,
+                "placed_at": new.placed_at or now,
+                "updated_at": now,
+                "meta_json": meta,
+                "reserve_price": None if reserve_price is None else check_amount(reserve_price),
                 **values,
-            )
-            .returning(*orders.c)
+            },
         ).one_or_none()
         if row is None:
             existing = self._existing(values)

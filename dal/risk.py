@@ -43,6 +43,23 @@ from dal.types import new_uid
 from dal.valuation import value_portfolio
 
 policies = t.risk_policies
+# The active policies covering an order: its owner's, its portfolio's and, with a strategy id
+# (NULL matches nothing), its strategy's.
+_APPLICABLE = sa.select(policies).where(
+    policies.c.user_id == sa.bindparam("user_id"),
+    policies.c.is_active,
+    sa.or_(
+        sa.and_(policies.c.scope_type == "USER", policies.c.scope_id == sa.bindparam("user_id")),
+        sa.and_(
+            policies.c.scope_type == "PORTFOLIO",
+            policies.c.scope_id == sa.bindparam("portfolio_id"),
+        ),
+        sa.and_(
+            policies.c.scope_type == "STRATEGY",
+            policies.c.scope_id == sa.bindparam("strategy_id"),
+        ),
+    ),
+)
 breaches = t.risk_breaches
 SCOPE_ORDER = {"STRATEGY": 0, "PORTFOLIO": 1, "USER": 2}
 
@@ -137,18 +154,13 @@ class RiskService:
         portfolio = owned_portfolio(self.tx, portfolio_id)
         if strategy_id is not None:
             owned_strategy(self.tx, strategy_id)  # another user's id is NotFound, as elsewhere
-        scopes = [
-            sa.and_(policies.c.scope_type == "USER", policies.c.scope_id == portfolio.user_id),
-            sa.and_(policies.c.scope_type == "PORTFOLIO", policies.c.scope_id == portfolio.id),
-        ]
-        if strategy_id is not None:
-            scopes.append(
-                sa.and_(policies.c.scope_type == "STRATEGY", policies.c.scope_id == strategy_id)
-            )
         rows = self.tx.conn.execute(
-            sa.select(policies).where(
-                policies.c.user_id == portfolio.user_id, policies.c.is_active, sa.or_(*scopes)
-            )
+            _APPLICABLE,
+            {
+                "user_id": portfolio.user_id,
+                "portfolio_id": portfolio.id,
+                "strategy_id": strategy_id,
+            },
         )
         return sorted(rows, key=lambda r: (SCOPE_ORDER[r.scope_type], r.id))
 
