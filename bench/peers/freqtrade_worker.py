@@ -101,6 +101,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("db_url")
     parser.add_argument("--sqlite", choices=("stock", "wal"), default="wal")
     parser.add_argument("--log", default="")
+    parser.add_argument(
+        "--statements", action="store_true", help="count the SQL statements sent (not timed)"
+    )
     args = parser.parse_args(argv)
     if args.log:
         logging.basicConfig(filename=args.log, level=logging.INFO, format=LOGFORMAT)
@@ -153,6 +156,15 @@ def main(argv: list[str]) -> int:
         Trade.session.add(trade)
         return trade
 
+    sent: list[str] = []
+    if args.statements:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        @event.listens_for(Engine, "before_cursor_execute")
+        def _count(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
+            sent.append(statement.split(None, 1)[0].upper())
+
     trade: Any = None
     gc.collect()
     start = time.perf_counter()
@@ -185,6 +197,7 @@ def main(argv: list[str]) -> int:
                 "trades": len(trades),
                 "open_trades": sum(1 for t in trades if t.is_open),
                 "orders": order_count,
+                "statements": {k: sent.count(k) for k in sorted(set(sent))},
                 "freqtrade": __version__,
                 "sqlalchemy": sqlalchemy.__version__,
                 "sqlite": sqlite3.sqlite_version,
