@@ -3,8 +3,9 @@
 The same fills (``bench.peers.fills``) go through the DAL, one ``ingest_fill`` transaction per
 fill, and through freqtrade's own persistence code, one commit per fill, in a worker process
 of its own virtual environment (``bench/peers/freqtrade_worker.py``, run by
-``.venv-peers/bin/python``). Rounds alternate the two (DAL, freqtrade, DAL, freqtrade, …),
-each on a fresh database; a ratio is the median of the rounds' ratios. Every DAL run ends with
+``.venv-peers/bin/python``). Rounds alternate the two (DAL, freqtrade, DAL, freqtrade, …;
+on SQLite freqtrade runs twice a round, on the DAL's settings and on its stock ones), each run
+on a fresh database; a ratio is the median of the rounds' ratios. Every DAL run ends with
 the exact check of ``bench.common.check_portfolios``. The float drift of freqtrade's realized
 profit is measured once, over 10,000 fills, against the DAL's exact value.
 
