@@ -156,50 +156,40 @@ class DriverStatement:
     def execute(self, conn: sa.Connection, values: Mapping[str, Any]) -> list[Any]:
         """Run with one set of values; the rows it returns (none for a write without
         RETURNING), processed as Core would."""
-        dialect = conn.dialect
-        plan = self.plan(dialect)
-        parameters = plan.parameters(values)
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # an open connection has one
-        try:
-            if conn._has_events or conn.engine._has_events:
-                context = _Context(plan.compiled, ExecuteStyle.EXECUTE)
-                conn.dispatch.before_cursor_execute(
-                    conn, cursor, plan.sql, parameters, context, False
-                )
-            try:
-                cursor.execute(plan.sql, parameters)
-                if plan.row_type is None:
-                    return []
-                rows = cursor.fetchall()
-            except dialect.loaded_dbapi.Error as exc:
-                raise sa.exc.DBAPIError.instance(
-                    plan.sql, parameters, exc, dialect.loaded_dbapi.Error, dialect=dialect
-                ) from exc
-            make_row = plan.row_maker(dialect, cursor.description)
-            return [make_row(row) for row in rows]
-        finally:
-            cursor.close()
+        plan = self.plan(conn.dialect)
+        return _run(conn, plan, plan.parameters(values), many=False)
 
     def executemany(self, conn: sa.Connection, values: Sequence[Mapping[str, Any]]) -> None:
         """Run once per set of values (a write without RETURNING)."""
-        dialect = conn.dialect
-        plan = self.plan(dialect)
-        parameters = [plan.parameters(v) for v in values]
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # an open connection has one
+        plan = self.plan(conn.dialect)
+        _run(conn, plan, [plan.parameters(v) for v in values], many=True)
+
+
+def _run(conn: sa.Connection, plan: _Plan, parameters: Any, many: bool) -> list[Any]:
+    dialect = conn.dialect
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # an open connection has one
+    try:
+        if conn._has_events or conn.engine._has_events:
+            style = ExecuteStyle.EXECUTEMANY if many else ExecuteStyle.EXECUTE
+            conn.dispatch.before_cursor_execute(
+                conn, cursor, plan.sql, parameters, _Context(plan.compiled, style), many
+            )
         try:
-            if conn._has_events or conn.engine._has_events:
-                context = _Context(plan.compiled, ExecuteStyle.EXECUTEMANY)
-                conn.dispatch.before_cursor_execute(
-                    conn, cursor, plan.sql, parameters, context, True
-                )
-            try:
+            if many:
                 cursor.executemany(plan.sql, parameters)
-            except dialect.loaded_dbapi.Error as exc:
-                raise sa.exc.DBAPIError.instance(
-                    plan.sql, parameters, exc, dialect.loaded_dbapi.Error, dialect=dialect
-                ) from exc
-        finally:
-            cursor.close()
+                return []
+            cursor.execute(plan.sql, parameters)
+            if plan.row_type is None:
+                return []
+            rows = cursor.fetchall()
+        except dialect.loaded_dbapi.Error as exc:
+            raise sa.exc.DBAPIError.instance(
+                plan.sql, parameters, exc, dialect.loaded_dbapi.Error, dialect=dialect
+            ) from exc
+        make_row = plan.row_maker(dialect, cursor.description)
+        return [make_row(row) for row in rows]
+    finally:
+        cursor.close()
 
 
 __all__ = ["DriverStatement"]
