@@ -19,6 +19,7 @@ from dal import positions as positions_module
 from dal import schema as t
 from dal.checkpoints import utc_day
 from dal.database import Database
+from dal.models import Fill
 from dal.position_math import PositionState, replay
 from dal.positions import CheckpointDifference
 from dal.scope import Actor
@@ -96,12 +97,14 @@ step = st.one_of(
 scenario = st.lists(st.lists(step, min_size=1, max_size=4), min_size=1, max_size=14)
 
 
-def _fills(groups: list[list[tuple[Any, ...]]], pid: int, inst: int) -> list[list[dict[str, Any]]]:
+def _fills(
+    groups: list[list[tuple[Any, ...]]], pid: int, inst: int
+) -> list[list[Fill | dict[str, Any]]]:
     sent: list[dict[str, Any]] = []
     out = []
     newest = T0 + dt.timedelta(hours=20)  # near the end of a UTC day: crossings come soon
     for group in groups:
-        batch = []
+        batch: list[Fill | dict[str, Any]] = []
         for s in group:
             kind = s[0]
             if kind == "replay" and sent:
@@ -297,7 +300,10 @@ async def test_verify_reports_a_wrong_checkpoint_and_repair_rewrites_it(
     async with db.session(actor) as s:
         differences = await s.positions.verify(pid)
         assert all(isinstance(d, CheckpointDifference) for d in differences), differences
-        assert sorted(d.field for d in differences) == ["as_of", "cost_basis"]
+        assert sorted(d.field for d in differences if isinstance(d, CheckpointDifference)) == [
+            "as_of",
+            "cost_basis",
+        ]
         assert "cost_basis is 1, trades say" in " ".join(map(str, differences))
         assert await s.positions.repair(pid) == differences
         assert await s.positions.verify(pid) == []
