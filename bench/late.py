@@ -39,6 +39,7 @@ from bench.common import (
     median,
 )
 from dal.database import Database
+from dal.models import Fill
 from dal.scope import Actor
 
 PER_DAY = 20
@@ -82,7 +83,7 @@ async def _history(db: Database, p: Position, end: dt.datetime) -> None:
     n = p.days * PER_DAY
     dal = db.scoped(p.actor)
     for first in range(0, n, 100):
-        batch = []
+        batch: list[Fill | dict[str, Any]] = []
         for i in range(first, min(n, first + 100)):
             side = "SELL" if i % 3 == 2 else "BUY"
             price = Decimal(100) + Decimal(i % 211) / 10
