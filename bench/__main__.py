@@ -161,6 +161,53 @@ async def run_lag(
     report["lag"] = out
 
 
+async def run_late(engines: list[str], quick: bool, rounds: int, report: dict[str, Any]) -> None:
+    from bench.late import PAIRS_PER_ROUND, PER_DAY, TARGET_RATIO, bench_late
+
+    year_days = 30 if quick else 365
+    print(
+        f"\n== 7. A fill one day late against an in-order fill ({PER_DAY} fills/day: "
+        f"{year_days} and 30 days of history; {rounds} interleaved rounds × "
+        f"{PAIRS_PER_ROUND} pairs; target late ≤ {TARGET_RATIO:g}× in-order) =="
+    )
+    out = []
+    for engine in engines:
+        async with fresh_database(engine, "late") as bdb:
+            result = await bench_late(bdb, rounds, year_days)
+        print(
+            f"  {engine}: history built in {result['build_s']} s; exact check (verify) ok in "
+            f"{result['check_s']} s"
+        )
+        for row in result["rows"]:
+            out.append({**row, "loads": result["loads"]})
+        out.append(
+            {
+                "engine": engine,
+                "position": "late: year / 30 days",
+                "ratio": result["late_year_over_30_days"],
+                "ratio_spread": result["late_year_over_30_days_spread"],
+            }
+        )
+    print(
+        f"\n{'engine':11} {'position':22} {'fills':>6} {'ckpts':>6} {'in-order':>9} "
+        f"{'late':>8} {'ratio':>6} {'spread':>11}  target"
+    )
+    for r in out:
+        if "late_p50_ms" in r:
+            print(
+                f"{r['engine']:11} {r['position']:22} {r['history_fills']:6} "
+                f"{r['checkpoints'] if r['checkpoints'] is not None else '-':>6} "
+                f"{r['inorder_p50_ms']:7.2f}ms {r['late_p50_ms']:6.2f}ms {r['ratio']:5.2f}× "
+                f"{r['ratio_spread']:>11}  ≤ {TARGET_RATIO:g}× {r['verdict']}"
+            )
+        else:
+            print(
+                f"{r['engine']:11} {r['position']:22} {'':6} {'':6} {'':9} {'':8} "
+                f"{r['ratio']:5.2f}× {r['ratio_spread']:>11}  (≈ 1: independent of history)"
+            )
+    report["late"] = out
+
+
 async def run_seed(engines: list[str], days: int, full: bool, report: dict[str, Any]) -> None:
     print(f"\n== 2. Seed load: 20 users × 3 portfolios × 200 fills/day × {days} days ==")
     out = []
@@ -408,7 +455,7 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--full", action="store_true", help="one year of seed history")
     parser.add_argument("--quick", action="store_true", help="small runs (a smoke test)")
     parser.add_argument("--engines", default="sqlite,postgresql")
-    parser.add_argument("--only", default="ingest,seed,scaling,charts,lag,live")
+    parser.add_argument("--only", default="ingest,seed,scaling,charts,lag,live,late")
     parser.add_argument(
         "--rounds", type=int, default=ROUNDS, help=f"rounds per comparison (default {ROUNDS})"
     )
@@ -447,6 +494,7 @@ async def main(argv: list[str]) -> int:
             "charts": lambda: run_charts(report),
             "lag": lambda: run_lag(engines, days, scale, max(3, args.rounds // 2 + 1), report),
             "live": lambda: run_live(engines, args.quick, report),
+            "late": lambda: run_late(engines, args.quick, max(5, args.rounds), report),
         }
         report["section_seconds"] = {}
         for name, run_section in sections.items():

@@ -1,9 +1,11 @@
 """Seed load and read latency: 20 users × 3 portfolios × 200 fills/day, bulk-loaded.
 
 The history is generated in Python, positions are derived with the DAL's own
-``position_math.apply_fill`` (so ``PositionService.verify`` passes on the result) and the rows
-are bulk-inserted (stdlib ``sqlite3.executemany`` / asyncpg ``copy_records_to_table``). Users,
-accounts, portfolios and instruments are created through the DAL.
+``position_math.apply_fill`` (so ``PositionService.verify`` passes on the result), with the
+checkpoints ingestion would have written (one per position and new UTC day,
+dal/checkpoints.py), and the rows are bulk-inserted (stdlib ``sqlite3.executemany`` /
+asyncpg ``copy_records_to_table``). Users, accounts, portfolios and instruments are created
+through the DAL.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 from bench.common import BenchDb, check_portfolios, make_instrument, make_portfolio, percentile
 from dal import schema as t
+from dal.checkpoints import Checkpoint, starts_new_day
 from dal.database import Database
 from dal.decimals import canonical_decimal
 from dal.engine import create_engine
@@ -49,13 +52,15 @@ class Seeded:
 
 def _history(
     pid: int, iids: list[int], days: int, per_day: int, end: dt.datetime, rng: random.Random
-) -> tuple[list[dict], list[dict], dict]:
-    """Orders and trades of one portfolio, and the positions they imply."""
+) -> tuple[list[dict], list[dict], dict, list[tuple]]:
+    """Orders and trades of one portfolio, the positions they imply and their checkpoints
+    (instrument id, Checkpoint with the trade's index in ``trades`` for its id)."""
     start = end - dt.timedelta(days=days)
     step = dt.timedelta(days=1) / per_day
     prices = {iid: Decimal(100 + 10 * k) for k, iid in enumerate(iids)}
     states: dict[int, PositionState] = {}
     last: dict[int, tuple[dt.datetime, int]] = {}
+    checkpoints: list[tuple] = []
     orders: list[dict] = []
     trades: list[dict] = []
     order: dict | None = None
@@ -86,6 +91,8 @@ def _history(
         price = max(prices[iid], Decimal(1))
         qty = Decimal(rng.randint(1, 5))
         at = start + step * i
+        if iid in last and starts_new_day(last[iid][0], at):  # as ingestion writes them
+            checkpoints.append((iid, Checkpoint(*last[iid], states[iid])))
         result = apply_fill(states.get(iid, PositionState()), order["side"], qty, price, at)
         states[iid] = result.state
         order["filled"] += qty
@@ -106,7 +113,7 @@ def _history(
         )
         last[iid] = (at, len(trades) - 1)
     positions = {iid: (states[iid], last[iid]) for iid in states}
-    return orders, trades, positions
+    return orders, trades, positions, checkpoints
 
 
 async def seed(
@@ -145,8 +152,10 @@ async def seed(
     try:
         for pids in portfolios.values():
             for pid in pids:
-                orders, trades, positions = _history(pid, iids, days, per_day, end, rng)
-                await loader.load(pid, orders, trades, positions)
+                orders, trades, positions, checkpoints = _history(
+                    pid, iids, days, per_day, end, rng
+                )
+                await loader.load(pid, orders, trades, positions, checkpoints)
                 total += len(trades)
                 per_portfolio[pid] = len(trades)
     finally:
@@ -267,10 +276,24 @@ class _SqliteLoader:
     async def open(self) -> None:
         pass
 
-    async def load(self, pid: int, orders: list[dict], trades: list[dict], positions: dict) -> None:
-        await asyncio.to_thread(self._load, pid, orders, trades, positions)
+    async def load(
+        self,
+        pid: int,
+        orders: list[dict],
+        trades: list[dict],
+        positions: dict,
+        checkpoints: list[tuple],
+    ) -> None:
+        await asyncio.to_thread(self._load, pid, orders, trades, positions, checkpoints)
 
-    def _load(self, pid: int, orders: list[dict], trades: list[dict], positions: dict) -> None:
+    def _load(
+        self,
+        pid: int,
+        orders: list[dict],
+        trades: list[dict],
+        positions: dict,
+        checkpoints: list[tuple],
+    ) -> None:
         c = self.conn
         now = format_utc(dt.datetime.now(dt.UTC))
         D = canonical_decimal
@@ -357,6 +380,25 @@ class _SqliteLoader:
                 for iid, (st, (at, k)) in positions.items()
             ],
         )
+        position_ids = dict(
+            c.execute("SELECT instrument_id, id FROM positions WHERE portfolio_id = ?", (pid,))
+        )
+        c.executemany(
+            "INSERT INTO position_checkpoints (position_id, as_of_exec_time, as_of_trade_id, "
+            "quantity, cost_basis, realized_pnl, opened_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    position_ids[iid],
+                    format_utc(cp.exec_time),
+                    first_trade + cp.trade_id,
+                    D(cp.state.quantity),
+                    D(cp.state.cost_basis),
+                    D(cp.state.realized_pnl),
+                    None if cp.state.opened_at is None else format_utc(cp.state.opened_at),
+                )
+                for iid, cp in checkpoints
+            ],
+        )
         c.executemany(
             f"INSERT INTO pnl_summary ({', '.join(SUMMARY_COLUMNS)}) "
             f"VALUES ({', '.join('?' * len(SUMMARY_COLUMNS))})",
@@ -394,7 +436,14 @@ class _PgLoader:
 
         self.conn = await asyncpg.connect(**self.args)
 
-    async def load(self, pid: int, orders: list[dict], trades: list[dict], positions: dict) -> None:
+    async def load(
+        self,
+        pid: int,
+        orders: list[dict],
+        trades: list[dict],
+        positions: dict,
+        checkpoints: list[tuple],
+    ) -> None:
         c = self.conn
         now = dt.datetime.now(dt.UTC)
         async with c.transaction():
@@ -552,6 +601,35 @@ class _PgLoader:
                         now,
                     )
                     for iid, (st, (at, k)) in positions.items()
+                ],
+            )
+            position_ids = dict(
+                await c.fetch(
+                    "SELECT instrument_id, id FROM positions WHERE portfolio_id = $1", pid
+                )
+            )
+            await c.copy_records_to_table(
+                "position_checkpoints",
+                columns=[
+                    "position_id",
+                    "as_of_exec_time",
+                    "as_of_trade_id",
+                    "quantity",
+                    "cost_basis",
+                    "realized_pnl",
+                    "opened_at",
+                ],
+                records=[
+                    (
+                        position_ids[iid],
+                        cp.exec_time,
+                        trade_ids[cp.trade_id],
+                        cp.state.quantity,
+                        cp.state.cost_basis,
+                        cp.state.realized_pnl,
+                        cp.state.opened_at,
+                    )
+                    for iid, cp in checkpoints
                 ],
             )
             await c.copy_records_to_table(

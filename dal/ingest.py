@@ -34,6 +34,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from dal import checkpoints
 from dal import schema as t
 from dal.compiled import DriverStatement
 from dal.decimals import DECIMAL_CONTEXT, NOTIONAL_CONTEXT, average_price
@@ -538,10 +539,17 @@ def _write_positions(
         if not late.intersection(w.uid for w in new) and _applied_in_order(position, group):
             last = new[-1]
             write_position(tx, position.id, last.result.state, last.fill.exec_time, last.trade.id)
+            checkpoints.after_fills(
+                tx, position, [(w.fill.exec_time, w.trade.id, w.result.state) for w in new]
+            )
         else:
-            # Replay the position's trades in canonical order (exec_time, id), fixing per-trade
-            # realized PnL and the summary on the way.
-            corrections.setdefault(key[0], []).extend(rederive_position(tx, key, position.id))
+            # Replay the position's trades in canonical order (exec_time, id) from its last
+            # checkpoint before the earliest new trade, fixing per-trade realized PnL and the
+            # summary on the way.
+            since = min((w.fill.exec_time, w.trade.id) for w in new)
+            corrections.setdefault(key[0], []).extend(
+                rederive_position(tx, key, position.id, since)
+            )
             rederived.update(w.uid for w in new)
     return rederived, late, corrections
 
@@ -697,10 +705,13 @@ _FUSED = {
 
 def _write_one_fill_at_once(tx: Tx, p: _Priced, position: sa.Row[Any]) -> IngestResult | None:
     """One fill's writes as one statement; None when the general path must do it (a late fill
-    re-derives its position; an order that refuses the fill may be a replay's)."""
+    re-derives its position; the first fill of a UTC day writes a checkpoint; an order that
+    refuses the fill may be a replay's)."""
     f = p.fill
     if position.last_exec_time is not None and f.exec_time < position.last_exec_time:
         return None
+    if checkpoints.starts_new_day(position.last_exec_time, f.exec_time):
+        return None  # a position's first fill of a day also writes a checkpoint
     try:
         order_updates = _order_updates(tx, [p])
     except Conflict:

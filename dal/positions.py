@@ -8,7 +8,7 @@ canonical order (exec_time, id), so ``verify`` can demand exact equality.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from operator import itemgetter
@@ -17,7 +17,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from dal import checkpoints
 from dal import schema as t
+from dal.checkpoints import Checkpoint, starts_new_day
 from dal.compiled import DriverStatement
 from dal.decimals import DECIMAL_CONTEXT
 from dal.ownership import owned_portfolio
@@ -209,6 +211,52 @@ def _trades_in_canonical_order(
     return conn.execute(query).all()
 
 
+def _replay_after_statement(dialect: str, manual: bool) -> sa.Select[Any]:
+    """A position's trades after the point (exec_time, trade_id) in canonical order: the
+    exec_time range first, so both engines read it from the (portfolio_id, exec_time) index."""
+    after = sa.bindparam("exec_time", type_=trades.c.exec_time.type)
+    return (
+        sa.select(
+            *(
+                trimmed_on_postgresql(c, dialect) if isinstance(c.type, Money) else c
+                for c in _CHECKED
+            )
+        )
+        .where(
+            trades.c.portfolio_id == sa.bindparam("portfolio_id"),
+            trades.c.exec_time >= after,
+            sa.or_(trades.c.exec_time > after, trades.c.id > sa.bindparam("trade_id")),
+            trades.c.instrument_id == sa.bindparam("instrument_id"),
+            trades.c.strategy_id.is_(None)
+            if manual
+            else trades.c.strategy_id == sa.bindparam("strategy_id"),
+        )
+        .order_by(trades.c.exec_time, trades.c.id)
+    )
+
+
+_REPLAY_AFTER = {
+    (dialect, manual): _replay_after_statement(dialect, manual)
+    for dialect in ("sqlite", "postgresql")
+    for manual in (True, False)
+}
+
+
+def _trades_after(
+    conn: sa.Connection, key: PositionKey, after: Checkpoint
+) -> Sequence[sa.Row[Any]]:
+    portfolio_id, instrument_id, strategy_id = key
+    params: dict[str, Any] = {
+        "portfolio_id": portfolio_id,
+        "instrument_id": instrument_id,
+        "exec_time": after.exec_time,
+        "trade_id": after.trade_id,
+    }
+    if strategy_id is not None:
+        params["strategy_id"] = strategy_id
+    return conn.execute(_REPLAY_AFTER[conn.dialect.name, strategy_id is None], params).all()
+
+
 @dataclass
 class Derived:
     """A position as its trades say it should be."""
@@ -219,12 +267,30 @@ class Derived:
     trade_realized: dict[int, Decimal]  # trade id → realized PnL of that fill
     # trade id → when the position that fill reduced was opened (fills that reduced one)
     trade_opened_at: dict[int, dt.datetime] = field(default_factory=dict)
+    # With ``derive(…, new_days=True)``: the state before each trade that begins a later UTC
+    # day than the trade before it (the checkpoints ingestion writes), in canonical order.
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    # With ``derive(…, points=…)``: trade id → the state after it (and its exec_time).
+    at_points: dict[int, Checkpoint] = field(default_factory=dict)
 
 
-def derive(rows: Sequence[sa.Row[Any]]) -> dict[PositionKey, Derived]:
+def derive(
+    rows: Sequence[sa.Row[Any]],
+    start: dict[PositionKey, Checkpoint] | None = None,
+    *,
+    new_days: bool = False,
+    points: Collection[int] = (),
+) -> dict[PositionKey, Derived]:
     """Replay trades (already in canonical order) per position key through apply_fill's
-    arithmetic."""
+    arithmetic, from flat or, for a key in ``start``, from that checkpoint (the rows are then
+    the trades after it). ``new_days`` also collects the day checkpoints the replay passes
+    (``Derived.checkpoints``: not the starting one); ``points`` (trade ids) the state after
+    each of those trades (``Derived.at_points``)."""
     out: dict[PositionKey, Derived] = {}
+    start_ids: dict[PositionKey, int] = {}
+    for key, checkpoint in (start or {}).items():
+        out[key] = Derived(checkpoint.state, checkpoint.exec_time, checkpoint.trade_id, {})
+        start_ids[key] = checkpoint.trade_id
     if not rows:
         return out
     # By position, not by name: a Row's attribute lookup costs more than the arithmetic
@@ -240,6 +306,20 @@ def derive(rows: Sequence[sa.Row[Any]]) -> dict[PositionKey, Derived]:
             current = out.get(key)
             if current is None:
                 current = out[key] = Derived(PositionState(), None, None, {})
+            if (
+                new_days
+                and current.last_trade_id is not None
+                and starts_new_day(current.last_exec_time, at)
+                and (key not in start_ids or start_ids[key] != current.last_trade_id)
+            ):
+                assert current.last_exec_time is not None  # set with last_trade_id
+                current.checkpoints.append(
+                    Checkpoint(
+                        current.last_exec_time,
+                        current.last_trade_id,
+                        canonical_state(current.state),
+                    )
+                )
             opened_at = reduced_opened_at(current.state, side)
             if opened_at is not None:
                 current.trade_opened_at[trade_id] = opened_at
@@ -247,6 +327,10 @@ def derive(rows: Sequence[sa.Row[Any]]) -> dict[PositionKey, Derived]:
             current.last_exec_time = at
             current.last_trade_id = trade_id
             current.trade_realized[trade_id] = canonical_amount(realized)
+            if points and trade_id in points:
+                current.at_points[trade_id] = Checkpoint(
+                    at, trade_id, canonical_state(current.state)
+                )
         for derived in out.values():
             derived.state = canonical_state(derived.state)
     return out
@@ -259,21 +343,46 @@ def reduced_positions_opened_at(conn: sa.Connection, portfolio_id: int) -> dict[
     return {k: v for d in derived.values() for k, v in d.trade_opened_at.items()}
 
 
-def rederive_position(tx: Tx, key: PositionKey, position_id: int) -> list[Entry]:
+_FIX_TRADE = (
+    trades.update()
+    .where(trades.c.id == sa.bindparam("trade_id"))
+    .values(
+        realized_pnl=sa.bindparam("realized_pnl", type_=trades.c.realized_pnl.type),
+        position_opened_at=sa.bindparam(
+            "position_opened_at", type_=trades.c.position_opened_at.type
+        ),
+    )
+)
+
+
+def rederive_position(
+    tx: Tx, key: PositionKey, position_id: int, since: tuple[dt.datetime, int] | None = None
+) -> list[Entry]:
     """Re-derive one position from its trades (after a late fill) and fix per-trade PnL.
-    Returns the corrections the PnL summary needs (the same differences): the caller adds
-    them, in the lock order of its transaction."""
-    rows = _trades_in_canonical_order(tx.conn, key[0], key)
-    derived = derive(rows).get(key) or Derived(PositionState(), None, None, {})
+    ``since`` is the earliest point (exec_time, trade id) in canonical order that may have
+    changed (the earliest new trade): the replay resumes from the position's latest checkpoint
+    before it, or from its first trade when it has none (or for None: a repair). The
+    checkpoints from ``since`` on are written again from the replay. Returns the corrections
+    the PnL summary needs (the same differences): the caller adds them, in the lock order of
+    its transaction."""
+    conn = tx.conn
+    resume = None if since is None else checkpoints.latest_before(conn, position_id, *since)
+    if resume is None:
+        rows = _trades_in_canonical_order(conn, key[0], key)
+        derived = derive(rows, new_days=True).get(key)
+    else:
+        rows = _trades_after(conn, key, resume)
+        derived = derive(rows, {key: resume}, new_days=True)[key]
+    if derived is None:
+        derived = Derived(PositionState(), None, None, {})
     corrections: list[Entry] = []
+    fixes: list[dict[str, Any]] = []
     for row in rows:
         realized = derived.trade_realized[row.id]
         opened_at = derived.trade_opened_at.get(row.id)
         if row.realized_pnl != realized or row.position_opened_at != opened_at:
-            tx.conn.execute(
-                trades.update()
-                .where(trades.c.id == row.id)
-                .values(realized_pnl=realized, position_opened_at=opened_at)
+            fixes.append(
+                {"trade_id": row.id, "realized_pnl": realized, "position_opened_at": opened_at}
             )
             corrections.append(
                 Entry.correction(
@@ -286,6 +395,11 @@ def rederive_position(tx: Tx, key: PositionKey, position_id: int) -> list[Entry]
                     opened_at,
                 )
             )
+    if fixes:
+        conn.execute(_FIX_TRADE, fixes if len(fixes) > 1 else fixes[0])
+    # Dropped from the resumed point on (what the replay passed is written again below).
+    checkpoints.drop_from(conn, position_id, None if resume is None else since)
+    checkpoints.write(conn, position_id, derived.checkpoints)
     write_position(tx, position_id, derived.state, derived.last_exec_time, derived.last_trade_id)
     return corrections
 
@@ -311,17 +425,64 @@ class Difference:
         )
 
 
+@dataclass(frozen=True)
+class CheckpointDifference:
+    """A position checkpoint that differs from the replay of the trades at its point."""
+
+    portfolio_id: int
+    instrument_id: int
+    strategy_id: int | None
+    as_of_exec_time: dt.datetime
+    as_of_trade_id: int
+    field: str  # a state column, or "as_of" (no trade of the position at that point)
+    stored: Any
+    expected: Any
+
+    def __str__(self) -> str:
+        where = (
+            f"portfolio #{self.portfolio_id} instrument #{self.instrument_id} strategy "
+            f"{self.strategy_id or '-'}: checkpoint as of trade #{self.as_of_trade_id} "
+            f"({self.as_of_exec_time.isoformat()})"
+        )
+        if self.field == "as_of":
+            return f"{where}: no such trade of this position at that time ({self.expected})"
+        return f"{where}: {self.field} is {self.stored}, trades say {self.expected}"
+
+
 _COMPARED = ("quantity", "cost_basis", "avg_price", "realized_pnl", "opened_at")
+_CHECKPOINT_COMPARED = ("quantity", "cost_basis", "realized_pnl", "opened_at")
 
 
-# What verify finds: a position, summary or daily row that differs from the trades.
-Mismatch = Difference | SummaryDifference | DailyDifference
+# What verify finds: a position, checkpoint, summary or daily row that differs from the trades.
+Mismatch = Difference | CheckpointDifference | SummaryDifference | DailyDifference
+
+
+def _verify_checkpoints(
+    stored: Sequence[sa.Row[Any]], expected: dict[PositionKey, Derived]
+) -> list[CheckpointDifference]:
+    differences: list[CheckpointDifference] = []
+    for row in stored:
+        key = (row.portfolio_id, row.instrument_id, row.strategy_id)
+        point = (row.as_of_exec_time, row.as_of_trade_id)
+        derived = expected.get(key)
+        replayed = derived.at_points.get(row.as_of_trade_id) if derived is not None else None
+        if replayed is None or replayed.exec_time != row.as_of_exec_time:
+            found = "none" if replayed is None else f"it was at {replayed.exec_time.isoformat()}"
+            differences.append(CheckpointDifference(*key, *point, "as_of", None, found))
+            continue
+        for name in _CHECKPOINT_COMPARED:
+            have, want = getattr(row, name), getattr(replayed.state, name)
+            if have != want:
+                differences.append(CheckpointDifference(*key, *point, name, have, want))
+    return differences
 
 
 def verify_portfolio(conn: sa.Connection, portfolio_id: int) -> list[Mismatch]:
-    """Stored positions, per-trade realized PnL and the PnL summary against the trades."""
+    """Stored positions, their checkpoints, per-trade realized PnL and the PnL summary against
+    the trades (replayed from the first)."""
     rows = _trades_in_canonical_order(conn, portfolio_id)
-    expected = derive(rows)
+    stored_checkpoints = checkpoints.stored(conn, portfolio_id)
+    expected = derive(rows, points={r.as_of_trade_id for r in stored_checkpoints})
     differences: list[Mismatch] = []
     stored_realized = {row.id: row.realized_pnl for row in rows}
     stored_opened = {row.id: row.position_opened_at for row in rows}
@@ -353,6 +514,7 @@ def verify_portfolio(conn: sa.Connection, portfolio_id: int) -> list[Mismatch]:
                 continue  # a flat position with no row and no PnL is the same thing
             if have_value != want_value:
                 differences.append(Difference(*key, name, have_value, want_value))
+    differences.extend(_verify_checkpoints(stored_checkpoints, expected))
     return [*differences, *verify_summary(conn, portfolio_id, rows)]
 
 
@@ -387,7 +549,8 @@ class PositionService:
 
     @long_running
     def recompute(self, portfolio_id: int) -> dict[PositionKey, PositionState]:
-        """Positions derived from the portfolio's trades (nothing is written)."""
+        """Positions derived from the portfolio's trades, from the first (nothing is written,
+        no checkpoint is read)."""
         owned_portfolio(self.tx, portfolio_id)
         derived = derive(_trades_in_canonical_order(self.tx.conn, portfolio_id, None, _REPLAYED))
         return {key: d.state for key, d in derived.items()}
@@ -414,8 +577,8 @@ class PositionService:
 
     @long_running
     def repair(self, portfolio_id: int) -> list[Mismatch]:
-        """Rewrite a portfolio's positions, per-trade PnL and PnL summary from its trades;
-        audited."""
+        """Rewrite a portfolio's positions (with their checkpoints), per-trade PnL and PnL
+        summary from its trades; audited."""
         portfolio = owned_portfolio(self.tx, portfolio_id)
         lock_owner(self.tx.conn, portfolio.user_id)  # no fill of theirs between read and rewrite
         differences = verify_portfolio(self.tx.conn, portfolio_id)
@@ -424,9 +587,10 @@ class PositionService:
         keys = {
             (d.portfolio_id, d.instrument_id, d.strategy_id)
             for d in differences
-            if isinstance(d, Difference)
+            if isinstance(d, Difference | CheckpointDifference)
         }
         for key in sorted(keys, key=position_lock_order):
+            # From the first trade, its checkpoints dropped and written again.
             rederive_position(self.tx, key, lock_position(self.tx, key).id)
         rebuild_summary(self.tx.conn, portfolio_id)  # the summary's corrections included
         self.tx.audit(

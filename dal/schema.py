@@ -428,6 +428,27 @@ positions = sa.Table(
     sa.Index(None, "strategy_id"),
 )
 
+# A position's state as of a point in canonical trade order (exec_time, trade id), written
+# when the position's fills cross into a new UTC day: a late fill replays only the trades
+# after the last checkpoint before it instead of the position's whole history
+# (dal/checkpoints.py). Derived data like the position itself: ``verify`` checks every row
+# against a replay from zero, ``repair`` rewrites them. Primary key in that order: the latest
+# checkpoint before a time is one index probe.
+position_checkpoints = sa.Table(
+    "position_checkpoints",
+    metadata,
+    sa.Column("position_id", BigID, fk("positions.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("as_of_exec_time", UTCDateTime(), primary_key=True),
+    # The last trade the state includes (no foreign key: trades go only with their portfolio,
+    # which takes the position and its checkpoints with it).
+    sa.Column("as_of_trade_id", BigID, primary_key=True, autoincrement=False),
+    sa.Column("quantity", Money(), nullable=False),
+    sa.Column("cost_basis", Money(), nullable=False),
+    sa.Column("realized_pnl", Money(), nullable=False),
+    sa.Column("opened_at", UTCDateTime()),
+    sa.CheckConstraint("CAST(cost_basis AS NUMERIC) >= 0", name="cost_basis_nonneg"),
+)
+
 cash_movements = sa.Table(
     "cash_movements",
     metadata,

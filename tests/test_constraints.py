@@ -97,6 +97,14 @@ class Graph:
                 "quantity": Decimal("1"),
                 "updated_at": T0,
             },
+            "position_checkpoints": {
+                "position_id": i.get("positions"),
+                "as_of_exec_time": T0 + dt.timedelta(days=self.seq),
+                "as_of_trade_id": i.get("trades"),
+                "quantity": Decimal("1"),
+                "cost_basis": Decimal("100"),
+                "realized_pnl": Decimal("0"),
+            },
             "cash_movements": {
                 "portfolio_id": i.get("portfolios"),
                 "kind": "DEPOSIT",
@@ -251,6 +259,8 @@ BAD_ROWS: list[tuple[str, sa.Table, dict[str, Any]]] = [
     ("trade zero price", s.trades, {"price": Decimal("0")}),
     ("trade for missing order", s.trades, {"order_id": 999_999}),
     ("position negative cost basis", s.positions, {"cost_basis": Decimal("-1")}),
+    ("checkpoint negative cost basis", s.position_checkpoints, {"cost_basis": Decimal("-1")}),
+    ("checkpoint of missing position", s.position_checkpoints, {"position_id": 999_999}),
     ("deposit must be positive", s.cash_movements, {"amount": Decimal("-5")}),
     (
         "withdrawal must be negative",

@@ -95,6 +95,10 @@ async def seed_everything(db: Database) -> dict[str, Any]:
             fill(side.id, instrument, "SELL", "1", "101.000000000000000001", trade_id="m-2",
                  at=AT + dt.timedelta(seconds=1))
         )  # fmt: skip
+        await s.trades.ingest_fill(  # the next UTC day: a position checkpoint
+            fill(side.id, instrument, "SELL", "1", "99.25", at=AT + dt.timedelta(days=1),
+                 trade_id="m-3")
+        )  # fmt: skip
         await s.cash.deposit(main.id, "1234.567890123456789012", "USDT", note="dépôt ✓")
         policy = await s.risk.create_policy(
             {

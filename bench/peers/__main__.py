@@ -413,7 +413,7 @@ async def main(argv: list[str]) -> int:
     started = time.perf_counter()
     status = 0
     print(
-        f"== 7. Peer: freqtrade's persistence pattern against the DAL ({args.rounds} rounds of "
+        f"== 8. Peer: freqtrade's persistence pattern against the DAL ({args.rounds} rounds of "
         f"{args.fills:,} fills, interleaved; one fill per transaction on both sides) =="
     )
     with tempfile.TemporaryDirectory(prefix="tbbench-peers-") as tmp_name:

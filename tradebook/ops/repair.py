@@ -1,10 +1,10 @@
 """`tradebook db repair [--dry-run]`: rewrite what verify finds wrong from the trades.
 
-For each portfolio whose positions, per-trade PnL, holding times or PnL summary differ from
-its trades, ``PositionService.repair`` rewrites them in one transaction (audited); balances
-follow, as they are summed from the summary. ``--dry-run`` lists the differences and writes
-nothing. Equity snapshots are records of the past and are never rewritten: verify reports
-them.
+For each portfolio whose positions (or their checkpoints), per-trade PnL, holding times or PnL
+summary differ from its trades, ``PositionService.repair`` rewrites them in one transaction
+(audited); balances follow, as they are summed from the summary. ``--dry-run`` lists the
+differences and writes nothing. Equity snapshots are records of the past and are never
+rewritten: verify reports them.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 * Integrity. SQLite: ``PRAGMA integrity_check`` and ``foreign_key_check``. PostgreSQL: no
   constraint left ``NOT VALID``. Both: no row whose foreign key points at a missing row (an
   explicit query per foreign key, so a copy is checked the same way on either engine).
-* Positions: every portfolio's materialized positions, per-trade realized PnL and PnL summary
-  (day and month rows) equal the replay of its trades (``dal.positions.verify_portfolio``).
+* Positions: every portfolio's materialized positions, their checkpoints, per-trade realized
+  PnL and PnL summary (day and month rows) equal the replay of its trades from the first
+  (``dal.positions.verify_portfolio``).
 * Order fills (the other summary the DAL keeps): an order's ``filled_quantity`` equals the sum
   of its trades' quantities.
 * Balances: every portfolio's balance per asset (kept in its PnL summary) equals the sum of
