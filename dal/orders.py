@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
+from dal.compiled import DriverStatement
 from dal.decimals import check_amount
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import check_increments, check_min_notional, resolve_instrument
@@ -41,6 +42,30 @@ _INSERT_ORDER = {
     name: dialect_insert(orders).on_conflict_do_nothing().returning(*orders.c)
     for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
 }
+
+
+# An order's broker id, where it has none, in one statement with the ownership check (the
+# admin scope passes any_owner).
+_RECORD_BROKER_ID = DriverStatement(
+    orders.update()
+    .where(
+        orders.c.id == sa.bindparam("order_id"),
+        orders.c.broker_order_id.is_(None),
+        orders.c.portfolio_id.in_(
+            sa.select(t.portfolios.c.id).where(
+                sa.or_(
+                    sa.bindparam("any_owner", type_=sa.Boolean),
+                    t.portfolios.c.user_id == sa.bindparam("owner_id"),
+                )
+            )
+        ),
+    )
+    .values(
+        broker_order_id=sa.bindparam("b_broker_order_id"),
+        updated_at=sa.bindparam("b_updated_at"),
+    )
+    .returning(*orders.c)
+)
 
 
 def owned_order(tx: Tx, order_id: int) -> sa.Row[Any]:
@@ -275,6 +300,40 @@ class OrderService:
             user_id=_owner(tx, locked.portfolio_id),
         )
         return owned_order(tx, order_id)
+
+    def record_broker_id(self, order_id: int, broker_order_id: str) -> Any:
+        """Record the broker's id of an order that has none yet (the broker took the order);
+        the order as it is now. The same id again changes nothing; another is a Conflict."""
+        tx = self.tx
+        checked = check_text(broker_order_id, "broker_order_id", limit=64)
+        if not checked:
+            raise InvalidInput("give the broker's order id")
+        broker_order_id = checked
+        owner = tx.owner_id()
+        rows = _RECORD_BROKER_ID.execute(
+            tx.conn,
+            {
+                "order_id": order_id,
+                "b_broker_order_id": broker_order_id,
+                "b_updated_at": tx.now(),
+                "owner_id": owner,
+                "any_owner": owner is None,
+            },
+        )
+        if not rows:  # not the actor's, or it has a broker id already
+            order = owned_order(tx, order_id)
+            if order.broker_order_id != broker_order_id:
+                raise Conflict(f"order #{order_id} already has broker id {order.broker_order_id!r}")
+            return order
+        (order,) = rows
+        tx.audit(
+            "ORDER",
+            order.id,
+            "UPDATE",
+            {"status": order.status, "broker_order_id": broker_order_id},
+            user_id=owner if owner is not None else _owner(tx, order.portfolio_id),
+        )
+        return order
 
     @read_only
     def list(

@@ -89,6 +89,7 @@ def owned_portfolio_rows(tx: Tx, portfolio_id: int, query: sa.Select[Any]) -> li
         checked = query.where(_APPROVED_OWNER_OF_PORTFOLIO)
         rows = list(tx.conn.execute(checked, owner_params(tx, portfolio_id)))
         if rows:
+            tx.state["approved"] = True  # the rows prove the actor approved and active, too
             return rows
     owned_portfolio(tx, portfolio_id)
     return list(tx.conn.execute(query))

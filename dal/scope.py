@@ -162,12 +162,12 @@ class Tx:
 
     def owner_id(self) -> int | None:
         """The user id every scoped query filters on; None in the admin scope (no filter)."""
-        self.require_user()
+        self.require_approved()
         return None if self.admin_scope else self.actor.user_id
 
     def owned(self, user_column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
         """Filter on ownership: the actor's rows only, unless this is the admin scope."""
-        self.require_user()
+        self.require_approved()
         if self.admin_scope:
             return sa.true()
         return user_column == self.actor.user_id

@@ -197,6 +197,7 @@ class Orders(Facade):
     list = expose(OrderService.list)
     open_orders = expose(OrderService.open_orders)
     place = expose(OrderService.place)
+    record_broker_id = expose(OrderService.record_broker_id)
     update_status = expose(OrderService.update_status)
 
 

@@ -43,6 +43,8 @@ def _value(name: str, type_: Any, ids: dict[str, int]) -> Any:
         return WHEN
     if isinstance(type_, JSONDoc):
         return {"note": "x", "amount": Decimal("1.25")}
+    if isinstance(type_, sa.Boolean):
+        return False
     if isinstance(type_, sa.Date):
         return WHEN.date()
     if isinstance(type_, sa.Integer):

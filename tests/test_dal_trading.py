@@ -213,6 +213,27 @@ async def test_a_fill_records_its_orders_broker_id_once(
     assert (row.broker_order_id, row.filled_quantity) == ("B-1", Decimal(2))
 
 
+async def test_an_orders_broker_id_is_recorded_once(
+    db: Database, trader: tuple[Actor, int, int]
+) -> None:
+    actor, pid, inst = trader
+    dal = db.scoped(actor)
+    order = await dal.orders.place(
+        {"portfolio_id": pid, "instrument_id": inst, "side": "BUY", "type": "LIMIT",
+         "quantity": "3", "price": "5"}
+    )  # fmt: skip
+    recorded = await dal.orders.record_broker_id(order.id, "B-7")
+    assert (recorded.broker_order_id, recorded.status) == ("B-7", "NEW")
+    assert (await dal.orders.record_broker_id(order.id, "B-7")).broker_order_id == "B-7"
+    with pytest.raises(Conflict, match="already has broker id 'B-7'"):
+        await dal.orders.record_broker_id(order.id, "B-8")
+    with pytest.raises(InvalidInput, match="limit is 64"):
+        await dal.orders.record_broker_id(order.id, "x" * 65)
+    audit = await dal.audit.recent(entity_type="ORDER")
+    updates = [a for a in audit if a.entity_id == order.id and a.action == "UPDATE"]
+    assert len(updates) == 1  # recorded once, audited once
+
+
 async def test_open_orders_newest_first_and_status_filter(
     db: Database, trader: tuple[Actor, int, int]
 ) -> None:

@@ -245,6 +245,7 @@ ID_OPS: dict[str, Op] = {
     ),
     "orders.get": lambda s, o, m: s.orders.get(o.order),
     "orders.cancel": lambda s, o, m: s.orders.cancel(o.order, reason="not yours"),
+    "orders.record_broker_id": lambda s, o, m: s.orders.record_broker_id(o.order, "X-1"),
     "orders.update_status": lambda s, o, m: s.orders.update_status(o.order, "EXPIRED"),
     "orders.update_status[broker_id]": lambda s, o, m: s.orders.update_status(
         o.order, "CANCELED", broker_order_id="x-1"

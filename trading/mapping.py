@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -29,33 +30,25 @@ from trading.events import BrokerEvent, FillEvent, OrderUpdate
 log = logging.getLogger("tradebook.gateway")
 
 
-async def _find_order(
-    s: Any,
-    portfolio_id: int,
-    instrument_id: int,
-    client_order_id: str | None,
-    broker_order_id: str | None,
-) -> Any:
-    if client_order_id:
-        try:
-            return await s.orders.by_client_id(portfolio_id, client_order_id)
-        except NotFound:
-            pass
-    if broker_order_id:
-        try:
-            return await s.orders.by_broker_id(portfolio_id, instrument_id, broker_order_id)
-        except NotFound:
-            return None
-    return None
+async def _find_order(s: Any, portfolio_id: int, event: BrokerEvent) -> tuple[Any, Any]:
+    """The event's instrument and the order it is about (None: not one of the portfolio's).
+    By client id first: that lookup also checks the portfolio and the acting user in one
+    statement, so a session that starts with it reads neither again."""
+    order = None
+    if event.client_order_id:
+        with contextlib.suppress(NotFound):
+            order = await s.orders.by_client_id(portfolio_id, event.client_order_id)
+    instrument = await s.instruments.get(symbol=event.symbol, exchange=event.exchange)
+    if order is None and event.broker_order_id:
+        with contextlib.suppress(NotFound):
+            order = await s.orders.by_broker_id(portfolio_id, instrument.id, event.broker_order_id)
+    return instrument, order
 
 
 async def apply_event(dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> Any:
     """Apply one broker event in one transaction; returns the order or trade row touched."""
     async with dal.session() as s:
-        instrument = await s.instruments.get(symbol=event.symbol, exchange=event.exchange)
-        order = await _find_order(
-            s, portfolio_id, instrument.id, event.client_order_id, event.broker_order_id
-        )
+        instrument, order = await _find_order(s, portfolio_id, event)
         if isinstance(event, FillEvent):
             order = await _fill_order(s, portfolio_id, instrument.id, event, order)
             result = await s.trades.ingest_fill(
@@ -92,10 +85,8 @@ async def apply_event(dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> 
             return await s.orders.update_status(
                 order.id, event.status, broker_order_id=event.broker_order_id, reason=event.reason
             )
-        if order.broker_order_id is None:
-            return await s.orders.update_status(
-                order.id, order.status, broker_order_id=event.broker_order_id
-            )
+        if order.broker_order_id is None and event.broker_order_id:
+            return await s.orders.record_broker_id(order.id, event.broker_order_id)
         return order
 
 
@@ -103,18 +94,18 @@ async def apply_fills(dal: ScopedDal, portfolio_id: int, fills: list[FillEvent])
     """Apply many fills in one transaction (a burst from the stream, a catch-up): the same
     lookups as ``apply_event`` for each, then one set-based ingestion. All or nothing."""
     async with dal.session() as s:
-        orders: dict[tuple[int, str | None, str | None], Any] = {}
+        orders: dict[tuple[str, str | None, str | None, str | None], tuple[int, Any]] = {}
         rows: list[Fill | dict[str, Any]] = []
         for event in fills:
-            # The session resolves a symbol once (dal/instruments.py keeps it per transaction).
-            instrument = await s.instruments.get(symbol=event.symbol, exchange=event.exchange)
-            key = (instrument.id, event.client_order_id, event.broker_order_id)
+            key = (event.symbol, event.exchange, event.client_order_id, event.broker_order_id)
             if key not in orders:
-                found = await _find_order(
-                    s, portfolio_id, instrument.id, event.client_order_id, event.broker_order_id
-                )
-                orders[key] = await _fill_order(s, portfolio_id, instrument.id, event, found)
-            rows.append(_fill_row(portfolio_id, instrument.id, orders[key], event))
+                # The session resolves a symbol once (dal/instruments.py keeps it per
+                # transaction).
+                instrument, found = await _find_order(s, portfolio_id, event)
+                order = await _fill_order(s, portfolio_id, instrument.id, event, found)
+                orders[key] = (instrument.id, order)
+            instrument_id, order = orders[key]
+            rows.append(_fill_row(portfolio_id, instrument_id, order, event))
         results = await s.trades.ingest_fills(rows)
         log.info("fills applied as one batch", extra={"fills": len(results)})
         return [r.trade for r in results]
