@@ -109,14 +109,16 @@ _LOCK_ORDERS = (
     .order_by(orders.c.id)
     .with_for_update()
 )
-_UPDATE_ORDER = orders.update().where(orders.c.id == sa.bindparam("order_id"))
 _SET_BROKER_ID = DriverStatement(
     orders.update()
     .where(orders.c.id == sa.bindparam("order_id"), orders.c.broker_order_id.is_(None))
     .values(broker_order_id=sa.bindparam("b_broker_order_id"))
 )
 _ORDER_FILL_STATE = ("filled_quantity", "avg_fill_price", "fill_notional", "status", "updated_at")
-_UPDATE_ONE_ORDER = DriverStatement(_UPDATE_ORDER, column_keys=["order_id", *_ORDER_FILL_STATE])
+_UPDATE_ORDER = DriverStatement(
+    orders.update().where(orders.c.id == sa.bindparam("order_id")),
+    column_keys=["order_id", *_ORDER_FILL_STATE],
+)
 
 
 # A fill on its way in, one stage at a time: what it refers to (planned), its position math
@@ -507,9 +509,9 @@ def _advance_orders(tx: Tx, new: list[_Written]) -> None:
     _record_broker_ids(tx, new)
     params = _order_updates(tx, new)
     if len(params) == 1:
-        _UPDATE_ONE_ORDER.execute(tx.conn, params[0])
+        _UPDATE_ORDER.execute(tx.conn, params[0])
     elif params:
-        tx.conn.execute(_UPDATE_ORDER, params)
+        _UPDATE_ORDER.executemany(tx.conn, params)
 
 
 def _write_positions(
@@ -592,12 +594,35 @@ def _audit_and_log(tx: Tx, new: list[_Written], late: set[str]) -> None:
             for w in new
         ],
     )
-    for w in new:
-        _log_fill(w, w.trade.id, w.uid in late)
-
-
-def _log_fill(p: _Planned, trade_id: int, late: bool) -> None:
+    if len(new) == 1:
+        _log_fill(new[0], new[0].trade.id, new[0].uid in late)
+        return
+    # A batch (an import, a catch-up) is one line; the audit rows keep every fill, and the
+    # line of each fill is there at DEBUG.
+    correlation_ids = sorted({_correlation_id(w.order, w.fill) for w in new})
     log.info(
+        "fills applied (in transaction): %d, %d late",
+        len(new),
+        len(late),
+        extra={
+            "correlation_ids": correlation_ids[:BATCH_LOG_IDS],
+            "orders": len(correlation_ids),
+            "trade_ids": f"{min(w.trade.id for w in new)}..{max(w.trade.id for w in new)}",
+            "portfolio_ids": sorted({w.portfolio.id for w in new}),
+        },
+    )
+    if log.isEnabledFor(logging.DEBUG):
+        for w in new:
+            _log_fill(w, w.trade.id, w.uid in late, logging.DEBUG)
+
+
+# How many of a batch's correlation ids its log line names.
+BATCH_LOG_IDS = 10
+
+
+def _log_fill(p: _Planned, trade_id: int, late: bool, level: int = logging.INFO) -> None:
+    log.log(
+        level,
         "fill applied (in transaction) %s %s %s at %s",
         p.fill.side,
         p.fill.quantity,
