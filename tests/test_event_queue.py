@@ -1,5 +1,5 @@
-"""The gateway's event queue: arrival order, fills taken in bursts, and an order's NEW update
-dropped when a fill of the order that describes it is right behind."""
+"""The gateway's event queue: arrival order, fills taken in bursts, and an order's update to a
+fill status held a moment and dropped when a fill of the order that describes it comes."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ async def drain(queue: EventQueue) -> list[Any]:
     got: list[Any] = []
     while True:
         try:
-            event = await asyncio.wait_for(queue.get(), 0.05)
+            event = await asyncio.wait_for(queue.get(), 0.3)
         except TimeoutError:
             return got
         got.append(event)
@@ -48,16 +48,27 @@ async def test_a_new_update_with_its_fill_right_behind_is_left_to_the_fill() -> 
 
 
 async def test_updates_a_fill_cannot_stand_for_are_kept() -> None:
-    queue = EventQueue()
-    events: list[OrderUpdate | FillEvent] = [
-        update("NEW", "tb-2"),  # the fill behind is another order's
-        trade("3", "tb-3"),
-        update("NEW", "tb-4"),  # its fill does not describe the order (no manual order then)
-        trade("4", "tb-4", describes=False),
-        update("CANCELED", "tb-5"),  # not a fill status
-        trade("5", "tb-5"),
-        update("NEW", "tb-6"),  # nothing behind it
-    ]
-    for event in events:
+    queue = EventQueue(hold_s=0.02)
+    other_order, its_fill = update("NEW", "tb-2"), trade("3", "tb-3")
+    undescribed, bare_fill = update("NEW", "tb-4"), trade("4", "tb-4", describes=False)
+    canceled, after_cancel = update("CANCELED", "tb-5"), trade("5", "tb-5")
+    alone = update("NEW", "tb-6")
+    for event in (other_order, its_fill, undescribed, bare_fill, canceled, after_cancel, alone):
         queue.put_nowait(event)
-    assert await drain(queue) == events
+    got = await drain(queue)
+    # A fill that does not describe its order lets the update go first (it may create the
+    # order); an update to an ended status is never held; the others wait out their hold.
+    assert got == [its_fill, undescribed, bare_fill, canceled, after_cancel, other_order, alone]
+    await asyncio.wait_for(queue.join(), 1)
+
+
+async def test_a_held_update_is_applied_on_its_own_after_the_hold() -> None:
+    queue = EventQueue(hold_s=0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    acknowledged = update("NEW", "tb-7")
+    queue.put_nowait(acknowledged)
+    assert await asyncio.wait_for(queue.get(), 1) is acknowledged
+    assert loop.time() - started >= 0.05
+    queue.task_done()
+    await asyncio.wait_for(queue.join(), 1)

@@ -13,6 +13,7 @@ portfolio as a manual order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 from collections import deque
@@ -135,10 +136,14 @@ def _typed(fields: dict[str, Any], cls: type) -> dict[str, Any]:
     return out
 
 
-# Fill statuses an order update can carry (fills drive them), and how far behind an update a
-# fill of its order is looked for.
+# Fill statuses an order update can carry (fills drive them), how far behind an update a fill
+# of its order is looked for, and how long such an update waits for that fill before it is
+# applied on its own: an exchange acknowledges a taker order (NEW) and reports its first trade
+# within milliseconds, and a resting order loses nothing by having its broker id recorded a
+# moment later.
 FILL_STATUSES = ("NEW", "PARTIALLY_FILLED", "FILLED")
 LOOK_AHEAD = 8
+HOLD_S = 0.05
 
 
 def _same_order(update: OrderUpdate, fill: FillEvent) -> bool:
@@ -147,41 +152,82 @@ def _same_order(update: OrderUpdate, fill: FillEvent) -> bool:
     return update.broker_order_id is not None and update.broker_order_id == fill.broker_order_id
 
 
+def _fill_status(event: BrokerEvent) -> bool:
+    return isinstance(event, OrderUpdate) and event.status in FILL_STATUSES
+
+
 class EventQueue:
     """A gateway's broker events in arrival order, with what asyncio.Queue gives (``get``,
     ``task_done``, ``join``) plus ``take_fills``: the fills waiting right behind, so the desk
-    can apply a burst of them in one transaction."""
+    can apply a burst of them in one transaction.
 
-    def __init__(self) -> None:
+    An update of an order to NEW, PARTIALLY_FILLED or FILLED changes nothing a fill of the
+    same order does not (fills drive those statuses and record the order's broker id), so
+    it is held for up to ``hold_s``: a fill of its order that describes the order (Binance's
+    do) drops it, and the fill no longer waits behind a transaction of its own. A fill that
+    does not describe its order lets the update go first (it may create the order). Held
+    updates count as unfinished (``join``)."""
+
+    def __init__(self, hold_s: float = HOLD_S) -> None:
+        self.hold_s = hold_s
         self._items: deque[BrokerEvent] = deque()
+        self._held: deque[tuple[float, OrderUpdate]] = deque()  # (deadline, update), in order
         self._ready = asyncio.Event()
         self._unfinished = 0
         self._finished = asyncio.Event()
         self._finished.set()
 
     def put_nowait(self, event: BrokerEvent) -> None:
-        self._items.append(event)
         self._unfinished += 1
         self._finished.clear()
+        if isinstance(event, OrderUpdate) and _fill_status(event):
+            deadline = asyncio.get_running_loop().time() + self.hold_s
+            self._held.append((deadline, event))
+        else:
+            if isinstance(event, FillEvent):
+                self._meet_held(event)
+            self._items.append(event)
         self._ready.set()
+
+    def _meet_held(self, fill: FillEvent) -> None:
+        """The held updates of ``fill``'s order: dropped when the fill describes the order,
+        else sent ahead of it."""
+        kept: deque[tuple[float, OrderUpdate]] = deque()
+        for deadline, update in self._held:
+            if not _same_order(update, fill):
+                kept.append((deadline, update))
+            elif fill.order is not None:
+                self.task_done()
+            else:
+                self._items.append(update)
+        self._held = kept
+
+    def _release_due(self) -> None:
+        now = asyncio.get_running_loop().time()
+        while self._held and self._held[0][0] <= now:
+            self._items.append(self._held.popleft()[1])
 
     async def get(self) -> BrokerEvent:
         while True:
-            while not self._items:
-                self._ready.clear()
+            self._release_due()
+            if self._items:
+                event = self._items.popleft()
+                if not self._superseded(event):
+                    return event
+                self.task_done()
+                continue
+            self._ready.clear()
+            if not self._held:
                 await self._ready.wait()
-            event = self._items.popleft()
-            if not self._superseded(event):
-                return event
-            self.task_done()
+                continue
+            wait = self._held[0][0] - asyncio.get_running_loop().time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), max(wait, 0))
 
     def _superseded(self, event: BrokerEvent) -> bool:
-        """An update of an order to NEW, PARTIALLY_FILLED or FILLED with a fill of the same
-        order right behind it that describes the order too: that fill records all the update
-        would (the order, or its broker id; fills drive those statuses), in its own
-        transaction, so the update is dropped instead of costing one before it. An exchange
-        sends a taker order's NEW and its first trade back to back."""
-        if not isinstance(event, OrderUpdate) or event.status not in FILL_STATUSES:
+        """An update to a fill status let go with a fill of its order right behind it that
+        describes the order (see the class): dropped."""
+        if not isinstance(event, OrderUpdate) or not _fill_status(event):
             return False
         for later in itertools.islice(self._items, LOOK_AHEAD):
             if (
