@@ -68,6 +68,43 @@ _RECORD_BROKER_ID = DriverStatement(
 )
 
 
+def _insert_audited_order() -> sa.Select[Any]:
+    """PostgreSQL: the order's insert and, when it inserted a row, its audit row, as one
+    statement of data-modifying CTEs (as a single fill's writes, dal/ingest.py)."""
+    columns = [
+        "uid", "status", "placed_at", "updated_at", "meta_json", "reserve_price", "portfolio_id",
+        "instrument_id", "strategy_id", "side", "type", "time_in_force", "quantity", "price",
+        "stop_price", "client_order_id", "broker_order_id",
+    ]  # fmt: skip
+    new_order = (
+        postgresql.insert(orders)
+        .values({name: sa.bindparam(f"o_{name}") for name in columns})
+        .on_conflict_do_nothing()
+        .returning(*orders.c)
+        .cte("new_order")
+    )
+    audit = t.audit_log
+    audit_row = (
+        audit.insert()
+        .from_select(
+            ["user_id", "entity_type", "entity_id", "action", "details_json", "created_at"],
+            sa.select(
+                sa.bindparam("a_user_id", type_=audit.c.user_id.type),
+                sa.literal("ORDER"),
+                new_order.c.id,
+                sa.bindparam("a_action", type_=audit.c.action.type),
+                sa.bindparam("a_details", type_=audit.c.details_json.type),
+                sa.bindparam("a_created_at", type_=audit.c.created_at.type),
+            ),
+        )
+        .cte("order_audit")
+    )
+    return sa.select(new_order).add_cte(audit_row)
+
+
+_INSERT_AUDITED_ORDER = DriverStatement(_insert_audited_order(), dialect="postgresql")
+
+
 def owned_order(tx: Tx, order_id: int) -> sa.Row[Any]:
     return owned_row(tx, orders, order_id, "order")
 
@@ -157,34 +194,42 @@ class OrderService:
         meta = dict(new.meta)
         if reason:
             meta["reject_reason"] = reason
+        inserted = {
+            "uid": new_uid(),
+            "status": status,
+            "placed_at": new.placed_at or now,
+            "updated_at": now,
+            "meta_json": meta,
+            "reserve_price": None if reserve_price is None else check_amount(reserve_price),
+            **values,
+        }
+        action = "CREATE" if status == "NEW" else "REJECT"
+        details = {k: v for k, v in values.items() if v is not None}
+        details.update({"reason": reason} if reason else {})
         # Inserted unless its client or broker id is taken: then the order with that id is
         # the answer (the same order placed again) or a Conflict (another order's id).
-        row = tx.conn.execute(
-            _INSERT_ORDER[tx.dialect],
-            {
-                "uid": new_uid(),
-                "status": status,
-                "placed_at": new.placed_at or now,
-                "updated_at": now,
-                "meta_json": meta,
-                "reserve_price": None if reserve_price is None else check_amount(reserve_price),
-                **values,
-            },
-        ).one_or_none()
+        if tx.dialect == "postgresql":  # the order and its audit row in one round trip
+            rows = _INSERT_AUDITED_ORDER.execute(
+                tx.conn,
+                {
+                    **{f"o_{name}": value for name, value in inserted.items()},
+                    "a_user_id": portfolio.user_id,
+                    "a_action": action,
+                    "a_details": details,
+                    "a_created_at": now,
+                },
+            )
+            row: sa.Row[Any] | None = rows[0] if rows else None  # a named tuple of its columns
+        else:
+            row = tx.conn.execute(_INSERT_ORDER[tx.dialect], inserted).one_or_none()
+            if row is not None:
+                tx.audit("ORDER", row.id, action, details, user_id=portfolio.user_id)
         if row is None:
             existing = self._existing(values)
             if existing is None:  # taken by an order since deleted: cannot happen to orders
                 raise Conflict("this order's id is taken; place it again")
             return existing
         order_id = row.id
-        details = {k: v for k, v in values.items() if v is not None}
-        tx.audit(
-            "ORDER",
-            order_id,
-            "CREATE" if status == "NEW" else "REJECT",
-            {**details, **({"reason": reason} if reason else {})},
-            user_id=portfolio.user_id,
-        )
         log.info(
             "order %s (in transaction) %s %s #%s",
             "placed" if status == "NEW" else "rejected",

@@ -53,6 +53,10 @@ def _value(name: str, type_: Any, ids: dict[str, int]) -> Any:
         return "BUY"
     if base == "status":
         return "PARTIALLY_FILLED"
+    if base == "type":
+        return "LIMIT"
+    if base == "time_in_force":
+        return "GTC"
     if base == "action":
         return "FILL"
     if base == "entity_type":
