@@ -14,6 +14,24 @@ from dal.scope import Tx
 audit_log = t.audit_log
 
 
+def audit_row_of(entity_type: str, entity_id: Any, action: Any) -> sa.Insert:
+    """The audit row of a row that a statement of data-modifying CTEs (PostgreSQL) inserts:
+    ``entity_id`` is the inserting CTE's id column, ``action`` a literal or a bound parameter;
+    the user, the details and the time are the parameters ``a_user_id``, ``a_details`` and
+    ``a_created_at``."""
+    return audit_log.insert().from_select(
+        ["user_id", "entity_type", "entity_id", "action", "details_json", "created_at"],
+        sa.select(
+            sa.bindparam("a_user_id", type_=audit_log.c.user_id.type),
+            sa.literal(entity_type),
+            entity_id,
+            action,
+            sa.bindparam("a_details", type_=audit_log.c.details_json.type),
+            sa.bindparam("a_created_at", type_=audit_log.c.created_at.type),
+        ),
+    )
+
+
 class AuditLogger:
     def __init__(self, tx: Tx) -> None:
         self.tx = tx

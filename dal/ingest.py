@@ -36,6 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import checkpoints
 from dal import schema as t
+from dal.audit import audit_row_of
 from dal.compiled import DriverStatement
 from dal.decimals import DECIMAL_CONTEXT, NOTIONAL_CONTEXT, average_price
 from dal.errors import Conflict, InvalidInput, NotFound
@@ -699,22 +700,7 @@ def _fused_statement(with_order: bool) -> sa.Select[Any]:
         )
         .cte("position_update")
     )
-    audit = t.audit_log
-    writes.append(
-        audit.insert()
-        .from_select(
-            ["user_id", "entity_type", "entity_id", "action", "details_json", "created_at"],
-            sa.select(
-                sa.bindparam("a_user_id", type_=audit.c.user_id.type),
-                sa.literal("TRADE"),
-                new_trade.c.id,
-                sa.literal("FILL"),
-                sa.bindparam("a_details", type_=audit.c.details_json.type),
-                sa.bindparam("a_created_at", type_=audit.c.created_at.type),
-            ),
-        )
-        .cte("audit_row")
-    )
+    writes.append(audit_row_of("TRADE", new_trade.c.id, sa.literal("FILL")).cte("audit_row"))
     return sa.select(new_trade).add_cte(*writes)
 
 

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dal import schema as t
+from dal.audit import audit_row_of
 from dal.compiled import DriverStatement
 from dal.decimals import check_amount
 from dal.errors import Conflict, InvalidInput, NotFound
@@ -83,22 +84,8 @@ def _insert_audited_order() -> sa.Select[Any]:
         .returning(*orders.c)
         .cte("new_order")
     )
-    audit = t.audit_log
-    audit_row = (
-        audit.insert()
-        .from_select(
-            ["user_id", "entity_type", "entity_id", "action", "details_json", "created_at"],
-            sa.select(
-                sa.bindparam("a_user_id", type_=audit.c.user_id.type),
-                sa.literal("ORDER"),
-                new_order.c.id,
-                sa.bindparam("a_action", type_=audit.c.action.type),
-                sa.bindparam("a_details", type_=audit.c.details_json.type),
-                sa.bindparam("a_created_at", type_=audit.c.created_at.type),
-            ),
-        )
-        .cte("order_audit")
-    )
+    action = sa.bindparam("a_action", type_=t.audit_log.c.action.type)
+    audit_row = audit_row_of("ORDER", new_order.c.id, action).cte("order_audit")
     return sa.select(new_order).add_cte(audit_row)
 
 
