@@ -256,7 +256,7 @@ def _set_busy_timeout(conn: sa.Connection, ms: int) -> None:
 def _begin_waiting(conn: sa.Connection) -> None:
     _set_busy_timeout(conn, BUSY_TIMEOUT_MS)
     try:
-        conn.execution_options(sqlite_begin="IMMEDIATE").begin()
+        conn.begin()  # the writer's BEGIN is IMMEDIATE (dal/engine.py)
     except BaseException:
         _set_busy_timeout(conn, 0)
         raise
@@ -501,7 +501,7 @@ class _WriterChannel(Channel):
             return False
         conn = self._writer.connection()
         try:
-            conn.execution_options(sqlite_begin="IMMEDIATE").begin()
+            conn.begin()  # the writer's BEGIN is IMMEDIATE (dal/engine.py)
         except sa.exc.OperationalError as exc:
             if _is_busy(exc):
                 return False  # someone else writes: wait for the lock on the thread

@@ -32,6 +32,7 @@ _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__.k
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
+_longest_first: tuple[str, ...] = ()  # the secrets, longest first (a new tuple per change)
 
 
 def register_secret(value: SecretStr | str | None) -> None:
@@ -41,8 +42,10 @@ def register_secret(value: SecretStr | str | None) -> None:
         return
     text = value.get_secret_value() if isinstance(value, SecretStr) else value
     if len(text) >= 6:
+        global _longest_first
         with _secrets_lock:
             _secrets.add(text)
+            _longest_first = tuple(sorted(_secrets, key=len, reverse=True))
 
 
 def secret_values(obj: Any) -> list[SecretStr]:
@@ -53,9 +56,7 @@ def secret_values(obj: Any) -> list[SecretStr]:
 
 def redact(text: str) -> str:
     """``text`` with registered secrets and Telegram-token-shaped strings replaced."""
-    with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
+    for secret in _longest_first:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return TELEGRAM_TOKEN_RE.sub(REDACTED, text)
