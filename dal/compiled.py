@@ -73,10 +73,8 @@ class _Plan:
         if self.defaults:
             values = {**self.defaults, **values}
         out = [values[name] for name in self.names]
-        for i, process in self.processed:
-            value = out[i]
-            if value is not None:
-                out[i] = process(value)
+        for i, process in self.processed:  # None too, as Core does (a JSON null, say)
+            out[i] = process(out[i])
         return out
 
     def row_maker(self, dialect: Dialect, description: Any) -> Callable[[Any], Any]:
@@ -96,9 +94,7 @@ class _Plan:
             def make_row(raw: Any) -> Any:
                 row = list(raw)
                 for i, process in processors:
-                    value = row[i]
-                    if value is not None:
-                        row[i] = process(value)
+                    row[i] = process(row[i])
                 return row_type._make(row)  # type: ignore[attr-defined]  # a namedtuple class
 
             self.make_row = make_row
