@@ -24,6 +24,7 @@ from sqlalchemy.engine import Dialect
 
 from dal.decimals import (
     DECIMAL_CONTEXT,
+    INTEGER_DIGITS,
     NOTIONAL_DIGITS,
     NOTIONAL_SCALE,
     SCALE,
@@ -52,6 +53,12 @@ class Money(sa.types.TypeDecorator[decimal.Decimal]):
             return None
         if dialect.name == "sqlite":
             return amount_text(value)
+        if type(value) is decimal.Decimal and value.is_finite():
+            # The usual amount fits as it is (NUMERIC stores it the same with or without
+            # trailing zeros); anything else takes check_amount's way.
+            exponent = value.as_tuple().exponent
+            if -SCALE <= exponent <= 0 and value.adjusted() < INTEGER_DIGITS:  # type: ignore[operator]  # an int for a finite value
+                return value
         return check_amount(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> decimal.Decimal | None:
