@@ -54,19 +54,7 @@ async def test_the_dal_realizes_exactly_what_the_fills_gained(db: Database) -> N
     realized = Decimal(0)
     async with db.session(actor) as s:
         for f in fills:
-            result = await s.trades.ingest_fill(
-                {
-                    "portfolio_id": pid,
-                    "instrument_id": inst,
-                    "side": f.side,
-                    "quantity": f.quantity,
-                    "price": f.price,
-                    "fee": Decimal(0),
-                    "fee_currency": "USDT",
-                    "exec_time": f.exec_time,
-                    "broker_trade_id": f.trade_id,
-                }
-            )
+            result = await s.trades.ingest_fill(f.for_dal(pid, inst))
             realized += result.trade.realized_pnl
         assert await s.positions.snapshot(pid) == []  # flat
         assert await s.positions.verify(pid) == []  # the stored PnL replays exactly

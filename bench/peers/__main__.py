@@ -125,21 +125,7 @@ async def dal_run(engine: str, fills: list[PeerFill], logs: ProductionLogging) -
                         }
                     )
                     orders[side] = row.id
-            work = [
-                {
-                    "portfolio_id": pid,
-                    "instrument_id": iid,
-                    "order_id": orders[f.side],
-                    "side": f.side,
-                    "quantity": f.quantity,
-                    "price": f.price,
-                    "fee": Decimal(0),
-                    "fee_currency": "USDT",
-                    "exec_time": f.exec_time,
-                    "broker_trade_id": f.trade_id,
-                }
-                for f in fills
-            ]
+            work = [f.for_dal(pid, iid, orders[f.side]) for f in fills]
             gc.collect()
             start = time.perf_counter()
             for fill in work:

@@ -31,6 +31,23 @@ class PeerFill:
     exec_time: dt.datetime
     trade_id: str  # the exchange's id of the fill (and of freqtrade's one-fill order)
 
+    def for_dal(
+        self, portfolio_id: int, instrument_id: int, order_id: int | None = None
+    ) -> dict[str, Any]:
+        """As ``trades.ingest_fill`` takes it (no fee: see the README's section 8)."""
+        return {
+            "portfolio_id": portfolio_id,
+            "instrument_id": instrument_id,
+            "order_id": order_id,
+            "side": self.side,
+            "quantity": self.quantity,
+            "price": self.price,
+            "fee": Decimal(0),
+            "fee_currency": "USDT",
+            "exec_time": self.exec_time,
+            "broker_trade_id": self.trade_id,
+        }
+
     def as_json(self) -> dict[str, Any]:
         """As the worker reads it: strings for the numbers, milliseconds since the epoch."""
         return {
