@@ -70,20 +70,22 @@ def before_new_days(
     return out
 
 
+# What a checkpoint holds: its point in canonical order and the position's state there.
+_POINT_AND_STATE = (
+    checkpoints.c.as_of_exec_time,
+    checkpoints.c.as_of_trade_id,
+    checkpoints.c.quantity,
+    checkpoints.c.cost_basis,
+    checkpoints.c.realized_pnl,
+    checkpoints.c.opened_at,
+)
 _EXEC_TIME = sa.bindparam("exec_time", type_=UTCDateTime())
 _TRADE_ID: sa.BindParameter[int] = sa.bindparam("trade_id", type_=sa.BigInteger())
 _POSITION = checkpoints.c.position_id == sa.bindparam("position_id")
 # The latest checkpoint strictly before the point (exec_time, trade_id) in canonical order,
 # written so both engines probe the primary key's range on (position, exec_time).
 _LATEST_BEFORE = (
-    sa.select(
-        checkpoints.c.as_of_exec_time,
-        checkpoints.c.as_of_trade_id,
-        checkpoints.c.quantity,
-        checkpoints.c.cost_basis,
-        checkpoints.c.realized_pnl,
-        checkpoints.c.opened_at,
-    )
+    sa.select(*_POINT_AND_STATE)
     .where(
         _POSITION,
         checkpoints.c.as_of_exec_time <= _EXEC_TIME,
@@ -189,12 +191,7 @@ _STORED = (
         t.positions.c.portfolio_id,
         t.positions.c.instrument_id,
         t.positions.c.strategy_id,
-        checkpoints.c.as_of_exec_time,
-        checkpoints.c.as_of_trade_id,
-        checkpoints.c.quantity,
-        checkpoints.c.cost_basis,
-        checkpoints.c.realized_pnl,
-        checkpoints.c.opened_at,
+        *_POINT_AND_STATE,
     )
     .join(t.positions, t.positions.c.id == checkpoints.c.position_id)
     .where(t.positions.c.portfolio_id == sa.bindparam("portfolio_id"))
