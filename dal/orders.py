@@ -39,10 +39,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 _IDENTITY_FIELDS = ("instrument_id", "side", "type", "quantity", "price", "stop_price")
 
 
-_INSERT_ORDER = {
-    name: dialect_insert(orders).on_conflict_do_nothing().returning(*orders.c)
-    for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
-}
+# SQLite's order insert (PostgreSQL's writes its audit row too: _INSERT_AUDITED_ORDER).
+_INSERT_ORDER = sqlite.insert(orders).on_conflict_do_nothing().returning(*orders.c)
 
 
 # An order's broker id, where it has none, in one statement with the ownership check (the
@@ -208,7 +206,7 @@ class OrderService:
             )
             row: sa.Row[Any] | None = rows[0] if rows else None  # a named tuple of its columns
         else:
-            row = tx.conn.execute(_INSERT_ORDER[tx.dialect], inserted).one_or_none()
+            row = tx.conn.execute(_INSERT_ORDER, inserted).one_or_none()
             if row is not None:
                 tx.audit("ORDER", row.id, action, details, user_id=portfolio.user_id)
         if row is None:
