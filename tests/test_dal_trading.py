@@ -190,15 +190,18 @@ async def test_order_idempotency_keys(db: Database, trader: tuple[Actor, int, in
         assert len(await s.orders.list(pid)) == 2
 
 
+def _limit_buy(pid: int, inst: int, **extra: Any) -> dict[str, Any]:
+    """A BUY of 3 at 5 that the tests below fill or acknowledge."""
+    return {"portfolio_id": pid, "instrument_id": inst, "side": "BUY", "type": "LIMIT",
+            "quantity": "3", "price": "5", **extra}  # fmt: skip
+
+
 async def test_a_fill_records_its_orders_broker_id_once(
     db: Database, trader: tuple[Actor, int, int]
 ) -> None:
     actor, pid, inst = trader
     dal = db.scoped(actor)
-    order = await dal.orders.place(
-        {"portfolio_id": pid, "instrument_id": inst, "side": "BUY", "type": "LIMIT",
-         "quantity": "3", "price": "5", "client_order_id": "cid-b"}
-    )  # fmt: skip
+    order = await dal.orders.place(_limit_buy(pid, inst, client_order_id="cid-b"))
     assert order.broker_order_id is None
     one = fill(pid, inst, "BUY", "1", "5", order_id=order.id, trade_id="t-1")
     await dal.trades.ingest_fill({**one, "broker_order_id": "B-1"})
@@ -218,10 +221,7 @@ async def test_an_orders_broker_id_is_recorded_once(
 ) -> None:
     actor, pid, inst = trader
     dal = db.scoped(actor)
-    order = await dal.orders.place(
-        {"portfolio_id": pid, "instrument_id": inst, "side": "BUY", "type": "LIMIT",
-         "quantity": "3", "price": "5"}
-    )  # fmt: skip
+    order = await dal.orders.place(_limit_buy(pid, inst))
     recorded = await dal.orders.record_broker_id(order.id, "B-7")
     assert (recorded.broker_order_id, recorded.status) == ("B-7", "NEW")
     assert (await dal.orders.record_broker_id(order.id, "B-7")).broker_order_id == "B-7"
