@@ -213,9 +213,7 @@ class Database:
 
         async def once() -> T:
             with _concurrent_update_is_clear():
-                if isinstance(runner, PostgresRunner) and not __import__("os").environ.get(
-                    "TB_OLD"
-                ):
+                if isinstance(runner, PostgresRunner):
                     return await runner.run_once(readonly, body)
                 async with runner.connection(readonly=readonly) as channel:
                     return await channel.run_once(body, long_running)
