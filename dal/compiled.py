@@ -25,6 +25,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.engine.interfaces import ExecuteStyle
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.util import await_only
 
 
 class _Plan:
@@ -162,6 +163,16 @@ class DriverStatement:
 
 
 def _run(conn: sa.Connection, plan: _Plan, parameters: Any, many: bool) -> list[Any]:
+    if conn.dialect.driver == "asyncpg":
+        driver = conn.connection.driver_connection
+        # Straight to asyncpg only inside a transaction already begun (or in autocommit):
+        # the adapter's cursor is what begins one when the engine leaves it to the driver.
+        if driver.is_in_transaction() or conn.connection.dbapi_connection.autocommit:  # type: ignore[union-attr]  # an open connection has both
+            return _run_on_asyncpg(conn, driver, plan, parameters, many)
+    return _run_on_cursor(conn, plan, parameters, many)
+
+
+def _run_on_cursor(conn: sa.Connection, plan: _Plan, parameters: Any, many: bool) -> list[Any]:
     dialect = conn.dialect
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # an open connection has one
     try:
@@ -186,6 +197,67 @@ def _run(conn: sa.Connection, plan: _Plan, parameters: Any, many: bool) -> list[
         return [make_row(row) for row in rows]
     finally:
         cursor.close()
+
+
+def _run_on_asyncpg(
+    conn: sa.Connection, driver: Any, plan: _Plan, parameters: Any, many: bool
+) -> list[Any]:
+    """``_run_on_cursor`` without SQLAlchemy's asyncpg adapter: the same SQL and values on
+    the same connection, awaited from the greenlet the connection is used in; asyncpg's own
+    statement cache prepares each statement once per connection."""
+    dialect = conn.dialect
+    if conn._has_events or conn.engine._has_events:
+        style = ExecuteStyle.EXECUTEMANY if many else ExecuteStyle.EXECUTE
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # an open connection has one
+        try:
+            conn.dispatch.before_cursor_execute(
+                conn, cursor, plan.sql, parameters, _Context(plan.compiled, style), many
+            )
+        finally:
+            cursor.close()
+    try:
+        if many:
+            await_only(driver.executemany(plan.sql, parameters))
+            return []
+        rows = await_only(driver.fetch(plan.sql, *parameters))
+        make_row = plan.make_row
+        if plan.row_type is not None and make_row is None:
+            attributes = await_only(driver.prepare(plan.sql)).get_attributes()
+            make_row = plan.row_maker(dialect, [(a.name, a.type.oid) for a in attributes])
+    except Exception as exc:
+        raise _as_sqlalchemy_error(conn, plan, parameters, exc) from exc
+    if make_row is None:
+        return []
+    return [make_row(row) for row in rows]
+
+
+def _as_sqlalchemy_error(
+    conn: sa.Connection, plan: _Plan, parameters: Any, exc: Exception
+) -> Exception:
+    """asyncpg's exception as the SQLAlchemy error the adapter's cursor would have raised; the
+    connection is invalidated if it was lost, as Core does."""
+    dialect = conn.dialect
+    dbapi_connection = conn.connection.dbapi_connection
+    try:
+        # The adapter's own translation of asyncpg's errors into its DBAPI error classes
+        # (a private method, but the one place that mapping lives; tests/test_compiled.py
+        # checks that both paths raise the same SQLAlchemy error).
+        dbapi_connection._handle_exception(exc)  # type: ignore[union-attr]  # an open connection has one
+    except dialect.loaded_dbapi.Error as translated:
+        lost = dialect.is_disconnect(translated, dbapi_connection, None)
+        if lost:
+            conn.invalidate(translated)
+        return sa.exc.DBAPIError.instance(
+            plan.sql,
+            parameters,
+            translated,
+            dialect.loaded_dbapi.Error,
+            dialect=dialect,
+            connection_invalidated=lost,
+        )
+    except Exception as other:  # not a database error: as it came
+        return other
+    return exc
 
 
 __all__ = ["DriverStatement"]

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 import dal.ingest
 import dal.pnl_summary
 import dal.positions
 import dal.scope
-from dal import compiled
+from dal import compiled, schema
 from dal.database import Database
 from dal.scope import Tx
 from dal.types import JSONDoc, Money, Notional, UTCDateTime
@@ -197,3 +198,89 @@ def test_a_statement_whose_sql_depends_on_its_values_is_refused() -> None:
     compiled.ALL.remove(statement)
     with pytest.raises(ValueError, match="does not depend on its values"):
         statement.plan(sqlite.dialect())
+
+
+# An UPDATE naming a portfolio that does not exist: a foreign-key violation on both engines.
+_MOVE_ORDER = compiled.DriverStatement(
+    sa.update(schema.orders)
+    .where(schema.orders.c.id == sa.bindparam("order_id"))
+    .values(portfolio_id=sa.bindparam("portfolio_id"))
+)
+compiled.ALL.remove(_MOVE_ORDER)  # not the DAL's: kept out of the statement-by-statement test
+
+
+async def test_a_driver_statement_fails_as_core_does(db: Database) -> None:
+    actor = await make_user(db)
+    portfolio_id = await default_portfolio(db, actor)
+    instrument_id = await make_instrument(db, "ERRUSDT")
+    order = await db.scoped(actor).orders.place(
+        {
+            "portfolio_id": portfolio_id,
+            "instrument_id": instrument_id,
+            "side": "BUY",
+            "type": "LIMIT",
+            "quantity": Decimal(1),
+            "price": Decimal(100),
+        }
+    )
+    values = {"order_id": order.id, "portfolio_id": portfolio_id + 1000}
+
+    def both(tx: Tx) -> list[tuple[type[BaseException], str | None]]:
+        errors = []
+        for run in (
+            lambda: tx.conn.execute(_MOVE_ORDER.statement, values),
+            lambda: _MOVE_ORDER.execute(tx.conn, values),
+        ):
+            savepoint = tx.conn.begin_nested()
+            try:
+                run()
+            except sa.exc.DBAPIError as exc:
+                errors.append((type(exc), getattr(exc.orig, "sqlstate", None)))
+            finally:
+                savepoint.rollback()
+        return errors
+
+    async with db.session(actor) as s:
+        core, driver = await s.run(both)
+    assert core == driver
+    assert core[0] is sa.exc.IntegrityError
+    if db.dialect == "postgresql":
+        assert core[1] == "23503"  # foreign_key_violation
+
+
+async def test_a_lost_postgresql_connection_is_invalidated(db: Database) -> None:
+    if db.dialect != "postgresql":
+        pytest.skip("PostgreSQL: a connection the server ends")
+    actor = await make_user(db)
+    portfolio_id = await default_portfolio(db, actor)
+    instrument_id = await make_instrument(db, "LOSTUSDT")
+    order = await db.scoped(actor).orders.place(
+        {
+            "portfolio_id": portfolio_id,
+            "instrument_id": instrument_id,
+            "side": "BUY",
+            "type": "LIMIT",
+            "quantity": Decimal(1),
+            "price": Decimal(100),
+        }
+    )
+
+    def backend(tx: Tx) -> int:
+        return int(tx.conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+
+    def move(tx: Tx) -> None:
+        _MOVE_ORDER.execute(tx.conn, {"order_id": order.id, "portfolio_id": portfolio_id})
+
+    other = create_async_engine(db.url)
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as lost:
+            async with db.session(actor) as s:
+                pid = await s.run(backend)
+                async with other.connect() as conn:  # the server ends the session's connection
+                    await conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                await s.run(move)
+        assert lost.value.connection_invalidated
+    finally:
+        await other.dispose()
+    # The pool handed out a new connection: the DAL works on.
+    assert (await db.scoped(actor).orders.get(order.id)).id == order.id
