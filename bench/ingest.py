@@ -738,6 +738,7 @@ class SamePlanAsyncpg:
             "o_status": order.status, "o_filled_quantity": order.filled,
             "o_avg_fill_price": average_price(order.notional, order.filled),
             "o_fill_notional": order.notional, "o_updated_at": now, "o_order_id": order_id,
+            "o_broker_order_id": None,
             "p_quantity": s.quantity, "p_cost_basis": s.cost_basis, "p_avg_price": s.avg_price,
             "p_realized_pnl": s.realized_pnl, "p_opened_at": s.opened_at,
             "p_last_exec_time": fill["exec_time"], "p_updated_at": now,

@@ -685,7 +685,16 @@ def _fused_statement(with_order: bool) -> sa.Select[Any]:
         writes.append(
             orders.update()
             .where(orders.c.id == sa.bindparam("o_order_id"), inserted)
-            .values({name: sa.bindparam(f"o_{name}") for name in _ORDER_FILL_STATE})
+            .values(
+                {
+                    **{name: sa.bindparam(f"o_{name}") for name in _ORDER_FILL_STATE},
+                    # The fill's broker order id if the order has none (_plan refused another).
+                    "broker_order_id": sa.func.coalesce(
+                        orders.c.broker_order_id,
+                        sa.bindparam("o_broker_order_id", type_=orders.c.broker_order_id.type),
+                    ),
+                }
+            )
             .cte("order_update")
         )
     positions = t.positions
@@ -741,6 +750,7 @@ def _write_one_fill_at_once(tx: Tx, p: _Priced, position: sa.Row[Any]) -> Ingest
     params.update(_prefixed("daily_", day_total))
     if order_updates:
         params.update(_prefixed("o_", order_updates[0]))
+        params["o_broker_order_id"] = f.broker_order_id
     params.update(_prefixed("p_", position_values(result.state, f.exec_time, now)))
     params.update(
         {
@@ -750,7 +760,6 @@ def _write_one_fill_at_once(tx: Tx, p: _Priced, position: sa.Row[Any]) -> Ingest
             "a_created_at": now,
         }
     )
-    _record_broker_ids(tx, [p])
     rows = _FUSED[bool(order_updates)].execute(tx.conn, params)
     if not rows:
         return IngestResult(_replayed(tx.conn, p), True)

@@ -20,7 +20,7 @@ from dal.models import Fill
 from dal.position_math import PositionState
 from dal.positions import Difference
 from dal.scope import Actor
-from tests.conftest import table_counts
+from tests.conftest import captured_statements, table_counts
 from tests.factories import (
     T0,
     default_portfolio,
@@ -214,6 +214,30 @@ async def test_a_fill_records_its_orders_broker_id_once(
         await dal.trades.ingest_fill({**three, "broker_order_id": "B-2"})
     row = await dal.orders.get(order.id)
     assert (row.broker_order_id, row.filled_quantity) == ("B-1", Decimal(2))
+
+
+async def test_a_fill_on_an_open_position_records_the_broker_id_in_its_own_writes(
+    db: Database, trader: tuple[Actor, int, int]
+) -> None:
+    """The common live fill (its order known, its position open): the broker's order id
+    travels with the fill's writes, not as a statement of its own."""
+    actor, pid, inst = trader
+    dal = db.scoped(actor)
+    opening = await dal.orders.place(_limit_buy(pid, inst))
+    await dal.trades.ingest_fill(fill(pid, inst, "BUY", "1", "5", order_id=opening.id))
+    order = await dal.orders.place(_limit_buy(pid, inst, client_order_id="cid-live"))
+    one = fill(pid, inst, "BUY", "1", "5", order_id=order.id, trade_id="live-1")
+    with captured_statements(db) as sent:
+        await dal.trades.ingest_fill({**one, "broker_order_id": "B-live"})
+    assert (await dal.orders.get(order.id)).broker_order_id == "B-live"
+    if db.dialect == "postgresql":
+        # The read, then the writes as one WITH … statement: no UPDATE of its own.
+        assert [sql.split()[0].upper() for sql, _ in sent] == ["SELECT", "WITH"]
+    # A later fill under the same id changes nothing; the opening order's id stays unset.
+    two = fill(pid, inst, "BUY", "1", "5", order_id=order.id, trade_id="live-2")
+    await dal.trades.ingest_fill({**two, "broker_order_id": "B-live"})
+    assert (await dal.orders.get(order.id)).broker_order_id == "B-live"
+    assert (await dal.orders.get(opening.id)).broker_order_id is None
 
 
 async def test_an_orders_broker_id_is_recorded_once(
