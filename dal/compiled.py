@@ -66,7 +66,7 @@ class _Plan:
             [(rc.keyname, rc.type) for rc in compiled._result_columns or ()] if asks else []
         )
         self.row_type: type[tuple[Any, ...]] | None = (
-            _row_type([name for name, _ in self.result_columns]) if self.result_columns else None
+            row_type([name for name, _ in self.result_columns]) if self.result_columns else None
         )
         self.make_row: Callable[[Any], Any] | None = None  # made at the first execution
 
@@ -102,7 +102,8 @@ class _Plan:
         return self.make_row
 
 
-def _row_type(names: list[str]) -> type[tuple[Any, ...]]:
+def row_type(names: list[str]) -> type[tuple[Any, ...]]:
+    """A row class: a named tuple with ``_mapping``, as Core's rows are read."""
     base = namedtuple("Row", names, rename=True)  # type: ignore[misc]  # row tuples named after the result columns
 
     class Row(base):  # a namedtuple class made at run time
@@ -260,4 +261,4 @@ def _as_sqlalchemy_error(
     return exc
 
 
-__all__ = ["DriverStatement"]
+__all__ = ["DriverStatement", "row_type"]

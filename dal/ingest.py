@@ -42,7 +42,13 @@ from dal.decimals import DECIMAL_CONTEXT, NOTIONAL_CONTEXT, average_price
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import resolve_instrument
 from dal.models import Fill, valid_id
-from dal.ownership import OF_APPROVED_OWNER, one_statement_check, owned_portfolio, owner_params
+from dal.ownership import (
+    OF_APPROVED_OWNER,
+    PortfolioRow,
+    one_statement_check,
+    owned_portfolio,
+    owner_params,
+)
 from dal.pnl_summary import (
     Entry,
     add_to_summary,
@@ -215,9 +221,6 @@ class _Known:
     position: Any
 
 
-_PORTFOLIO_ROW = namedtuple(  # type: ignore[misc]  # row tuples named after the table columns
-    "_PORTFOLIO_ROW", [c.name for c in t.portfolios.c] + ["owner_timezone"]
-)
 _ORDER_ROW = namedtuple("_ORDER_ROW", [c.name for c in orders.c])  # type: ignore[misc]  # row tuples named after the table columns
 _POSITION_ROW = namedtuple("_POSITION_ROW", [c.name for c in t.positions.c])  # type: ignore[misc]  # row tuples named after the table columns
 
@@ -273,7 +276,7 @@ def _read_at_once(tx: Tx, fill: Fill) -> _Known | None:
         return None
     row = rows[0]
     a, b = _ROW_SPLIT
-    return _Known(_PORTFOLIO_ROW(*row[:a]), _ORDER_ROW(*row[a:b]), _POSITION_ROW(*row[b:]))
+    return _Known(PortfolioRow(*row[:a]), _ORDER_ROW(*row[a:b]), _POSITION_ROW(*row[b:]))
 
 
 def _plan(tx: Tx, fills: list[Fill], known: _Known | None = None) -> list[_Planned]:

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dal import schema as t
+from dal.compiled import DriverStatement, row_type
 from dal.errors import Conflict, NotFound
 from dal.models import valid_id
 from dal.scope import Tx
@@ -66,6 +67,41 @@ _APPROVED_OWNER_OF_PORTFOLIO = sa.exists().where(*OF_APPROVED_OWNER).correlate(N
 _PORTFOLIO_OF_APPROVED_OWNER = sa.select(
     portfolios, t.users.c.timezone.label("owner_timezone")
 ).where(*OF_APPROVED_OWNER)
+# Its rows as another statement's part reads them.
+PortfolioRow = row_type([c.name for c in portfolios.c] + ["owner_timezone"])
+
+
+class PortfolioWith:
+    """The portfolio check of a fresh session and the rows of ``table`` that go with the
+    portfolio (``on``, a condition on both tables), in one statement: the portfolio LEFT JOIN
+    the table, so a portfolio without such rows still comes back, once. The portfolio is then
+    remembered as ``owned_portfolio`` remembers it."""
+
+    def __init__(self, table: sa.Table, on: sa.ColumnElement[bool]) -> None:
+        columns = list(_PORTFOLIO_OF_APPROVED_OWNER.selected_columns)
+        self.statement = DriverStatement(
+            sa.select(*columns, *(c.label(f"with_{c.name}") for c in table.c))
+            .select_from(portfolios.outerjoin(table, on))
+            .where(*OF_APPROVED_OWNER)
+        )
+        self.row_type = row_type([c.name for c in table.c])
+        self._split = len(columns)
+        self._id_at = len(columns) + list(table.c.keys()).index("id")
+
+    def read(self, tx: Tx, portfolio_id: int, params: dict[str, Any]) -> list[Any] | None:
+        """The table's rows, the portfolio checked. None when the session is not fresh, the
+        portfolio was checked already, or the statement found nothing (which proves nothing):
+        the caller then checks the portfolio as usual and reads its rows itself."""
+        if portfolio_id in tx.state.get("checked_portfolios", ()) or not one_statement_check(
+            tx, portfolio_id
+        ):
+            return None
+        rows = self.statement.execute(tx.conn, {**owner_params(tx, portfolio_id), **params})
+        if not rows:
+            return None
+        split = self._split
+        _remember(tx, PortfolioRow(*rows[0][:split]))
+        return [self.row_type(*row[split:]) for row in rows if row[self._id_at] is not None]
 
 
 def owned_portfolio(tx: Tx, portfolio_id: int, *, writable: bool = False) -> sa.Row[Any]:
@@ -123,16 +159,21 @@ def _owned_portfolio(
     if row is None:
         if one_statement_check(tx, portfolio_id):
             row = tx.conn.execute(one_statement, owner_params(tx, portfolio_id)).one_or_none()
-            if row is not None:  # the actor is approved and active, too
-                tx.state["approved"] = True
+            if row is not None:
+                _remember(tx, row)
         if row is None:
-            row = _portfolio_in_scope(tx, portfolio_id)
-        checked[portfolio_id] = row
-        if "owner_timezone" in row._mapping:  # the one-statement check read it
-            tx.state.setdefault("owner_zones", {})[portfolio_id] = row.owner_timezone
+            row = checked[portfolio_id] = _portfolio_in_scope(tx, portfolio_id)
     if writable and row.archived_at is not None:
         raise Conflict(f"portfolio {row.name!r} is archived")
     return row
+
+
+def _remember(tx: Tx, row: Any) -> None:
+    """A portfolio the one-statement check read: checked for this transaction, the actor
+    approved and active, the owner's zone known."""
+    tx.state.setdefault("checked_portfolios", {})[row.id] = row
+    tx.state["approved"] = True
+    tx.state.setdefault("owner_zones", {})[row.id] = row.owner_timezone
 
 
 def forget_portfolios(tx: Tx) -> None:

@@ -28,7 +28,7 @@ from dal.models import (
     parse_config,
 )
 from dal.orders import owned_order
-from dal.ownership import owned_portfolio, owned_row
+from dal.ownership import PortfolioWith, owned_portfolio, owned_row
 from dal.risk_rules import (
     EffectiveLimit,
     OrderIntent,
@@ -57,6 +57,22 @@ _APPLICABLE = sa.select(policies).where(
         sa.and_(
             policies.c.scope_type == "STRATEGY",
             policies.c.scope_id == sa.bindparam("strategy_id"),
+        ),
+    ),
+)
+# The same policies with the portfolio check of a fresh session: one statement.
+_PORTFOLIO_AND_POLICIES = PortfolioWith(
+    policies,
+    sa.and_(
+        policies.c.user_id == t.portfolios.c.user_id,
+        policies.c.is_active,
+        sa.or_(
+            sa.and_(policies.c.scope_type == "USER", policies.c.scope_id == t.portfolios.c.user_id),
+            sa.and_(policies.c.scope_type == "PORTFOLIO", policies.c.scope_id == t.portfolios.c.id),
+            sa.and_(
+                policies.c.scope_type == "STRATEGY",
+                policies.c.scope_id == sa.bindparam("strategy_id", type_=policies.c.scope_id.type),
+            ),
         ),
     ),
 )
@@ -151,17 +167,21 @@ class RiskService:
     ) -> list[sa.Row[Any]]:
         """Active policies covering an order in this portfolio (and strategy), most specific
         scope first."""
-        portfolio = owned_portfolio(self.tx, portfolio_id)
+        rows = _PORTFOLIO_AND_POLICIES.read(self.tx, portfolio_id, {"strategy_id": strategy_id})
+        if rows is None:
+            portfolio = owned_portfolio(self.tx, portfolio_id)
+            rows = list(
+                self.tx.conn.execute(
+                    _APPLICABLE,
+                    {
+                        "user_id": portfolio.user_id,
+                        "portfolio_id": portfolio.id,
+                        "strategy_id": strategy_id,
+                    },
+                )
+            )
         if strategy_id is not None:
             owned_strategy(self.tx, strategy_id)  # another user's id is NotFound, as elsewhere
-        rows = self.tx.conn.execute(
-            _APPLICABLE,
-            {
-                "user_id": portfolio.user_id,
-                "portfolio_id": portfolio.id,
-                "strategy_id": strategy_id,
-            },
-        )
         return sorted(rows, key=lambda r: (SCOPE_ORDER[r.scope_type], r.id))
 
     def load_policies(

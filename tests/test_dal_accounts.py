@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -11,8 +12,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from dal.database import Database
 from dal.errors import Conflict, Forbidden, InvalidInput, NotApproved, NotFound
 from dal.scope import Actor
-from tests.conftest import table_counts
-from tests.factories import T0, default_portfolio, fill, make_instrument, make_strategy, make_user
+from tests.conftest import captured_statements, table_counts
+from tests.factories import (
+    T0,
+    default_portfolio,
+    fill,
+    make_instrument,
+    make_portfolio,
+    make_strategy,
+    make_user,
+)
 
 
 async def test_registration_is_pending_until_approved(db: Database) -> None:
@@ -267,6 +276,58 @@ async def test_policies_precedence_evaluate_and_breach(db: Database, engine: Asy
         assert limits["max_order_notional"].policy_id == pf_policy.id
     after = await table_counts(engine)
     assert after["risk_breaches"] == before["risk_breaches"] + len(ids)
+
+
+async def test_a_fresh_call_reads_the_policies_with_the_portfolio_check(db: Database) -> None:
+    """A short call (a bot command, a placement) checks the portfolio and reads the policies
+    that cover it in one statement; the policies are those a longer session reads."""
+    actor = await make_user(db)
+    pid = await default_portfolio(db, actor)
+    other_pid = await make_portfolio(db, actor, "other")
+    strategy = await make_strategy(db, actor)
+    stranger = await make_user(db)
+    limits = {"max_order_notional": "1000"}
+    async with db.session(actor) as s:
+        for name, scope, scope_id in (
+            ("mine", "USER", None),
+            ("here", "PORTFOLIO", pid),
+            ("there", "PORTFOLIO", other_pid),
+            ("sma", "STRATEGY", strategy),
+            ("off", "PORTFOLIO", pid),
+        ):
+            row = await s.risk.create_policy(
+                {"name": name, "scope_type": scope, "scope_id": scope_id, "config": limits}
+            )
+        await s.risk.set_active(row.id, False)
+    async with db.session(stranger) as s:
+        await s.risk.create_policy({"name": "theirs", "scope_type": "USER", "config": limits})
+
+    dal = db.scoped(actor)
+    for strategy_id, names in ((None, ["here", "mine"]), (strategy, ["sma", "here", "mine"])):
+        with captured_statements(db) as sent:
+            fresh = await dal.risk.applicable_policies(pid, strategy_id)
+        assert [p.name for p in fresh] == names
+        assert len(_reads(sent)) == (1 if strategy_id is None else 2)  # + the strategy check
+        async with db.session(actor) as s:
+            await s.users.me()  # the session has read the user: the two-step check runs
+            assert [tuple(p) for p in await s.risk.applicable_policies(pid, strategy_id)] == [
+                tuple(p) for p in fresh
+            ]
+    # A portfolio no policy covers still checks out in one statement; another's is not found.
+    newcomer = await make_user(db)
+    newcomer_pid = await default_portfolio(db, newcomer)
+    with captured_statements(db) as sent:
+        assert await db.scoped(newcomer).risk.applicable_policies(newcomer_pid) == []
+    assert len(_reads(sent)) == 1
+    with pytest.raises(NotFound):
+        await db.scoped(stranger).risk.applicable_policies(pid)
+    with captured_statements(db) as sent:
+        assert [p.name for p in await dal.risk.applicable_policies(other_pid)] == ["there", "mine"]
+    assert len(_reads(sent)) == 1
+
+
+def _reads(sent: list[tuple[str, Any]]) -> list[str]:
+    return [sql for sql, _ in sent if not sql.startswith("BEGIN")]
 
 
 async def test_daily_loss_uses_the_users_local_day(db: Database) -> None:
