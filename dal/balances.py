@@ -93,6 +93,52 @@ _OPEN_ORDERS = (
 )
 
 
+# The open orders' columns a reservation needs beyond an asset pair and two amounts.
+_ORDER_TERMS = (
+    orders.c.side,
+    orders.c.type,
+    orders.c.price,
+    orders.c.stop_price,
+    orders.c.reserve_price,
+    orders.c.instrument_id,
+)
+# The totals and the open orders in one statement (one snapshot: after the balance lock, a
+# placement reads both at once). Every row has the same columns: (asset, quote, fee currency,
+# three amounts, the order terms); a cash row has no quote, a trade-flow row no side, an open
+# order row is (base, quote, NULL, quantity, filled quantity, NULL, its terms). The first
+# part's column types convert every row's values, as in _CASH_AND_FLOWS; its NULLs are cast,
+# so PostgreSQL does not take the first two parts' NULL columns for text.
+_NO_TERMS = [sa.cast(sa.null(), c.type).label(c.name) for c in _ORDER_TERMS]
+_TOTALS_AND_OPEN_ORDERS = sa.union_all(
+    _FLOWS.add_columns(*_NO_TERMS),
+    sa.select(
+        t.cash_movements.c.currency,
+        sa.null(),
+        sa.null(),
+        decimal_sum(t.cash_movements.c.amount),
+        sa.null(),
+        sa.null(),
+        *_NO_TERMS,
+    )
+    .where(t.cash_movements.c.portfolio_id == sa.bindparam("portfolio_id"))
+    .group_by(t.cash_movements.c.currency),
+    sa.select(
+        instruments.c.base_asset,
+        instruments.c.currency,
+        sa.null(),
+        orders.c.quantity,
+        orders.c.filled_quantity,
+        sa.null(),
+        *_ORDER_TERMS,
+    )
+    .join(instruments, instruments.c.id == orders.c.instrument_id)
+    .where(
+        orders.c.portfolio_id == sa.bindparam("portfolio_id"),
+        orders.c.status.in_([sa.literal_column(f"'{s}'") for s in OPEN_STATUSES]),
+    ),
+)
+
+
 @dataclass(frozen=True)
 class Terms:
     """What a BUY reserves beyond its price: the broker's fee and, for a market order, its
@@ -140,6 +186,52 @@ def cash_and_totals(
                 result[quote] += proceeds
                 result[fee_currency or quote] -= fees
     return _canonical(cash), _canonical(result)
+
+
+@dataclass(frozen=True)
+class _OpenOrder:
+    """An open order as ``open_order_reservation`` reads it."""
+
+    side: str
+    type: str
+    quantity: Decimal
+    filled_quantity: Decimal
+    price: Decimal | None
+    stop_price: Decimal | None
+    reserve_price: Decimal | None
+    instrument_id: int
+    base_asset: str
+    currency: str
+
+
+def cash_totals_and_reserved(
+    conn: sa.Connection, portfolio_id: int, marks: Mapping[int, Decimal]
+) -> tuple[dict[str, Decimal], dict[str, Decimal], dict[str, Decimal]]:
+    """``cash_and_totals`` and ``reserved`` of the portfolio, read in one statement."""
+    cash: dict[str, Decimal] = {}
+    result: dict[str, Decimal] = defaultdict(Decimal)
+    held_back: dict[str, Decimal] = defaultdict(Decimal)
+    with localcontext(DECIMAL_CONTEXT):
+        for row in conn.execute(_TOTALS_AND_OPEN_ORDERS, {"portfolio_id": portfolio_id}):
+            base, quote, fee_currency, quantity, second, fees, side, *terms = row
+            if side is not None:  # an open order
+                order_type, price, stop_price, reserve, instrument_id = terms
+                asset, amount = open_order_reservation(
+                    _OpenOrder(
+                        side, order_type, quantity, second, price, stop_price, reserve,
+                        instrument_id, base, quote,
+                    ),
+                    marks,
+                )  # fmt: skip
+                held_back[asset] += amount
+            elif quote is None:  # the cash ledger in the currency ``base``
+                cash[base] = quantity
+                result[base] += quantity
+            else:
+                result[base] += quantity
+                result[quote] += second
+                result[fee_currency or quote] -= fees
+    return _canonical(cash), _canonical(result), _canonical(held_back)
 
 
 def totals(conn: sa.Connection, portfolio_id: int) -> dict[str, Decimal]:
@@ -247,7 +339,8 @@ def balances(
     """Every asset the portfolio holds or reserves, by name; ``held`` is the portfolio's
     ``totals`` when the caller has read them already."""
     if held is None:
-        held = totals(conn, portfolio_id)
+        _, held, held_back = cash_totals_and_reserved(conn, portfolio_id, marks)
+        return balance_list(held, held_back)
     return balance_list(held, reserved(conn, portfolio_id, marks))
 
 

@@ -28,9 +28,9 @@ from dal.balances import (
     balances,
     cash_and_totals,
     cash_totals,
+    cash_totals_and_reserved,
     lock_portfolio_account,
     reserve_price,
-    reserved,
     totals,
 )
 from dal.decimals import DECIMAL_CONTEXT, quantize18
@@ -180,8 +180,10 @@ def value_portfolio(
     PnL do not depend on it, and it is a statement less."""
     rates, marks = prices_and_stored_marks(conn, marks)
     if held is None:
-        cash, held_totals = cash_and_totals(conn, portfolio_id)
-        held_back = reserved(conn, portfolio_id, marks) if open_orders else {}
+        if open_orders:
+            cash, held_totals, held_back = cash_totals_and_reserved(conn, portfolio_id, marks)
+        else:
+            (cash, held_totals), held_back = cash_and_totals(conn, portfolio_id), {}
         held = balance_list(held_totals, held_back)
     else:
         cash = cash_totals(conn, portfolio_id)

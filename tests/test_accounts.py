@@ -371,3 +371,48 @@ async def test_a_portfolio_recorded_from_elsewhere_shows_balances_but_refuses_no
         "USD": ("-150", "0", "-150"),
         "USDT": ("60000", "0", "60000"),
     }
+
+
+async def test_totals_and_open_orders_read_at_once_equal_their_own_reads(db: Database) -> None:
+    """A placement reads the totals and what open orders hold back in one statement: the
+    same as the two reads of /balance, for cash, trades with fees in either asset, and open
+    orders of every kind (a partly filled one, a canceled one that holds nothing)."""
+    user, pid, btc = await bought(db)
+    eth = await make_instrument(db, "ETHBTC", base_asset="ETH", currency="BTC")
+    marks = {btc: MARK, eth: Decimal("0.05")}
+    async with db.session(user) as s:
+        await s.cash.deposit(pid, "1.5", "BTC")
+        await s.cash.withdraw(pid, "12.25", "USDT")
+        await s.trades.ingest_fill(
+            fill(pid, eth, "BUY", "2", "0.049", fee=Decimal("0.002"), fee_currency="ETH")
+        )
+        placed = [
+            await s.orders.place(order(pid, btc, "BUY", "0.01", type="LIMIT", price="58000")),
+            await s.orders.place(order(pid, btc, "BUY", "0.02"), reserve_price=Decimal("61100")),
+            await s.orders.place(order(pid, btc, "BUY", "0.03", type="STOP", stop_price="62000")),
+            await s.orders.place(order(pid, btc, "SELL", "0.04", type="LIMIT", price="65000")),
+            await s.orders.place(order(pid, eth, "SELL", "1.5", type="LIMIT", price="0.06")),
+            await s.orders.place(order(pid, eth, "BUY", "1", type="LIMIT", price="0.04")),
+        ]
+        await s.trades.ingest_fill(
+            fill(pid, eth, "SELL", "0.5", "0.06", order_id=placed[4].id, at=T0 + dt.timedelta(1))
+        )
+        await s.orders.cancel(placed[5].id)
+
+        def both(tx: Any) -> tuple[Any, Any]:
+            from dal import balances
+
+            at_once = balances.cash_totals_and_reserved(tx.conn, pid, marks)
+            cash, held = balances.cash_and_totals(tx.conn, pid)
+            return at_once, (cash, held, balances.reserved(tx.conn, pid, marks))
+
+        at_once, apart = await s.run(both)
+    assert at_once == apart
+    cash, held, held_back = at_once
+    assert cash == {"BTC": Decimal("1.5"), "USDT": Decimal("9987.75")}
+    assert held_back == {
+        "BTC": Decimal("0.04"),  # the unfilled rest of the SELL's 0.04
+        "ETH": Decimal("1"),  # 1.5 − 0.5 filled
+        # 0.01 × 58,000 + 0.02 × 61,100 + 0.03 × 62,000 (stop, no terms here)
+        "USDT": Decimal("3662"),
+    }
