@@ -47,6 +47,7 @@ from dal.ownership import (
     PortfolioRow,
     one_statement_check,
     owned_portfolio,
+    owned_portfolio_rows,
     owner_params,
 )
 from dal.pnl_summary import (
@@ -176,6 +177,10 @@ class _OrderFill:
 def ingest(tx: Tx, fills: list[Fill]) -> list[IngestResult]:
     """Ingest parsed fills in the caller's transaction; one result per fill, in order."""
     known = _read_at_once(tx, fills[0]) if len(fills) == 1 else None
+    if known is not None and fills[0].order_id is None:  # found by its client order id
+        fills = [fills[0].model_copy(update={"order_id": known.order.id, "client_order_id": None})]
+    elif any(f.client_order_id is not None for f in fills):
+        fills = _by_order_id(tx, fills)
     planned = _plan(tx, fills, known)
     keys = sorted({p.key for p in planned}, key=position_lock_order)
     positions = {
@@ -225,7 +230,7 @@ _ORDER_ROW = namedtuple("_ORDER_ROW", [c.name for c in orders.c])  # type: ignor
 _POSITION_ROW = namedtuple("_POSITION_ROW", [c.name for c in t.positions.c])  # type: ignore[misc]  # row tuples named after the table columns
 
 
-def _read_statement() -> sa.Select[Any]:
+def _read_statement(order: sa.ColumnElement[bool] | None = None) -> sa.Select[Any]:
     portfolios, users, positions = t.portfolios, t.users, t.positions
     return (
         sa.select(*portfolios.c, users.c.timezone, *orders.c, *positions.c)
@@ -245,7 +250,7 @@ def _read_statement() -> sa.Select[Any]:
         .where(
             *OF_APPROVED_OWNER,
             portfolios.c.archived_at.is_(None),
-            orders.c.id == sa.bindparam("order_id"),
+            orders.c.id == sa.bindparam("order_id") if order is None else order,
         )
         .with_for_update(of=[orders, positions])
     )
@@ -255,28 +260,62 @@ def _read_statement() -> sa.Select[Any]:
 _READ_AT_ONCE = DriverStatement(
     _read_statement().suffix_with("FOR SHARE OF users", dialect="postgresql")
 )
+# The same for a fill that names its order by client order id (a broker's fill).
+_READ_AT_ONCE_BY_CLIENT_ID = DriverStatement(
+    _read_statement(orders.c.client_order_id == sa.bindparam("client_order_id")).suffix_with(
+        "FOR SHARE OF users", dialect="postgresql"
+    )
+)
 _ROW_SPLIT = (len(t.portfolios.c) + 1, len(t.portfolios.c) + 1 + len(orders.c))
 
 
 def _read_at_once(tx: Tx, fill: Fill) -> _Known | None:
-    """The common single fill — of an order, on a position that exists, by an approved user
-    whose session has read nothing yet — checks its portfolio and locks its order and position
-    in one statement instead of three. None (read nothing) sends it the general way, which
-    also raises the precise error when something is missing."""
-    if (
-        fill.order_id is None
-        or not valid_id(fill.order_id)
-        or not one_statement_check(tx, fill.portfolio_id)
-    ):
+    """The common single fill — of an order (by id or client order id), on a position that
+    exists, by an approved user whose session has read nothing yet — checks its portfolio and
+    locks its order and position in one statement instead of three. None (read nothing)
+    sends it the general way, which also raises the precise error when something is
+    missing."""
+    if not one_statement_check(tx, fill.portfolio_id):
         return None
-    rows = _READ_AT_ONCE.execute(
-        tx.conn, {**owner_params(tx, fill.portfolio_id), "order_id": fill.order_id}
-    )
+    by: dict[str, Any]
+    if fill.client_order_id is not None:
+        statement, by = _READ_AT_ONCE_BY_CLIENT_ID, {"client_order_id": fill.client_order_id}
+    elif fill.order_id is not None and valid_id(fill.order_id):
+        statement, by = _READ_AT_ONCE, {"order_id": fill.order_id}
+    else:
+        return None
+    rows = statement.execute(tx.conn, {**owner_params(tx, fill.portfolio_id), **by})
     if not rows:
         return None
     row = rows[0]
     a, b = _ROW_SPLIT
     return _Known(PortfolioRow(*row[:a]), _ORDER_ROW(*row[a:b]), _POSITION_ROW(*row[b:]))
+
+
+def _by_order_id(tx: Tx, fills: list[Fill]) -> list[Fill]:
+    """The fills with their orders' ids for their client order ids (NotFound for one the
+    fill's portfolio does not have)."""
+    found: dict[tuple[int, str], int] = {}
+    out = []
+    for fill in fills:
+        if fill.client_order_id is None:
+            out.append(fill)
+            continue
+        key = (fill.portfolio_id, fill.client_order_id)
+        if key not in found:
+            rows = owned_portfolio_rows(
+                tx,
+                fill.portfolio_id,
+                sa.select(orders.c.id).where(
+                    orders.c.portfolio_id == fill.portfolio_id,
+                    orders.c.client_order_id == fill.client_order_id,
+                ),
+            )
+            if not rows:
+                raise NotFound(f"no order with client id {fill.client_order_id!r}")
+            found[key] = rows[0].id
+        out.append(fill.model_copy(update={"order_id": found[key], "client_order_id": None}))
+    return out
 
 
 def _plan(tx: Tx, fills: list[Fill], known: _Known | None = None) -> list[_Planned]:

@@ -381,6 +381,8 @@ class Fill(Input):
     symbol: Annotated[SymbolText | None, Upper] = None
     exchange: Annotated[ExchangeText | None, Upper] = None
     order_id: RowId | None = None
+    # Or the order by the client order id it was placed with (in the fill's portfolio).
+    client_order_id: ExternalId | None = None
     strategy_id: RowId | None = None
     side: Annotated[SideName, Upper]
     quantity: PositiveDecimal
@@ -411,6 +413,8 @@ class Fill(Input):
             raise ValueError("give instrument_id or symbol")
         if self.fee and self.fee_currency is None:
             raise ValueError("a fee needs its currency (fee_currency)")
+        if self.order_id is not None and self.client_order_id is not None:
+            raise ValueError("give order_id or client_order_id, not both")
         return self
 
 

@@ -9,16 +9,19 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dal import schema as t
 from dal.database import Database
+from dal.errors import InvalidInput, NotFound
 from dal.scope import Actor
 from dal.vocabulary import ORDER_STATUSES
-from tests.conftest import table_counts
-from tests.factories import make_user
+from tests.conftest import captured_statements, table_counts
+from tests.factories import T0, make_user
 from trading.brokers.binance import payload_to_events
+from trading.events import FillEvent
 from trading.mapping import apply_event
 
 PAYLOADS = Path(__file__).parent / "payloads" / "binance"
@@ -117,3 +120,62 @@ async def test_binance_sequence_maps_and_replays_idempotently(
         for event in shuffled:
             await apply_event(dal, portfolio.id, event)
     assert await _state(engine) == before
+
+
+async def test_a_fill_of_a_placed_order_is_found_by_its_client_id_in_its_first_read(
+    db: Database, engine: AsyncEngine
+) -> None:
+    """A live fill of an order tradebook placed goes in with two statements (the read that
+    checks and locks, the writes) once the position is open; a fill for a client id the
+    portfolio does not have falls back to the broker's description, writing nothing first."""
+    async with db.session(Actor.system()) as s:
+        btc = await s.instruments.create(
+            {"symbol": "BTCUSDT", "exchange": "BINANCE", "asset_type": "CRYPTO", "currency": "USDT"}
+        )
+    user = await make_user(db)
+    async with db.session(user) as s:
+        portfolio = await s.portfolios.default()
+        placed = []
+        for cid in ("tb-open", "tb-live"):
+            order = {"portfolio_id": portfolio.id, "instrument_id": btc.id, "side": "BUY",
+                     "type": "LIMIT", "quantity": "1", "price": "100"}  # fmt: skip
+            placed.append(await s.orders.place({**order, "client_order_id": cid}))
+    dal = db.scoped(user)
+
+    def trade(cid: str | None, trade_id: str, broker_order_id: str = "B-1") -> FillEvent:
+        return FillEvent(
+            symbol="BTCUSDT", exchange="BINANCE", broker_order_id=broker_order_id,
+            client_order_id=cid, broker_trade_id=trade_id, side="BUY",
+            quantity=Decimal("0.5"), price=Decimal("100"), fee=Decimal(0), fee_currency=None,
+            exec_time=T0,
+        )  # fmt: skip
+
+    await apply_event(dal, portfolio.id, trade("tb-open", "1", "B-0"))  # opens the position
+    with captured_statements(db) as sent:
+        await apply_event(dal, portfolio.id, trade("tb-live", "2"))
+    reads_and_writes = [sql.split()[0].upper() for sql, _ in sent if not sql.startswith("BEGIN")]
+    if db.dialect == "postgresql":
+        assert reads_and_writes == ["SELECT", "WITH"], [sql[:90] for sql, _ in sent]
+    async with db.session(user) as s:
+        live = await s.orders.get(placed[1].id)
+        assert (live.filled_quantity, live.broker_order_id) == (Decimal("0.5"), "B-1")
+
+    # A client id this portfolio never placed: the fill is stored without an order (nothing
+    # describes one), as before the shortcut; a fill naming its order both ways is refused.
+    before = await table_counts(engine)
+    await apply_event(dal, portfolio.id, trade("elsewhere-1", "3", "B-9"))
+    after = await table_counts(engine)
+    assert after["trades"] == before["trades"] + 1 and after["orders"] == before["orders"]
+    with pytest.raises(InvalidInput, match="order_id or client_order_id"):
+        await dal.trades.ingest_fill(
+            {"portfolio_id": portfolio.id, "instrument_id": btc.id, "side": "BUY",
+             "quantity": "1", "price": "1", "exec_time": T0, "order_id": placed[0].id,
+             "client_order_id": "tb-open"}
+        )  # fmt: skip
+    with pytest.raises(NotFound, match="no order with client id 'nope'"):
+        await dal.trades.ingest_fills(
+            [{"portfolio_id": portfolio.id, "instrument_id": btc.id, "side": "BUY",
+              "quantity": "1", "price": "1", "exec_time": T0, "client_order_id": "nope",
+              "broker_trade_id": "x"}]
+        )  # fmt: skip
+    assert await table_counts(engine) == after

@@ -48,21 +48,17 @@ async def _find_order(s: Any, portfolio_id: int, event: BrokerEvent) -> tuple[An
 async def apply_event(dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> Any:
     """Apply one broker event in one transaction; returns the order or trade row touched."""
     async with dal.session() as s:
+        if isinstance(event, FillEvent) and event.client_order_id:
+            trade = await _fill_of_own_order(s, portfolio_id, event)
+            if trade is not None:
+                return trade
         instrument, order = await _find_order(s, portfolio_id, event)
         if isinstance(event, FillEvent):
             order = await _fill_order(s, portfolio_id, instrument.id, event, order)
             result = await s.trades.ingest_fill(
                 _fill_row(portfolio_id, instrument.id, order, event)
             )
-            log.info(
-                "fill",
-                extra={
-                    "correlation_id": event.client_order_id or event.broker_order_id,
-                    "trade_id": result.trade.id,
-                    "replayed": result.replayed,
-                },
-            )
-            return result.trade
+            return _applied(event, result)
         assert isinstance(event, OrderUpdate)
         if order is None:
             order = await _create_manual_order(s, portfolio_id, instrument.id, event)
@@ -88,6 +84,32 @@ async def apply_event(dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> 
         if order.broker_order_id is None and event.broker_order_id:
             return await s.orders.record_broker_id(order.id, event.broker_order_id)
         return order
+
+
+async def _fill_of_own_order(s: Any, portfolio_id: int, event: FillEvent) -> Any:
+    """The common live fill, of an order tradebook placed: ingested by its client order id,
+    which the ingestion's first read finds the order by (one statement fewer than looking
+    it up first). None, having written nothing, when the portfolio has no such order."""
+    row = _fill_row(portfolio_id, None, None, event)
+    # By symbol, resolved after that read: a lookup first would cost the one-statement check.
+    row.update(symbol=event.symbol, exchange=event.exchange, client_order_id=event.client_order_id)
+    try:
+        result = await s.trades.ingest_fill(row)
+    except NotFound:
+        return None
+    return _applied(event, result)
+
+
+def _applied(event: FillEvent, result: Any) -> Any:
+    log.info(
+        "fill",
+        extra={
+            "correlation_id": event.client_order_id or event.broker_order_id,
+            "trade_id": result.trade.id,
+            "replayed": result.replayed,
+        },
+    )
+    return result.trade
 
 
 async def apply_fills(dal: ScopedDal, portfolio_id: int, fills: list[FillEvent]) -> list[Any]:
@@ -122,7 +144,7 @@ async def _fill_order(
 
 
 def _fill_row(
-    portfolio_id: int, instrument_id: int, order: Any, event: FillEvent
+    portfolio_id: int, instrument_id: int | None, order: Any, event: FillEvent
 ) -> dict[str, Any]:
     return {
         "portfolio_id": portfolio_id,
