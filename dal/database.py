@@ -22,7 +22,7 @@ from dal.engine import is_sqlite
 from dal.errors import ConcurrentUpdate, Forbidden, NotApproved
 from dal.execution import Channel, PostgresRunner, SQLiteRunner
 from dal.scope import Actor, Tx, is_long_running, is_read_only
-from dal.services import Services
+from dal.services import Services, TxServices
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -271,6 +271,25 @@ class ScopedDal(Services):
     async def transaction(self, unit: Callable[[Session], Awaitable[T]]) -> T:
         """``await unit(session)`` as one transaction, retried on deadlock (see Database)."""
         return await self._db.transaction(self.actor, unit, admin=self.admin_scope)
+
+    async def run(self, unit: Callable[[TxServices], T]) -> T:
+        """``unit(services)`` — a plain function calling the services of one transaction
+        directly — as one transaction in one step, as a single service call runs: no hop to
+        the event loop between its calls. Retried on deadlock like ``transaction``, so it
+        must not act outside the services until it returns."""
+        return await self._db.call(
+            self.actor, _UnitOfWork, _UnitOfWork.run, (unit,), admin=self.admin_scope
+        )
+
+
+class _UnitOfWork:
+    """A ``ScopedDal.run`` unit as the one method of a service (what ``Database.call`` runs)."""
+
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+
+    def run(self, unit: Callable[[TxServices], T]) -> T:
+        return unit(TxServices(self.tx))
 
 
 # SQLSTATEs of a transaction PostgreSQL aborted because of concurrent ones: safe to run again.

@@ -34,6 +34,7 @@ from dal.marks import MarkService
 from dal.orders import OrderService
 from dal.positions import PositionService
 from dal.risk import RiskService
+from dal.scope import Tx
 from dal.strategies import StrategyRunService, StrategyService
 from dal.trades import TradeService
 from dal.unapplied_events import UnappliedEventService
@@ -414,5 +415,105 @@ def facades() -> dict[str, type[Facade]]:
     return {
         name: get_type_hints(value.fget)["return"]
         for name, value in vars(Services).items()
+        if isinstance(value, property)
+    }
+
+
+class TxServices:
+    """The services of one transaction, called directly (no ``await``): what a unit of work
+    run by ``ScopedDal.run`` is given. The same methods as ``Services``, on the same
+    user-scoped transaction, without a hop to the event loop between calls."""
+
+    __slots__ = ("_tx",)
+
+    def __init__(self, tx: Tx) -> None:
+        self._tx = tx
+
+    @property
+    def users(self) -> UserService:
+        return UserService(self._tx)
+
+    @property
+    def brokers(self) -> BrokerService:
+        return BrokerService(self._tx)
+
+    @property
+    def accounts(self) -> AccountService:
+        return AccountService(self._tx)
+
+    @property
+    def portfolios(self) -> PortfolioService:
+        return PortfolioService(self._tx)
+
+    @property
+    def strategies(self) -> StrategyService:
+        return StrategyService(self._tx)
+
+    @property
+    def strategy_runs(self) -> StrategyRunService:
+        return StrategyRunService(self._tx)
+
+    @property
+    def instruments(self) -> InstrumentService:
+        return InstrumentService(self._tx)
+
+    @property
+    def orders(self) -> OrderService:
+        return OrderService(self._tx)
+
+    @property
+    def trades(self) -> TradeService:
+        return TradeService(self._tx)
+
+    @property
+    def positions(self) -> PositionService:
+        return PositionService(self._tx)
+
+    @property
+    def cash(self) -> CashService:
+        return CashService(self._tx)
+
+    @property
+    def risk(self) -> RiskService:
+        return RiskService(self._tx)
+
+    @property
+    def alerts(self) -> AlertService:
+        return AlertService(self._tx)
+
+    @property
+    def schedules(self) -> ScheduleService:
+        return ScheduleService(self._tx)
+
+    @property
+    def screeners(self) -> ScreenerService:
+        return ScreenerService(self._tx)
+
+    @property
+    def audit(self) -> AuditLogger:
+        return AuditLogger(self._tx)
+
+    @property
+    def marks(self) -> MarkService:
+        return MarkService(self._tx)
+
+    @property
+    def unapplied_events(self) -> UnappliedEventService:
+        return UnappliedEventService(self._tx)
+
+    @property
+    def equity(self) -> EquityService:
+        return EquityService(self._tx)
+
+    @property
+    def valuation(self) -> ValuationService:
+        return ValuationService(self._tx)
+
+
+def tx_services() -> dict[str, type[Any]]:
+    """Each ``TxServices`` attribute name and its service class (for tests)."""
+    return {
+        name: get_type_hints(value.fget)["return"]
+        for name, value in vars(TxServices).items()
         if isinstance(value, property)
     }

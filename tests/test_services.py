@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from dal.database import Database, ScopedDal, Session
 from dal.scope import Actor
-from dal.services import Exposed, Services, facades
+from dal.services import Exposed, Services, TxServices, facades, tx_services
 
 
 def test_every_public_service_method_is_exposed_as_itself() -> None:
@@ -34,3 +36,26 @@ async def test_facade_calls_run_in_the_session_or_as_their_own_transaction(
     assert "ACME" in in_session  # the session's own uncommitted insert is visible
     assert "ACME" in {b.code for b in await db.scoped(Actor.system()).brokers.list()}
     assert created.name == "Acme Brokerage"
+
+
+def test_a_unit_of_work_sees_the_same_services_called_directly() -> None:
+    assert {name: facade.service for name, facade in facades().items()} == tx_services()
+
+
+async def test_a_unit_of_work_runs_as_one_transaction(db: Database) -> None:
+    dal = db.scoped(Actor.system())
+
+    def create_then_fail(s: TxServices) -> None:
+        s.brokers.create("HALF", "Half done")
+        raise RuntimeError("the unit fails after its first write")
+
+    with pytest.raises(RuntimeError, match="after its first write"):
+        await dal.run(create_then_fail)
+    assert "HALF" not in {b.code for b in await dal.brokers.list()}  # nothing was kept
+
+    def create_and_list(s: TxServices) -> list[str]:
+        s.brokers.create("WHOLE", "Whole")
+        return [b.code for b in s.brokers.list()]
+
+    assert "WHOLE" in await dal.run(create_and_list)  # its own write, seen inside it
+    assert "WHOLE" in {b.code for b in await dal.brokers.list()}

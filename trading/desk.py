@@ -37,11 +37,12 @@ import sqlalchemy as sa
 
 from dal.balances import NO_TERMS, Terms
 from dal.clock import local_midnight
-from dal.database import Database, ScopedDal, Session
+from dal.database import Database, ScopedDal
 from dal.decimals import DECIMAL_CONTEXT
 from dal.errors import Conflict, InvalidInput, NotFound, TradebookError
 from dal.risk_rules import Verdict
 from dal.scope import Actor
+from dal.services import TxServices
 from dal.valuation import OrderCheck
 from dal.vocabulary import EXCHANGE_GATEWAYS, OPEN_STATUSES, NotificationKind, venue
 from trading.events import BrokerEvent, FillEvent, OrderGateway, OrderUpdate, event_from_json
@@ -293,8 +294,8 @@ class OrderDesk:
         order = {"type": "MARKET", **order}
         gateway = await self.gateway_for(order["portfolio_id"], dal)
         order = await self._on_gateway_exchange(dal, order, gateway)
-        async with dal.session() as s:
-            verdict, check = await self._checks(s, order, dict(self.market.marks.marks))
+        marks = dict(self.market.marks.marks)
+        verdict, check = await dal.run(lambda s: self._checks(s, order, marks))
         return Preview(verdict, check.refusal, self.venues[order["portfolio_id"]])
 
     async def _on_gateway_exchange(
@@ -317,12 +318,12 @@ class OrderDesk:
             self._on_exchange.add((exchange, symbol))  # instruments are never deleted
         return {**order, "exchange": exchange}
 
-    async def _checks(
-        self, s: Session, order: dict[str, Any], marks: dict[int, Decimal]
+    def _checks(
+        self, s: TxServices, order: dict[str, Any], marks: dict[int, Decimal]
     ) -> tuple[Verdict, OrderCheck]:
         """What an order meets before it is placed: the risk policies and the account."""
-        verdict = await s.risk.evaluate(order, marks)
-        return verdict, await s.valuation.check_order(order, marks, self.terms)
+        verdict = s.risk.evaluate(order, marks)
+        return verdict, s.valuation.check_order(order, marks, self.terms)
 
     async def place(self, dal: ScopedDal, order: dict[str, Any]) -> sa.Row[Any]:
         """Pre-trade risk, then the order row, then the gateway. A BLOCK stores the order
@@ -337,31 +338,29 @@ class OrderDesk:
         order = await self._on_gateway_exchange(dal, order, gateway)
         marks = dict(self.market.marks.marks)
 
-        async def store(s: Session) -> tuple[Verdict, str | None, sa.Row[Any], str, str]:
-            verdict, check = await self._checks(s, order, marks)
+        def store(s: TxServices) -> tuple[Verdict, str | None, sa.Row[Any], str, str]:
+            verdict, check = self._checks(s, order, marks)
             blocked = verdict.decision == "block"
             refusals = [check.refusal] if check.refusal else []
             if blocked:
                 refusals.append(f"risk: {_breaches(verdict)}")
-            row = await s.orders.place(
+            row = s.orders.place(
                 order,
                 status="REJECTED" if refusals else "NEW",
                 reason="; ".join(refusals) or None,
                 reserve_price=check.reserve_price,
             )
             if verdict.breaches:
-                await s.risk.record_breach(verdict, row.portfolio_id, row.instrument_id, row.id)
-            symbol = (await s.instruments.get(row.instrument_id)).symbol
+                s.risk.record_breach(verdict, row.portfolio_id, row.instrument_id, row.id)
+            symbol = s.instruments.get(row.instrument_id).symbol
             # Only a DAY order needs its owner's zone (it ends at their local midnight).
-            zone = (
-                await s.portfolios.owner_zone(row.portfolio_id)
-                if row.time_in_force == "DAY"
-                else "UTC"
-            )
+            day = row.time_in_force == "DAY"
+            zone = s.portfolios.owner_zone(row.portfolio_id) if day else "UTC"
             return verdict, check.refusal, row, symbol, zone
 
-        # One transaction, run again if PostgreSQL aborts it for a deadlock (no side effects).
-        verdict, refusal, row, symbol, owner_zone = await dal.transaction(store)
+        # One transaction in one step, run again if PostgreSQL aborts it for a deadlock (it
+        # has no side effects).
+        verdict, refusal, row, symbol, owner_zone = await dal.run(store)
         blocked = verdict.decision == "block"
         what = f"order #{row.id} ({row.side} {row.quantity} {symbol})"
         if verdict.breaches:
