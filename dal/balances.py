@@ -29,6 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dal import schema as t
+from dal.compiled import DriverStatement
 from dal.decimals import DECIMAL_CONTEXT, quantize18
 from dal.position_math import ZERO, canonical_amount
 from dal.types import decimal_sum
@@ -109,7 +110,7 @@ _ORDER_TERMS = (
 # part's column types convert every row's values, as in _CASH_AND_FLOWS; its NULLs are cast,
 # so PostgreSQL does not take the first two parts' NULL columns for text.
 _NO_TERMS = [sa.cast(sa.null(), c.type).label(c.name) for c in _ORDER_TERMS]
-_TOTALS_AND_OPEN_ORDERS = sa.union_all(
+_TOTALS_AND_OPEN_ORDERS_QUERY = sa.union_all(
     _FLOWS.add_columns(*_NO_TERMS),
     sa.select(
         t.cash_movements.c.currency,
@@ -137,6 +138,8 @@ _TOTALS_AND_OPEN_ORDERS = sa.union_all(
         orders.c.status.in_([sa.literal_column(f"'{s}'") for s in OPEN_STATUSES]),
     ),
 )
+
+_TOTALS_AND_OPEN_ORDERS = DriverStatement(_TOTALS_AND_OPEN_ORDERS_QUERY)
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,7 @@ def cash_totals_and_reserved(
     result: dict[str, Decimal] = defaultdict(Decimal)
     held_back: dict[str, Decimal] = defaultdict(Decimal)
     with localcontext(DECIMAL_CONTEXT):
-        for row in conn.execute(_TOTALS_AND_OPEN_ORDERS, {"portfolio_id": portfolio_id}):
+        for row in _TOTALS_AND_OPEN_ORDERS.execute(conn, {"portfolio_id": portfolio_id}):
             base, quote, fee_currency, quantity, second, fees, side, *terms = row
             if side is not None:  # an open order
                 order_type, price, stop_price, reserve, instrument_id = terms
@@ -379,10 +382,11 @@ def lock_portfolio_balances(conn: sa.Connection, portfolio_id: int) -> None:
 def lock_portfolio_account(conn: sa.Connection, portfolio_id: int) -> Any:
     """``lock_portfolio_balances`` and the portfolio's account terms (margin leverage, base
     currency) in one statement."""
-    return conn.execute(_LOCK_PORTFOLIO_ACCOUNT, {"portfolio_id": portfolio_id}).one()
+    (row,) = _LOCK_PORTFOLIO_ACCOUNT.execute(conn, {"portfolio_id": portfolio_id})
+    return row
 
 
-_LOCK_PORTFOLIO_ACCOUNT = (
+_LOCK_PORTFOLIO_ACCOUNT = DriverStatement(
     sa.select(t.accounts.c.margin_leverage, t.accounts.c.base_currency)
     .join(t.portfolios, t.portfolios.c.account_id == t.accounts.c.id)
     .where(t.portfolios.c.id == sa.bindparam("portfolio_id"))

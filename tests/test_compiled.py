@@ -16,9 +16,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import dal.balances
+import dal.engine
 import dal.ingest
+import dal.orders
+import dal.ownership
 import dal.pnl_summary
 import dal.positions
+import dal.risk
 import dal.scope
 from dal import compiled, schema
 from dal.database import Database
@@ -27,7 +32,10 @@ from dal.types import JSONDoc, Money, Notional, UTCDateTime
 from tests.factories import default_portfolio, fill, make_instrument, make_user
 
 # The modules whose hot statements run on the driver (importing them registers them).
-MODULES = (dal.ingest, dal.positions, dal.pnl_summary, dal.scope)
+MODULES = (
+    dal.balances, dal.engine, dal.ingest, dal.orders, dal.ownership, dal.pnl_summary,
+    dal.positions, dal.risk, dal.scope,
+)  # fmt: skip
 WHEN = dt.datetime(2024, 5, 1, 9, 30, tzinfo=dt.UTC)
 
 
