@@ -40,6 +40,7 @@ from dal.clock import local_midnight
 from dal.database import Database, ScopedDal
 from dal.decimals import DECIMAL_CONTEXT
 from dal.errors import Conflict, InvalidInput, NotFound, TradebookError
+from dal.models import NewOrder, parse
 from dal.risk_rules import Verdict
 from dal.scope import Actor
 from dal.services import TxServices
@@ -319,11 +320,11 @@ class OrderDesk:
         return {**order, "exchange": exchange}
 
     def _checks(
-        self, s: TxServices, order: dict[str, Any], marks: dict[int, Decimal]
+        self, s: TxServices, order: NewOrder | dict[str, Any], marks: dict[int, Decimal]
     ) -> tuple[Verdict, OrderCheck]:
         """What an order meets before it is placed: the risk policies and the account."""
-        verdict = s.risk.evaluate(order, marks)
-        return verdict, s.valuation.check_order(order, marks, self.terms)
+        new = parse(NewOrder, order)  # once, for both checks
+        return s.risk.evaluate(new, marks), s.valuation.check_order(new, marks, self.terms)
 
     async def place(self, dal: ScopedDal, order: dict[str, Any]) -> sa.Row[Any]:
         """Pre-trade risk, then the order row, then the gateway. A BLOCK stores the order
@@ -339,13 +340,14 @@ class OrderDesk:
         marks = dict(self.market.marks.marks)
 
         def store(s: TxServices) -> tuple[Verdict, str | None, sa.Row[Any], str, str]:
-            verdict, check = self._checks(s, order, marks)
+            new = parse(NewOrder, order)  # once, for the checks and the order row
+            verdict, check = self._checks(s, new, marks)
             blocked = verdict.decision == "block"
             refusals = [check.refusal] if check.refusal else []
             if blocked:
                 refusals.append(f"risk: {_breaches(verdict)}")
             row = s.orders.place(
-                order,
+                new,
                 status="REJECTED" if refusals else "NEW",
                 reason="; ".join(refusals) or None,
                 reserve_price=check.reserve_price,
