@@ -31,7 +31,9 @@ import sqlalchemy as sa
 from dal import schema as t
 from dal.compiled import DriverStatement
 from dal.decimals import DECIMAL_CONTEXT, quantize18
+from dal.ownership import ACCOUNT_TERMS
 from dal.position_math import ZERO, canonical_amount
+from dal.scope import Tx
 from dal.types import decimal_sum
 from dal.vocabulary import OPEN_STATUSES
 
@@ -379,15 +381,18 @@ def lock_portfolio_balances(conn: sa.Connection, portfolio_id: int) -> None:
         )
 
 
-def lock_portfolio_account(conn: sa.Connection, portfolio_id: int) -> Any:
+def lock_portfolio_account(tx: Tx, portfolio_id: int) -> Any:
     """``lock_portfolio_balances`` and the portfolio's account terms (margin leverage, base
-    currency) in one statement."""
-    (row,) = _LOCK_PORTFOLIO_ACCOUNT.execute(conn, {"portfolio_id": portfolio_id})
-    return row
+    currency) in one statement; nothing to do when this transaction's policy read took them
+    (``ownership.PortfolioWith``)."""
+    terms = tx.state.get("balance_locks", {}).get(portfolio_id)
+    if terms is None:
+        (terms,) = _LOCK_PORTFOLIO_ACCOUNT.execute(tx.conn, {"portfolio_id": portfolio_id})
+    return terms
 
 
 _LOCK_PORTFOLIO_ACCOUNT = DriverStatement(
-    sa.select(t.accounts.c.margin_leverage, t.accounts.c.base_currency)
+    sa.select(*ACCOUNT_TERMS)
     .join(t.portfolios, t.portfolios.c.account_id == t.accounts.c.id)
     .where(t.portfolios.c.id == sa.bindparam("portfolio_id"))
     .with_for_update(key_share=True, of=t.portfolios)

@@ -71,21 +71,41 @@ _PORTFOLIO_OF_APPROVED_OWNER = sa.select(
 PortfolioRow = row_type([c.name for c in portfolios.c] + ["owner_timezone"])
 
 
+# What a balance check needs of the portfolio's account.
+ACCOUNT_TERMS = (t.accounts.c.margin_leverage, t.accounts.c.base_currency)
+AccountTerms = row_type([c.name for c in ACCOUNT_TERMS])
+
+
 class PortfolioWith:
     """The portfolio check of a fresh session and the rows of ``table`` that go with the
     portfolio (``on``, a condition on both tables), in one statement: the portfolio LEFT JOIN
     the table, so a portfolio without such rows still comes back, once. The portfolio is then
-    remembered as ``owned_portfolio`` remembers it."""
+    remembered as ``owned_portfolio`` remembers it.
 
-    def __init__(self, table: sa.Table, on: sa.ColumnElement[bool]) -> None:
-        columns = list(_PORTFOLIO_OF_APPROVED_OWNER.selected_columns)
-        self.statement = DriverStatement(
+    ``balance_lock`` also takes the portfolio's balance lock and reads its account's terms
+    (``lock_portfolio_account``'s work, remembered for it): for reads that an order's balance
+    check follows in the same transaction."""
+
+    def __init__(
+        self, table: sa.Table, on: sa.ColumnElement[bool], *, balance_lock: bool = False
+    ) -> None:
+        columns = [*_PORTFOLIO_OF_APPROVED_OWNER.selected_columns, *ACCOUNT_TERMS]
+        query = (
             sa.select(*columns, *(c.label(f"with_{c.name}") for c in table.c))
-            .select_from(portfolios.outerjoin(table, on))
+            .select_from(
+                portfolios.join(t.accounts, t.accounts.c.id == portfolios.c.account_id).outerjoin(
+                    table, on
+                )
+            )
             .where(*OF_APPROVED_OWNER)
         )
+        if balance_lock:
+            query = query.with_for_update(key_share=True, of=portfolios)
+        self.statement = DriverStatement(query)
+        self.balance_lock = balance_lock
         self.row_type = row_type([c.name for c in table.c])
         self._split = len(columns)
+        self._terms_at = len(columns) - len(ACCOUNT_TERMS)
         self._id_at = len(columns) + list(table.c.keys()).index("id")
 
     def read(self, tx: Tx, portfolio_id: int, params: dict[str, Any]) -> list[Any] | None:
@@ -99,8 +119,12 @@ class PortfolioWith:
         rows = self.statement.execute(tx.conn, {**owner_params(tx, portfolio_id), **params})
         if not rows:
             return None
-        split = self._split
-        _remember(tx, PortfolioRow(*rows[0][:split]))
+        split, terms_at = self._split, self._terms_at
+        first = rows[0]
+        _remember(tx, PortfolioRow(*first[:terms_at]))
+        if self.balance_lock:
+            locks = tx.state.setdefault("balance_locks", {})
+            locks[portfolio_id] = AccountTerms(*first[terms_at:split])
         return [self.row_type(*row[split:]) for row in rows if row[self._id_at] is not None]
 
 
@@ -177,8 +201,10 @@ def _remember(tx: Tx, row: Any) -> None:
 
 
 def forget_portfolios(tx: Tx) -> None:
-    """After a change to portfolio rows: the next check in this transaction reads them again."""
+    """After a change to portfolio rows: the next check in this transaction reads them again
+    (a balance lock taken stays taken; its account terms are read again)."""
     tx.state.pop("checked_portfolios", None)
+    tx.state.pop("balance_locks", None)
 
 
 def _portfolio_in_scope(tx: Tx, portfolio_id: int) -> sa.Row[Any]:

@@ -60,7 +60,8 @@ _APPLICABLE = sa.select(policies).where(
         ),
     ),
 )
-# The same policies with the portfolio check of a fresh session: one statement.
+# The same policies with the portfolio check of a fresh session, in one statement that also
+# takes the balance lock an order's balance check takes next (desk: risk, then balances).
 _PORTFOLIO_AND_POLICIES = PortfolioWith(
     policies,
     sa.and_(
@@ -75,6 +76,7 @@ _PORTFOLIO_AND_POLICIES = PortfolioWith(
             ),
         ),
     ),
+    balance_lock=True,
 )
 breaches = t.risk_breaches
 SCOPE_ORDER = {"STRATEGY": 0, "PORTFOLIO": 1, "USER": 2}

@@ -249,7 +249,7 @@ def check_order(tx: Tx, order: NewOrder, marks: Mapping[int, Decimal], terms: Te
     """An order against the portfolio's free balances, as a spot exchange checks it, or
     against its buying power on a margin account. Takes the portfolio's balance lock."""
     conn = tx.conn
-    account = lock_portfolio_account(conn, order.portfolio_id)
+    account = lock_portfolio_account(tx, order.portfolio_id)
     instrument = resolve_instrument(tx, order.instrument_id, order.symbol, order.exchange)
     check_increments(instrument, order.quantity, order.price, order.stop_price)  # before Confirm
     mark = marks.get(instrument.id)

@@ -18,6 +18,7 @@ from dal.database import Database
 from dal.errors import NotFound
 from dal.scope import Actor
 from strategies.examples import REGISTRY
+from tests.conftest import captured_statements
 from tests.factories import Notes, default_portfolio, make_user
 from tradebook.app import Trading, build_trading, stored_prices
 from trading.desk import OrderDesk, event_to_json
@@ -303,6 +304,37 @@ async def test_orders_beyond_the_free_balance_are_stored_rejected_and_told(
     async with db.session(user) as s:
         (usdt,) = await s.valuation.balances(pid)
     assert (usdt.total, usdt.reserved) == (Decimal("10000"), Decimal("5905.9"))
+
+
+async def test_placements_at_once_cannot_both_spend_one_free_balance(db: Database) -> None:
+    """The balance lock a placement takes with its first read holds the others back: of four
+    orders that each need 59 % of the balance, one is placed. On PostgreSQL a placement reads
+    the checked portfolio with its policies, taking the lock, then the balances, then writes
+    the order."""
+    user = await make_user(db)
+    pid = await default_portfolio(db, user)
+    t = trading(db, Notes())
+    await t.start(feed=False)
+    await t.on_bar(bar(1, "60000"))
+    dal = db.scoped(user)
+    await t.desk.gateway_for(pid, dal)
+    with captured_statements(db) as sent:
+        rows = await asyncio.gather(
+            *(t.desk.place(dal, limit_buy(pid, "59000", "0.1")) for _ in range(4))
+        )
+    await t.settle()
+    await t.stop()
+    assert sorted(r.status for r in rows) == ["NEW", "REJECTED", "REJECTED", "REJECTED"]
+    if db.dialect == "postgresql":
+        first, *_ = [sql for sql, _ in sent if "risk_policies" in sql]
+        assert "FOR NO KEY UPDATE OF portfolios" in first
+
+        def count(part: str) -> int:
+            return sum(part in sql for sql, _ in sent)
+
+        # Per placement: the read, the balances and open orders, the order; no lock of its own.
+        assert count("risk_policies") == count("UNION ALL") == count("new_order AS") == 4
+        assert count("SELECT accounts.margin_leverage, accounts.base_currency \nFROM") == 0
 
 
 def test_a_summary_of_many_fills_is_exact_per_order() -> None:
