@@ -307,7 +307,10 @@ TRADE_NAMES = (
     "price", "fee", "fee_currency", "realized_pnl", "exec_time", "broker_trade_id",
     "position_opened_at", "meta_json",
 )  # fmt: skip
-ORDER_NAMES = ("status", "filled_quantity", "avg_fill_price", "fill_notional", "updated_at")
+ORDER_NAMES = (
+    "status", "filled_quantity", "avg_fill_price", "fill_notional", "broker_order_id",
+    "updated_at",
+)  # fmt: skip
 POSITION_NAMES = (
     "quantity", "cost_basis", "avg_price", "realized_pnl", "opened_at", "last_exec_time",
 )  # fmt: skip
@@ -527,7 +530,7 @@ class SamePlanSqlite3:
             (
                 order.status, amount_text(order.filled),
                 amount_text(average_price(order.notional, order.filled)),
-                notional_text_(order.notional), now, order_id,
+                notional_text_(order.notional), None, now, order_id,
             ),
         )  # fmt: skip
         s = result.state
@@ -606,7 +609,7 @@ class SamePlanSqlite3:
                 (
                     o.status, amount_text(o.filled),
                     amount_text(average_price(o.notional, o.filled)), notional_text_(o.notional),
-                    now, order_id,
+                    None, now, order_id,
                 )
                 for order_id, o in orders.items()
             ],
@@ -802,7 +805,15 @@ class SamePlanAsyncpg:
         await conn.executemany(
             t_(self.order, "many"),
             [
-                (o.status, o.filled, average_price(o.notional, o.filled), o.notional, now, oid)
+                (
+                    o.status,
+                    o.filled,
+                    average_price(o.notional, o.filled),
+                    o.notional,
+                    None,  # no broker order id: the bench's fills carry none
+                    now,
+                    oid,
+                )
                 for oid, o in orders.items()
             ],
         )

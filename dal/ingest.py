@@ -117,14 +117,17 @@ _LOCK_ORDERS = (
     .order_by(orders.c.id)
     .with_for_update()
 )
-_SET_BROKER_ID = DriverStatement(
-    orders.update()
-    .where(orders.c.id == sa.bindparam("order_id"), orders.c.broker_order_id.is_(None))
-    .values(broker_order_id=sa.bindparam("b_broker_order_id"))
-)
 _ORDER_FILL_STATE = ("filled_quantity", "avg_fill_price", "fill_notional", "status", "updated_at")
+# The broker's order id comes with a fill: set on an order that has none (_plan refuses a
+# fill naming another one).
+_BROKER_ID_IF_NONE = {
+    "broker_order_id": sa.func.coalesce(
+        orders.c.broker_order_id,
+        sa.bindparam("broker_order_id", type_=orders.c.broker_order_id.type),
+    )
+}
 _UPDATE_ORDER = DriverStatement(
-    orders.update().where(orders.c.id == sa.bindparam("order_id")),
+    orders.update().where(orders.c.id == sa.bindparam("order_id")).values(_BROKER_ID_IF_NONE),
     column_keys=["order_id", *_ORDER_FILL_STATE],
 )
 
@@ -172,6 +175,7 @@ class _OrderFill:
     filled: Decimal
     notional: Decimal  # Σ quantity × price of the fills so far, exact
     status: str
+    broker_order_id: str | None = None  # the first the batch's fills name
 
 
 def ingest(tx: Tx, fills: list[Fill]) -> list[IngestResult]:
@@ -520,6 +524,7 @@ def _order_updates(tx: Tx, new: Sequence[_Planned]) -> list[dict[str, Any]]:
                 order.filled_quantity, order.fill_notional, order.status
             )
         _order_after_fill(state, order, p.fill.quantity, p.fill.price)
+        state.broker_order_id = state.broker_order_id or p.fill.broker_order_id
     now = tx.now()
     return [
         {
@@ -530,26 +535,13 @@ def _order_updates(tx: Tx, new: Sequence[_Planned]) -> list[dict[str, Any]]:
             "fill_notional": state.notional,
             "status": state.status,
             "updated_at": now,
+            "broker_order_id": state.broker_order_id,
         }
         for order_id, state in states.items()
     ]
 
 
-def _record_broker_ids(tx: Tx, new: Sequence[_Planned]) -> None:
-    """The broker's ids of orders that had none, from their fills."""
-    ids = {
-        p.order.id: p.fill.broker_order_id
-        for p in new
-        if p.order is not None and p.order.broker_order_id is None and p.fill.broker_order_id
-    }
-    for order_id, broker_order_id in sorted(ids.items()):
-        _SET_BROKER_ID.execute(
-            tx.conn, {"order_id": order_id, "b_broker_order_id": broker_order_id}
-        )
-
-
 def _advance_orders(tx: Tx, new: list[_Written]) -> None:
-    _record_broker_ids(tx, new)
     params = _order_updates(tx, new)
     if len(params) == 1:
         _UPDATE_ORDER.execute(tx.conn, params[0])
@@ -730,7 +722,6 @@ def _fused_statement(with_order: bool) -> sa.Select[Any]:
             .values(
                 {
                     **{name: sa.bindparam(f"o_{name}") for name in _ORDER_FILL_STATE},
-                    # The fill's broker order id if the order has none (_plan refused another).
                     "broker_order_id": sa.func.coalesce(
                         orders.c.broker_order_id,
                         sa.bindparam("o_broker_order_id", type_=orders.c.broker_order_id.type),
@@ -792,7 +783,6 @@ def _write_one_fill_at_once(tx: Tx, p: _Priced, position: sa.Row[Any]) -> Ingest
     params.update(_prefixed("daily_", day_total))
     if order_updates:
         params.update(_prefixed("o_", order_updates[0]))
-        params["o_broker_order_id"] = f.broker_order_id
     params.update(_prefixed("p_", position_values(result.state, f.exec_time, now)))
     params.update(
         {

@@ -230,6 +230,8 @@ async def test_a_fill_on_an_open_position_records_the_broker_id_in_its_own_write
     with captured_statements(db) as sent:
         await dal.trades.ingest_fill({**one, "broker_order_id": "B-live"})
     assert (await dal.orders.get(order.id)).broker_order_id == "B-live"
+    # Set with the order's fill state, not by a statement of its own (either engine).
+    assert not [sql for sql, _ in sent if sql.startswith("UPDATE orders SET broker_order_id")]
     if db.dialect == "postgresql":
         # The read, then the writes as one WITH … statement: no UPDATE of its own.
         assert [sql.split()[0].upper() for sql, _ in sent] == ["SELECT", "WITH"]
@@ -238,6 +240,12 @@ async def test_a_fill_on_an_open_position_records_the_broker_id_in_its_own_write
     await dal.trades.ingest_fill({**two, "broker_order_id": "B-live"})
     assert (await dal.orders.get(order.id)).broker_order_id == "B-live"
     assert (await dal.orders.get(opening.id)).broker_order_id is None
+    # A batch records it too: the first id its fills name for an order that has none.
+    batched = await dal.orders.place(_limit_buy(pid, inst, client_order_id="cid-batch"))
+    both = [fill(pid, inst, "BUY", "1", "5", order_id=batched.id, trade_id=f"b{i}") for i in (1, 2)]
+    await dal.trades.ingest_fills([{**f, "broker_order_id": "B-batch"} for f in both])
+    row = await dal.orders.get(batched.id)
+    assert (row.broker_order_id, row.filled_quantity) == ("B-batch", Decimal(2))
 
 
 async def test_an_orders_broker_id_is_recorded_once(
