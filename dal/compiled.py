@@ -163,6 +163,14 @@ class DriverStatement:
         _run(conn, plan, [plan.parameters(v) for v in values], many=True)
 
 
+def _listened(conn: sa.Connection) -> bool:
+    """Whether a ``before_cursor_execute`` listener waits (the engine's other events, such as
+    SQLite's ``begin``, do not make every statement dispatch one)."""
+    return (conn._has_events or conn.engine._has_events) and bool(
+        conn.dispatch.before_cursor_execute
+    )
+
+
 def _run(conn: sa.Connection, plan: _Plan, parameters: Any, many: bool) -> list[Any]:
     if conn.dialect.driver == "asyncpg":
         driver = conn.connection.driver_connection
@@ -177,7 +185,7 @@ def _run_on_cursor(conn: sa.Connection, plan: _Plan, parameters: Any, many: bool
     dialect = conn.dialect
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # an open connection has one
     try:
-        if conn._has_events or conn.engine._has_events:
+        if _listened(conn):
             style = ExecuteStyle.EXECUTEMANY if many else ExecuteStyle.EXECUTE
             conn.dispatch.before_cursor_execute(
                 conn, cursor, plan.sql, parameters, _Context(plan.compiled, style), many
@@ -207,7 +215,7 @@ def _run_on_asyncpg(
     the same connection, awaited from the greenlet the connection is used in; asyncpg's own
     statement cache prepares each statement once per connection."""
     dialect = conn.dialect
-    if conn._has_events or conn.engine._has_events:
+    if _listened(conn):
         style = ExecuteStyle.EXECUTEMANY if many else ExecuteStyle.EXECUTE
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # an open connection has one
         try:
