@@ -137,8 +137,9 @@ class SilentGateway:
 async def test_a_cancel_without_an_answer_is_reported_pending(db: Database) -> None:
     user = await make_user(db)
     pid = await default_portfolio(db, user)
+    notes = Notes()
     desk = OrderDesk(
-        db, Market(), Notes(), {"PAPER": lambda p, a: SilentGateway()}, cancel_answer_s=0.05
+        db, Market(), notes, {"PAPER": lambda p, a: SilentGateway()}, cancel_answer_s=0.05
     )
     dal = db.scoped(user)
     async with db.session(Actor.system()) as s:
@@ -150,6 +151,19 @@ async def test_a_cancel_without_an_answer_is_reported_pending(db: Database) -> N
     assert outcome.line() == f"#{order.id}: cancel sent, no answer from the broker yet"
     async with db.session(user) as s:
         assert (await s.orders.get(order.id)).status == "NEW"  # nothing assumed
+
+    # The broker's answer comes later: the owner is told then, once.
+    canceled = OrderUpdate(
+        symbol="BTCUSDT", exchange="PAPER", broker_order_id="P-1",
+        client_order_id=order.client_order_id, status="CANCELED", side="BUY",
+        order_type="LIMIT", quantity=order.quantity, price=order.price, stop_price=None,
+        time_in_force="GTC", event_time=T0,
+    )  # fmt: skip
+    for _ in range(2):  # the broker sent it twice
+        await desk.apply(dal, pid, canceled)
+    assert notes.joined().count(f"Order #{order.id} canceled") == 1
+    async with db.session(user) as s:
+        assert (await s.orders.get(order.id)).status == "CANCELED"
     await desk.stop()
 
 

@@ -18,7 +18,9 @@
   power. The desk only places orders for portfolios it has a gateway for, so portfolios whose
   trades are recorded with /fill are never refused anything.
 * A cancel has an outcome the caller can show: canceled, still pending (no answer from the
-  broker in time) or refused with the reason. The kill switch reports per order.
+  broker in time) or refused with the reason. The kill switch reports per order. An order
+  that ends without anyone waiting (a pending cancel answered later, a cancel made on the
+  exchange, a rejection or expiry) is told to its owner, once.
 """
 
 from __future__ import annotations
@@ -45,7 +47,13 @@ from dal.risk_rules import Verdict
 from dal.scope import Actor
 from dal.services import TxServices
 from dal.valuation import OrderCheck
-from dal.vocabulary import EXCHANGE_GATEWAYS, OPEN_STATUSES, NotificationKind, venue
+from dal.vocabulary import (
+    ENDED_STATUSES,
+    EXCHANGE_GATEWAYS,
+    OPEN_STATUSES,
+    NotificationKind,
+    venue,
+)
 from trading.events import BrokerEvent, FillEvent, OrderGateway, OrderUpdate, event_from_json
 from trading.mapping import apply_event, apply_fills
 from trading.market import Market
@@ -66,6 +74,7 @@ CANCEL_ANSWER_S = 5.0  # how long a cancel waits for the broker's answer
 FILL_BATCH = 100  # fills applied in one transaction when they arrive together
 NOTICE_EACH_UP_TO = 5  # fills applied together beyond this get one summary notice
 SUMMARY_LINES = 20  # orders listed in that summary
+ENDS_REMEMBERED = 10_000  # orders whose end was told, kept so a duplicate is not told again
 
 
 class GatewayFactory(Protocol):
@@ -176,6 +185,7 @@ class OrderDesk:
         self._pumps: dict[int, asyncio.Task[None]] = {}  # portfolio id → its event pump
         self._gateway_lock = asyncio.Lock()
         self._answers: dict[int, asyncio.Future[str]] = {}  # order id → its final status
+        self._ends_told: dict[int, None] = {}  # order ids whose end was told, oldest first
 
     # --- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -560,13 +570,26 @@ class OrderDesk:
                     log.exception("fill listener failed")
             return
         answer = self._answers.get(row.id)
-        if answer is not None and not answer.done() and row.status not in OPEN_STATUSES:
+        awaited = answer is not None and not answer.done()
+        if answer is not None and awaited and row.status not in OPEN_STATUSES:
             answer.set_result(row.status)
-        if event.status in ("REJECTED", "EXPIRED"):
+        # An order that ended here is told once. A cancel someone waits for is told by its
+        # outcome; a later one (a cancel reported pending, one made on the exchange) here.
+        ended_here = event.status in ENDED_STATUSES and row.status == event.status
+        if ended_here and not (awaited and event.status == "CANCELED") and self._told(row.id):
             reason = f": {event.reason}" if event.reason else ""
             await self.notify(
                 user_id, f"Order #{row.id} {event.status.lower()}{reason}", NotificationKind.FILLS
             )
+
+    def _told(self, order_id: int) -> bool:
+        """True the first time an order's end is told (a duplicated event is not told again)."""
+        if order_id in self._ends_told:
+            return False
+        self._ends_told[order_id] = None
+        if len(self._ends_told) > ENDS_REMEMBERED:
+            self._ends_told.pop(next(iter(self._ends_told)))
+        return True
 
     async def _keep(
         self, dal: ScopedDal, portfolio_id: int, event: BrokerEvent, error: Exception
