@@ -60,26 +60,31 @@ _APPLICABLE = sa.select(policies).where(
         ),
     ),
 )
-# The same policies with the portfolio check of a fresh session, in one statement that also
-# takes the balance lock an order's balance check takes next (desk: risk, then balances).
-_PORTFOLIO_AND_POLICIES = PortfolioWith(
-    policies,
-    sa.and_(
-        policies.c.user_id == t.portfolios.c.user_id,
-        policies.c.is_active,
-        sa.or_(
-            sa.and_(policies.c.scope_type == "USER", policies.c.scope_id == t.portfolios.c.user_id),
-            sa.and_(policies.c.scope_type == "PORTFOLIO", policies.c.scope_id == t.portfolios.c.id),
-            sa.and_(
-                policies.c.scope_type == "STRATEGY",
-                policies.c.scope_id == sa.bindparam("strategy_id", type_=policies.c.scope_id.type),
-            ),
+# The same policies with the portfolio check of a fresh session, in one statement.
+_COVERING = sa.and_(
+    policies.c.user_id == t.portfolios.c.user_id,
+    policies.c.is_active,
+    sa.or_(
+        sa.and_(policies.c.scope_type == "USER", policies.c.scope_id == t.portfolios.c.user_id),
+        sa.and_(policies.c.scope_type == "PORTFOLIO", policies.c.scope_id == t.portfolios.c.id),
+        sa.and_(
+            policies.c.scope_type == "STRATEGY",
+            policies.c.scope_id == sa.bindparam("strategy_id", type_=policies.c.scope_id.type),
         ),
     ),
-    balance_lock=True,
 )
+_PORTFOLIO_AND_POLICIES = PortfolioWith(policies, _COVERING)
+# An order's evaluation: also the balance lock its balance check takes next (the desk checks
+# risk, then balances), and the account's terms that check reads.
+_PRE_TRADE = PortfolioWith(policies, _COVERING, balance_lock=True)
 breaches = t.risk_breaches
 SCOPE_ORDER = {"STRATEGY": 0, "PORTFOLIO": 1, "USER": 2}
+
+
+def _merged(rows: list[sa.Row[Any]]) -> dict[str, EffectiveLimit]:
+    return merge_limits(
+        (r.id, r.scope_type, PolicyConfig.model_validate(r.config_json)) for r in rows
+    )
 
 
 def owned_policy(tx: Tx, policy_id: int) -> sa.Row[Any]:
@@ -169,7 +174,12 @@ class RiskService:
     ) -> list[sa.Row[Any]]:
         """Active policies covering an order in this portfolio (and strategy), most specific
         scope first."""
-        rows = _PORTFOLIO_AND_POLICIES.read(self.tx, portfolio_id, {"strategy_id": strategy_id})
+        return self._applicable(portfolio_id, strategy_id, _PORTFOLIO_AND_POLICIES)
+
+    def _applicable(
+        self, portfolio_id: int, strategy_id: int | None, fresh: PortfolioWith
+    ) -> list[sa.Row[Any]]:
+        rows = fresh.read(self.tx, portfolio_id, {"strategy_id": strategy_id})
         if rows is None:
             portfolio = owned_portfolio(self.tx, portfolio_id)
             rows = list(
@@ -190,10 +200,7 @@ class RiskService:
         self, portfolio_id: int, strategy_id: int | None = None
     ) -> dict[str, EffectiveLimit]:
         """The effective limits: per limit key, STRATEGY over PORTFOLIO over USER."""
-        rows = self.applicable_policies(portfolio_id, strategy_id)
-        return merge_limits(
-            (r.id, r.scope_type, PolicyConfig.model_validate(r.config_json)) for r in rows
-        )
+        return _merged(self.applicable_policies(portfolio_id, strategy_id))
 
     # --- evaluation -----------------------------------------------------------------------------
     def snapshot(
@@ -256,7 +263,7 @@ class RiskService:
             raise InvalidInput("give the latest marks (instrument id → price) to evaluate risk")
         marks = check_marks(marks)
         instrument = resolve_instrument(self.tx, new.instrument_id, new.symbol, new.exchange)
-        limits = self.load_policies(new.portfolio_id, new.strategy_id)
+        limits = _merged(self._applicable(new.portfolio_id, new.strategy_id, _PRE_TRADE))
         if not limits:  # no policy in effect (the portfolio is owner-checked): nothing to measure
             return Verdict("allow", (), ())
         snapshot = self.snapshot(new.portfolio_id, marks, instrument.currency, now)
