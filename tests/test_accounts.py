@@ -410,6 +410,8 @@ async def test_totals_and_open_orders_read_at_once_equal_their_own_reads(db: Dat
     assert at_once == apart
     cash, held, held_back = at_once
     assert cash == {"BTC": Decimal("1.5"), "USDT": Decimal("9987.75")}
+    # BTC: 0.1 + 1.5 − 2 × 0.049 + 0.5 × 0.06; ETH: 2 − 0.002 (fee) − 0.5; USDT: 3,994 − 12.25
+    assert held == {"BTC": Decimal("1.532"), "ETH": Decimal("1.498"), "USDT": Decimal("3981.75")}
     assert held_back == {
         "BTC": Decimal("0.04"),  # the unfilled rest of the SELL's 0.04
         "ETH": Decimal("1"),  # 1.5 − 0.5 filled
