@@ -234,7 +234,7 @@ async def test_a_driver_statement_fails_as_core_does(db: Database) -> None:
     values = {"order_id": order.id, "portfolio_id": portfolio_id + 1000}
 
     def both(tx: Tx) -> list[tuple[type[BaseException], str | None]]:
-        errors = []
+        errors: list[tuple[type[BaseException], str | None]] = []
         for run in (
             lambda: tx.conn.execute(_MOVE_ORDER.statement, values),
             lambda: _MOVE_ORDER.execute(tx.conn, values),
