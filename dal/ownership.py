@@ -67,7 +67,7 @@ _APPROVED_OWNER_OF_PORTFOLIO = sa.exists().where(*OF_APPROVED_OWNER).correlate(N
 _PORTFOLIO_OF_APPROVED_OWNER = sa.select(
     portfolios, t.users.c.timezone.label("owner_timezone")
 ).where(*OF_APPROVED_OWNER)
-# Its rows as another statement's part reads them.
+# A row of that query read as part of a wider statement's row (as Core's rows are read).
 PortfolioRow = row_type([c.name for c in portfolios.c] + ["owner_timezone"])
 
 
