@@ -29,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dal import schema as t
-from dal.compiled import DriverStatement
+from dal.compiled import DriverStatement, row_type
 from dal.decimals import DECIMAL_CONTEXT, quantize18
 from dal.ownership import ACCOUNT_TERMS
 from dal.position_math import ZERO, canonical_amount
@@ -59,41 +59,53 @@ _CASH = (
     .where(t.cash_movements.c.portfolio_id == sa.bindparam("portfolio_id"))
     .group_by(t.cash_movements.c.currency)
 )
+
+
 # Both in one statement: a cash row is (currency, NULL, NULL, its sum, NULL, NULL); a trade
 # row always has a quote currency. The trade rows come first: their column types convert
 # the amounts of every row.
-_CASH_AND_FLOWS = sa.union_all(
-    _FLOWS,
-    sa.select(
-        t.cash_movements.c.currency,
-        sa.null(),
-        sa.null(),
-        decimal_sum(t.cash_movements.c.amount),
-        sa.null(),
-        sa.null(),
+def _cash_rows(*more: Any) -> sa.Select[Any]:
+    return (
+        sa.select(
+            t.cash_movements.c.currency,
+            sa.null(),
+            sa.null(),
+            decimal_sum(t.cash_movements.c.amount),
+            sa.null(),
+            sa.null(),
+            *more,
+        )
+        .where(t.cash_movements.c.portfolio_id == sa.bindparam("portfolio_id"))
+        .group_by(t.cash_movements.c.currency)
     )
-    .where(t.cash_movements.c.portfolio_id == sa.bindparam("portfolio_id"))
-    .group_by(t.cash_movements.c.currency),
+
+
+def _open_orders(*columns: Any) -> sa.Select[Any]:
+    return (
+        sa.select(*columns)
+        .join(instruments, instruments.c.id == orders.c.instrument_id)
+        .where(
+            orders.c.portfolio_id == sa.bindparam("portfolio_id"),
+            orders.c.status.in_([sa.literal_column(f"'{s}'") for s in OPEN_STATUSES]),
+        )
+    )
+
+
+_CASH_AND_FLOWS = sa.union_all(_FLOWS, _cash_rows())
+_OPEN_ORDERS = _open_orders(
+    orders.c.side,
+    orders.c.type,
+    orders.c.quantity,
+    orders.c.filled_quantity,
+    orders.c.price,
+    orders.c.stop_price,
+    orders.c.reserve_price,
+    orders.c.instrument_id,
+    instruments.c.base_asset,
+    instruments.c.currency,
 )
-_OPEN_ORDERS = (
-    sa.select(
-        orders.c.side,
-        orders.c.type,
-        orders.c.quantity,
-        orders.c.filled_quantity,
-        orders.c.price,
-        orders.c.stop_price,
-        orders.c.reserve_price,
-        orders.c.instrument_id,
-        instruments.c.base_asset,
-        instruments.c.currency,
-    )
-    .join(instruments, instruments.c.id == orders.c.instrument_id)
-    .where(
-        orders.c.portfolio_id == sa.bindparam("portfolio_id"),
-        orders.c.status.in_([sa.literal_column(f"'{s}'") for s in OPEN_STATUSES]),
-    )
-)
+# An open order as ``open_order_reservation`` reads it.
+_OpenOrderRow = row_type(list(_OPEN_ORDERS.selected_columns.keys()))
 
 
 # The open orders' columns a reservation needs beyond an asset pair and two amounts.
@@ -112,36 +124,21 @@ _ORDER_TERMS = (
 # part's column types convert every row's values, as in _CASH_AND_FLOWS; its NULLs are cast,
 # so PostgreSQL does not take the first two parts' NULL columns for text.
 _NO_TERMS = [sa.cast(sa.null(), c.type).label(c.name) for c in _ORDER_TERMS]
-_TOTALS_AND_OPEN_ORDERS_QUERY = sa.union_all(
-    _FLOWS.add_columns(*_NO_TERMS),
-    sa.select(
-        t.cash_movements.c.currency,
-        sa.null(),
-        sa.null(),
-        decimal_sum(t.cash_movements.c.amount),
-        sa.null(),
-        sa.null(),
-        *_NO_TERMS,
+_TOTALS_AND_OPEN_ORDERS = DriverStatement(
+    sa.union_all(
+        _FLOWS.add_columns(*_NO_TERMS),
+        _cash_rows(*_NO_TERMS),
+        _open_orders(
+            instruments.c.base_asset,
+            instruments.c.currency,
+            sa.null(),
+            orders.c.quantity,
+            orders.c.filled_quantity,
+            sa.null(),
+            *_ORDER_TERMS,
+        ),
     )
-    .where(t.cash_movements.c.portfolio_id == sa.bindparam("portfolio_id"))
-    .group_by(t.cash_movements.c.currency),
-    sa.select(
-        instruments.c.base_asset,
-        instruments.c.currency,
-        sa.null(),
-        orders.c.quantity,
-        orders.c.filled_quantity,
-        sa.null(),
-        *_ORDER_TERMS,
-    )
-    .join(instruments, instruments.c.id == orders.c.instrument_id)
-    .where(
-        orders.c.portfolio_id == sa.bindparam("portfolio_id"),
-        orders.c.status.in_([sa.literal_column(f"'{s}'") for s in OPEN_STATUSES]),
-    ),
 )
-
-_TOTALS_AND_OPEN_ORDERS = DriverStatement(_TOTALS_AND_OPEN_ORDERS_QUERY)
 
 
 @dataclass(frozen=True)
@@ -180,33 +177,29 @@ def cash_and_totals(
     cash: dict[str, Decimal] = {}
     result: dict[str, Decimal] = defaultdict(Decimal)
     with localcontext(DECIMAL_CONTEXT):
-        for base, quote, fee_currency, quantity, proceeds, fees in conn.execute(
-            _CASH_AND_FLOWS, {"portfolio_id": portfolio_id}
-        ):
-            if quote is None:  # the cash ledger in the currency ``base``
-                cash[base] = quantity
-                result[base] += quantity
-            else:
-                result[base] += quantity
-                result[quote] += proceeds
-                result[fee_currency or quote] -= fees
+        for row in conn.execute(_CASH_AND_FLOWS, {"portfolio_id": portfolio_id}):
+            _add_flow(cash, result, *row)
     return _canonical(cash), _canonical(result)
 
 
-@dataclass(frozen=True)
-class _OpenOrder:
-    """An open order as ``open_order_reservation`` reads it."""
-
-    side: str
-    type: str
-    quantity: Decimal
-    filled_quantity: Decimal
-    price: Decimal | None
-    stop_price: Decimal | None
-    reserve_price: Decimal | None
-    instrument_id: int
-    base_asset: str
-    currency: str
+def _add_flow(
+    cash: dict[str, Decimal],
+    result: dict[str, Decimal],
+    base: str,
+    quote: str | None,
+    fee_currency: str | None,
+    quantity: Decimal,
+    proceeds: Decimal,
+    fees: Decimal,
+) -> None:
+    """One row of _CASH_AND_FLOWS added to the cash and the totals."""
+    if quote is None:  # the cash ledger in the currency ``base``
+        cash[base] = quantity
+        result[base] += quantity
+    else:
+        result[base] += quantity
+        result[quote] += proceeds
+        result[fee_currency or quote] -= fees
 
 
 def cash_totals_and_reserved(
@@ -219,23 +212,12 @@ def cash_totals_and_reserved(
     with localcontext(DECIMAL_CONTEXT):
         for row in _TOTALS_AND_OPEN_ORDERS.execute(conn, {"portfolio_id": portfolio_id}):
             base, quote, fee_currency, quantity, second, fees, side, *terms = row
-            if side is not None:  # an open order
-                order_type, price, stop_price, reserve, instrument_id = terms
-                asset, amount = open_order_reservation(
-                    _OpenOrder(
-                        side, order_type, quantity, second, price, stop_price, reserve,
-                        instrument_id, base, quote,
-                    ),
-                    marks,
-                )  # fmt: skip
+            if side is not None:  # an open order: its quantity and filled quantity, its terms
+                order = _OpenOrderRow(*(side, terms[0], quantity, second, *terms[1:], base, quote))
+                asset, amount = open_order_reservation(order, marks)
                 held_back[asset] += amount
-            elif quote is None:  # the cash ledger in the currency ``base``
-                cash[base] = quantity
-                result[base] += quantity
             else:
-                result[base] += quantity
-                result[quote] += second
-                result[fee_currency or quote] -= fees
+                _add_flow(cash, result, base, quote, fee_currency, quantity, second, fees)
     return _canonical(cash), _canonical(result), _canonical(held_back)
 
 

@@ -217,10 +217,11 @@ _MOVE_ORDER = compiled.DriverStatement(
 compiled.ALL.remove(_MOVE_ORDER)  # not the DAL's: kept out of the statement-by-statement test
 
 
-async def test_a_driver_statement_fails_as_core_does(db: Database) -> None:
+async def _an_order(db: Database, symbol: str) -> tuple[Any, int, Any]:
+    """A new user, their portfolio and an open order in it."""
     actor = await make_user(db)
     portfolio_id = await default_portfolio(db, actor)
-    instrument_id = await make_instrument(db, "ERRUSDT")
+    instrument_id = await make_instrument(db, symbol)
     order = await db.scoped(actor).orders.place(
         {
             "portfolio_id": portfolio_id,
@@ -231,6 +232,11 @@ async def test_a_driver_statement_fails_as_core_does(db: Database) -> None:
             "price": Decimal(100),
         }
     )
+    return actor, portfolio_id, order
+
+
+async def test_a_driver_statement_fails_as_core_does(db: Database) -> None:
+    actor, portfolio_id, order = await _an_order(db, "ERRUSDT")
     values = {"order_id": order.id, "portfolio_id": portfolio_id + 1000}
 
     def both(tx: Tx) -> list[tuple[type[BaseException], str | None]]:
@@ -259,19 +265,7 @@ async def test_a_driver_statement_fails_as_core_does(db: Database) -> None:
 async def test_a_lost_postgresql_connection_is_invalidated(db: Database) -> None:
     if db.dialect != "postgresql":
         pytest.skip("PostgreSQL: a connection the server ends")
-    actor = await make_user(db)
-    portfolio_id = await default_portfolio(db, actor)
-    instrument_id = await make_instrument(db, "LOSTUSDT")
-    order = await db.scoped(actor).orders.place(
-        {
-            "portfolio_id": portfolio_id,
-            "instrument_id": instrument_id,
-            "side": "BUY",
-            "type": "LIMIT",
-            "quantity": Decimal(1),
-            "price": Decimal(100),
-        }
-    )
+    actor, portfolio_id, order = await _an_order(db, "LOSTUSDT")
 
     def backend(tx: Tx) -> int:
         return int(tx.conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
