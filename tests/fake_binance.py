@@ -54,6 +54,8 @@ MINUTE_MS = 60_000
 KLINE_LEAD = 30  # the fake's kline clock starts this many minutes before the wall clock
 
 D = Decimal
+# The order types that rest on the book at a limit price (a stop-limit one once triggered).
+_LIMITED = ("LIMIT", "STOP_LOSS_LIMIT")
 
 
 def _s(value: Decimal) -> str:
@@ -83,6 +85,8 @@ class FakeOrder:
     quantity: Decimal
     price: Decimal
     status: str = "NEW"
+    stop_price: Decimal = Decimal(0)  # STOP_LOSS_LIMIT: the trigger
+    working: bool = True  # on the book (a stop order is not, until triggered)
     executed: Decimal = Decimal(0)  # immutable
     quote_executed: Decimal = Decimal(0)  # immutable
     time: int = 0
@@ -104,11 +108,11 @@ class FakeOrder:
             "timeInForce": self.time_in_force or "GTC",
             "type": self.type,
             "side": self.side,
-            "stopPrice": "0.00000000",
+            "stopPrice": _s(self.stop_price),
             "icebergQty": "0.00000000",
             "time": self.time,
             "updateTime": self.update_time,
-            "isWorking": True,
+            "isWorking": self.working,
             "workingTime": self.time,
             "origQuoteOrderQty": "0.00000000",
             "selfTradePreventionMode": "NONE",
@@ -346,13 +350,25 @@ class FakeBinance:
         side, kind = params.get("side", ""), params.get("type", "")
         quantity = D(params.get("quantity", "0"))
         price = D(params.get("price", "0"))
-        if kind not in ("MARKET", "LIMIT"):
+        if kind not in ("MARKET", *_LIMITED):
             raise BinanceError(400, -1116, "Invalid orderType.")
+        limited = kind in _LIMITED
+        if limited and not params.get("timeInForce"):
+            raise BinanceError(400, -1102, "Mandatory parameter 'timeInForce' was not sent.")
+        stop = D(params.get("stopPrice", "0"))
+        if kind == "STOP_LOSS_LIMIT":
+            if "stopPrice" not in params:
+                raise BinanceError(400, -1102, "Mandatory parameter 'stopPrice' was not sent.")
+            if stop <= 0 or stop % rules.tick_size:
+                raise BinanceError(400, -1013, "Filter failure: PRICE_FILTER")
+            now_price = self.prices[symbol]
+            if (now_price >= stop) if side == "BUY" else (now_price <= stop):
+                raise BinanceError(400, -2010, "Stop price would trigger immediately.")
         if quantity <= 0 or quantity % rules.step_size:
             raise BinanceError(400, -1013, "Filter failure: LOT_SIZE")
-        if kind == "LIMIT" and (price <= 0 or price % rules.tick_size):
+        if limited and (price <= 0 or price % rules.tick_size):
             raise BinanceError(400, -1013, "Filter failure: PRICE_FILTER")
-        reference = price if kind == "LIMIT" else self.prices[symbol]
+        reference = price if limited else self.prices[symbol]
         if quantity * reference < rules.min_notional:
             raise BinanceError(400, -1013, "Filter failure: NOTIONAL")
         # What the order locks: a BUY its quote at the limit (MARKET: at the price now, plus
@@ -370,14 +386,16 @@ class FakeBinance:
             client_id,
             side,
             kind,
-            params.get("timeInForce") if kind == "LIMIT" else None,
+            params.get("timeInForce") if limited else None,
             quantity,
-            price if kind == "LIMIT" else D(0),
+            price if limited else D(0),
+            stop_price=stop if kind == "STOP_LOSS_LIMIT" else D(0),
+            working=kind != "STOP_LOSS_LIMIT",
             time=now,
             update_time=now,
         )
         self.orders[order.order_id] = order
-        if kind == "LIMIT":
+        if limited:  # a stop-limit order's funds are locked from its placement on
             self.free[asset] -= need
             self.locked[asset] += need
         await self._report(order, "NEW")
@@ -393,7 +411,8 @@ class FakeBinance:
         elif self._crosses(order, self.prices[symbol]):
             await self._execute(order, quantity, price, maker=False)
         answer = order.as_query()
-        answer.pop("stopPrice")
+        if kind != "STOP_LOSS_LIMIT":  # "stopPrice" appears only for stop orders
+            answer.pop("stopPrice")
         answer.pop("icebergQty")
         answer.pop("time")
         answer.pop("updateTime")
@@ -500,15 +519,22 @@ class FakeBinance:
 
     @staticmethod
     def _crosses(order: FakeOrder, price: Decimal) -> bool:
-        if order.type != "LIMIT":
+        """Whether ``price`` fills the order; a stop-limit order whose stop price it reaches
+        is triggered first (it becomes a working limit order)."""
+        if order.type not in _LIMITED:
             return False
-        return price <= order.price if order.side == "BUY" else price >= order.price
+        buy = order.side == "BUY"
+        if not order.working:
+            if not ((price >= order.stop_price) if buy else (price <= order.stop_price)):
+                return False
+            order.working = True
+        return price <= order.price if buy else price >= order.price
 
     def _release(self, order: FakeOrder) -> None:
         rules = self.rules[order.symbol]
         open_qty = order.quantity - order.executed
         if order.side == "BUY":
-            reference = order.price if order.type == "LIMIT" else self.prices[order.symbol]
+            reference = order.price if order.type in _LIMITED else self.prices[order.symbol]
             asset, amount = rules.quote, open_qty * reference
         else:
             asset, amount = rules.base, open_qty
@@ -517,7 +543,7 @@ class FakeBinance:
 
     async def _execute(self, order: FakeOrder, qty: Decimal, price: Decimal, maker: bool) -> None:
         rules = self.rules[order.symbol]
-        reference = order.price if order.type == "LIMIT" else self.prices[order.symbol]
+        reference = order.price if order.type in _LIMITED else self.prices[order.symbol]
         notional = qty * price
         if order.side == "BUY":
             fee, fee_asset = qty * self.fee_rate, rules.base
@@ -591,7 +617,7 @@ class FakeBinance:
             "f": order.time_in_force or "GTC",
             "q": _s(order.quantity),
             "p": _s(order.price),
-            "P": "0.00000000",
+            "P": _s(order.stop_price),
             "F": "0.00000000",
             "g": -1,
             "C": order.client_order_id if canceled else "",
@@ -608,7 +634,7 @@ class FakeBinance:
             "t": trade_id,
             "v": 0,
             "I": next(self._trade_ids),
-            "w": order.status in ("NEW", "PARTIALLY_FILLED"),
+            "w": order.working and order.status in ("NEW", "PARTIALLY_FILLED"),
             "m": maker,
             "M": False,
             "O": order.time,

@@ -192,6 +192,38 @@ async def test_partial_fills_then_cancel(live: Live) -> None:
     assert len(await live.trades()) == 2
 
 
+async def test_a_stop_limit_order_rests_until_its_stop_then_fills_at_its_limit(
+    live: Live,
+) -> None:
+    """STOP_LIMIT goes to Binance as STOP_LOSS_LIMIT with its stop and limit prices; it rests
+    (not on the book) until the price reaches the stop, then fills as a limit order. One whose
+    stop the price has already reached is refused with Binance's reason."""
+    await live.gateway()
+    stop = live.order("BUY", "0.01", "61100", type="STOP_LIMIT", stop_price=D("61000"))
+    order = await live.desk.place(live.dal, stop)
+    await wait_for(lambda: bool(live.fake.orders))
+    (remote,) = live.fake.orders.values()
+    assert (remote.type, remote.stop_price, remote.price) == ("STOP_LOSS_LIMIT", D(61000), D(61100))
+    assert not remote.working
+    await live.fake.set_price("BTCUSDT", D("60900"))  # below the stop: nothing happens
+    await live.settled()
+    assert (await live.dal.orders.get(order.id)).status == "NEW" and not live.fake.trades
+    await live.fake.set_price("BTCUSDT", D("61050"))  # the stop is reached; the limit crosses
+    await live.settled(lambda: len(live.fake.trades) == 1)
+    await wait_for(lambda: len(live.notes.texts) >= 1)
+    await live.desk.idle()
+    row = await live.dal.orders.get(order.id)
+    assert (row.status, row.filled_quantity, row.avg_fill_price) == ("FILLED", D("0.01"), D(61100))
+    assert await live.dal.positions.verify(live.pid) == []
+
+    late = live.order("BUY", "0.01", "61200", type="STOP_LIMIT", stop_price=D("61000"))
+    refused = await live.desk.place(live.dal, late)
+    row = await wait_status(live, refused.id, "REJECTED")
+    assert row.meta_json["reason"] == "Binance -2010: Stop price would trigger immediately."
+    assert f"Order #{refused.id} rejected" in live.notes.joined()  # told, once
+    assert live.notes.joined().count(f"Order #{refused.id} rejected") == 1
+
+
 async def test_fills_missed_while_the_stream_was_down_are_recovered_exactly_once(
     live: Live,
 ) -> None:
