@@ -10,8 +10,11 @@ Binance's API (the tests' fake). ``binance_account_check`` is ``/account test``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,13 +62,60 @@ class BinanceApiError(ExchangeError):  # type: ignore[misc]  # ccxt's errors are
         self.status, self.code, self.msg = status, code, msg
 
 
+class RollingWindow:
+    """ccxt's rolling-window rate limit: a request goes at once while the requests of the
+    last ``window_ms`` weigh less than ``max_weight``, else it waits, in order, until the
+    oldest leave the window. The same rule in constant time per request: ccxt's own throttler
+    rebuilds its list of the window's requests at every request (hundreds at 10 orders a
+    second) and makes even a request with room wait a turn of the event loop."""
+
+    def __init__(
+        self, window_ms: float, max_weight: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.window_s = window_ms / 1000
+        self.max_weight = max_weight
+        self.clock = clock
+        self._sent: deque[tuple[float, float]] = deque()  # (time, cost), oldest first
+        self._weight = 0.0
+        self._queue = asyncio.Lock()  # requests that had to wait go in their order
+
+    async def wait(self, cost: float) -> None:
+        if not self._queue.locked() and self._take(cost):
+            return
+        async with self._queue:
+            while not self._take(cost):
+                await asyncio.sleep(max(self._sent[0][0] + self.window_s - self.clock(), 0.001))
+
+    def _take(self, cost: float) -> bool:
+        """Count the request in if the window has room for it (an empty window always has)."""
+        now = self.clock()
+        while self._sent and self._sent[0][0] <= now - self.window_s:
+            self._weight -= self._sent.popleft()[1]
+        if not self._sent:
+            self._weight = 0.0  # no drift from adding and taking away float costs
+        elif self._weight + cost > self.max_weight:
+            return False
+        self._sent.append((now, cost))
+        self._weight += cost
+        return True
+
+
 class BinanceClient(ccxtpro.binance):  # type: ignore[misc]  # ccxt is untyped
-    """ccxt's Binance with two hooks: every ``executionReport`` goes to ``sink`` as it came,
-    and errors keep what Binance said: 418/429 raise ``Throttled`` with its Retry-After, other
-    4xx ``BinanceApiError`` with its code. 5xx stay ccxt's (network errors: the outcome is
-    unknown, as Binance's docs say of them)."""
+    """ccxt's Binance with three hooks: every ``executionReport`` goes to ``sink`` as it came;
+    errors keep what Binance said (418/429 raise ``Throttled`` with its Retry-After, other
+    4xx ``BinanceApiError`` with its code; 5xx stay ccxt's network errors: the outcome is
+    unknown, as Binance's docs say of them); REST requests are rate-limited by
+    ``RollingWindow`` with ccxt's own figures for Binance."""
 
     sink: Callable[[dict[str, Any]], None] | None = None
+    _window: RollingWindow | None = None
+
+    async def throttle(self, cost: float | None = None) -> None:
+        bucket = self.tokenBucket
+        if self._window is None:
+            size = bucket["windowSize"]
+            self._window = RollingWindow(size, size / bucket["rateLimit"])
+        await self._window.wait(bucket["cost"] if cost is None else cost)
 
     def handle_order_update(self, client: Any, message: dict[str, Any]) -> Any:
         if self.sink is not None:
@@ -116,8 +166,9 @@ def make_client(
             "secret": credentials.api_secret.get_secret_value(),
             "enableRateLimit": True,
             # Binance limits request weight per minute: a rolling minute lets a request go at
-            # once while the minute's budget lasts. (ccxt's default leaky bucket refills only
-            # while requests wait, so every order waited its cost, 10 ms, however idle.)
+            # once while the minute's budget lasts (BinanceClient.throttle). ccxt's default
+            # leaky bucket refills only while requests wait, so every order waited its cost,
+            # 10 ms, however idle.
             "rateLimiterAlgorithm": "rollingWindow",
             "timeout": timeout_ms,  # then the answer counts as lost (see _resolve)
             "options": {
