@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dal.database import Database
+from dal.database import Database, ScopedDal
 from dal.errors import NotFound
 from dal.scope import Actor
 from strategies.examples import REGISTRY
@@ -51,15 +51,21 @@ def limit_buy(portfolio_id: int, price: str, quantity: str = "0.01") -> dict[str
     }
 
 
+async def started(db: Database, notes: Notes | None = None) -> tuple[Trading, ScopedDal, int]:
+    """A started desk with one bar of BTCUSDT at 60,000, a new user's scoped DAL and their
+    paper portfolio."""
+    user = await make_user(db)
+    pid = await default_portfolio(db, user)
+    t = trading(db, notes or Notes())
+    await t.start(feed=False)
+    await t.on_bar(bar(1, "60000"))
+    return t, db.scoped(user), pid
+
+
 async def test_open_orders_are_adopted_at_start_up_and_the_kill_switch_cancels_them(
     db: Database,
 ) -> None:
-    user = await make_user(db)
-    pid = await default_portfolio(db, user)
-    first = trading(db, Notes())
-    await first.start(feed=False)
-    await first.on_bar(bar(1, "60000"))
-    dal = db.scoped(user)
+    first, dal, pid = await started(db)
     resting = await first.desk.place(dal, limit_buy(pid, "59000"))
     other = await first.desk.place(dal, limit_buy(pid, "50000"))
     await first.settle()
@@ -70,12 +76,10 @@ async def test_open_orders_are_adopted_at_start_up_and_the_kill_switch_cancels_t
     await second.start(feed=False)
     assert pid in second.desk.gateways  # at once, before anyone touches the portfolio
     await second.on_bar(bar(2, "58900"))  # the resting order fills on the next bar
-    async with db.session(user) as s:
-        assert (await s.orders.get(resting.id)).status == "FILLED"
+    assert (await dal.orders.get(resting.id)).status == "FILLED"
     outcomes = await second.desk.kill_switch(dal)
     assert [(o.order_id, o.outcome) for o in outcomes] == [(other.id, "canceled")]
-    async with db.session(user) as s:
-        assert (await s.orders.get(other.id)).status == "CANCELED"
+    assert (await dal.orders.get(other.id)).status == "CANCELED"
     # The broker order id survived the restart: no conflict was logged or kept.
     assert "could not be applied" not in notes.joined()
     assert await dal.unapplied_events.list() == []
@@ -83,12 +87,7 @@ async def test_open_orders_are_adopted_at_start_up_and_the_kill_switch_cancels_t
 
 
 async def test_cancel_outcomes_canceled_closed_and_not_found(db: Database) -> None:
-    user = await make_user(db)
-    pid = await default_portfolio(db, user)
-    t = trading(db, Notes())
-    await t.start(feed=False)
-    await t.on_bar(bar(1, "60000"))
-    dal = db.scoped(user)
+    t, dal, pid = await started(db)
     order = await t.desk.place(dal, limit_buy(pid, "100"))
     await t.settle()
     assert (await t.desk.cancel(dal, order.id)).line() == f"#{order.id}: canceled"
@@ -295,13 +294,8 @@ async def test_a_paper_fill_is_never_stamped_before_its_order(db: Database) -> N
 async def test_orders_beyond_the_free_balance_are_stored_rejected_and_told(
     db: Database,
 ) -> None:
-    user = await make_user(db)
-    pid = await default_portfolio(db, user)
     notes = Notes()
-    t = trading(db, notes)
-    await t.start(feed=False)
-    await t.on_bar(bar(1, "60000"))
-    dal = db.scoped(user)
+    t, dal, pid = await started(db, notes)
     # 0.1 at 59,000 with the paper fee (10 bps) reserves 5,905.9 of the 10,000 USDT.
     first = await t.desk.place(dal, limit_buy(pid, "59000", "0.1"))
     preview = await t.desk.preview(dal, limit_buy(pid, "59000", "0.1"))
@@ -315,8 +309,7 @@ async def test_orders_beyond_the_free_balance_are_stored_rejected_and_told(
     assert (second.status, second.meta_json["reject_reason"]) == ("REJECTED", needs)
     assert oversell.meta_json["reject_reason"] == "insufficient balance: needs 0.01 BTC, free 0 BTC"
     assert f"Rejected order #{second.id} (BUY 0.1 BTCUSDT): {needs}" in notes.joined()
-    async with db.session(user) as s:
-        (usdt,) = await s.valuation.balances(pid)
+    (usdt,) = await dal.valuation.balances(pid)
     assert (usdt.total, usdt.reserved) == (Decimal("10000"), Decimal("5905.9"))
 
 
@@ -325,12 +318,7 @@ async def test_placements_at_once_cannot_both_spend_one_free_balance(db: Databas
     orders that each need 59 % of the balance, one is placed. On PostgreSQL a placement reads
     the checked portfolio with its policies, taking the lock, then the balances, then writes
     the order."""
-    user = await make_user(db)
-    pid = await default_portfolio(db, user)
-    t = trading(db, Notes())
-    await t.start(feed=False)
-    await t.on_bar(bar(1, "60000"))
-    dal = db.scoped(user)
+    t, dal, pid = await started(db)
     await t.desk.gateway_for(pid, dal)
     with captured_statements(db) as sent:
         rows = await asyncio.gather(
