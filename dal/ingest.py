@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections import namedtuple
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal, localcontext
@@ -37,17 +36,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from dal import checkpoints
 from dal import schema as t
 from dal.audit import audit_row_of
-from dal.compiled import DriverStatement
+from dal.compiled import DriverStatement, row_type
 from dal.decimals import DECIMAL_CONTEXT, NOTIONAL_CONTEXT, average_price
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.instruments import resolve_instrument
 from dal.models import Fill, valid_id
+from dal.orders import owned_order_by_client_id
 from dal.ownership import (
     OF_APPROVED_OWNER,
     PortfolioRow,
     one_statement_check,
     owned_portfolio,
-    owned_portfolio_rows,
     owner_params,
 )
 from dal.pnl_summary import (
@@ -118,16 +117,19 @@ _LOCK_ORDERS = (
     .with_for_update()
 )
 _ORDER_FILL_STATE = ("filled_quantity", "avg_fill_price", "fill_notional", "status", "updated_at")
-# The broker's order id comes with a fill: set on an order that has none (_plan refuses a
-# fill naming another one).
-_BROKER_ID_IF_NONE = {
-    "broker_order_id": sa.func.coalesce(
-        orders.c.broker_order_id,
-        sa.bindparam("broker_order_id", type_=orders.c.broker_order_id.type),
-    )
-}
+
+
+def _broker_id_if_none(parameter: str) -> dict[str, Any]:
+    """An order update's value of ``broker_order_id``: the fill's (the bound ``parameter``) if
+    the order has none (_plan refuses a fill naming another one)."""
+    given = sa.bindparam(parameter, type_=orders.c.broker_order_id.type)
+    return {"broker_order_id": sa.func.coalesce(orders.c.broker_order_id, given)}
+
+
 _UPDATE_ORDER = DriverStatement(
-    orders.update().where(orders.c.id == sa.bindparam("order_id")).values(_BROKER_ID_IF_NONE),
+    orders.update()
+    .where(orders.c.id == sa.bindparam("order_id"))
+    .values(_broker_id_if_none("broker_order_id")),
     column_keys=["order_id", *_ORDER_FILL_STATE],
 )
 
@@ -230,8 +232,8 @@ class _Known:
     position: Any
 
 
-_ORDER_ROW = namedtuple("_ORDER_ROW", [c.name for c in orders.c])  # type: ignore[misc]  # row tuples named after the table columns
-_POSITION_ROW = namedtuple("_POSITION_ROW", [c.name for c in t.positions.c])  # type: ignore[misc]  # row tuples named after the table columns
+_ORDER_ROW = row_type([c.name for c in orders.c])
+_POSITION_ROW = row_type([c.name for c in t.positions.c])
 
 
 def _read_statement(order: sa.ColumnElement[bool] | None = None) -> sa.Select[Any]:
@@ -307,17 +309,10 @@ def _by_order_id(tx: Tx, fills: list[Fill]) -> list[Fill]:
             continue
         key = (fill.portfolio_id, fill.client_order_id)
         if key not in found:
-            rows = owned_portfolio_rows(
-                tx,
-                fill.portfolio_id,
-                sa.select(orders.c.id).where(
-                    orders.c.portfolio_id == fill.portfolio_id,
-                    orders.c.client_order_id == fill.client_order_id,
-                ),
-            )
-            if not rows:
+            order = owned_order_by_client_id(tx, *key)
+            if order is None:
                 raise NotFound(f"no order with client id {fill.client_order_id!r}")
-            found[key] = rows[0].id
+            found[key] = order.id
         out.append(fill.model_copy(update={"order_id": found[key], "client_order_id": None}))
     return out
 
@@ -722,10 +717,7 @@ def _fused_statement(with_order: bool) -> sa.Select[Any]:
             .values(
                 {
                     **{name: sa.bindparam(f"o_{name}") for name in _ORDER_FILL_STATE},
-                    "broker_order_id": sa.func.coalesce(
-                        orders.c.broker_order_id,
-                        sa.bindparam("o_broker_order_id", type_=orders.c.broker_order_id.type),
-                    ),
+                    **_broker_id_if_none("o_broker_order_id"),
                 }
             )
             .cte("order_update")

@@ -94,14 +94,23 @@ def owned_order(tx: Tx, order_id: int) -> sa.Row[Any]:
     return owned_row(tx, orders, order_id, "order")
 
 
+def _with_client_id(portfolio_id: int, client_order_id: str) -> sa.Select[Any]:
+    return sa.select(orders).where(
+        orders.c.portfolio_id == portfolio_id, orders.c.client_order_id == client_order_id
+    )
+
+
 def order_by_client_id(
     conn: sa.Connection, portfolio_id: int, client_order_id: str
 ) -> sa.Row[Any] | None:
-    return conn.execute(
-        sa.select(orders).where(
-            orders.c.portfolio_id == portfolio_id, orders.c.client_order_id == client_order_id
-        )
-    ).one_or_none()
+    return conn.execute(_with_client_id(portfolio_id, client_order_id)).one_or_none()
+
+
+def owned_order_by_client_id(tx: Tx, portfolio_id: int, client_order_id: str) -> sa.Row[Any] | None:
+    """The portfolio's order with that client id, the portfolio checked as
+    ``owned_portfolio`` checks it (in the same statement on a fresh session)."""
+    rows = owned_portfolio_rows(tx, portfolio_id, _with_client_id(portfolio_id, client_order_id))
+    return rows[0] if rows else None
 
 
 def order_by_broker_id(
@@ -250,17 +259,10 @@ class OrderService:
         return owned_order(self.tx, order_id)
 
     def by_client_id(self, portfolio_id: int, client_order_id: str) -> sa.Row[Any]:
-        rows = owned_portfolio_rows(
-            self.tx,
-            portfolio_id,
-            sa.select(orders).where(
-                orders.c.portfolio_id == portfolio_id,
-                orders.c.client_order_id == client_order_id,
-            ),
-        )
-        if not rows:
+        row = owned_order_by_client_id(self.tx, portfolio_id, client_order_id)
+        if row is None:
             raise NotFound(f"no order with client id {client_order_id!r}")
-        return rows[0]
+        return row
 
     def by_broker_id(
         self, portfolio_id: int, instrument_id: int, broker_order_id: str
