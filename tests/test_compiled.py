@@ -58,23 +58,16 @@ def _value(name: str, type_: Any, ids: dict[str, int]) -> Any:
         return WHEN.date()
     if isinstance(type_, sa.Integer):
         return ids.get(base, 1)
-    if base == "side":
-        return "BUY"
-    if base == "status":
-        return "PARTIALLY_FILLED"
-    if base == "type":
-        return "LIMIT"
-    if base == "time_in_force":
-        return "GTC"
-    if base == "action":
-        return "FILL"
-    if base == "entity_type":
-        return "TRADE"
     if base == "period":
         return "MONTH" if name.startswith("month_") else "DAY"
-    if base in ("fee_currency", "currency"):
-        return "USDT"
-    return f"v-{name}"
+    return _TEXT.get(base, f"v-{name}")
+
+
+# Text columns whose values the schema constrains: a value each accepts.
+_TEXT = {
+    "side": "BUY", "status": "PARTIALLY_FILLED", "type": "LIMIT", "time_in_force": "GTC",
+    "action": "FILL", "entity_type": "TRADE", "fee_currency": "USDT", "currency": "USDT",
+}  # fmt: skip
 
 
 # Columns that may be NULL: the second pass gives them None (processed as Core does).
