@@ -56,6 +56,15 @@ KLINE_LEAD = 30  # the fake's kline clock starts this many minutes before the wa
 D = Decimal
 # The order types that rest on the book at a limit price (a stop-limit one once triggered).
 _LIMITED = ("LIMIT", "STOP_LOSS_LIMIT")
+# The order types waiting for a stop price (STOP_LOSS then trades at the market).
+_STOPS = ("STOP_LOSS", "STOP_LOSS_LIMIT")
+# exchangeInfo's ``orderTypes`` of a symbol that offers them all (the API docs' example);
+# the fake takes those of them it models.
+ORDER_TYPES = (
+    "LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT",
+    "TAKE_PROFIT_LIMIT",
+)  # fmt: skip
+_MODELED = ("MARKET", "STOP_LOSS", *_LIMITED)
 
 
 def _s(value: Decimal) -> str:
@@ -72,6 +81,7 @@ class SymbolRules:
     tick_size: Decimal
     step_size: Decimal
     min_notional: Decimal
+    order_types: tuple[str, ...] = ORDER_TYPES
 
 
 @dataclass
@@ -85,7 +95,7 @@ class FakeOrder:
     quantity: Decimal
     price: Decimal
     status: str = "NEW"
-    stop_price: Decimal = Decimal(0)  # STOP_LOSS_LIMIT: the trigger
+    stop_price: Decimal = Decimal(0)  # STOP_LOSS and STOP_LOSS_LIMIT: the trigger
     working: bool = True  # on the book (a stop order is not, until triggered)
     executed: Decimal = Decimal(0)  # immutable
     quote_executed: Decimal = Decimal(0)  # immutable
@@ -246,7 +256,11 @@ class FakeBinance:
         for order in list(self.orders.values()):
             is_open = order.status in ("NEW", "PARTIALLY_FILLED")
             if order.symbol == symbol and is_open and self._crosses(order, price):
-                await self._execute(order, order.quantity - order.executed, order.price, True)
+                at_market = order.type == "STOP_LOSS"
+                fill_price = price if at_market else order.price
+                await self._execute(
+                    order, order.quantity - order.executed, fill_price, maker=not at_market
+                )
         start = self.kline_open(symbol)
         await self._send_kline(symbol, _kline_row(start, price, price, price, price), closed=False)
 
@@ -350,13 +364,13 @@ class FakeBinance:
         side, kind = params.get("side", ""), params.get("type", "")
         quantity = D(params.get("quantity", "0"))
         price = D(params.get("price", "0"))
-        if kind not in ("MARKET", *_LIMITED):
+        if kind not in _MODELED or kind not in rules.order_types:
             raise BinanceError(400, -1116, "Invalid orderType.")
         limited = kind in _LIMITED
         if limited and not params.get("timeInForce"):
             raise BinanceError(400, -1102, "Mandatory parameter 'timeInForce' was not sent.")
         stop = D(params.get("stopPrice", "0"))
-        if kind == "STOP_LOSS_LIMIT":
+        if kind in _STOPS:
             if "stopPrice" not in params:
                 raise BinanceError(400, -1102, "Mandatory parameter 'stopPrice' was not sent.")
             if stop <= 0 or stop % rules.tick_size:
@@ -368,7 +382,7 @@ class FakeBinance:
             raise BinanceError(400, -1013, "Filter failure: LOT_SIZE")
         if limited and (price <= 0 or price % rules.tick_size):
             raise BinanceError(400, -1013, "Filter failure: PRICE_FILTER")
-        reference = price if limited else self.prices[symbol]
+        reference = price if limited else stop if kind == "STOP_LOSS" else self.prices[symbol]
         if quantity * reference < rules.min_notional:
             raise BinanceError(400, -1013, "Filter failure: NOTIONAL")
         # What the order locks: a BUY its quote at the limit (MARKET: at the price now, plus
@@ -389,13 +403,13 @@ class FakeBinance:
             params.get("timeInForce") if limited else None,
             quantity,
             price if limited else D(0),
-            stop_price=stop if kind == "STOP_LOSS_LIMIT" else D(0),
-            working=kind != "STOP_LOSS_LIMIT",
+            stop_price=stop if kind in _STOPS else D(0),
+            working=kind not in _STOPS,
             time=now,
             update_time=now,
         )
         self.orders[order.order_id] = order
-        if limited:  # a stop-limit order's funds are locked from its placement on
+        if kind != "MARKET":  # a stop order's funds are locked from its placement on
             self.free[asset] -= need
             self.locked[asset] += need
         await self._report(order, "NEW")
@@ -411,7 +425,7 @@ class FakeBinance:
         elif self._crosses(order, self.prices[symbol]):
             await self._execute(order, quantity, price, maker=False)
         answer = order.as_query()
-        if kind != "STOP_LOSS_LIMIT":  # "stopPrice" appears only for stop orders
+        if kind not in _STOPS:  # "stopPrice" appears only for stop orders
             answer.pop("stopPrice")
         answer.pop("icebergQty")
         answer.pop("time")
@@ -519,23 +533,31 @@ class FakeBinance:
 
     @staticmethod
     def _crosses(order: FakeOrder, price: Decimal) -> bool:
-        """Whether ``price`` fills the order; a stop-limit order whose stop price it reaches
-        is triggered first (it becomes a working limit order)."""
-        if order.type not in _LIMITED:
+        """Whether ``price`` fills the order; a stop order whose stop price it reaches is
+        triggered first (a stop-limit one becomes a working limit order, a stop-loss one
+        trades at the market)."""
+        if order.type not in (*_LIMITED, *_STOPS):
             return False
         buy = order.side == "BUY"
         if not order.working:
             if not ((price >= order.stop_price) if buy else (price <= order.stop_price)):
                 return False
             order.working = True
+        if order.type == "STOP_LOSS":
+            return True
         return price <= order.price if buy else price >= order.price
+
+    def _reference(self, order: FakeOrder) -> Decimal:
+        """The price a BUY's locked quote was counted at."""
+        if order.type in _LIMITED:
+            return order.price
+        return order.stop_price if order.type == "STOP_LOSS" else self.prices[order.symbol]
 
     def _release(self, order: FakeOrder) -> None:
         rules = self.rules[order.symbol]
         open_qty = order.quantity - order.executed
         if order.side == "BUY":
-            reference = order.price if order.type in _LIMITED else self.prices[order.symbol]
-            asset, amount = rules.quote, open_qty * reference
+            asset, amount = rules.quote, open_qty * self._reference(order)
         else:
             asset, amount = rules.base, open_qty
         self.locked[asset] -= amount
@@ -543,7 +565,7 @@ class FakeBinance:
 
     async def _execute(self, order: FakeOrder, qty: Decimal, price: Decimal, maker: bool) -> None:
         rules = self.rules[order.symbol]
-        reference = order.price if order.type in _LIMITED else self.prices[order.symbol]
+        reference = self._reference(order)
         notional = qty * price
         if order.side == "BUY":
             fee, fee_asset = qty * self.fee_rate, rules.base
@@ -781,7 +803,7 @@ def _symbol_info(r: SymbolRules) -> dict[str, Any]:
         "quoteAssetPrecision": 8,
         "baseCommissionPrecision": 8,
         "quoteCommissionPrecision": 8,
-        "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
+        "orderTypes": list(r.order_types),
         "icebergAllowed": True,
         "ocoAllowed": True,
         "otoAllowed": True,

@@ -8,7 +8,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -222,6 +222,50 @@ async def test_a_stop_limit_order_rests_until_its_stop_then_fills_at_its_limit(
     assert row.meta_json["reason"] == "Binance -2010: Stop price would trigger immediately."
     assert f"Order #{refused.id} rejected" in live.notes.joined()  # told, once
     assert live.notes.joined().count(f"Order #{refused.id} rejected") == 1
+
+
+async def test_a_stop_order_rests_until_its_stop_then_trades_at_the_market(live: Live) -> None:
+    """STOP goes to Binance as STOP_LOSS with its stop price and no limit; off the book until
+    the price reaches the stop, then it trades at the market price of that moment."""
+    await live.gateway()
+    order = await live.desk.place(
+        live.dal, live.order("BUY", "0.01", type="STOP", stop_price=D(61000))
+    )
+    await wait_for(lambda: bool(live.fake.orders))
+    (remote,) = live.fake.orders.values()
+    assert (remote.type, remote.stop_price, remote.working) == ("STOP_LOSS", D(61000), False)
+    await live.fake.set_price("BTCUSDT", D("60900"))  # below the stop: nothing happens
+    await live.settled()
+    assert (await live.dal.orders.get(order.id)).status == "NEW" and not live.fake.trades
+    await live.fake.set_price("BTCUSDT", D("61050.5"))  # the stop is reached
+    await live.settled(lambda: len(live.fake.trades) == 1)
+    row = await wait_status(live, order.id, "FILLED")
+    assert (row.filled_quantity, row.avg_fill_price) == (D("0.01"), D("61050.5"))
+    assert await live.dal.positions.verify(live.pid) == []
+
+
+async def test_what_the_symbol_does_not_offer_is_refused_before_it_is_sent(live: Live) -> None:
+    """An order type the symbol's ``orderTypes`` lack, or a time in force Binance does not
+    take, is refused in the preview (before Confirm) and, placed anyway, stored REJECTED with
+    the reason without a request to Binance; the owner is told once."""
+    without_stop = tuple(t for t in live.fake.rules["ETHUSDT"].order_types if t != "STOP_LOSS")
+    live.fake.rules["ETHUSDT"] = replace(live.fake.rules["ETHUSDT"], order_types=without_stop)
+    await live.gateway()
+    stop = live.order("SELL", "0.1", symbol="ETHUSDT", type="STOP", stop_price=D(2900))
+    preview = await live.desk.preview(live.dal, stop)
+    reason = "Binance takes no STOP orders on ETHUSDT (it takes MARKET, LIMIT, STOP_LIMIT)"
+    assert preview.refused and preview.refusal == reason
+    day = live.order("BUY", "0.01", "59000", time_in_force="DAY")
+    assert (await live.desk.preview(live.dal, day)).refusal == (
+        "Binance takes GTC, IOC or FOK orders, not DAY"
+    )
+    assert (await live.desk.preview(live.dal, live.order("BUY", "0.01", "59000"))).refusal is None
+
+    row = await live.desk.place(live.dal, stop)
+    assert row.status == "REJECTED" and row.meta_json["reject_reason"] == reason
+    await live.settled()
+    assert ("POST", "/api/v3/order") not in live.fake.requests
+    assert live.notes.joined().count(f"Rejected order #{row.id}") == 1
 
 
 async def test_fills_missed_while_the_stream_was_down_are_recovered_exactly_once(

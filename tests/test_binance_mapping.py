@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from dal.errors import InvalidInput, NotFound
+from trading.binance_gateway import order_refusal
 from trading.brokers.binance import (
     ExecutionReport,
     parse_event,
@@ -410,3 +411,30 @@ def test_raw_is_a_copy() -> None:
     payload["z"] = "123"
     assert report.raw == load("limit_buy_2_trade_partial.json")
     assert to_events(report, KNOWN) == events("limit_buy_2_trade_partial.json")
+
+
+ALL_TYPES = frozenset({"LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT"})
+
+
+@pytest.mark.parametrize(
+    ("order_type", "tif", "offered", "refusal"),
+    [
+        ("MARKET", None, ALL_TYPES, None),
+        ("LIMIT", None, ALL_TYPES, None),  # GTC unless told
+        ("STOP_LIMIT", "IOC", ALL_TYPES, None),
+        ("STOP", None, None, None),  # the symbol's types not known: Binance decides
+        ("TRAILING", None, ALL_TYPES, "Binance takes no TRAILING orders"),
+        ("LIMIT", "DAY", ALL_TYPES, "Binance takes GTC, IOC or FOK orders, not DAY"),
+        ("MARKET", "DAY", ALL_TYPES, None),  # a market order sends no time in force
+        (
+            "STOP",
+            None,
+            ALL_TYPES - {"STOP_LOSS"},
+            "Binance takes no STOP orders on XYZUSDT (it takes MARKET, LIMIT, STOP_LIMIT)",
+        ),
+    ],
+)
+def test_what_binance_refuses_before_an_order_is_sent(
+    order_type: str, tif: str | None, offered: frozenset[str] | None, refusal: str | None
+) -> None:
+    assert order_refusal(order_type, tif, "XYZUSDT", offered) == refusal

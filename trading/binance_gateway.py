@@ -30,7 +30,7 @@ import contextlib
 import datetime as dt
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
@@ -118,6 +118,7 @@ class BinanceGateway:
         self.reconnect_pause_s = reconnect_pause_s
         self.open: dict[str, Any] = {}  # client order id → GatewayOrder, open here
         self.rules: dict[str, dict[str, Any]] = {}  # symbol → instrument with Binance's rules
+        self.order_types: dict[str, frozenset[str]] = {}  # symbol → what Binance takes there
         self.known: set[str] = set()  # symbols whose instruments exist
         self.cursor: dict[str, int] = {}  # symbol → highest trade id seen
         self.banned_until: dt.datetime | None = None
@@ -198,6 +199,7 @@ class BinanceGateway:
             info = market.get("info") or {}
             if info.get("symbol"):
                 self.rules[info["symbol"]] = binance_rest.symbol_rules(info)
+                self.order_types[info["symbol"]] = frozenset(info.get("orderTypes") or ())
         wanted = (await self.ledger.symbols()) | {o.symbol for o in self.open.values()}
         await self._ensure_instruments(wanted)
 
@@ -224,6 +226,18 @@ class BinanceGateway:
         self.known |= {r["symbol"] for r in new}
 
     # --- orders -----------------------------------------------------------------------------
+    def refusal(self, order: Mapping[str, Any]) -> str | None:
+        """Why Binance would refuse an order of this kind, known before it is sent: a type or
+        time in force it does not take, or a type the symbol does not offer (its
+        ``orderTypes`` in the exchange's rules). None when nothing speaks against it."""
+        symbol = str(order.get("symbol") or "").upper()
+        return order_refusal(
+            str(order.get("type") or "MARKET").upper(),
+            order.get("time_in_force"),
+            symbol,
+            self.order_types.get(symbol),
+        )
+
     async def place(self, order: Any) -> None:
         """Send the order in the background; its outcome arrives as events."""
         self.open[order.client_order_id] = order
@@ -559,11 +573,29 @@ class BinanceGateway:
                 raise Refused(f"Binance: {str(exc)[:200]}") from None
 
 
+def order_refusal(
+    order_type: str, time_in_force: str | None, symbol: str, offered: frozenset[str] | None
+) -> str | None:
+    """Why Binance refuses an order of ``order_type``, or None; ``offered`` is the symbol's
+    ``orderTypes`` (None: not known, only the type itself is checked)."""
+    kind = _TYPES.get(order_type)
+    if kind is None:
+        return f"Binance takes no {order_type} orders"
+    if offered is not None and kind not in offered:
+        takes = ", ".join(t for t in _TYPES if _TYPES[t] in offered)
+        return f"Binance takes no {order_type} orders on {symbol} (it takes {takes})"
+    tif = time_in_force or "GTC"
+    if order_type in ("LIMIT", "STOP_LIMIT") and tif not in ("GTC", "IOC", "FOK"):
+        return f"Binance takes GTC, IOC or FOK orders, not {tif}"
+    return None
+
+
 def _order_params(order: Any) -> dict[str, Any]:
     """POST /api/v3/order's parameters for an order (InvalidInput for what Binance lacks)."""
-    kind = _TYPES.get(order.type)
-    if kind is None:
-        raise InvalidInput(f"Binance takes no {order.type} orders")
+    refusal = order_refusal(order.type, order.time_in_force, order.symbol, None)
+    if refusal is not None:
+        raise InvalidInput(refusal)
+    kind = _TYPES[order.type]
     if not CLIENT_ID.match(order.client_order_id):
         raise InvalidInput(
             f"client order id {order.client_order_id!r} is not one Binance accepts "
@@ -578,11 +610,8 @@ def _order_params(order: Any) -> dict[str, Any]:
         "newOrderRespType": "RESULT",
     }
     if order.type in ("LIMIT", "STOP_LIMIT"):
-        tif = order.time_in_force or "GTC"
-        if tif not in ("GTC", "IOC", "FOK"):
-            raise InvalidInput(f"Binance takes GTC, IOC or FOK orders, not {tif}")
         params["price"] = _text(order.price)
-        params["timeInForce"] = tif
+        params["timeInForce"] = order.time_in_force or "GTC"
     if order.type in ("STOP", "STOP_LIMIT"):
         params["stopPrice"] = _text(order.stop_price)
     return params

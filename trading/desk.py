@@ -307,7 +307,8 @@ class OrderDesk:
         order = await self._on_gateway_exchange(dal, order, gateway)
         marks = dict(self.market.marks.marks)
         verdict, check = await dal.run(lambda s: self._checks(s, order, marks))
-        return Preview(verdict, check.refusal, self.venues[order["portfolio_id"]])
+        refusal = _gateway_refusal(gateway, order) or check.refusal
+        return Preview(verdict, refusal, self.venues[order["portfolio_id"]])
 
     async def _on_gateway_exchange(
         self, dal: ScopedDal, order: dict[str, Any], gateway: OrderGateway
@@ -348,12 +349,14 @@ class OrderDesk:
         )
         order = await self._on_gateway_exchange(dal, order, gateway)
         marks = dict(self.market.marks.marks)
+        gateway_refusal = _gateway_refusal(gateway, order)
 
         def store(s: TxServices) -> tuple[Verdict, str | None, sa.Row[Any], str, str]:
             new = parse(NewOrder, order)  # once, for the checks and the order row
             verdict, check = self._checks(s, new, marks)
             blocked = verdict.decision == "block"
-            refusals = [check.refusal] if check.refusal else []
+            refusal = gateway_refusal or check.refusal
+            refusals = [refusal] if refusal else []
             if blocked:
                 refusals.append(f"risk: {_breaches(verdict)}")
             row = s.orders.place(
@@ -368,7 +371,7 @@ class OrderDesk:
             # Only a DAY order needs its owner's zone (it ends at their local midnight).
             day = row.time_in_force == "DAY"
             zone = s.portfolios.owner_zone(row.portfolio_id) if day else "UTC"
-            return verdict, check.refusal, row, symbol, zone
+            return verdict, refusal, row, symbol, zone
 
         # One transaction in one step, run again if PostgreSQL aborts it for a deadlock (it
         # has no side effects).
@@ -676,6 +679,12 @@ def realized_text(trade: Any) -> str:
         cost = notional - realized if trade.side == "SELL" else notional + realized
         pct = f" ({realized / cost * 100:+.2f}%)" if cost > 0 else ""
     return f", realized {realized:+f}{pct}"
+
+
+def _gateway_refusal(gateway: OrderGateway, order: dict[str, Any]) -> str | None:
+    """Why the order's broker would refuse it, when its gateway knows before sending it."""
+    refusal = getattr(gateway, "refusal", None)
+    return refusal(order) if refusal is not None else None
 
 
 def _breaches(verdict: Verdict) -> str | None:
