@@ -23,7 +23,9 @@ from typing import Any
 
 from dal.database import ScopedDal
 from dal.errors import NotFound
+from dal.ingest import IngestResult
 from dal.models import Fill
+from dal.services import TxServices
 from dal.vocabulary import ENDED_STATUSES, FINAL_STATUSES
 from trading.events import BrokerEvent, FillEvent, OrderUpdate
 
@@ -47,11 +49,13 @@ async def _find_order(s: Any, portfolio_id: int, event: BrokerEvent) -> tuple[An
 
 async def apply_event(dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> Any:
     """Apply one broker event in one transaction; returns the order or trade row touched."""
+    if isinstance(event, FillEvent) and event.client_order_id:
+        # The common live fill, in one step; a transaction that found no such order wrote
+        # nothing, and the general way below looks further.
+        result = await dal.run(lambda s: _fill_of_own_order(s, portfolio_id, event))
+        if result is not None:
+            return _applied(event, result)
     async with dal.session() as s:
-        if isinstance(event, FillEvent) and event.client_order_id:
-            trade = await _fill_of_own_order(s, portfolio_id, event)
-            if trade is not None:
-                return trade
         instrument, order = await _find_order(s, portfolio_id, event)
         if isinstance(event, FillEvent):
             order = await _fill_order(s, portfolio_id, instrument.id, event, order)
@@ -86,7 +90,7 @@ async def apply_event(dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> 
         return order
 
 
-async def _fill_of_own_order(s: Any, portfolio_id: int, event: FillEvent) -> Any:
+def _fill_of_own_order(s: TxServices, portfolio_id: int, event: FillEvent) -> IngestResult | None:
     """The common live fill, of an order tradebook placed: ingested by its client order id,
     which the ingestion's first read finds the order by (one statement fewer than looking
     it up first). None, having written nothing, when the portfolio has no such order."""
@@ -94,13 +98,12 @@ async def _fill_of_own_order(s: Any, portfolio_id: int, event: FillEvent) -> Any
     # By symbol, resolved after that read: a lookup first would cost the one-statement check.
     row.update(symbol=event.symbol, exchange=event.exchange, client_order_id=event.client_order_id)
     try:
-        result = await s.trades.ingest_fill(row)
+        return s.trades.ingest_fill(row)
     except NotFound:
         return None
-    return _applied(event, result)
 
 
-def _applied(event: FillEvent, result: Any) -> Any:
+def _applied(event: FillEvent, result: IngestResult) -> Any:
     log.info(
         "fill",
         extra={
