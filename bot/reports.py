@@ -16,7 +16,7 @@ from bot.charts import cumulative_pnl_per_trade_png, cumulative_pnl_png, render_
 from bot.text import join_blocks, local_time, num, pre_pages, q, signed
 from dal.database import ScopedDal
 from dal.periods import Period
-from dal.vocabulary import OPEN_STATUSES, ORDER_STATUSES
+from dal.vocabulary import ENDED_STATUSES, OPEN_STATUSES, ORDER_STATUSES
 
 ORDERS_PAGE = 15
 # /pnl plots each trade for periods up to a week with at most this many trades, else each day.
@@ -104,11 +104,13 @@ async def pnl_report(
 def _order_line(row: Any, zone: str) -> str:
     price = f" @{num(row.price)}" if row.price is not None else ""
     stop = f" stop {num(row.stop_price)}" if row.stop_price is not None else ""
-    return (
+    line = (
         f"#{row.id} {row.side} {num(row.quantity)} {row.symbol} {row.type}{price}{stop}\n"
         f"  {row.status} {num(row.filled_quantity)}/{num(row.quantity)}"
         f"  {local_time(row.placed_at, zone)}"
     )
+    reason = (row.meta_json or {}).get("reason") if row.status in ENDED_STATUSES else None
+    return f"{line}\n  {reason}" if reason else line
 
 
 async def orders_report(

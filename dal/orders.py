@@ -187,7 +187,7 @@ class OrderService:
         now = tx.now()
         meta = dict(new.meta)
         if reason:
-            meta["reject_reason"] = reason
+            meta["reason"] = reason
         inserted = {
             "uid": new_uid(),
             "status": status,

@@ -262,7 +262,7 @@ async def test_what_the_symbol_does_not_offer_is_refused_before_it_is_sent(live:
     assert (await live.desk.preview(live.dal, live.order("BUY", "0.01", "59000"))).refusal is None
 
     row = await live.desk.place(live.dal, stop)
-    assert row.status == "REJECTED" and row.meta_json["reject_reason"] == reason
+    assert row.status == "REJECTED" and row.meta_json["reason"] == reason
     await live.settled()
     assert ("POST", "/api/v3/order") not in live.fake.requests
     assert live.notes.joined().count(f"Rejected order #{row.id}") == 1

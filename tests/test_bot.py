@@ -411,3 +411,22 @@ async def test_a_forged_page_offset_gets_a_page_not_an_error(h: BotHarness) -> N
     forged = f"ord:{pid}:OPEN:{10**30}"
     text = joined(await h.press(ALICE, forged))
     assert "Something went wrong" not in text
+
+
+async def test_orders_that_ended_say_why(h: BotHarness) -> None:
+    """A rejected or canceled order's line in /orders carries its reason, whether it was
+    refused before reaching a broker or ended there; an open order's line carries none."""
+    async with h.db.session(h.alice) as s:  # type: ignore[attr-defined]
+        pid = (await s.portfolios.default()).id
+        order = {"portfolio_id": pid, "instrument_id": h.eth, "side": "BUY", "quantity": "1"}  # type: ignore[attr-defined]
+        await s.orders.place(
+            order, status="REJECTED", reason="insufficient balance: needs 5 USDT, free 1 USDT"
+        )
+        placed = await s.orders.place({**order, "type": "LIMIT", "price": "90"})
+        await s.orders.cancel(placed.id, reason="canceled by its owner")
+    rejected = joined(await h.send(ALICE, "/orders rejected"))
+    assert "REJECTED 0/1" in rejected
+    assert "insufficient balance: needs 5 USDT, free 1 USDT" in rejected
+    assert "canceled by its owner" in joined(await h.send(ALICE, "/orders canceled"))
+    open_orders = joined(await h.send(ALICE, "/orders"))
+    assert "insufficient" not in open_orders and "canceled by" not in open_orders

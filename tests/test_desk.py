@@ -306,8 +306,8 @@ async def test_orders_beyond_the_free_balance_are_stored_rejected_and_told(
     assert (first.status, first.reserve_price) == ("NEW", Decimal("59059"))
     needs = "insufficient balance: needs 5,905.9 USDT, free 4,094.1 USDT"
     assert preview.refusal == needs and preview.refused
-    assert (second.status, second.meta_json["reject_reason"]) == ("REJECTED", needs)
-    assert oversell.meta_json["reject_reason"] == "insufficient balance: needs 0.01 BTC, free 0 BTC"
+    assert (second.status, second.meta_json["reason"]) == ("REJECTED", needs)
+    assert oversell.meta_json["reason"] == "insufficient balance: needs 0.01 BTC, free 0 BTC"
     assert f"Rejected order #{second.id} (BUY 0.1 BTCUSDT): {needs}" in notes.joined()
     (usdt,) = await dal.valuation.balances(pid)
     assert (usdt.total, usdt.reserved) == (Decimal("10000"), Decimal("5905.9"))

@@ -216,6 +216,52 @@ async def test_0010_derives_order_notionals_and_averages_from_existing_fills(
     assert (await verify_database(empty_db_url)).ok
 
 
+async def test_0014_keeps_why_an_order_ended_under_one_key(empty_db_url: str) -> None:
+    """A refusal stored before 0014 as "reject_reason" is "reason" after it, like a broker's;
+    a downgrade gives the earlier code its key back."""
+    from dal import schema as t
+    from dal.database import Database
+    from tests.factories import default_portfolio, make_instrument, make_user
+
+    await _in_thread(migrations.upgrade, empty_db_url, "head")
+    db = Database(empty_db_url)
+    try:
+        actor = await make_user(db)
+        pid = await default_portfolio(db, actor)
+        iid = await make_instrument(db, "BTCUSDT")
+        async with db.session(actor) as s:
+            order = {"portfolio_id": pid, "instrument_id": iid, "side": "BUY", "quantity": "1"}
+            refused = await s.orders.place(order, status="REJECTED", reason="too big")
+            kept = await s.orders.place({**order, "meta": {"note": "mine"}})
+    finally:
+        await db.dispose()
+    await _in_thread(migrations.downgrade, empty_db_url, "0013")
+    engine = create_engine(empty_db_url)
+    try:
+        async with engine.begin() as conn:
+            meta = (
+                await conn.execute(
+                    sa.select(t.orders.c.meta_json).where(t.orders.c.id == refused.id)
+                )
+            ).scalar_one()
+            assert meta["reject_reason"] == "too big"
+            await conn.execute(  # as the earlier code stored it
+                sa.update(t.orders)
+                .where(t.orders.c.id == refused.id)
+                .values(meta_json={"reject_reason": "too big"})
+            )
+    finally:
+        await engine.dispose()
+    await _in_thread(migrations.upgrade, empty_db_url, "head")
+    db = Database(empty_db_url)
+    try:
+        async with db.session(actor) as s:
+            assert (await s.orders.get(refused.id)).meta_json == {"reason": "too big"}
+            assert (await s.orders.get(kept.id)).meta_json == {"note": "mine"}
+    finally:
+        await db.dispose()
+
+
 def test_files_tradebook_creates_are_its_owners_only(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'var' / 'tb.db'}"
     env = {"TRADEBOOK_DATABASE_URL": url, "PYTHONPATH": str(Path(__file__).parent.parent)}

@@ -123,7 +123,7 @@ async def test_blocked_order_is_stored_rejected_with_breach_and_notice(
         (order,) = await s.orders.list(pid, "REJECTED")
         (breach,) = await s.risk.breaches(pid)
         assert await s.trades.list(pid) == []
-    assert "exceeds" in order.meta_json["reject_reason"]
+    assert "exceeds" in order.meta_json["reason"]
     assert breach.action == "BLOCKED" and breach.order_id == order.id
     assert any("Risk blocked" in text for _, text in h.notes)
 

@@ -127,7 +127,7 @@ async def ask_to_confirm(
 
 def placed_text(row: sa.Row[Any]) -> str:
     if row.status == "REJECTED":
-        reason = (row.meta_json or {}).get("reject_reason", "")
+        reason = (row.meta_json or {}).get("reason", "")
         return f"Order #{row.id} rejected: {q(reason)}"
     return f"Order #{row.id} placed ({row.status})."
 
