@@ -129,7 +129,8 @@ class BinanceGateway:
         self._catching_up = asyncio.Lock()
         self._reported: set[str] = set()
         self._sent_ids: dict[str, str] = {}  # client order id → the Binance id already sent
-        client.sink = self._raw.put_nowait
+        self._translating = False  # _translate holds a message it has not emitted yet
+        client.sink = self._received
 
     # --- life cycle -------------------------------------------------------------------------
     async def adopt(self, orders: list[Any]) -> None:
@@ -455,31 +456,53 @@ class BinanceGateway:
             )
 
     # --- the stream -------------------------------------------------------------------------
+    def _received(self, message: dict[str, Any]) -> None:
+        """A user-data message: its events are emitted at once when nothing is ahead of it
+        and its instruments exist (the common case); anything else waits its turn in
+        ``_translate``, which keeps the order and handles what cannot be read."""
+        if self._raw.empty() and not self._translating:
+            try:
+                events = binance.payload_to_events(message)
+            except (InvalidInput, NotFound):
+                pass
+            else:
+                if {e.symbol for e in events} <= self.known:
+                    self._emit(events)
+                    return
+        self._raw.put_nowait(message)
+
     async def _translate(self) -> None:
         """Raw executionReports → broker events, in the order they came. A message that
         cannot be read is reported (its trades come back with the next catch-up); one whose
         instrument cannot be written now is tried again, never dropped for a passing error."""
         while True:
             message = await self._raw.get()
+            self._translating = True
             try:
-                events = binance.payload_to_events(message)
-            except (InvalidInput, NotFound) as exc:
-                log.error("Binance event not understood: %s", exc)
-                await self.tell_owner(
-                    f"A Binance event could not be read ({exc}); the next catch-up fetches "
-                    "its trades from Binance again"
-                )
-                continue
-            pause = self.reconnect_pause_s
-            while True:
-                try:
-                    await self._ensure_instruments({e.symbol for e in events})
-                    break
-                except Exception:
-                    log.exception("Binance event held: its instrument could not be written")
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, RECONNECT_MAX_S)
-            self._emit(events)
+                await self._translate_one(message)
+            finally:
+                self._translating = False
+
+    async def _translate_one(self, message: dict[str, Any]) -> None:
+        try:
+            events = binance.payload_to_events(message)
+        except (InvalidInput, NotFound) as exc:
+            log.error("Binance event not understood: %s", exc)
+            await self.tell_owner(
+                f"A Binance event could not be read ({exc}); the next catch-up fetches "
+                "its trades from Binance again"
+            )
+            return
+        pause = self.reconnect_pause_s
+        while True:
+            try:
+                await self._ensure_instruments({e.symbol for e in events})
+                break
+            except Exception:
+                log.exception("Binance event held: its instrument could not be written")
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RECONNECT_MAX_S)
+        self._emit(events)
 
     def _emit(self, events: list[BrokerEvent]) -> None:
         for event in events:
