@@ -567,7 +567,7 @@ class FakeBinance:
         rules = self.rules[order.symbol]
         reference = self._reference(order)
         notional = qty * price
-        if order.side == "BUY":
+        if order.side == "BUY":  # a stop triggered above its stop pays the rest from free
             fee, fee_asset = qty * self.fee_rate, rules.base
             self.locked[rules.quote] -= qty * reference
             self.free[rules.quote] += qty * reference - notional

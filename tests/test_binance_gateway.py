@@ -260,6 +260,8 @@ async def test_what_the_symbol_does_not_offer_is_refused_before_it_is_sent(live:
         "Binance takes GTC, IOC or FOK orders, not DAY"
     )
     assert (await live.desk.preview(live.dal, live.order("BUY", "0.01", "59000"))).refusal is None
+    gtc = live.order("BUY", "0.01", "59000", time_in_force="gtc")  # as a strategy may write it
+    assert (await live.desk.preview(live.dal, gtc)).refusal is None
 
     row = await live.desk.place(live.dal, stop)
     assert row.status == "REJECTED" and row.meta_json["reason"] == reason
@@ -704,3 +706,63 @@ async def test_a_trade_made_by_hand_on_binance_waits_while_its_instrument_cannot
     (trade,) = await live.trades()
     order = await live.dal.orders.get(trade.order_id)
     assert (order.client_order_id, order.strategy_id, order.status) == ("web_1", None, "FILLED")
+
+
+async def test_user_data_messages_reach_the_desk_in_the_order_they_came() -> None:
+    """A message with nothing ahead of it is handed on as it arrives; one that comes while an
+    earlier one is held (its instrument being written) waits behind it, and so does an
+    unreadable one, which is reported, never emitted."""
+    import json
+
+    payload = json.loads(
+        (
+            Path(__file__).parent / "payloads" / "binance" / "limit_buy_2_trade_partial.json"
+        ).read_text(encoding="utf-8")
+    )
+
+    def message(symbol: str, trade_id: int) -> dict[str, Any]:
+        return {**payload, "s": symbol, "t": trade_id}
+
+    release = asyncio.Event()
+
+    class Ledger:  # only what translating touches: writing a new symbol's instrument
+        async def apply_rules(self, rules: list[dict[str, Any]]) -> None:
+            await release.wait()
+
+    class Client:
+        sink: Any = None
+
+    told: list[str] = []
+
+    async def tell(text: str) -> None:
+        told.append(text)
+
+    gateway = BinanceGateway(Client(), Ledger(), tell, tell)  # type: ignore[arg-type]  # stubs of the two
+    gateway.known = {"BTCUSDT"}
+    gateway.rules["SOLUSDT"] = {"symbol": "SOLUSDT"}
+    emitted: list[str] = []
+    gateway._emit = lambda events: emitted.extend(  # type: ignore[method-assign]  # the spy
+        f"{e.symbol}:{e.broker_trade_id}" for e in events if isinstance(e, FillEvent)
+    )
+    sink = gateway.client.sink  # what ccxt hands each message to
+    assert sink is not None
+    translator = asyncio.create_task(gateway._translate())
+    try:
+        sink(message("BTCUSDT", 1))
+        assert emitted == ["BTCUSDT:1"]  # at once: nothing ahead of it
+        sink(message("SOLUSDT", 2))  # its instrument must be written first
+        await asyncio.sleep(0.01)
+        sink(message("BTCUSDT", 3))  # behind the held one
+        sink({"e": "executionReport", "s": "BTCUSDT"})  # unreadable
+        sink(message("BTCUSDT", 4))
+        await asyncio.sleep(0.01)
+        assert emitted == ["BTCUSDT:1"]
+        release.set()
+        await wait_for(lambda: len(emitted) == 4)
+        assert emitted == ["BTCUSDT:1", "SOLUSDT:2", "BTCUSDT:3", "BTCUSDT:4"]
+        assert len(told) == 1 and "could not be read" in told[0]
+        sink(message("BTCUSDT", 5))
+        assert emitted[-1] == "BTCUSDT:5"  # nothing ahead again: at once
+    finally:
+        translator.cancel()
+        await asyncio.gather(translator, return_exceptions=True)

@@ -200,7 +200,8 @@ class BinanceGateway:
             info = market.get("info") or {}
             if info.get("symbol"):
                 self.rules[info["symbol"]] = binance_rest.symbol_rules(info)
-                self.order_types[info["symbol"]] = frozenset(info.get("orderTypes") or ())
+                if isinstance(info.get("orderTypes"), list):  # else: not known, not checked
+                    self.order_types[info["symbol"]] = frozenset(info["orderTypes"])
         wanted = (await self.ledger.symbols()) | {o.symbol for o in self.open.values()}
         await self._ensure_instruments(wanted)
 
@@ -234,7 +235,7 @@ class BinanceGateway:
         symbol = str(order.get("symbol") or "").upper()
         return order_refusal(
             str(order.get("type") or "MARKET").upper(),
-            order.get("time_in_force"),
+            str(order.get("time_in_force") or "").upper() or None,
             symbol,
             self.order_types.get(symbol),
         )
