@@ -8,8 +8,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -40,6 +42,31 @@ async def _scalars(url: str, sql: str) -> list:
 
 def _in_thread(fn, *args):  # migrations run their own event loop
     return asyncio.to_thread(fn, *args)
+
+
+async def _written_at(url: str, revision: str, write: Callable[[Any], Awaitable[None]]) -> None:
+    """Downgrade to ``revision``, ``write`` rows there as that revision's code did (on a
+    connection in a transaction), then upgrade to head again."""
+    await _in_thread(migrations.downgrade, url, revision)
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await write(conn)
+    finally:
+        await engine.dispose()
+    await _in_thread(migrations.upgrade, url, "head")
+
+
+async def _head_with_a_portfolio(url: str) -> tuple[Any, Any, int, int]:
+    """A database migrated to head with a user, their default portfolio and BTCUSDT: (db,
+    actor, portfolio id, instrument id); the caller disposes of db."""
+    from dal.database import Database
+    from tests.factories import default_portfolio, make_instrument, make_user
+
+    await _in_thread(migrations.upgrade, url, "head")
+    db = Database(url)
+    actor = await make_user(db)
+    return db, actor, await default_portfolio(db, actor), await make_instrument(db, "BTCUSDT")
 
 
 async def test_upgrade_head_has_no_drift_and_round_trips(empty_db_url: str) -> None:
@@ -174,15 +201,11 @@ async def test_0010_derives_order_notionals_and_averages_from_existing_fills(
     (the incremental average stored before could be off in the last place); verify is clean."""
     from dal import schema as t
     from dal.database import Database
-    from tests.factories import T0, default_portfolio, fill, make_instrument, make_user
+    from tests.factories import T0, fill
     from tradebook.ops.verify import verify_database
 
-    await _in_thread(migrations.upgrade, empty_db_url, "head")
-    db = Database(empty_db_url)
+    db, actor, pid, iid = await _head_with_a_portfolio(empty_db_url)
     try:
-        actor = await make_user(db)
-        pid = await default_portfolio(db, actor)
-        iid = await make_instrument(db, "BTCUSDT")
         fills = [("3", "73"), ("5", "5.333333333333333333"), ("8", "8.714285714285714286")]
         async with db.session(actor) as s:
             order = await s.orders.place(
@@ -195,16 +218,13 @@ async def test_0010_derives_order_notionals_and_averages_from_existing_fills(
                 )  # fmt: skip
     finally:
         await db.dispose()
-    await _in_thread(migrations.downgrade, empty_db_url, "0009")
-    engine = create_engine(empty_db_url)
-    try:
-        async with engine.begin() as conn:  # what the incremental average stored
-            await conn.execute(
-                sa.update(t.orders).values(avg_fill_price=Decimal("19.711309523809523809"))
-            )
-    finally:
-        await engine.dispose()
-    await _in_thread(migrations.upgrade, empty_db_url, "head")
+
+    async def incremental_average(conn: Any) -> None:  # what 0009's code stored
+        await conn.execute(
+            sa.update(t.orders).values(avg_fill_price=Decimal("19.711309523809523809"))
+        )
+
+    await _written_at(empty_db_url, "0009", incremental_average)
     db = Database(empty_db_url)
     try:
         async with db.session(actor) as s:
@@ -221,38 +241,26 @@ async def test_0014_keeps_why_an_order_ended_under_one_key(empty_db_url: str) ->
     a downgrade gives the earlier code its key back."""
     from dal import schema as t
     from dal.database import Database
-    from tests.factories import default_portfolio, make_instrument, make_user
 
-    await _in_thread(migrations.upgrade, empty_db_url, "head")
-    db = Database(empty_db_url)
+    db, actor, pid, iid = await _head_with_a_portfolio(empty_db_url)
     try:
-        actor = await make_user(db)
-        pid = await default_portfolio(db, actor)
-        iid = await make_instrument(db, "BTCUSDT")
         async with db.session(actor) as s:
             order = {"portfolio_id": pid, "instrument_id": iid, "side": "BUY", "quantity": "1"}
             refused = await s.orders.place(order, status="REJECTED", reason="too big")
             kept = await s.orders.place({**order, "meta": {"note": "mine"}})
     finally:
         await db.dispose()
-    await _in_thread(migrations.downgrade, empty_db_url, "0013")
-    engine = create_engine(empty_db_url)
-    try:
-        async with engine.begin() as conn:
-            meta = (
-                await conn.execute(
-                    sa.select(t.orders.c.meta_json).where(t.orders.c.id == refused.id)
-                )
-            ).scalar_one()
-            assert meta["reject_reason"] == "too big"
-            await conn.execute(  # as the earlier code stored it
-                sa.update(t.orders)
-                .where(t.orders.c.id == refused.id)
-                .values(meta_json={"reject_reason": "too big"})
-            )
-    finally:
-        await engine.dispose()
-    await _in_thread(migrations.upgrade, empty_db_url, "head")
+
+    async def as_0013_stored_it(conn: Any) -> None:
+        query = sa.select(t.orders.c.meta_json).where(t.orders.c.id == refused.id)
+        assert (await conn.execute(query)).scalar_one()["reject_reason"] == "too big"
+        await conn.execute(
+            sa.update(t.orders)
+            .where(t.orders.c.id == refused.id)
+            .values(meta_json={"reject_reason": "too big"})
+        )
+
+    await _written_at(empty_db_url, "0013", as_0013_stored_it)
     db = Database(empty_db_url)
     try:
         async with db.session(actor) as s:
