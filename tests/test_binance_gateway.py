@@ -263,6 +263,8 @@ async def test_what_the_symbol_does_not_offer_is_refused_before_it_is_sent(live:
     gtc = live.order("BUY", "0.01", "59000", time_in_force="gtc")  # as a strategy may write it
     assert (await live.desk.preview(live.dal, gtc)).refusal is None
 
+    await live.desk._drop_gateway(live.pid)  # as a trading-mode switch does
+    # A gateway made anew knows the symbol's order types before its first order.
     row = await live.desk.place(live.dal, stop)
     assert row.status == "REJECTED" and row.meta_json["reason"] == reason
     await live.settled()

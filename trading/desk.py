@@ -323,11 +323,14 @@ class OrderDesk:
             raise InvalidInput(f"this portfolio trades on {exchange}, not {order['exchange']}")
         symbol = str(order["symbol"]).upper()
         ensure = getattr(gateway, "ensure_instrument", None)
-        if ensure is not None and (exchange, symbol) not in self._on_exchange:
+        if ensure is not None:
+            # Every time: a gateway made anew (a trading-mode switch) reads the exchange's
+            # rules here before its first order, so the order is checked against them.
             await ensure(symbol)
-            instrument = await dal.instruments.get(symbol=symbol, exchange=exchange)
-            self.market.alias(symbol, instrument.id, exchange)  # real prices, if the feed has them
-            self._on_exchange.add((exchange, symbol))  # instruments are never deleted
+            if (exchange, symbol) not in self._on_exchange:
+                instrument = await dal.instruments.get(symbol=symbol, exchange=exchange)
+                self.market.alias(symbol, instrument.id, exchange)  # real prices, if any
+                self._on_exchange.add((exchange, symbol))  # instruments are never deleted
         return {**order, "exchange": exchange}
 
     def _checks(
