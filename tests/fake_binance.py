@@ -375,14 +375,13 @@ class FakeBinance:
                 raise BinanceError(400, -1102, "Mandatory parameter 'stopPrice' was not sent.")
             if stop <= 0 or stop % rules.tick_size:
                 raise BinanceError(400, -1013, "Filter failure: PRICE_FILTER")
-            now_price = self.prices[symbol]
-            if (now_price >= stop) if side == "BUY" else (now_price <= stop):
+            if _reached(side, self.prices[symbol], stop):
                 raise BinanceError(400, -2010, "Stop price would trigger immediately.")
         if quantity <= 0 or quantity % rules.step_size:
             raise BinanceError(400, -1013, "Filter failure: LOT_SIZE")
         if limited and (price <= 0 or price % rules.tick_size):
             raise BinanceError(400, -1013, "Filter failure: PRICE_FILTER")
-        reference = price if limited else stop if kind == "STOP_LOSS" else self.prices[symbol]
+        reference = _reference(kind, price, stop, self.prices[symbol])
         if quantity * reference < rules.min_notional:
             raise BinanceError(400, -1013, "Filter failure: NOTIONAL")
         # What the order locks: a BUY its quote at the limit (MARKET: at the price now, plus
@@ -538,20 +537,17 @@ class FakeBinance:
         trades at the market)."""
         if order.type not in (*_LIMITED, *_STOPS):
             return False
-        buy = order.side == "BUY"
         if not order.working:
-            if not ((price >= order.stop_price) if buy else (price <= order.stop_price)):
+            if not _reached(order.side, price, order.stop_price):
                 return False
             order.working = True
         if order.type == "STOP_LOSS":
             return True
-        return price <= order.price if buy else price >= order.price
+        return price <= order.price if order.side == "BUY" else price >= order.price
 
     def _reference(self, order: FakeOrder) -> Decimal:
         """The price a BUY's locked quote was counted at."""
-        if order.type in _LIMITED:
-            return order.price
-        return order.stop_price if order.type == "STOP_LOSS" else self.prices[order.symbol]
+        return _reference(order.type, order.price, order.stop_price, self.prices[order.symbol])
 
     def _release(self, order: FakeOrder) -> None:
         rules = self.rules[order.symbol]
@@ -790,6 +786,19 @@ def _kline_row(start: int, open: Decimal, high: Decimal, low: Decimal, close: De
         _s(close / 2),
         "0",
     ]
+
+
+def _reached(side: str, price: Decimal, stop: Decimal) -> bool:
+    """Whether ``price`` triggers a stop order of ``side`` at ``stop``."""
+    return price >= stop if side == "BUY" else price <= stop
+
+
+def _reference(kind: str, price: Decimal, stop: Decimal, market: Decimal) -> Decimal:
+    """The price an order of ``kind`` is counted at when placed (its notional, a BUY's lock):
+    its limit, a stop-loss order's stop, else the market's price."""
+    if kind in _LIMITED:
+        return price
+    return stop if kind == "STOP_LOSS" else market
 
 
 def _symbol_info(r: SymbolRules) -> dict[str, Any]:
