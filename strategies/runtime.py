@@ -164,8 +164,11 @@ class StrategyRuntime:
                 )
             if (row.id, portfolio.id) in self.runs:
                 return row
-            await s.strategy_runs.start(row.id, portfolio.id)
-        await self._launch(actor, row.id, portfolio.id)
+        # Everything a run needs (its code, the portfolio's gateway) is checked before the run
+        # is recorded RUNNING: a start that fails leaves no run to show or to resume.
+        run = await self._prepare(actor, row.id, portfolio.id)
+        await dal.strategy_runs.start(row.id, portfolio.id)
+        self._go(row.id, portfolio.id, run)
         return row
 
     async def stop_strategy(
@@ -183,6 +186,11 @@ class StrategyRuntime:
         return row
 
     async def _launch(self, actor: Actor, strategy_id: int, portfolio_id: int) -> None:
+        self._go(strategy_id, portfolio_id, await self._prepare(actor, strategy_id, portfolio_id))
+
+    async def _prepare(self, actor: Actor, strategy_id: int, portfolio_id: int) -> _Run:
+        """A run of the strategy on the portfolio, ready to go (TradebookError if it cannot
+        run: no code for it, no gateway for the portfolio)."""
         dal = self.db.scoped(actor)
         async with dal.session() as s:
             row = await s.strategies.get(strategy_id)
@@ -195,7 +203,9 @@ class StrategyRuntime:
             int(row.user_id), portfolio_id, strategy_id, dal, self.desk, self.market
         )
         await self.desk.gateway_for(portfolio_id, dal)
-        run = _Run(strategy, ctx, asyncio.Queue(), name=f"{row.name} {row.version}")
+        return _Run(strategy, ctx, asyncio.Queue(), name=f"{row.name} {row.version}")
+
+    def _go(self, strategy_id: int, portfolio_id: int, run: _Run) -> None:
         self.runs[(strategy_id, portfolio_id)] = run
         run.task = asyncio.create_task(self._drive(run), name=f"strategy-{strategy_id}")
 

@@ -370,6 +370,16 @@ async def test_no_order_is_stored_for_a_portfolio_without_gateway(
     assert await table_counts(engine) == before
 
 
+async def test_a_strategy_that_cannot_start_is_not_recorded_running(h: Trading) -> None:
+    await h.send(ALICE, "/account add IBKR Broker U1 USD")
+    await h.send(ALICE, "/portfolio add Stocks Broker")
+    await h.send(ALICE, "/portfolio Stocks")
+    assert "no gateway for IBKR" in joined(await h.send(ALICE, "/strategy start sma_cross"))
+    assert "running" not in joined(await h.send(ALICE, "/strategies"))
+    async with h.db.session(h.alice) as s:
+        assert await s.strategy_runs.running() == []
+
+
 async def test_alerts_of_deactivated_users_are_not_evaluated(h: Trading, db: Database) -> None:
     await h.send(BOB, "/alert add price BTCUSDT above 61000")
     admin = await approved_user(db, 9001, admin=True)
