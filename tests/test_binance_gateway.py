@@ -768,3 +768,23 @@ async def test_user_data_messages_reach_the_desk_in_the_order_they_came() -> Non
     finally:
         translator.cancel()
         await asyncio.gather(translator, return_exceptions=True)
+
+
+async def test_a_fill_fetched_again_is_neither_told_nor_handed_on_again(live: Live) -> None:
+    gateway = await live.gateway()
+    seen: list[str] = []
+
+    async def listener(user_id: int, portfolio_id: int, fill: FillEvent) -> None:
+        seen.append(fill.broker_trade_id)
+
+    live.desk.fill_listeners.append(listener)
+    await live.desk.place(live.dal, live.order("BUY", "0.01"))
+    await live.settled(lambda: len(live.fake.trades) == 1)
+    await wait_for(lambda: any(t.startswith("Filled:") for _, t in live.notes.texts))
+    await live.desk.idle()
+    for _ in range(2):  # what the periodic reconcile does: the recent trades again
+        await gateway.catch_up(since=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=180))
+        await live.desk.idle()
+    assert len(await live.trades()) == 1
+    assert len([t for _, t in live.notes.texts if t.startswith("Filled:")]) == 1
+    assert len(seen) == 1

@@ -511,7 +511,7 @@ class OrderDesk:
         """A burst of fills in one transaction; if that fails, each on its own (with its
         retries, and kept when it still fails)."""
         try:
-            trades = await apply_fills(dal, portfolio_id, fills)
+            results = await apply_fills(dal, portfolio_id, fills)
         except Exception as exc:
             log.warning(
                 "a batch of %d fills failed (%s); applying them one by one", len(fills), exc
@@ -520,12 +520,12 @@ class OrderDesk:
                 await self.apply(dal, portfolio_id, fill)
             return
         user_id = dal.actor.user_id or 0
-        each = len(fills) <= NOTICE_EACH_UP_TO
-        for fill, trade in zip(fills, trades, strict=True):
-            await self._after(user_id, portfolio_id, fill, trade, notice=each)
+        new = [(fill, r.trade) for fill, r in zip(fills, results, strict=True) if not r.replayed]
+        each = len(new) <= NOTICE_EACH_UP_TO
+        for fill, result in zip(fills, results, strict=True):
+            await self._after(user_id, portfolio_id, fill, result, notice=each)
         if not each:  # a catch-up: one notice, not one per fill
-            where = self.venues.get(portfolio_id)
-            text = fills_summary(list(zip(fills, trades, strict=True)), where)
+            text = fills_summary(new, self.venues.get(portfolio_id))
             await self.notify(user_id, text, NotificationKind.FILLS)
 
     async def apply(self, dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> None:
@@ -553,20 +553,27 @@ class OrderDesk:
     async def _after(
         self, user_id: int, portfolio_id: int, event: BrokerEvent, row: Any, notice: bool = True
     ) -> None:
+        """What follows an applied event: ``row`` is what ``apply_event`` returned (for a fill,
+        its IngestResult)."""
         if isinstance(event, FillEvent):
+            # A fill stored before (a catch-up or reconcile fetches it again, a stream repeats
+            # it) changed nothing: it was told, and handed to the strategies, the first time.
+            if row.replayed:
+                return
+            trade = row.trade
             what = f"{event.side} {event.quantity} {event.symbol} at {event.price}"
-            order = f" (order #{row.order_id})" if row.order_id else ""
+            order = f" (order #{trade.order_id})" if trade.order_id else ""
             where = self.venues.get(portfolio_id)
             venue_tag = f" [{where}]" if where else ""
             if notice:
                 await self.notify(
                     user_id,
-                    f"Filled: {what}{order}{realized_text(row)}{venue_tag}",
+                    f"Filled: {what}{order}{realized_text(trade)}{venue_tag}",
                     NotificationKind.FILLS,
                 )
-            waiting = self._answers.get(row.order_id) if row.order_id else None
+            waiting = self._answers.get(trade.order_id) if trade.order_id else None
             if waiting is not None and not waiting.done():  # a cancel meets a fill that ends it
-                filled = await self.db.scoped(Actor.user(user_id)).orders.get(row.order_id)
+                filled = await self.db.scoped(Actor.user(user_id)).orders.get(trade.order_id)
                 if filled.status not in OPEN_STATUSES:
                     waiting.set_result(filled.status)
             for listener in self.fill_listeners:

@@ -48,7 +48,8 @@ async def _find_order(s: Any, portfolio_id: int, event: BrokerEvent) -> tuple[An
 
 
 async def apply_event(dal: ScopedDal, portfolio_id: int, event: BrokerEvent) -> Any:
-    """Apply one broker event in one transaction; returns the order or trade row touched."""
+    """Apply one broker event in one transaction; returns the order row it touched, or for a
+    fill its ``IngestResult`` (the trade, and whether the fill had been stored before)."""
     if isinstance(event, FillEvent) and event.client_order_id:
         # The common live fill, in one step; a transaction that found no such order wrote
         # nothing, and the general way below looks further.
@@ -103,7 +104,7 @@ def _fill_of_own_order(s: TxServices, portfolio_id: int, event: FillEvent) -> In
         return None
 
 
-def _applied(event: FillEvent, result: IngestResult) -> Any:
+def _applied(event: FillEvent, result: IngestResult) -> IngestResult:
     log.info(
         "fill",
         extra={
@@ -112,10 +113,12 @@ def _applied(event: FillEvent, result: IngestResult) -> Any:
             "replayed": result.replayed,
         },
     )
-    return result.trade
+    return result
 
 
-async def apply_fills(dal: ScopedDal, portfolio_id: int, fills: list[FillEvent]) -> list[Any]:
+async def apply_fills(
+    dal: ScopedDal, portfolio_id: int, fills: list[FillEvent]
+) -> list[IngestResult]:
     """Apply many fills in one transaction (a burst from the stream, a catch-up): the same
     lookups as ``apply_event`` for each, then one set-based ingestion. All or nothing."""
     async with dal.session() as s:
@@ -133,7 +136,7 @@ async def apply_fills(dal: ScopedDal, portfolio_id: int, fills: list[FillEvent])
             rows.append(_fill_row(portfolio_id, instrument_id, order, event))
         results = await s.trades.ingest_fills(rows)
         log.info("fills applied as one batch", extra={"fills": len(results)})
-        return [r.trade for r in results]
+        return results
 
 
 async def _fill_order(
