@@ -788,3 +788,43 @@ async def test_a_fill_fetched_again_is_neither_told_nor_handed_on_again(live: Li
     assert len(await live.trades()) == 1
     assert len([t for _, t in live.notes.texts if t.startswith("Filled:")]) == 1
     assert len(seen) == 1
+
+
+async def test_fills_of_an_order_that_ended_in_its_answer_are_fetched_when_the_stream_lost_them(
+    live: Live,
+) -> None:
+    # A MARKET order filled at once: the answer says FILLED, so nothing is open to look at
+    # afterwards; its fills were on a stream that had died unnoticed, and no trade of the
+    # symbol was ever stored, so there is no trade id to resume from either.
+    gateway = await live.gateway()
+    live.fake.mute_stream = True
+    order = await live.desk.place(live.dal, live.order("BUY", "0.1", symbol="ETHUSDT"))
+    await wait_for(lambda: len(live.fake.trades) == 1 and not gateway.open)
+    caught_up = gateway.caught_up
+    await live.fake.drop_stream()
+    live.fake.mute_stream = False
+    await wait_for(lambda: gateway.caught_up > caught_up)
+    await live.desk.idle()
+    row = await live.dal.orders.get(order.id)
+    assert (row.status, row.filled_quantity) == ("FILLED", Decimal("0.1"))
+    assert len(await live.trades()) == 1
+
+
+async def test_a_reconnect_resumes_every_stored_symbol_not_only_those_seen_since_start(
+    live: Live,
+) -> None:
+    gateway = await live.gateway()
+    await live.desk.place(live.dal, live.order("BUY", "0.1", symbol="ETHUSDT"))
+    await live.desk.place(live.dal, live.order("BUY", "0.01"))
+    await live.settled(lambda: len(live.fake.trades) == 2)
+    del gateway.cursor["ETHUSDT"]  # as if ETH's trade had been stored by an earlier run
+    live.fake.mute_stream = True  # the next ETH trade is lost on the stream
+    await live.desk.place(live.dal, live.order("BUY", "0.1", symbol="ETHUSDT"))
+    await wait_for(lambda: len(live.fake.trades) == 3 and not gateway.open)
+    gateway._fills_due.clear()  # only the stored trade ids can bring it back now
+    caught_up = gateway.caught_up
+    await live.fake.drop_stream()
+    live.fake.mute_stream = False
+    await wait_for(lambda: gateway.caught_up > caught_up)
+    await live.desk.idle()
+    assert len(await live.trades()) == 3

@@ -66,6 +66,7 @@ RATE_LIMIT_TRIES = 3  # a request refused with 429 is sent this many times at mo
 RECONNECT_MAX_S = 60.0
 _FILL_STATUSES = ("NEW", "PARTIALLY_FILLED", "FILLED")
 MY_TRADES_LIMIT = 1000  # Binance's maximum page of myTrades
+FILLS_SEEN_ORDERS = 10_000  # orders whose fills seen here are remembered (the most recent)
 CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")  # Binance's newClientOrderId rule
 _TYPES = {
     "MARKET": "MARKET",
@@ -121,6 +122,11 @@ class BinanceGateway:
         self.order_types: dict[str, frozenset[str]] = {}  # symbol → what Binance takes there
         self.known: set[str] = set()  # symbols whose instruments exist
         self.cursor: dict[str, int] = {}  # symbol → highest trade id seen
+        # Binance order id → its trades seen here (trade id → quantity), recent orders first out
+        self._fills_seen: dict[str, dict[str, Decimal]] = {}
+        # Orders a placement's answer ended with a quantity executed, until their fills are
+        # seen: Binance order id → (symbol, client order id, quantity executed).
+        self._fills_due: dict[str, tuple[str, str | None, Decimal]] = {}
         self.banned_until: dt.datetime | None = None
         self.caught_up = 0  # completed catch-ups (tests wait on it)
         self._events = EventQueue()
@@ -162,7 +168,9 @@ class BinanceGateway:
                 await self._load_rules()
                 # Where the catch-up resumes, fixed before subscribing: trades the new stream
                 # delivers meanwhile must not move it past ones missed while disconnected.
-                resume = dict(self.cursor) or await self.ledger.last_trade_ids()
+                resume = await self.ledger.last_trade_ids()
+                for symbol, trade_id in self.cursor.items():
+                    resume[symbol] = max(resume.get(symbol, 0), trade_id)
                 await self.client.authenticate({"type": "spot"})  # the user-data subscription
                 await self.catch_up(resume)
                 pause = self.reconnect_pause_s
@@ -262,7 +270,21 @@ class BinanceGateway:
                 "about it at the next reconciliation"
             )
             return
-        self._emit([binance_rest.order_update(answer)])
+        update = binance_rest.order_update(answer)
+        self._emit([update])
+        if update.status in FINAL_STATUSES and update.broker_order_id is not None:
+            # The order ended here, so the stream's fills are all that bring its trades; if
+            # they do not come (a stream that died unnoticed), the next catch-up fetches them.
+            executed = binance_rest.executed_quantity(answer)
+            if executed > self._seen_quantity(update.broker_order_id):
+                self._fills_due[update.broker_order_id] = (
+                    update.symbol,
+                    update.client_order_id,
+                    executed,
+                )
+
+    def _seen_quantity(self, broker_order_id: str) -> Decimal:
+        return sum(self._fills_seen.get(broker_order_id, {}).values(), Decimal(0))
 
     async def _resolve(self, order: Any, why: str) -> None:
         """The placement's answer was lost: look the order up by its client id."""
@@ -362,6 +384,10 @@ class BinanceGateway:
                 self._emit([update])
             for update in updates:
                 orders_to_check.setdefault(update.symbol, set()).add(update.broker_order_id)
+            due = dict(self._fills_due)
+            for due_id, (symbol, due_client_id, _) in due.items():
+                orders_to_check.setdefault(symbol, set()).add(due_id)
+                client_ids.setdefault(due_id, due_client_id)
             after = dict(resume or {})
             for symbol in sorted(set(after) | set(self.cursor) | set(orders_to_check)):
                 if symbol in after:
@@ -371,6 +397,8 @@ class BinanceGateway:
                     await self._trades_after(symbol, {"startTime": start}, client_ids)
                 for broker_order_id in sorted(orders_to_check.get(symbol, ()), key=str):
                     await self._trades_of(symbol, broker_order_id, client_ids)
+            for due_id in due:  # an ended order's trades are all fetched now
+                self._fills_due.pop(due_id, None)
             await self._events.join()  # compare balances once what was fetched is applied
             await self._check_balances()
             self.caught_up += 1
@@ -510,11 +538,23 @@ class BinanceGateway:
             if isinstance(event, FillEvent):
                 trade_id = int(event.broker_trade_id)
                 self.cursor[event.symbol] = max(self.cursor.get(event.symbol, 0), trade_id)
+                self._fill_seen(event)
             elif event.status in FINAL_STATUSES and event.client_order_id:
                 self.open.pop(event.client_order_id, None)
             if self._changes_nothing(event):
                 continue
             self._events.put_nowait(event)
+
+    def _fill_seen(self, fill: FillEvent) -> None:
+        order_id = fill.broker_order_id
+        seen = self._fills_seen.pop(order_id, {})
+        seen[fill.broker_trade_id] = fill.quantity
+        self._fills_seen[order_id] = seen  # the most recent last
+        if len(self._fills_seen) > FILLS_SEEN_ORDERS:
+            del self._fills_seen[next(iter(self._fills_seen))]
+        due = self._fills_due.get(order_id)
+        if due is not None and self._seen_quantity(order_id) >= due[2]:
+            del self._fills_due[order_id]
 
     def _changes_nothing(self, event: BrokerEvent) -> bool:
         """A NEW, PARTIALLY_FILLED or FILLED update of an order whose Binance id was already
