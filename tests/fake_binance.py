@@ -25,6 +25,7 @@ as ``{"stream": ..., "data": ...}``), as web-socket-streams.md describes;
 
 Faults tests inject: ``next_rest_errors`` (HTTP status + Binance error per endpoint, e.g. 429
 with ``Retry-After``), ``accept_then_timeout`` (the order is placed, the answer never comes),
+``order_transit_s`` (a new order reaches the matching engine only after that many seconds),
 ``drop_stream()`` (the WebSocket closes), ``mute_stream`` (events happen but are not sent, as
 when a connection is half dead), ``clock_offset_ms`` (the fake's clock runs ahead).
 
@@ -163,6 +164,7 @@ class FakeBinance:
         self.next_rest_errors: dict[str, list[BinanceError]] = defaultdict(list)
         self.accept_then_timeout = False
         self.answer_delay_s = 60.0
+        self.order_transit_s = 0.0
         self.mute_stream = False
         self.clock_offset_ms = 0
         self.sent_events: list[dict[str, Any]] = []
@@ -280,6 +282,8 @@ class FakeBinance:
                 raise BinanceError(400, -1000, f"fake: {request.method} /api/v3/{endpoint}")
             if endpoint not in _PUBLIC:
                 self._check_signature(request, body, params)
+            if endpoint == "order" and request.method == "POST" and self.order_transit_s:
+                await asyncio.sleep(self.order_transit_s)
             result = await handler(self, params)
         except BinanceError as exc:
             return web.json_response(

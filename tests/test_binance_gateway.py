@@ -828,3 +828,17 @@ async def test_a_reconnect_resumes_every_stored_symbol_not_only_those_seen_since
     await wait_for(lambda: gateway.caught_up > caught_up)
     await live.desk.idle()
     assert len(await live.trades()) == 3
+
+
+async def test_a_cancel_that_overtakes_its_placement_waits_for_it(live: Live) -> None:
+    # The kill switch right after an order: its DELETE would reach Binance before the POST,
+    # find nothing, and the order, reported canceled, would then go live.
+    await live.gateway()
+    live.fake.order_transit_s = 0.5
+    order = await live.desk.place(live.dal, live.order("BUY", "0.01", "59000"))
+    outcomes = await live.desk.kill_switch(live.dal)
+    assert [(o.order_id, o.outcome) for o in outcomes] == [(order.id, "canceled")]
+    (remote,) = live.fake.orders.values()
+    assert remote.status == "CANCELED"
+    await live.desk.idle()
+    assert (await live.dal.orders.get(order.id)).status == "CANCELED"

@@ -64,6 +64,7 @@ log = logging.getLogger("tradebook.binance")
 RESOLVE_TRIES = 5  # looks for an order whose placement answer was lost
 RATE_LIMIT_TRIES = 3  # a request refused with 429 is sent this many times at most
 RECONNECT_MAX_S = 60.0
+PLACEMENT_WAIT_S = 10.0  # how long a cancel waits for the answer to the order's placement
 _FILL_STATUSES = ("NEW", "PARTIALLY_FILLED", "FILLED")
 MY_TRADES_LIMIT = 1000  # Binance's maximum page of myTrades
 FILLS_SEEN_ORDERS = 10_000  # orders whose fills seen here are remembered (the most recent)
@@ -135,6 +136,7 @@ class BinanceGateway:
         self._catching_up = asyncio.Lock()
         self._reported: set[str] = set()
         self._sent_ids: dict[str, str] = {}  # client order id → the Binance id already sent
+        self._placing: dict[str, asyncio.Task[Any]] = {}  # client order id → its placement
         self._translating = False  # _translate holds a message it has not emitted yet
         client.sink = self._received
 
@@ -250,8 +252,11 @@ class BinanceGateway:
 
     async def place(self, order: Any) -> None:
         """Send the order in the background; its outcome arrives as events."""
-        self.open[order.client_order_id] = order
-        self._spawn(self._submit(order), f"place-{order.id}")
+        client_id = order.client_order_id
+        self.open[client_id] = order
+        placing = self._spawn(self._submit(order), f"place-{order.id}")
+        self._placing[client_id] = placing
+        placing.add_done_callback(lambda _: self._placing.pop(client_id, None))
 
     async def _submit(self, order: Any) -> None:
         try:
@@ -312,6 +317,16 @@ class BinanceGateway:
 
     async def cancel(self, order: Any) -> bool:
         """Ask Binance to cancel; False when Binance does not have the order (never had it)."""
+        placing = self._placing.get(order.client_order_id)
+        if placing is not None:
+            # A cancel that overtook its placement would find nothing on Binance, and the
+            # order, reported canceled, would then go live: the placement's answer comes first.
+            try:
+                await asyncio.wait_for(asyncio.shield(placing), PLACEMENT_WAIT_S)
+            except TimeoutError:
+                raise TradebookError(
+                    "Binance has not answered its placement yet; try again in a moment"
+                ) from None
         params = {"symbol": order.symbol, "origClientOrderId": order.client_order_id}
         try:
             answer = await self._call(self.client.private_delete_order, params)
