@@ -207,6 +207,40 @@ async def test_an_event_that_cannot_be_applied_is_kept_told_and_applied_later(
     assert "Filled: BUY 2 NEWCOIN" in notes.joined()
 
 
+def fill_of(symbol: str, trade_id: str) -> FillEvent:
+    return FillEvent(symbol, "PAPER", "X-1", None, trade_id, "BUY", Decimal(1), Decimal(100),
+                     Decimal(0), None, T0)  # fmt: skip
+
+
+async def test_events_that_cannot_even_be_kept_are_held_and_applied_later(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = await make_user(db)
+    pid = await default_portfolio(db, user)
+    desk = OrderDesk(db, Market(), Notes(), {}, apply_pause_s=0)
+    async with db.session(Actor.system()) as s:
+        await s.instruments.ensure(
+            {"symbol": "NEWCOIN", "exchange": "PAPER", "asset_type": "CRYPTO", "currency": "USDT"}
+        )
+    fills = [fill_of("NEWCOIN", f"XT-{i}") for i in range(3)]
+
+    async def out_of_reach(*args: Any) -> None:
+        raise ConnectionError("the database is out of reach")
+
+    dal = db.scoped(user)
+    with monkeypatch.context() as m:  # neither applying nor keeping works
+        m.setattr("trading.desk.apply_fills", out_of_reach)
+        m.setattr("trading.desk.apply_event", out_of_reach)
+        m.setattr(type(dal.unapplied_events), "keep", out_of_reach)
+        await desk.apply_fills(dal, pid, fills)  # the batch, then each fill on its own
+        assert await desk.retry_kept() == 0
+    assert await dal.trades.list(pid) == []
+    await desk.retry_kept()
+    assert sorted(t.broker_trade_id for t in await dal.trades.list(pid)) == ["XT-0", "XT-1", "XT-2"]
+    await desk.retry_kept()  # nothing is held any more
+    assert len(await dal.trades.list(pid)) == 3
+
+
 def test_a_fill_without_a_broker_trade_id_is_refused() -> None:
     for missing in ("", "  ", "-1"):
         with pytest.raises(ValueError, match="no broker trade id"):

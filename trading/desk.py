@@ -75,6 +75,7 @@ FILL_BATCH = 100  # fills applied in one transaction when they arrive together
 NOTICE_EACH_UP_TO = 5  # fills applied together beyond this get one summary notice
 SUMMARY_LINES = 20  # orders listed in that summary
 ENDS_REMEMBERED = 10_000  # orders whose end was told, kept so a duplicate is not told again
+RETRY_KEPT_EVERY_S = 60.0  # how often kept broker events are tried again
 
 
 class GatewayFactory(Protocol):
@@ -167,6 +168,7 @@ class OrderDesk:
         *,
         cancel_answer_s: float = CANCEL_ANSWER_S,
         apply_pause_s: float = APPLY_PAUSE_S,
+        retry_kept_every_s: float = RETRY_KEPT_EVERY_S,
         terms: Terms = NO_TERMS,
         account_checks: dict[str, AccountCheck] | None = None,
     ) -> None:
@@ -177,6 +179,7 @@ class OrderDesk:
         self.factories = gateway_factories
         self.cancel_answer_s = cancel_answer_s
         self.apply_pause_s = apply_pause_s
+        self.retry_kept_every_s = retry_kept_every_s
         self.terms = terms  # the fee and slippage a BUY reserves for (the paper broker's)
         self.gateways: dict[int, OrderGateway] = {}  # portfolio id → gateway
         self.venues: dict[int, str] = {}  # portfolio id → PAPER / TESTNET / LIVE
@@ -186,6 +189,10 @@ class OrderDesk:
         self._gateway_lock = asyncio.Lock()
         self._answers: dict[int, asyncio.Future[str]] = {}  # order id → its final status
         self._ends_told: dict[int, None] = {}  # order ids whose end was told, oldest first
+        # Broker events that could be neither applied nor kept (the database was out of
+        # reach): held here, tried with the kept ones, until one or the other works.
+        self._held: list[tuple[ScopedDal, int, BrokerEvent]] = []
+        self._retrying: asyncio.Task[None] | None = None
 
     # --- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -209,8 +216,21 @@ class OrderDesk:
             except TradebookError as exc:
                 log.warning("no gateway for portfolio #%s at start-up: %s", portfolio_id, exc)
         await self.retry_kept()
+        self._retrying = asyncio.create_task(self._retry_kept_every(), name="desk-retry-kept")
+
+    async def _retry_kept_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry_kept_every_s)
+            try:
+                await self.retry_kept()
+            except Exception:  # the database may still be out of reach: next time
+                log.exception("kept broker events: retry failed")
 
     async def stop(self) -> None:
+        if self._retrying is not None:
+            self._retrying.cancel()
+            await asyncio.gather(self._retrying, return_exceptions=True)
+            self._retrying = None
         for portfolio_id in list(self.gateways):
             await self._drop_gateway(portfolio_id)
 
@@ -611,8 +631,13 @@ class OrderDesk:
         try:
             kept = await dal.unapplied_events.keep(portfolio_id, event_to_json(event), text)
         except Exception:
-            log.critical("broker event could not even be kept: %s", event, exc_info=True)
-            raise
+            log.critical(
+                "broker event could not even be kept; held in memory and tried again: %s",
+                event,
+                exc_info=True,
+            )
+            self._held.append((dal, portfolio_id, event))
+            return
         log.error("broker event kept as unapplied #%s: %s", kept.id, text)
         await self.notify(
             dal.actor.user_id or 0,
@@ -622,7 +647,15 @@ class OrderDesk:
         )
 
     async def retry_kept(self) -> int:
-        """Apply the broker events kept earlier (oldest first); returns how many applied."""
+        """Apply the broker events kept earlier (oldest first), then those held in memory
+        (that could not even be kept); returns how many of the kept ones applied."""
+        applied = await self._retry_stored()
+        held, self._held = self._held, []
+        for dal, portfolio_id, event in held:
+            await self.apply(dal, portfolio_id, event)  # held again if the database is still out
+        return applied
+
+    async def _retry_stored(self) -> int:
         async with self.db.session(Actor.system(), readonly=True) as s:
             kept = await s.unapplied_events.pending()
         applied = 0
