@@ -842,3 +842,14 @@ async def test_a_cancel_that_overtakes_its_placement_waits_for_it(live: Live) ->
     assert remote.status == "CANCELED"
     await live.desk.idle()
     assert (await live.dal.orders.get(order.id)).status == "CANCELED"
+
+
+async def test_a_cancel_told_by_its_outcome_is_not_told_again(live: Live) -> None:
+    # Binance reports the cancel in the DELETE answer and again on the stream.
+    await live.gateway()
+    order = await live.desk.place(live.dal, live.order("BUY", "0.01", "59000"))
+    await live.settled(lambda: bool(live.fake.orders))
+    assert (await live.desk.cancel(live.dal, order.id)).outcome == "canceled"
+    await wait_for(lambda: any(e.get("X") == "CANCELED" for e in live.fake.sent_events))
+    await live.desk.idle()
+    assert not [t for _, t in live.notes.texts if "canceled" in t]

@@ -608,8 +608,10 @@ class OrderDesk:
             answer.set_result(row.status)
         # An order that ended here is told once. A cancel someone waits for is told by its
         # outcome; a later one (a cancel reported pending, one made on the exchange) here.
+        # Told by its outcome counts as told: Binance reports a cancel twice (the answer, then
+        # the stream), and the second comes when nobody waits any more.
         ended_here = event.status in ENDED_STATUSES and row.status == event.status
-        if ended_here and not (awaited and event.status == "CANCELED") and self._told(row.id):
+        if ended_here and self._told(row.id) and not (awaited and event.status == "CANCELED"):
             reason = f": {event.reason}" if event.reason else ""
             await self.notify(
                 user_id, f"Order #{row.id} {event.status.lower()}{reason}", NotificationKind.FILLS
