@@ -26,6 +26,7 @@ from tests.factories import Notes, make_user, wait_until
 from tests.fake_binance import API_KEY, API_SECRET, FakeBinance, SymbolRules
 from trading.binance_client import binance_account_check
 from trading.binance_gateway import BinanceGateway, binance_gateways
+from trading.brokers import binance_rest
 from trading.desk import OrderDesk
 from trading.events import FillEvent
 from trading.market import Bar, Market
@@ -853,3 +854,27 @@ async def test_a_cancel_told_by_its_outcome_is_not_told_again(live: Live) -> Non
     await wait_for(lambda: any(e.get("X") == "CANCELED" for e in live.fake.sent_events))
     await live.desk.idle()
     assert not [t for _, t in live.notes.texts if "canceled" in t]
+
+
+async def test_an_unreadable_placement_answer_is_told_and_asked_again(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = await live.gateway()
+    readable = binance_rest.order_update
+    unreadable = [True]
+
+    def once_unreadable(payload: dict[str, Any], reason: str | None = None) -> Any:
+        if unreadable and payload.get("status") == "FILLED" and "fills" in payload:
+            unreadable.clear()
+            raise InvalidInput("Binance order: field required")
+        return readable(payload, reason)
+
+    monkeypatch.setattr(binance_rest, "order_update", once_unreadable)
+    live.fake.mute_stream = True  # only the reconciliation can tell what became of it
+    order = await live.desk.place(live.dal, live.order("BUY", "0.01"))
+    await wait_for(lambda: any("could not be read" in t for _, t in live.notes.texts))
+    assert order.client_order_id in gateway.open  # still followed
+    await gateway.catch_up(since=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=3))
+    await live.desk.idle()
+    assert (await live.dal.orders.get(order.id)).status == "FILLED"
+    assert order.client_order_id not in gateway.open

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dal.database import Database, ScopedDal
-from dal.errors import NotFound
+from dal.errors import NotFound, TradebookError
 from dal.scope import Actor
 from strategies.examples import REGISTRY
 from tests.conftest import captured_statements
@@ -205,6 +205,32 @@ async def test_an_event_that_cannot_be_applied_is_kept_told_and_applied_later(
     (trade,) = await dal.trades.list(pid)
     assert (trade.broker_trade_id, trade.price) == ("XT-1", Decimal("1.000000000000000001"))
     assert "Filled: BUY 2 NEWCOIN" in notes.joined()
+
+
+async def test_the_owner_is_told_when_open_orders_cannot_be_followed_at_start_up(
+    db: Database,
+) -> None:
+    first, dal, pid = await started(db)
+    order = await first.desk.place(dal, limit_buy(pid, "59000"))
+    await first.settle()
+    await first.stop()
+
+    def unreachable(portfolio: Any, account: Any) -> Any:
+        raise TradebookError("no API keys stored for this account")
+
+    notes = Notes()
+    desk = OrderDesk(db, Market(), notes, {"PAPER": unreachable})
+    await desk.start()
+    await desk.stop()
+    assert f"Portfolio #{pid} has open orders" in notes.joined()
+    assert "(no API keys stored for this account)" in notes.joined()
+    assert (await dal.orders.get(order.id)).status == "NEW"
+
+    quiet = Notes()
+    desk = OrderDesk(db, Market(), quiet, {})  # a broker without a gateway: nothing to tell
+    await desk.start()
+    await desk.stop()
+    assert quiet.joined() == ""
 
 
 def fill_of(symbol: str, trade_id: str) -> FillEvent:

@@ -275,7 +275,15 @@ class BinanceGateway:
                 "about it at the next reconciliation"
             )
             return
-        update = binance_rest.order_update(answer)
+        try:
+            update = binance_rest.order_update(answer)
+        except Exception:  # accepted, but unreadable: the reconciliation asks for it again
+            log.exception("order %s: Binance's answer could not be read", order.id)
+            await self.tell_owner(
+                f"Order #{order.id}: Binance's answer to it could not be read; tradebook asks "
+                "Binance about it at the next reconciliation"
+            )
+            return
         self._emit([update])
         if update.status in FINAL_STATUSES and update.broker_order_id is not None:
             # The order ended here, so the stream's fills are all that bring its trades; if

@@ -158,6 +158,10 @@ class Preview:
         return self.refusal is not None or self.verdict.decision == "block"
 
 
+class NoGateway(TradebookError):
+    """The portfolio's broker has no gateway here: its trades are recorded by hand."""
+
+
 class OrderDesk:
     def __init__(
         self,
@@ -213,8 +217,17 @@ class OrderDesk:
             user = Actor.user(owners[portfolio_id].user_id)
             try:
                 await self.gateway_for(portfolio_id, self.db.scoped(user))
+            except NoGateway:
+                continue  # its orders are followed by hand (/fill, /cancel)
             except TradebookError as exc:
                 log.warning("no gateway for portfolio #%s at start-up: %s", portfolio_id, exc)
+                await self.notify(
+                    owners[portfolio_id].user_id,
+                    f"Portfolio #{portfolio_id} has open orders, but its broker could not be "
+                    f"reached at start-up ({exc}); their fills and cancels are not followed "
+                    "until it can be. Your next order or /cancel there tries again.",
+                    NotificationKind.RISK,
+                )
         await self.retry_kept()
         self._retrying = asyncio.create_task(self._retry_kept_every(), name="desk-retry-kept")
 
@@ -268,7 +281,7 @@ class OrderDesk:
                 open_orders = await s.orders.open_orders(portfolio_id, limit=1000)
             factory = self.factories.get(broker)
             if factory is None:
-                raise TradebookError(
+                raise NoGateway(
                     f"no gateway for {broker} accounts in this tradebook; record their "
                     "trades with /fill"
                 )
