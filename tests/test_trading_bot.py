@@ -443,6 +443,30 @@ async def test_stopall_flatten_closes_every_position(h: Trading) -> None:
     assert "Usage: /stopall" in joined(await h.send(ALICE, "/stopall everything"))
 
 
+async def test_stopall_flatten_says_why_a_close_was_refused(h: Trading) -> None:
+    await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.02"))
+    await h.bar("60000")
+    await h.send(ALICE, "/policy add portfolio Main max_order_notional=100")
+    (yes, _no) = (await h.send(ALICE, "/stopall flatten"))[-1].buttons()
+    assert yes[1] is not None
+    text = joined(await h.press(ALICE, yes[1]))
+    assert "BTCUSDT [manual] in Main: order #2 REJECTED (" in text
+    assert "exceeds the 100 limit" in text.split("Positions closed:")[1]
+
+
+async def test_fill_is_refused_in_a_portfolio_whose_trades_go_through_a_gateway(
+    h: Trading,
+) -> None:
+    h.trading.desk.factories["BINANCE"] = h.trading.desk.factories["PAPER"]
+    await h.send(ALICE, "/account add BINANCE Spot")
+    await h.send(ALICE, "/portfolio add Crypto Spot")
+    await h.send(ALICE, "/portfolio Crypto")
+    reply = joined(await h.send(ALICE, "/fill BTCUSDT BUY 0.001 60000"))
+    assert "trades through its gateway" in reply
+    dal = h.db.scoped(h.alice)
+    assert await dal.trades.list((await dal.portfolios.current()).id) == []
+
+
 async def test_balance_status_profit_and_an_oversize_order_before_confirm(h: Trading) -> None:
     await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.1"))
     await h.bar("60000")  # fills at 60,030 (5 bps slippage), fee 6.003 USDT

@@ -236,7 +236,9 @@ def router() -> Router:
         await ask_to_confirm(message, dal, desk, confirmations, trade, portfolio, note)
 
     @r.message(Command("fill", ignore_case=True))
-    async def fill(message: Message, command: CommandObject, dal: ScopedDal, user: UserRow) -> None:
+    async def fill(
+        message: Message, command: CommandObject, dal: ScopedDal, user: UserRow, desk: OrderDesk
+    ) -> None:
         args = args_of(command)
         if len(args) < 4:
             raise UsageError("fill")
@@ -256,7 +258,7 @@ def router() -> Router:
             else:
                 raise UsageError("fill", f"I don't understand {word!r}")
         portfolio = await dal.portfolios.current()
-        if await dal.portfolios.broker_code(portfolio.id) == "PAPER":
+        if await desk.has_gateway(portfolio.id, dal):
             raise UsageError(
                 "fill",
                 f"{portfolio.name} trades through its gateway; /fill is "
@@ -378,7 +380,9 @@ async def kill_switch(
                 what = f"{position.symbol} [{who}] in {portfolio.name}"
                 try:
                     row = await desk.place(dal, closing_order(position, portfolio.id))
-                    report.closes.append(f"{what}: order #{row.id} {row.status}")
+                    reason = (row.meta_json or {}).get("reason")
+                    why = f" ({reason})" if reason and row.status == "REJECTED" else ""
+                    report.closes.append(f"{what}: order #{row.id} {row.status}{why}")
                 except TradebookError as exc:
                     report.closes.append(f"{what}: not closed ({exc})")
     return report
