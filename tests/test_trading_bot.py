@@ -467,6 +467,18 @@ async def test_fill_is_refused_in_a_portfolio_whose_trades_go_through_a_gateway(
     assert await dal.trades.list((await dal.portfolios.current()).id) == []
 
 
+async def test_a_portfolio_name_with_spaces_is_read_with_or_without_quotes(
+    h: Trading,
+) -> None:
+    assert "Added account" in joined(await h.send(ALICE, "/account add IBKR Broker U1 USD"))
+    assert "Added portfolio" in joined(await h.send(ALICE, '/portfolio add "My Stocks" Broker'))
+    for command in ("/positions", "/balance", "/status", "/risk"):
+        for name in ('"My Stocks"', "My Stocks"):
+            text = joined(await h.send(ALICE, f"{command} {name}"))
+            assert "My Stocks" in text and "no portfolio named" not in text, (command, text)
+    assert "Current portfolio: My Stocks" in joined(await h.send(ALICE, '/portfolio "My Stocks"'))
+
+
 async def test_balance_status_profit_and_an_oversize_order_before_confirm(h: Trading) -> None:
     await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.1"))
     await h.bar("60000")  # fills at 60,030 (5 bps slippage), fee 6.003 USDT

@@ -24,7 +24,7 @@ from bot.args import parse_count
 from bot.callbacks import EquityChart
 from bot.middleware import UserRow
 from bot.reports import send_reply
-from bot.routers.common import UsageError, args_of, period_and_portfolio, resolve_portfolio
+from bot.routers.common import UsageError, args_of, name_of, period_and_portfolio, resolve_portfolio
 from dal.database import ScopedDal
 from dal.periods import PeriodError, parse_period
 from trading.desk import OrderDesk
@@ -46,7 +46,7 @@ def router() -> Router:
         bot: Bot,
         desk: OrderDesk | None = None,
     ) -> None:
-        portfolio = await resolve_portfolio(dal, (command.args or "").strip() or None)
+        portfolio = await resolve_portfolio(dal, name_of(command))
         reply = await balance_report(dal, portfolio, live_marks(desk))
         await send_reply(bot, message.chat.id, reply)
 
@@ -58,7 +58,7 @@ def router() -> Router:
         bot: Bot,
         desk: OrderDesk | None = None,
     ) -> None:
-        portfolio = await resolve_portfolio(dal, (command.args or "").strip() or None)
+        portfolio = await resolve_portfolio(dal, name_of(command))
         now = dt.datetime.now(dt.UTC)
         report = await status_report(dal, portfolio, now, live_marks(desk))
         stale = desk.market.stale_since() if desk is not None else None

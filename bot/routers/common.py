@@ -37,6 +37,12 @@ def args_of(command: Any) -> list[str]:
         return (command.args or "").split()
 
 
+def name_of(command: Any) -> str | None:
+    """The command's whole argument as one name (a portfolio's), with or without "…"
+    quotes: ``/positions My Stocks`` and ``/positions "My Stocks"`` name the same one."""
+    return " ".join(args_of(command)) or None
+
+
 async def resolve_portfolio(dal: ScopedDal, name: str | None) -> Any:
     """The named portfolio (NotFound if the user has none by that name) or the current one."""
     if name:

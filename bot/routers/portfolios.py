@@ -12,7 +12,7 @@ from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from bot.callbacks import PortfolioPick
 from bot.middleware import UserRow
-from bot.routers.common import UsageError
+from bot.routers.common import UsageError, name_of
 from bot.text import q
 from dal.database import ScopedDal
 from dal.vocabulary import venue
@@ -52,7 +52,7 @@ def router() -> Router:
             await message.answer(f"Added portfolio <b>{q(row.name)}</b> on {q(account.name)}.")
             return
         if name:
-            chosen = await dal.portfolios.by_name(name)
+            chosen = await dal.portfolios.by_name(name_of(command) or name)
             await dal.portfolios.set_current(chosen.id)
             await message.answer(f"Current portfolio: <b>{q(chosen.name)}</b>")
             return

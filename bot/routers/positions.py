@@ -7,7 +7,7 @@ from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
 from bot.reports import positions_report, send_reply
-from bot.routers.common import resolve_portfolio
+from bot.routers.common import name_of, resolve_portfolio
 from dal.database import ScopedDal
 
 
@@ -16,7 +16,7 @@ def router() -> Router:
 
     @r.message(Command("positions", ignore_case=True))
     async def positions(message: Message, command: CommandObject, dal: ScopedDal, bot: Bot) -> None:
-        portfolio = await resolve_portfolio(dal, (command.args or "").strip() or None)
+        portfolio = await resolve_portfolio(dal, name_of(command))
         await send_reply(bot, message.chat.id, await positions_report(dal, portfolio))
 
     return r

@@ -8,7 +8,7 @@ from aiogram.types import Message
 
 from bot.middleware import UserRow
 from bot.reports import risk_report, send_reply
-from bot.routers.common import resolve_portfolio
+from bot.routers.common import name_of, resolve_portfolio
 from dal.database import ScopedDal
 
 
@@ -19,7 +19,7 @@ def router() -> Router:
     async def risk(
         message: Message, command: CommandObject, dal: ScopedDal, user: UserRow, bot: Bot
     ) -> None:
-        portfolio = await resolve_portfolio(dal, (command.args or "").strip() or None)
+        portfolio = await resolve_portfolio(dal, name_of(command))
         await send_reply(bot, message.chat.id, await risk_report(dal, portfolio, user.timezone))
 
     return r
