@@ -34,7 +34,7 @@ def _is_start(event: TelegramObject) -> bool:
     if not isinstance(event, Message) or not event.text:
         return False
     command = event.text.split(maxsplit=1)[0].split("@", 1)[0]
-    return command == "/start"
+    return command.lower() == "/start"
 
 
 async def _tell(event: TelegramObject, text: str) -> None:

@@ -86,7 +86,7 @@ async def test_unknown_user_registers_and_admin_approves_with_the_button(
 ) -> None:
     calls = await h.send(5001, "/positions")
     assert texts(calls) == ["Welcome to tradebook. Send /start to register."]
-    calls = await h.send(5001, "/start", username="newbie")
+    calls = await h.send(5001, "/Start", username="newbie")  # commands ignore case
     to_user = [c for c in calls if c.chat_id == 5001]
     to_admin = [c for c in calls if c.chat_id == ADMIN]
     assert "waiting for approval" in joined(to_user)

@@ -215,6 +215,10 @@ async def test_config_commands(h: Trading, engine: AsyncEngine) -> None:
         (alert,) = await s.alerts.list()
     assert f"no alert #{alert.id}" in joined(await h.send(BOB, f"/alert off {alert.id}"))
     assert "is off" in joined(await h.send(ALICE, f"/alert off {alert.id}"))
+    assert "is on" in joined(await h.send(ALICE, f"/alert ON {alert.id}"))  # subcommands too
+    assert "Alert #" in joined(await h.send(ALICE, "/alert ADD price ETHUSDT below 1000"))
+    assert "Schedule #" in joined(await h.send(ALICE, '/schedule Add "0 9 * * 1" REPORT pnl'))
+    assert "Screener #" in joined(await h.send(ALICE, "/screener ADD dear min_price=1"))
     assert "deleted" in joined(await h.send(ALICE, f"/alert del {alert.id}"))
 
 

@@ -37,6 +37,12 @@ def args_of(command: Any) -> list[str]:
         return (command.args or "").split()
 
 
+def with_subcommand(args: list[str]) -> list[str]:
+    """``args`` with the first, the subcommand (add, set, on, off, del, run), in lower case:
+    commands and their subcommands ignore case."""
+    return [args[0].lower(), *args[1:]] if args else args
+
+
 def name_of(command: Any) -> str | None:
     """The command's whole argument as one name (a portfolio's), with or without "…"
     quotes: ``/positions My Stocks`` and ``/positions "My Stocks"`` name the same one."""

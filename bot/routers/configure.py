@@ -17,7 +17,7 @@ from aiogram.utils.keyboard import InlineKeyboardBuilder
 from bot.args import is_id, parse_amount, parse_id
 from bot.callbacks import AccountLive
 from bot.confirmations import Confirmations
-from bot.routers.common import UsageError, args_of
+from bot.routers.common import UsageError, args_of, with_subcommand
 from bot.text import num, q
 from dal.configs import alert_text, key_values_text, schedule_text
 from dal.database import ScopedDal
@@ -239,7 +239,7 @@ def router() -> Router:
 
     @r.message(Command("alert", ignore_case=True))
     async def alert(message: Message, command: CommandObject, dal: ScopedDal) -> None:
-        args = args_of(command)
+        args = with_subcommand(args_of(command))
         if await switch(message, args, dal.alerts, "Alert"):
             return
         if len(args) >= 3 and args[0] == "set" and is_id(args[1]):
@@ -303,7 +303,7 @@ def router() -> Router:
     @r.message(Command("schedule", ignore_case=True))
     async def schedule(message: Message, command: CommandObject, dal: ScopedDal) -> None:
         try:
-            args = shlex.split(command.args or "")
+            args = with_subcommand(shlex.split(command.args or ""))
         except ValueError:
             raise UsageError("schedule", "unbalanced quotes") from None
         if await switch(message, args, dal.schedules, "Schedule"):
@@ -315,7 +315,7 @@ def router() -> Router:
                 raise UsageError("schedule", str(exc)) from None
             await message.answer(f"Schedule #{row.id} now runs at {q(row.cron)} (UTC).")
             return
-        if len(args) < 4 or args[0] != "add" or args[2] != "report":
+        if len(args) < 4 or args[0] != "add" or args[2].lower() != "report":
             raise UsageError("schedule")
         cron, report, period = args[1], args[3].lower(), (args[4] if len(args) > 4 else None)
         config = {"report": report, **({"period": period} if period else {})}
@@ -331,7 +331,7 @@ def router() -> Router:
     async def screener(
         message: Message, command: CommandObject, dal: ScopedDal, desk: OrderDesk
     ) -> None:
-        args = args_of(command)
+        args = with_subcommand(args_of(command))
         if await switch(message, args, dal.screeners, "Screener"):
             return
         if len(args) >= 3 and args[0] == "set" and is_id(args[1]):
