@@ -5,7 +5,7 @@ read as something else — and the value, not the raw text, is what replies echo
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from bot.routers.common import UsageError
 from dal.decimals import AmountError, check_amount
@@ -51,3 +51,19 @@ def parse_amount(text: str, what: str, command: str, *, positive: bool = True) -
     if positive and value <= 0:
         raise UsageError(command, f"{what} must be positive")
     return value
+
+
+def plain_or_text(text: str, what: str, command: str) -> str:
+    """A value handed on as text (a key=value setting, an alert's threshold): refused when
+    it is a number written other than plainly (``1e5``, ``1_000``), which would otherwise be
+    read as one further on. Words (``block``, ``inf``: the DAL refuses that as an amount)
+    pass as they are."""
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return text
+    if number.is_finite() and _DECIMAL.fullmatch(text) is None:
+        raise UsageError(
+            command, f"{what}: {shown(text)} is not a plain decimal number (e.g. 0.5 or 1200)"
+        )
+    return text

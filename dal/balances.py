@@ -382,6 +382,7 @@ _LOCK_PORTFOLIO_ACCOUNT = DriverStatement(
 
 
 def amount_text(value: Decimal, asset: str) -> str:
-    """An amount as refusals show it: grouped thousands, no trailing zeros."""
-    text = f"{canonical_amount(value):,f}"
+    """An amount as refusals show it: written plainly, as the chat takes it (no grouping,
+    no exponent, no trailing zeros), so it can be copied into a command."""
+    text = f"{canonical_amount(value):f}"
     return f"{text} {asset}"

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dal import schema as t
-from dal.decimals import DECIMAL_CONTEXT
+from dal.decimals import DECIMAL_CONTEXT, canonical_decimal
 from dal.errors import Conflict, InvalidInput, NotFound
 from dal.models import NewInstrument, parse, valid_id
 from dal.scope import Tx
@@ -67,14 +67,14 @@ def check_increments(instrument: sa.Row[Any], quantity: Decimal, *prices: Decima
     with localcontext(DECIMAL_CONTEXT):
         if instrument.lot_size and quantity % instrument.lot_size:
             raise InvalidInput(
-                f"quantity {quantity} is not a multiple of {instrument.symbol}'s lot size "
-                f"{instrument.lot_size}"
+                f"quantity {canonical_decimal(quantity)} is not a multiple of "
+                f"{instrument.symbol}'s lot size {canonical_decimal(instrument.lot_size)}"
             )
         for price in prices:
             if price is not None and instrument.tick_size and price % instrument.tick_size:
                 raise InvalidInput(
-                    f"price {price} is not a multiple of {instrument.symbol}'s tick size "
-                    f"{instrument.tick_size}"
+                    f"price {canonical_decimal(price)} is not a multiple of "
+                    f"{instrument.symbol}'s tick size {canonical_decimal(instrument.tick_size)}"
                 )
 
 

@@ -154,6 +154,7 @@ ORDERS: list[Case] = [
     ("stop-limit-without-stop", place(type="STOP_LIMIT"), "STOP_LIMIT order needs a stop"),
     ("trailing-without-stop", place(type="TRAILING", price=DROP), "needs a stop price"),
     ("lot-size", place(quantity="0.0015"), "0.0015 is not a multiple of TICKS's lot size 0.001"),
+    ("lot-size-tiny", place(quantity="0.0000001"), "^quantity 0.0000001 is not a multiple"),
     ("tick-size", place(price="100.005"), "100.005 is not a multiple of TICKS's tick size 0.01"),
     ("tick-size-stop", place(type="STOP_LIMIT", stop_price="99.999"), "99.999 .*tick size"),
     ("unknown-side", place(side="HOLD"), "side.*BUY.*SELL"),

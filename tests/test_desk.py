@@ -364,7 +364,7 @@ async def test_orders_beyond_the_free_balance_are_stored_rejected_and_told(
     await t.settle()
     await t.stop()
     assert (first.status, first.reserve_price) == ("NEW", Decimal("59059"))
-    needs = "insufficient balance: needs 5,905.9 USDT, free 4,094.1 USDT"
+    needs = "insufficient balance: needs 5905.9 USDT, free 4094.1 USDT"
     assert preview.refusal == needs and preview.refused
     assert (second.status, second.meta_json["reason"]) == ("REJECTED", needs)
     assert oversell.meta_json["reason"] == "insufficient balance: needs 0.01 BTC, free 0 BTC"

@@ -164,7 +164,7 @@ async def test_cash_commands(h: Trading, engine: AsyncEngine) -> None:
     before = await table_counts(engine)
     text = joined(await h.send(ALICE, "/withdraw 1000000"))
     # The account refuses it: the reason alone, no usage line (the command was right).
-    assert "free balance 10,200 USDT" in text and "Usage:" not in text
+    assert "free balance 10200 USDT" in text and "Usage:" not in text
     assert "Usage: /deposit" in joined(await h.send(ALICE, "/deposit 0.1.2"))
     assert await table_counts(engine) == before
 
@@ -210,6 +210,14 @@ async def test_config_commands(h: Trading, engine: AsyncEngine) -> None:
     assert "Usage: /alert" in joined(await h.send(ALICE, "/alert add price BTCUSDT beyond 7"))
     assert "cron expression" in joined(await h.send(ALICE, '/schedule add "61 * * * *" report pnl'))
     assert "Usage: /screener" in joined(await h.send(ALICE, "/screener add x max_price=-1"))
+    for written_otherwise in (
+        "/alert add price BTCUSDT above 1e5",
+        "/alert add price BTCUSDT above 1_000",
+        "/policy add portfolio Main max_order_notional=1e3",
+        "/screener add y max_price=1E2",
+    ):
+        reply = joined(await h.send(ALICE, written_otherwise))
+        assert "is not a plain decimal number" in reply, (written_otherwise, reply)
     assert await table_counts(engine) == before
     async with h.db.session(h.alice) as s:
         (alert,) = await s.alerts.list()
@@ -494,7 +502,7 @@ async def test_balance_status_profit_and_an_oversize_order_before_confirm(h: Tra
     assert "equity 10090.997 USDT" in text
     calls = await h.send(ALICE, "/buy BTCUSDT 1")
     assert calls[-1].buttons() == []  # no Confirm: the account refuses it
-    assert "Rejected: insufficient balance: needs 61,091.5305 USDT, free 3,990.997 USDT" in joined(
+    assert "Rejected: insufficient balance: needs 61091.5305 USDT, free 3990.997 USDT" in joined(
         calls
     )
     text = joined(await h.send(ALICE, "/status"))

@@ -14,7 +14,7 @@ from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
-from bot.args import is_id, parse_amount, parse_id
+from bot.args import is_id, parse_amount, parse_id, plain_or_text
 from bot.callbacks import AccountLive
 from bot.confirmations import Confirmations
 from bot.routers.common import UsageError, args_of, with_subcommand
@@ -56,7 +56,8 @@ def key_values(tokens: list[str], command: str) -> dict[str, str]:
         key, sep, value = token.partition("=")
         if not sep or not key or not value:
             raise UsageError(command, f"expected key=value, got {token!r}")
-        out[key.strip().lower()] = value.strip()
+        key = key.strip().lower()
+        out[key] = plain_or_text(value.strip(), key, command)
     return out
 
 
@@ -262,7 +263,7 @@ def router() -> Router:
             config: dict[str, Any] = {
                 "symbol": rest[0].upper(),
                 "op": rest[1].lower(),
-                "price": rest[2],
+                "price": plain_or_text(rest[2], "price", "alert"),
             }
             name = f"{rest[0].upper()} {rest[1].lower()} {rest[2]}"
         elif kind == "position" and len(rest) == 4:
@@ -270,11 +271,15 @@ def router() -> Router:
                 "symbol": rest[0].upper(),
                 "metric": rest[1].lower(),
                 "op": rest[2].lower(),
-                "value": rest[3],
+                "value": plain_or_text(rest[3], "value", "alert"),
             }
             name = f"{rest[0].upper()} {rest[1].lower()} {rest[2].lower()} {rest[3]}"
         elif kind == "risk" and len(rest) == 3:
-            config = {"metric": rest[0].lower(), "op": rest[1].lower(), "value": rest[2]}
+            config = {
+                "metric": rest[0].lower(),
+                "op": rest[1].lower(),
+                "value": plain_or_text(rest[2], "value", "alert"),
+            }
             name = f"risk {rest[0].lower()} {rest[1].lower()} {rest[2]}"
         elif kind == "indicator" and len(rest) == 3:
             config = {
