@@ -245,7 +245,8 @@ async def test_price_alert_fires_once_per_crossing_and_rearms(h: Trading) -> Non
 
 
 async def test_mute_and_unreachable_and_rate_limits(h: Trading) -> None:
-    assert "muted" in joined(await h.send(ALICE, "/mute"))
+    assert "scheduled reports still arrive" in joined(await h.send(ALICE, "/mute"))
+    assert "muted but for scheduled reports" in joined(await h.send(ALICE, "/notify"))
     await h.confirm(ALICE, await h.send(ALICE, "/buy BTCUSDT 0.01"))
     assert [c for c in await h.bar("60000") if c.name == "SendMessage"] == []
     await h.send(ALICE, "/unmute")

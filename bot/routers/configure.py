@@ -373,7 +373,10 @@ def router() -> Router:
     @r.message(Command("mute", ignore_case=True))
     async def mute(message: Message, dal: ScopedDal) -> None:
         await dal.users.set_muted(True)
-        await message.answer("Notifications muted. /unmute turns them back on.")
+        await message.answer(
+            "Notifications muted; scheduled reports still arrive (/schedule off ID stops "
+            "one). /unmute turns them back on."
+        )
 
     @r.message(Command("notify", ignore_case=True))
     async def notify(message: Message, command: CommandObject, dal: ScopedDal) -> None:
@@ -387,7 +390,7 @@ def router() -> Router:
             f"{kind} {'on' if getattr(user, f'notify_{kind}') else 'off'}"
             for kind in NOTIFICATION_KINDS
         )
-        muted = " (all muted: /unmute)" if user.notifications_muted else ""
+        muted = " (muted but for scheduled reports: /unmute)" if user.notifications_muted else ""
         await message.answer(f"Notifications: {states}{muted}.")
 
     @r.message(Command("unmute", ignore_case=True))
