@@ -63,7 +63,7 @@ COMMANDS = [
     Cmd(
         "sell",
         "/sell SYMBOL QTY [@PRICE] [stop=PRICE] [tif=GTC|IOC|FOK|DAY]",
-        "sell (or short) in the current portfolio, e.g. /sell BTCUSDT 0.01",
+        "sell what the current portfolio holds, e.g. /sell BTCUSDT 0.01",
     ),
     Cmd("cancel", "/cancel ORDER_ID", "cancel an open order, e.g. /cancel 12"),
     Cmd(

@@ -307,5 +307,9 @@ def schedule_text(config: dict[str, Any]) -> str:
 
 
 def key_values_text(config: dict[str, Any]) -> str:
-    """'key=value, …' in key order (screeners, policies)."""
-    return ", ".join(f"{k}={v}" for k, v in sorted(config.items()))
+    """'key=value, …' in key order (screeners, policies); a list as it is written in the
+    chat (symbols=BTCUSDT,ETHUSDT)."""
+    return ", ".join(
+        f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in sorted(config.items())
+    )

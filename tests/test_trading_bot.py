@@ -227,6 +227,8 @@ async def test_config_commands(h: Trading, engine: AsyncEngine) -> None:
     assert "Alert #" in joined(await h.send(ALICE, "/alert ADD price ETHUSDT below 1000"))
     assert "Schedule #" in joined(await h.send(ALICE, '/schedule Add "0 9 * * 1" REPORT pnl'))
     assert "Screener #" in joined(await h.send(ALICE, "/screener ADD dear min_price=1"))
+    reply = joined(await h.send(ALICE, "/screener add two symbols=btcusdt,ETHUSDT"))
+    assert "symbols=BTCUSDT,ETHUSDT." in reply
     assert "deleted" in joined(await h.send(ALICE, f"/alert del {alert.id}"))
 
 
@@ -490,6 +492,15 @@ async def test_a_portfolio_name_with_spaces_is_read_with_or_without_quotes(
             text = joined(await h.send(ALICE, f"{command} {name}"))
             assert "My Stocks" in text and "no portfolio named" not in text, (command, text)
     assert "Current portfolio: My Stocks" in joined(await h.send(ALICE, '/portfolio "My Stocks"'))
+
+
+async def test_going_live_is_refused_before_confirm_for_an_account_that_cannot(
+    h: Trading,
+) -> None:
+    await h.send(ALICE, "/account add IBKR Broker U1 USD")
+    calls = await h.send(ALICE, "/account live Broker")
+    assert "'Broker' is not an exchange account" in joined(calls)
+    assert not any(call.buttons() for call in calls)
 
 
 async def test_balance_status_profit_and_an_oversize_order_before_confirm(h: Trading) -> None:

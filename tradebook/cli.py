@@ -294,7 +294,7 @@ def _run(settings: Settings) -> int:
     behind = not_at_head(settings.database_url)
     if behind is not None:
         print(f"tradebook: {behind}", file=sys.stderr)
-        return 2
+        return 1  # a refusal: the database is fine, only not migrated yet
     from tradebook.app import run
     from tradebook.ops.backup import AlreadyRunning, RunLock
 

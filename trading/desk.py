@@ -307,10 +307,12 @@ class OrderDesk:
             return f"{account.broker_code} accounts have no exchange connection to test here."
         return await check(account)
 
-    async def set_trading_mode(self, dal: ScopedDal, account_id: int, mode: str) -> sa.Row[Any]:
-        """Send an exchange account's orders to its testnet or the live exchange. Refused
-        while it has open orders (they live where they were placed); its gateways are closed
-        and come back in the new mode at the next order."""
+    async def check_trading_mode_switch(
+        self, dal: ScopedDal, account_id: int
+    ) -> tuple[sa.Row[Any], list[sa.Row[Any]]]:
+        """The account and its portfolios, if its trading mode may change now (asked before a
+        switch is confirmed, and again when it is made): InvalidInput for an account that is
+        not an exchange's, Conflict while one of its portfolios has open orders."""
         account = await _account_with_broker(dal, account_id)
         if account.broker_code not in EXCHANGE_GATEWAYS:
             raise InvalidInput(f"account {account.name!r} is not an exchange account")
@@ -321,6 +323,13 @@ class OrderDesk:
                     f"portfolio {portfolio.name!r} has open orders on {account.trading_mode}; "
                     "cancel them first (/orders)"
                 )
+        return account, portfolios
+
+    async def set_trading_mode(self, dal: ScopedDal, account_id: int, mode: str) -> sa.Row[Any]:
+        """Send an exchange account's orders to its testnet or the live exchange. Refused
+        while it has open orders (they live where they were placed); its gateways are closed
+        and come back in the new mode at the next order."""
+        account, portfolios = await self.check_trading_mode_switch(dal, account_id)
         async with self._gateway_lock:
             row = await dal.accounts.set_trading_mode(account.id, mode)
             for portfolio in portfolios:

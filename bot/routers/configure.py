@@ -105,6 +105,7 @@ def router() -> Router:
                 row = await desk.set_trading_mode(dal, row.id, "testnet")
                 await message.answer(f"Account {q(row.name)} now trades on the TESTNET.")
             else:
+                await desk.check_trading_mode_switch(dal, row.id)  # refused before Confirm
                 await ask_to_go_live(message, row, confirmations, dal)
             return
         if action != "add" or not 3 <= len(args) <= 5:
