@@ -99,7 +99,7 @@ class RunningConsole:
 
 def test_console_mode_runs_commands_from_stdin(tmp_path: Path) -> None:
     refused = _tradebook(["run"], tmp_path, "/help\n")
-    assert refused.returncode == 2 and "tradebook db upgrade" in refused.stderr
+    assert refused.returncode == 1 and "tradebook db upgrade" in refused.stderr  # a refusal
     assert _tradebook(["db", "upgrade"], tmp_path).returncode == 0
 
     script = "\n".join(

@@ -251,20 +251,3 @@ def test_backup_on_postgresql_prints_the_pg_dump_command() -> None:
     assert "pg_dump --format=custom" in result.stderr
     assert "--dbname=postgresql://tb@db.example:5432/tradebook" in result.stderr
     assert "s3cret" not in result.stderr
-
-
-def test_run_refuses_a_database_that_is_not_migrated(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRADEBOOK_")}
-    env.update(
-        {
-            "TRADEBOOK_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'new.db'}",
-            "PYTHONPATH": str(ROOT),
-        }
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "tradebook.cli", "run"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 1
-    assert result.stderr.startswith("tradebook: the database is at base (empty), the code needs")
-    assert "run `tradebook db upgrade` first" in result.stderr
