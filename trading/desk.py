@@ -229,7 +229,8 @@ class OrderDesk:
                     NotificationKind.RISK,
                 )
         await self.retry_kept()
-        self._retrying = asyncio.create_task(self._retry_kept_every(), name="desk-retry-kept")
+        if self._retrying is None:
+            self._retrying = asyncio.create_task(self._retry_kept_every(), name="desk-retry-kept")
 
     async def _retry_kept_every(self) -> None:
         while True:
