@@ -860,7 +860,7 @@ async def test_an_unreadable_placement_answer_is_told_and_asked_again(
     live: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gateway = await live.gateway()
-    readable = binance_rest.order_update
+    readable = binance_rest.order_and_executed
     unreadable = [True]
 
     def once_unreadable(payload: dict[str, Any], reason: str | None = None) -> Any:
@@ -869,7 +869,7 @@ async def test_an_unreadable_placement_answer_is_told_and_asked_again(
             raise InvalidInput("Binance order: field required")
         return readable(payload, reason)
 
-    monkeypatch.setattr(binance_rest, "order_update", once_unreadable)
+    monkeypatch.setattr(binance_rest, "order_and_executed", once_unreadable)
     live.fake.mute_stream = True  # only the reconciliation can tell what became of it
     order = await live.desk.place(live.dal, live.order("BUY", "0.01"))
     await wait_for(lambda: any("could not be read" in t for _, t in live.notes.texts))

@@ -276,7 +276,7 @@ class BinanceGateway:
             )
             return
         try:
-            update = binance_rest.order_update(answer)
+            update, executed = binance_rest.order_and_executed(answer)
         except Exception:  # accepted, but unreadable: the reconciliation asks for it again
             log.exception("order %s: Binance's answer could not be read", order.id)
             await self.tell_owner(
@@ -285,16 +285,16 @@ class BinanceGateway:
             )
             return
         self._emit([update])
-        if update.status in FINAL_STATUSES and update.broker_order_id is not None:
-            # The order ended here, so the stream's fills are all that bring its trades; if
-            # they do not come (a stream that died unnoticed), the next catch-up fetches them.
-            executed = binance_rest.executed_quantity(answer)
-            if executed > self._seen_quantity(update.broker_order_id):
-                self._fills_due[update.broker_order_id] = (
-                    update.symbol,
-                    update.client_order_id,
-                    executed,
-                )
+        # An order that ended here is no longer open to look at, so the stream's fills are all
+        # that bring its trades; if they do not come (a stream that died unnoticed), the next
+        # catch-up fetches them.
+        order_id = update.broker_order_id
+        if (
+            update.status in FINAL_STATUSES
+            and order_id is not None
+            and executed > self._seen_quantity(order_id)
+        ):
+            self._fills_due[order_id] = (update.symbol, update.client_order_id, executed)
 
     def _seen_quantity(self, broker_order_id: str) -> Decimal:
         return sum(self._fills_seen.get(broker_order_id, {}).values(), Decimal(0))
@@ -400,9 +400,9 @@ class BinanceGateway:
                         f"/cancel {order.id} if it should not be"
                     )
                     continue
-                update = binance_rest.order_update(answer)
+                update, executed = binance_rest.order_and_executed(answer)
                 client_ids[update.broker_order_id] = client_id
-                if binance_rest.executed_quantity(answer):
+                if executed:
                     orders_to_check.setdefault(order.symbol, set()).add(update.broker_order_id)
                 self._emit([update])
             for update in updates:
@@ -498,9 +498,9 @@ class BinanceGateway:
         await self.tell_owner(f"Binance reconciliation: {text}")
 
     async def _apply_remote_order(self, answer: dict[str, Any]) -> None:
-        update = binance_rest.order_update(answer)
+        update, executed = binance_rest.order_and_executed(answer)
         self._emit([update])
-        if binance_rest.executed_quantity(answer):
+        if executed:
             await self._trades_of(
                 update.symbol,
                 update.broker_order_id,

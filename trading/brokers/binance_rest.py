@@ -82,6 +82,13 @@ def _parse(model: type[BaseModel], payload: Any, what: str) -> Any:
 def order_update(payload: dict[str, Any], reason: str | None = None) -> OrderUpdate:
     """The order as a REST answer describes it. PENDING_CANCEL (unused, per the docs) counts
     as still open."""
+    return order_and_executed(payload, reason)[0]
+
+
+def order_and_executed(
+    payload: dict[str, Any], reason: str | None = None
+) -> tuple[OrderUpdate, Decimal]:
+    """``order_update`` and the quantity the order has executed so far, from one parse."""
     order: RestOrder = _parse(RestOrder, payload, "order")
     status = STATUS_MAP[order.status] or "NEW"
     if order.status == "PENDING_CANCEL" and order.executed:
@@ -93,7 +100,7 @@ def order_update(payload: dict[str, Any], reason: str | None = None) -> OrderUpd
     side = order.side.upper()
     if side not in ("BUY", "SELL"):
         raise InvalidInput(f"Binance order {order.order_id} has side {order.side!r}")
-    return OrderUpdate(
+    update = OrderUpdate(
         symbol=order.symbol,
         exchange=EXCHANGE,
         broker_order_id=str(order.order_id),
@@ -109,11 +116,7 @@ def order_update(payload: dict[str, Any], reason: str | None = None) -> OrderUpd
         reason=reason,
         raw=dict(payload),
     )
-
-
-def executed_quantity(payload: dict[str, Any]) -> Decimal:
-    order: RestOrder = _parse(RestOrder, payload, "order")
-    return order.executed
+    return update, order.executed
 
 
 def trade_fill(
