@@ -101,6 +101,14 @@ async def pnl_report(
     return Reply(pre_pages(title, lines), photo=photo)
 
 
+def ended_reason(order: Any) -> str | None:
+    """Why an order ended (rejected, canceled, expired), as stored with it; None while it is
+    open or when no reason was given."""
+    if order.status not in ENDED_STATUSES:
+        return None
+    return (order.meta_json or {}).get("reason") or None
+
+
 def _order_line(row: Any, zone: str) -> str:
     price = f" @{num(row.price)}" if row.price is not None else ""
     stop = f" stop {num(row.stop_price)}" if row.stop_price is not None else ""
@@ -109,7 +117,7 @@ def _order_line(row: Any, zone: str) -> str:
         f"  {row.status} {num(row.filled_quantity)}/{num(row.quantity)}"
         f"  {local_time(row.placed_at, zone)}"
     )
-    reason = (row.meta_json or {}).get("reason") if row.status in ENDED_STATUSES else None
+    reason = ended_reason(row)
     return f"{line}\n  {reason}" if reason else line
 
 

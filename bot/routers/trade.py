@@ -24,6 +24,7 @@ from bot.args import parse_amount, parse_id
 from bot.callbacks import CancelOrder, StopAll, TradeConfirm
 from bot.confirmations import Confirmations
 from bot.middleware import UserRow
+from bot.reports import ended_reason
 from bot.routers.common import UsageError, args_of
 from bot.text import num, q
 from dal.database import ScopedDal
@@ -127,8 +128,7 @@ async def ask_to_confirm(
 
 def placed_text(row: sa.Row[Any]) -> str:
     if row.status == "REJECTED":
-        reason = (row.meta_json or {}).get("reason", "")
-        return f"Order #{row.id} rejected: {q(reason)}"
+        return f"Order #{row.id} rejected: {q(ended_reason(row) or '')}"
     return f"Order #{row.id} placed ({row.status})."
 
 
@@ -380,8 +380,8 @@ async def kill_switch(
                 what = f"{position.symbol} [{who}] in {portfolio.name}"
                 try:
                     row = await desk.place(dal, closing_order(position, portfolio.id))
-                    reason = (row.meta_json or {}).get("reason")
-                    why = f" ({reason})" if reason and row.status == "REJECTED" else ""
+                    reason = ended_reason(row) if row.status == "REJECTED" else None
+                    why = f" ({reason})" if reason else ""
                     report.closes.append(f"{what}: order #{row.id} {row.status}{why}")
                 except TradebookError as exc:
                     report.closes.append(f"{what}: not closed ({exc})")
