@@ -41,9 +41,7 @@ def parse_amount(text: str, what: str, command: str, *, positive: bool = True) -
     """A decimal amount written plainly: digits with at most one point (no exponent, no
     separators), that fits the ledger exactly (never rounded)."""
     if _DECIMAL.fullmatch(text) is None:
-        raise UsageError(
-            command, f"{what}: {shown(text)} is not a plain decimal number (e.g. 0.5 or 1200)"
-        )
+        raise _not_plain(text, what, command)
     try:
         value = check_amount(text)
     except AmountError as exc:
@@ -63,7 +61,11 @@ def plain_or_text(text: str, what: str, command: str) -> str:
     except InvalidOperation:
         return text
     if number.is_finite() and _DECIMAL.fullmatch(text) is None:
-        raise UsageError(
-            command, f"{what}: {shown(text)} is not a plain decimal number (e.g. 0.5 or 1200)"
-        )
+        raise _not_plain(text, what, command)
     return text
+
+
+def _not_plain(text: str, what: str, command: str) -> UsageError:
+    return UsageError(
+        command, f"{what}: {shown(text)} is not a plain decimal number (e.g. 0.5 or 1200)"
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from typing import Any
 
 from aiogram import Router
@@ -12,7 +11,7 @@ from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from bot.callbacks import PortfolioPick
 from bot.middleware import UserRow
-from bot.routers.common import UsageError, name_of
+from bot.routers.common import UsageError, args_of, name_of
 from bot.text import q
 from dal.database import ScopedDal
 from dal.vocabulary import venue
@@ -42,17 +41,17 @@ def router() -> Router:
 
     @r.message(Command("portfolio", ignore_case=True))
     async def portfolio(message: Message, command: CommandObject, dal: ScopedDal) -> None:
-        name = (command.args or "").strip()
-        if name.lower() == "add" or name.lower().startswith("add "):
-            parts = shlex.split(name)
-            if len(parts) != 3:
+        args = args_of(command)
+        if args and args[0].lower() == "add":
+            if len(args) != 3:
                 raise UsageError("portfolio")
-            account = await dal.accounts.by_name(parts[2])
-            row = await dal.portfolios.create({"name": parts[1], "account_id": account.id})
+            account = await dal.accounts.by_name(args[2])
+            row = await dal.portfolios.create({"name": args[1], "account_id": account.id})
             await message.answer(f"Added portfolio <b>{q(row.name)}</b> on {q(account.name)}.")
             return
+        name = name_of(command)
         if name:
-            chosen = await dal.portfolios.by_name(name_of(command) or name)
+            chosen = await dal.portfolios.by_name(name)
             await dal.portfolios.set_current(chosen.id)
             await message.answer(f"Current portfolio: <b>{q(chosen.name)}</b>")
             return
