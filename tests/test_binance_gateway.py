@@ -70,6 +70,15 @@ class Live:
     async def trades(self) -> list[Any]:
         return await self.dal.trades.list(self.pid, limit=None)
 
+    async def reconnect(self, gateway: BinanceGateway) -> None:
+        """The stream drops (and is no longer muted); returns once the gateway has reconnected,
+        caught up and the desk has applied what the catch-up brought."""
+        caught_up = gateway.caught_up
+        await self.fake.drop_stream()
+        self.fake.mute_stream = False
+        await wait_for(lambda: gateway.caught_up > caught_up)
+        await self.desk.idle()
+
     async def settled(self, condition: Callable[[], bool] | None = None) -> None:
         if condition is not None:
             await wait_for(condition)
@@ -283,14 +292,10 @@ async def test_fills_missed_while_the_stream_was_down_are_recovered_exactly_once
     await live.fake.trade(remote.order_id, D("0.04"))  # seen
     await live.settled()
     await wait_for(lambda: gateway.cursor.get("BTCUSDT", 0) > 0)
-    caught_up = gateway.caught_up
     live.fake.mute_stream = True  # the next events are lost with the connection
     await live.fake.trade(remote.order_id, D("0.01"))
     await live.fake.trade(remote.order_id, D("0.05"))
-    await live.fake.drop_stream()
-    live.fake.mute_stream = False
-    await wait_for(lambda: gateway.caught_up > caught_up)  # reconnected and caught up
-    await live.desk.idle()
+    await live.reconnect(gateway)
     trades = await live.trades()
     assert sorted(t.quantity for t in trades) == [D("0.01"), D("0.04"), D("0.05")]
     row = await live.dal.orders.get(order.id)
@@ -599,14 +604,10 @@ async def test_a_burst_of_fills_is_applied_in_batches_exactly_once(
     await wait_for(lambda: bool(live.fake.orders))
     (remote,) = live.fake.orders.values()
     await live.settled()
-    caught_up = gateway.caught_up
     live.fake.mute_stream = True
     for _ in range(150):
         await live.fake.trade(remote.order_id, D("0.001"))
-    await live.fake.drop_stream()
-    live.fake.mute_stream = False
-    await wait_for(lambda: gateway.caught_up > caught_up)
-    await live.desk.idle()
+    await live.reconnect(gateway)
     assert len(await live.trades()) == 150
     row = await live.dal.orders.get(order.id)
     assert (row.status, row.filled_quantity) == ("FILLED", D("0.15"))
@@ -801,11 +802,7 @@ async def test_fills_of_an_order_that_ended_in_its_answer_are_fetched_when_the_s
     live.fake.mute_stream = True
     order = await live.desk.place(live.dal, live.order("BUY", "0.1", symbol="ETHUSDT"))
     await wait_for(lambda: len(live.fake.trades) == 1 and not gateway.open)
-    caught_up = gateway.caught_up
-    await live.fake.drop_stream()
-    live.fake.mute_stream = False
-    await wait_for(lambda: gateway.caught_up > caught_up)
-    await live.desk.idle()
+    await live.reconnect(gateway)
     row = await live.dal.orders.get(order.id)
     assert (row.status, row.filled_quantity) == ("FILLED", Decimal("0.1"))
     assert len(await live.trades()) == 1
@@ -823,11 +820,7 @@ async def test_a_reconnect_resumes_every_stored_symbol_not_only_those_seen_since
     await live.desk.place(live.dal, live.order("BUY", "0.1", symbol="ETHUSDT"))
     await wait_for(lambda: len(live.fake.trades) == 3 and not gateway.open)
     gateway._fills_due.clear()  # only the stored trade ids can bring it back now
-    caught_up = gateway.caught_up
-    await live.fake.drop_stream()
-    live.fake.mute_stream = False
-    await wait_for(lambda: gateway.caught_up > caught_up)
-    await live.desk.idle()
+    await live.reconnect(gateway)
     assert len(await live.trades()) == 3
 
 
